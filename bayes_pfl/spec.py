@@ -1,0 +1,485 @@
+"""One declaration of a hierarchical model, and everything derived from it.
+
+A hierarchical model in bayes-pfl is three numpyro functions:
+
+``hyperprior()``
+    samples the global parameters ``phi``: population parameters (a mean and a
+    scale of the client effects) and any global parameter that enters the
+    likelihood (shared slopes, a noise scale).
+``client_prior(phi)``
+    samples one client's parameters ``theta_k`` given ``phi`` (a dict of the
+    hyper-prior's sample and deterministic sites). It is written for *one*
+    client; bayes-pfl runs it under a ``client`` plate for the centralized model
+    and under :func:`jax.vmap` for the federated algorithms, so vector sites
+    must declare their event shape (``dist.Normal(0, 1).expand([d]).to_event(1)``)
+    and arithmetic must broadcast over a leading client axis.
+``likelihood(theta, phi, x, y)``
+    observes one client's rows: ``x`` has shape ``(n, p)``, ``y`` shape ``(n,)``
+    (``None`` when predicting). Each observed site's ``log_prob`` must have shape
+    ``(n,)`` (one term per row), so that padded rows can be masked out and
+    pointwise log-likelihoods are available for LOO.
+
+From this declaration :class:`HierarchicalModel` derives
+
+* :meth:`HierarchicalModel.centralized_model`: the pooled numpyro model (plate
+  over clients, ragged clients by padding and masking), used by the centralized
+  NUTS reference;
+* the per-client pieces of the federated algorithms, all pure functions of flat
+  *unconstrained* vectors ``u_phi`` (length :attr:`~HierarchicalModel.phi_dim`)
+  and ``u_theta`` (length :attr:`~HierarchicalModel.theta_dim`), ready for
+  ``jit``/``vmap``/``grad``: :meth:`~HierarchicalModel.log_hyperprior`,
+  :meth:`~HierarchicalModel.log_client_prior`,
+  :meth:`~HierarchicalModel.client_loglik` and
+  :meth:`~HierarchicalModel.pointwise_loglik`.
+
+Example
+-------
+>>> import numpyro, numpyro.distributions as dist
+>>> def hyperprior():
+...     numpyro.sample("mu", dist.Normal(0.0, 5.0))
+...     numpyro.sample("tau", dist.HalfNormal(1.0))
+>>> def client_prior(phi):
+...     numpyro.sample("theta", dist.Normal(phi["mu"], phi["tau"]))
+>>> def likelihood(theta, phi, x, y):
+...     numpyro.sample("y", dist.Normal(theta["theta"], x[:, 0]), obs=y)
+>>> model = HierarchicalModel(hyperprior, client_prior, likelihood, name="normal")
+>>> model.phi_dim, model.theta_dim
+(2, 1)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+from numpyro import handlers
+from numpyro.distributions import biject_to, constraints
+
+Array = jax.Array
+Params = dict[str, Array]
+
+__all__ = ["HierarchicalModel", "ModelSpecError", "ParamSpace", "ParamSite"]
+
+
+class ModelSpecError(ValueError):
+    """A model declaration that bayes-pfl cannot use, with the reason."""
+
+
+@dataclass(frozen=True)
+class ParamSite:
+    """One latent sample site: its constrained shape and its support."""
+
+    name: str
+    shape: tuple[int, ...]
+    support: Any
+    unconstrained_shape: tuple[int, ...]
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.unconstrained_shape)
+
+    @property
+    def transform(self):
+        return biject_to(self.support)
+
+
+class ParamSpace:
+    """The latent sites of one numpyro function, flattened to one unconstrained vector.
+
+    Sites are kept in the order the function samples them. ``unflatten`` maps a
+    flat unconstrained vector ``u`` to a dict of constrained values and the log
+    absolute determinant of the Jacobian of that map, so that a density ``p(z)``
+    over constrained values becomes ``p(T(u)) |det J_T(u)|`` over ``u``.
+    """
+
+    def __init__(self, sites: tuple[ParamSite, ...]):
+        self.sites = sites
+        self.size = sum(s.size for s in sites)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.sites)
+
+    def labels(self) -> list[str]:
+        """One human-readable label per unconstrained coordinate (``beta[1]``, ``log(tau)``)."""
+        out = []
+        for s in self.sites:
+            prefix = _transform_name(s.support)
+            for idx in np.ndindex(*s.unconstrained_shape) if s.unconstrained_shape else [()]:
+                name = s.name + ("[" + ",".join(map(str, idx)) + "]" if idx else "")
+                out.append(f"{prefix}({name})" if prefix else name)
+        return out
+
+    def unflatten(self, u: Array) -> tuple[Params, Array]:
+        """Constrained values and ``log|det J|`` for one flat unconstrained vector ``u``."""
+        u = jnp.asarray(u)
+        if u.shape[-1:] != (self.size,):
+            raise ModelSpecError(
+                f"expected an unconstrained vector of length {self.size}, got shape {u.shape}"
+            )
+        values, logdet, start = {}, jnp.zeros(u.shape[:-1]), 0
+        for s in self.sites:
+            chunk = u[..., start : start + s.size].reshape(u.shape[:-1] + s.unconstrained_shape)
+            start += s.size
+            t = s.transform
+            z = t(chunk)
+            ladj = t.log_abs_det_jacobian(chunk, z)
+            # Sum the Jacobian term over the site's own dimensions only.
+            extra = ladj.ndim - (u.ndim - 1)
+            logdet = logdet + (jnp.sum(ladj, axis=tuple(range(-extra, 0))) if extra > 0 else ladj)
+            values[s.name] = z
+        return values, logdet
+
+    def flatten(self, values: Params) -> Array:
+        """The flat unconstrained vector of a dict of constrained values (inverse of ``unflatten``)."""
+        parts = []
+        batch = None
+        for s in self.sites:
+            if s.name not in values:
+                raise ModelSpecError(f"missing value for site {s.name!r}")
+            z = jnp.asarray(values[s.name])
+            u = s.transform.inv(z)
+            nb = u.ndim - len(s.unconstrained_shape)
+            batch = u.shape[:nb] if batch is None else batch
+            parts.append(u.reshape(batch + (s.size,)))
+        return jnp.concatenate(parts, axis=-1)
+
+
+def _transform_name(support) -> str:
+    """How a site's support is unconstrained, for labels: ``""``, ``"log"``, ``"logit"``, ..."""
+    while isinstance(support, constraints.independent):
+        support = support.base_constraint
+    if support is constraints.real:
+        return ""
+    if support is constraints.positive:
+        return "log"
+    if isinstance(support, constraints.interval):
+        return "logit"
+    return "unconstrained"
+
+
+def _latent_sites(trace) -> tuple[ParamSite, ...]:
+    sites = []
+    for name, site in trace.items():
+        if site["type"] != "sample" or site["is_observed"]:
+            continue
+        if site.get("infer", {}).get("is_auxiliary"):
+            continue
+        value = jnp.asarray(site["value"])
+        support = site["fn"].support
+        t = biject_to(support)
+        ushape = tuple(t.inverse_shape(value.shape))
+        sites.append(ParamSite(name, tuple(value.shape), support, ushape))
+    return tuple(sites)
+
+
+def _values(trace) -> Params:
+    """Sample and deterministic values of a trace, by site name."""
+    return {
+        name: site["value"]
+        for name, site in trace.items()
+        if site["type"] == "deterministic" or (site["type"] == "sample" and not site["is_observed"])
+    }
+
+
+def _run(fn, *args, data=None, rng_key=None):
+    """Trace ``fn(*args)`` in isolation: values substituted from ``data``; nothing leaks out.
+
+    ``handlers.block`` keeps the sites from reaching handlers of an enclosing model
+    (the centralized model, a tilted or server model), which matters when this runs
+    under ``jax.vmap`` inside one.
+    """
+    if data is not None:
+        fn = handlers.substitute(fn, data=data)
+    if rng_key is not None:
+        fn = handlers.seed(fn, rng_key)
+    with handlers.block():
+        return handlers.trace(fn).get_trace(*args)
+
+
+def _log_prob_sum(trace) -> Array:
+    """Sum of the log densities of a trace's latent sample sites."""
+    total = jnp.zeros(())
+    for site in trace.values():
+        if site["type"] == "sample" and not site["is_observed"]:
+            total = total + jnp.sum(site["fn"].log_prob(site["value"]))
+    return total
+
+
+def _observed_sites(trace) -> list[str]:
+    return [n for n, s in trace.items() if s["type"] == "sample" and s["is_observed"]]
+
+
+class HierarchicalModel:
+    """A hierarchical model declared once: hyper-prior, client prior and client likelihood.
+
+    Parameters
+    ----------
+    hyperprior : callable
+        ``hyperprior()`` samples the global parameters ``phi``.
+    client_prior : callable
+        ``client_prior(phi)`` samples one client's ``theta_k``.
+    likelihood : callable
+        ``likelihood(theta, phi, x, y)`` observes one client's rows.
+    name : str
+        Short name used in files and reports.
+    n_features : int, optional
+        Number of feature columns the likelihood expects (checked against data).
+    feature_names : sequence of str, optional
+        Expected feature names, in order, for models tied to a dataset (radon).
+    description : str, optional
+        One paragraph for ``--help`` and reports.
+
+    Notes
+    -----
+    The global posterior is ``p(phi | D) ∝ p(phi) prod_k L_k(phi)`` with
+    ``L_k(phi) = ∫ p(y_k | theta_k, phi, x_k) p(theta_k | phi) dtheta_k``, and the
+    personalized posterior of client ``k`` is
+    ``p(theta_k | D) = ∫ p(theta_k | D_k, phi) p(phi | D) dphi``.
+    """
+
+    def __init__(
+        self,
+        hyperprior: Callable[[], Any],
+        client_prior: Callable[[Params], Any],
+        likelihood: Callable[[Params, Params, Array, Array | None], Any],
+        *,
+        name: str,
+        n_features: int | None = None,
+        feature_names: tuple[str, ...] | None = None,
+        description: str = "",
+    ):
+        self.hyperprior = hyperprior
+        self.client_prior = client_prior
+        self.likelihood = likelihood
+        self.name = name
+        self.n_features = n_features if feature_names is None else len(feature_names)
+        self.feature_names = tuple(feature_names) if feature_names is not None else None
+        self.description = description
+        self._check()
+
+    def __repr__(self) -> str:
+        return (
+            f"HierarchicalModel({self.name!r}, phi={list(self.phi_space.names)}, "
+            f"theta={list(self.theta_space.names)})"
+        )
+
+    # ------------------------------------------------------------------ structure
+    def _trace(self, fn, *args):
+        return handlers.trace(handlers.seed(fn, 0)).get_trace(*args)
+
+    @cached_property
+    def _hyper_trace(self):
+        try:
+            return self._trace(self.hyperprior)
+        except Exception as exc:  # user code
+            raise ModelSpecError(
+                f"hyperprior() failed when run once: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    @cached_property
+    def _client_trace(self):
+        phi = _values(self._hyper_trace)
+        try:
+            return self._trace(self.client_prior, phi)
+        except Exception as exc:
+            raise ModelSpecError(
+                f"client_prior(phi) failed when run once: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    @cached_property
+    def phi_space(self) -> ParamSpace:
+        """The global parameters ``phi`` as one unconstrained vector."""
+        return ParamSpace(_latent_sites(self._hyper_trace))
+
+    @cached_property
+    def theta_space(self) -> ParamSpace:
+        """One client's parameters ``theta_k`` as one unconstrained vector."""
+        return ParamSpace(_latent_sites(self._client_trace))
+
+    @property
+    def phi_dim(self) -> int:
+        return self.phi_space.size
+
+    @property
+    def theta_dim(self) -> int:
+        return self.theta_space.size
+
+    @cached_property
+    def phi_deterministic(self) -> tuple[str, ...]:
+        return tuple(n for n, s in self._hyper_trace.items() if s["type"] == "deterministic")
+
+    @cached_property
+    def theta_deterministic(self) -> tuple[str, ...]:
+        return tuple(n for n, s in self._client_trace.items() if s["type"] == "deterministic")
+
+    @cached_property
+    def observed_name(self) -> str:
+        """Name of the likelihood's observed site (the target variable in outputs)."""
+        return self._observed[0]
+
+    @cached_property
+    def _observed(self) -> list[str]:
+        theta = _values(self._client_trace)
+        phi = _values(self._hyper_trace)
+        n = 3
+        p = self.n_features or 1
+        x = jnp.ones((n, p))
+        y = jnp.zeros((n,))
+        try:
+            tr = handlers.trace(handlers.seed(self.likelihood, 0)).get_trace(theta, phi, x, y)
+        except Exception as exc:
+            raise ModelSpecError(
+                f"likelihood(theta, phi, x, y) failed on a test client of {n} rows and {p} "
+                f"feature(s): {type(exc).__name__}: {exc}"
+            ) from exc
+        names = _observed_sites(tr)
+        if not names:
+            raise ModelSpecError("likelihood(...) has no observed sample site (obs=y)")
+        latent = [k for k, s in tr.items() if s["type"] == "sample" and not s["is_observed"]]
+        if latent:
+            raise ModelSpecError(
+                f"likelihood(...) samples latent site(s) {latent}; latent variables belong in "
+                "hyperprior() (global) or client_prior(phi) (per client)"
+            )
+        for name in names:
+            lp = tr[name]["fn"].log_prob(tr[name]["value"])
+            if lp.shape != (n,):
+                raise ModelSpecError(
+                    f"observed site {name!r} gives log_prob of shape {lp.shape} for a client "
+                    f"of {n} rows; it must give one term per row, shape ({n},)"
+                )
+        return names
+
+    def _check(self) -> None:
+        for space, where in ((self.phi_space, "hyperprior()"), (self.theta_space, "client_prior")):
+            if space.size == 0:
+                raise ModelSpecError(f"{where} samples no latent parameter")
+        for fn_trace, where in (
+            (self._hyper_trace, "hyperprior()"),
+            (self._client_trace, "client_prior(phi)"),
+        ):
+            if _observed_sites(fn_trace):
+                raise ModelSpecError(
+                    f"{where} must not observe data; put observations in likelihood"
+                )
+        clash = set(self.phi_space.names) & set(self.theta_space.names)
+        if clash:
+            raise ModelSpecError(f"site names used both globally and per client: {sorted(clash)}")
+        # the client prior must run under a plate (see module docstring)
+        phi = _values(self._hyper_trace)
+        try:
+            with handlers.trace() as tr, handlers.seed(rng_seed=0):
+                with numpyro.plate("client", 2):
+                    self.client_prior(phi)
+        except Exception as exc:
+            raise ModelSpecError(
+                "client_prior(phi) does not run under a client plate; declare vector sites with "
+                f".to_event(1) and use broadcasting arithmetic ({exc})"
+            ) from exc
+        for s in self.theta_space.sites:
+            got = tuple(jnp.shape(tr[s.name]["value"]))
+            if got != (2,) + s.shape:
+                raise ModelSpecError(
+                    f"client_prior site {s.name!r} has shape {got} under a client plate of 2, "
+                    f"expected {(2,) + s.shape}; declare its event shape with .to_event()"
+                )
+        _ = self._observed
+
+    # ------------------------------------------------------------------ values
+    def phi_values(self, u_phi: Array) -> Params:
+        """All hyper-prior sites (sample and deterministic) at unconstrained ``u_phi``."""
+        values, _ = self.phi_space.unflatten(u_phi)
+        return _values(_run(self.hyperprior, data=values))
+
+    def theta_values(self, u_theta: Array, phi: Params) -> Params:
+        """All client-prior sites of one client at unconstrained ``u_theta``, given ``phi`` values."""
+        values, _ = self.theta_space.unflatten(u_theta)
+        return _values(_run(self.client_prior, phi, data=values))
+
+    # ------------------------------------------------------------------ densities
+    def log_hyperprior(self, u_phi: Array) -> Array:
+        """``log p(phi) + log|det J|`` at unconstrained ``u_phi``."""
+        values, logdet = self.phi_space.unflatten(u_phi)
+        return _log_prob_sum(_run(self.hyperprior, data=values)) + logdet
+
+    def log_client_prior(self, u_theta: Array, u_phi: Array) -> Array:
+        """``log p(theta_k | phi) + log|det J|`` for one client, unconstrained coordinates."""
+        phi = self.phi_values(u_phi)
+        values, logdet = self.theta_space.unflatten(u_theta)
+        return _log_prob_sum(_run(self.client_prior, phi, data=values)) + logdet
+
+    def pointwise_loglik_values(self, theta: Params, phi: Params, x: Array, y: Array) -> Array:
+        """Per-row ``log p(y_i | theta, phi, x_i)`` from site values, shape ``(n,)``."""
+        tr = _run(self.likelihood, theta, phi, x, y)
+        out = jnp.zeros(y.shape[0])
+        for name in self._observed:
+            out = out + tr[name]["fn"].log_prob(tr[name]["value"])
+        return out
+
+    def pointwise_loglik(self, u_theta: Array, u_phi: Array, x: Array, y: Array) -> Array:
+        """Per-row log-likelihood of one client at unconstrained parameters, shape ``(n,)``."""
+        phi = self.phi_values(u_phi)
+        theta = self.theta_values(u_theta, phi)
+        return self.pointwise_loglik_values(theta, phi, x, y)
+
+    def client_loglik(self, u_theta: Array, u_phi: Array, x: Array, y: Array, mask: Array) -> Array:
+        """``log p(y_k | theta_k, phi, x_k)`` of one client, padded rows masked out."""
+        ll = self.pointwise_loglik(u_theta, u_phi, x, y)
+        return jnp.sum(jnp.where(mask, ll, 0.0))
+
+    def client_log_joint(
+        self, u_theta: Array, u_phi: Array, x: Array, y: Array, mask: Array
+    ) -> Array:
+        """``log p(y_k, theta_k | phi)`` of one client in unconstrained coordinates.
+
+        This is the client's whole contribution to the posterior given ``phi``; the
+        federated algorithms integrate ``theta_k`` out of it locally.
+        """
+        phi = self.phi_values(u_phi)
+        values, logdet = self.theta_space.unflatten(u_theta)
+        tr = _run(self.client_prior, phi, data=values)
+        lp, theta = _log_prob_sum(tr), _values(tr)
+        ll = self.pointwise_loglik_values(theta, phi, x, y)
+        return lp + logdet + jnp.sum(jnp.where(mask, ll, 0.0))
+
+    def log_joint(self, u_phi: Array, u_theta: Array, x: Array, y: Array, mask: Array) -> Array:
+        """Centralized log density over ``u_phi`` and all clients' ``u_theta`` (shape ``(K, d)``)."""
+        per_client = jax.vmap(self.client_log_joint, in_axes=(0, None, 0, 0, 0))(
+            u_theta, u_phi, x, y, mask
+        )
+        return self.log_hyperprior(u_phi) + jnp.sum(per_client)
+
+    # ------------------------------------------------------------------ numpyro model
+    def centralized_model(self, x: Array, y: Array | None, mask: Array) -> None:
+        """The pooled numpyro model: hyper-prior, a ``client`` plate, masked likelihood.
+
+        ``x`` has shape ``(K, n_max, p)``, ``y`` and ``mask`` shape ``(K, n_max)``;
+        padded rows (``mask == False``) contribute nothing. The likelihood enters as
+        one factor site ``"loglik"`` (the vmapped sum of the clients' masked
+        log-likelihoods), so the posterior is exactly that of the declaration.
+        """
+        with handlers.trace() as hyper_tr:
+            self.hyperprior()
+        phi = _values(hyper_tr)
+        with handlers.trace() as client_tr, numpyro.plate("client", x.shape[0]):
+            self.client_prior(phi)
+        theta = _values(client_tr)
+        if y is None:
+            return
+        with handlers.block():
+            ll = jax.vmap(self.pointwise_loglik_values, in_axes=(0, None, 0, 0))(theta, phi, x, y)
+        numpyro.factor("loglik", jnp.sum(jnp.where(mask, ll, 0.0)))
+
+    # ------------------------------------------------------------------ prediction
+    def sample_likelihood(self, rng_key: Array, theta: Params, phi: Params, x: Array) -> Array:
+        """Draw ``y`` for one client's rows from the likelihood (posterior predictive)."""
+        tr = _run(self.likelihood, theta, phi, x, None, rng_key=rng_key)
+        return tr[self.observed_name]["value"]

@@ -1,0 +1,62 @@
+"""The bayes-pfl model zoo, installed as ``bayes_pfl.models``.
+
+* :func:`radon_intercept`, :func:`eight_schools`: posteriordb models with their
+  parameter names and priors;
+* :func:`hierarchical_glm` and the shortcuts :func:`linear`, :func:`logistic`,
+  :func:`poisson`: hierarchical GLMs on any features, varying intercepts or
+  intercepts and slopes, centered or non-centered.
+
+:func:`get_model` builds any of them by name, as the command line does.
+"""
+
+from __future__ import annotations
+
+from bayes_pfl.spec import HierarchicalModel, ModelSpecError
+
+from .glm import FAMILIES, VARYING, hierarchical_glm, linear, logistic, poisson
+from .posteriordb import eight_schools, radon_intercept
+
+GLM_FAMILY = {"linear": "normal", "logistic": "bernoulli", "poisson": "poisson"}
+MODEL_NAMES = ("radon_intercept", "eight_schools", *GLM_FAMILY)
+
+__all__ = [
+    "FAMILIES",
+    "MODEL_NAMES",
+    "VARYING",
+    "eight_schools",
+    "get_model",
+    "hierarchical_glm",
+    "linear",
+    "logistic",
+    "poisson",
+    "radon_intercept",
+]
+
+
+def get_model(
+    name: str,
+    n_features: int | None = None,
+    *,
+    varying: str = "intercept",
+    centered: bool = False,
+) -> HierarchicalModel:
+    """Build a zoo model by name.
+
+    Parameters
+    ----------
+    name : str
+        One of :data:`MODEL_NAMES`.
+    n_features : int, optional
+        Number of features, required by the GLMs (``linear``, ``logistic``, ``poisson``).
+    varying, centered
+        GLM options, see :func:`hierarchical_glm`; ignored by the posteriordb models.
+    """
+    if name == "radon_intercept":
+        return radon_intercept()
+    if name == "eight_schools":
+        return eight_schools()
+    if name in GLM_FAMILY:
+        if n_features is None:
+            raise ModelSpecError(f"model {name!r} needs n_features")
+        return hierarchical_glm(GLM_FAMILY[name], n_features, varying=varying, centered=centered)
+    raise ModelSpecError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
