@@ -1,0 +1,273 @@
+"""Bundled real datasets that are naturally split into clients.
+
+Three small datasets ship inside the package and load without network access
+(see ``PROVENANCE.md`` next to this file for sources, licences and caveats):
+
+* :func:`load_radon`: Minnesota radon, 919 homes in 85 counties (clients);
+* :func:`load_eight_schools`: Rubin's eight schools, one summary statistic per school;
+* :func:`load_heart_disease`: UCI Heart Disease, 920 patients in four hospitals.
+
+:data:`DATASETS` describes each one (client column, target, features, default
+model of the zoo) and :func:`load` loads any of them by name.
+
+Examples
+--------
+>>> from bayes_pfl.datasets import DATASETS, load
+>>> df = load("radon")
+>>> info = DATASETS["radon"]
+>>> df[info.client_col].nunique()
+85
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.resources import files
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "DATASETS",
+    "HEART_DISEASE_COLUMNS",
+    "HEART_DISEASE_FEATURES",
+    "HEART_DISEASE_FLAMBY_FEATURES",
+    "HEART_DISEASE_HOSPITALS",
+    "DatasetInfo",
+    "load",
+    "load_eight_schools",
+    "load_heart_disease",
+    "load_radon",
+]
+
+HEART_DISEASE_FEATURES: tuple[str, ...] = (
+    "age",
+    "sex",
+    "cp",
+    "trestbps",
+    "chol",
+    "fbs",
+    "restecg",
+    "thalach",
+    "exang",
+    "oldpeak",
+    "slope",
+    "ca",
+    "thal",
+)
+"""The 13 feature columns of the UCI "processed" heart-disease files, in file order."""
+
+HEART_DISEASE_COLUMNS: tuple[str, ...] = (*HEART_DISEASE_FEATURES, "num")
+"""All 14 columns of the UCI "processed" files, in file order."""
+
+HEART_DISEASE_FLAMBY_FEATURES: tuple[str, ...] = tuple(
+    c for c in HEART_DISEASE_FEATURES if c not in ("slope", "ca", "thal")
+)
+"""The 10 features FLamby's Fed-Heart-Disease keeps (all but slope, ca and thal)."""
+
+HEART_DISEASE_HOSPITALS: dict[str, str] = {
+    "cleveland": "processed.cleveland.data",
+    "hungary": "processed.hungarian.data",
+    "switzerland": "processed.switzerland.data",
+    "va": "processed.va.data",
+}
+"""Hospital label (the ``hospital`` column) -> bundled file, in concatenation order."""
+
+
+def _path(name: str):
+    return files("bayes_pfl.datasets").joinpath(name)
+
+
+def load_radon() -> pd.DataFrame:
+    """Load the Minnesota radon data (Gelman & Hill 2007).
+
+    Values and row order are those of posteriordb's ``radon_mn`` data.
+
+    Returns
+    -------
+    pandas.DataFrame
+        919 rows (homes) and columns ``county`` (str, 85 counties with 1 to 116
+        homes each), ``fips`` (int, county FIPS code), ``floor`` (int, 0 =
+        basement, 1 = first floor), ``log_uppm`` (float, county-level log
+        uranium) and ``log_radon`` (float, log of radon activity + 0.1).
+    """
+    with _path("radon.csv").open("r") as fh:
+        df = pd.read_csv(fh)
+    return df.astype(
+        {
+            "county": str,
+            "fips": np.int64,
+            "floor": np.int64,
+            "log_uppm": np.float64,
+            "log_radon": np.float64,
+        }
+    )
+
+
+def load_eight_schools() -> pd.DataFrame:
+    """Load Rubin's (1981) eight schools data.
+
+    Returns
+    -------
+    pandas.DataFrame
+        8 rows and columns ``school`` (str, ``"A"`` to ``"H"``), ``y`` (float,
+        estimated SAT-coaching effect) and ``sigma`` (float, its standard error).
+    """
+    with _path("eight_schools.csv").open("r") as fh:
+        df = pd.read_csv(fh)
+    return df.astype({"school": str, "y": np.float64, "sigma": np.float64})
+
+
+def load_heart_disease(target: str = "binary") -> pd.DataFrame:
+    """Load the UCI Heart Disease data of four hospitals.
+
+    The four UCI "processed" files are concatenated in the order Cleveland,
+    Hungary, Switzerland, VA (303, 294, 123 and 200 rows, 920 in all). Missing
+    values (``?`` in the files) are kept as NaN; no row is dropped. The data are
+    otherwise as published: Switzerland records ``chol`` as 0 for every patient
+    (not measured), and ``slope``, ``ca`` and ``thal`` are mostly missing outside
+    Cleveland. FLamby drops those three columns
+    (:data:`HEART_DISEASE_FLAMBY_FEATURES`) and the rows still missing a value.
+
+    Parameters
+    ----------
+    target : {"binary", "num"}
+        ``"binary"`` (default) returns both ``num`` and the binary ``target`` =
+        ``int(num > 0)``; ``"num"`` returns ``num`` only.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``hospital`` (str: ``"cleveland"``, ``"hungary"``,
+        ``"switzerland"``, ``"va"``), the 13 features of
+        :data:`HEART_DISEASE_FEATURES` (float, NaN where missing), ``num`` (int,
+        0 = no disease, 1-4 = disease) and, with ``target="binary"``, ``target``
+        (int, 0 or 1). The index runs from 0 to 919.
+    """
+    if target not in ("binary", "num"):
+        raise ValueError(f"target must be 'binary' or 'num', got {target!r}")
+    parts = []
+    for hospital, fname in HEART_DISEASE_HOSPITALS.items():
+        with _path(fname).open("r") as fh:
+            part = pd.read_csv(fh, header=None, names=list(HEART_DISEASE_COLUMNS), na_values="?")
+        part.insert(0, "hospital", hospital)
+        parts.append(part)
+    df = pd.concat(parts, ignore_index=True)
+    df = df.astype({c: np.float64 for c in HEART_DISEASE_FEATURES})
+    df["hospital"] = df["hospital"].astype(str)
+    df["num"] = df["num"].astype(np.int64)
+    if target == "binary":
+        df["target"] = (df["num"] > 0).astype(np.int64)
+    return df
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Description of a bundled dataset.
+
+    Attributes
+    ----------
+    name : str
+        Name accepted by :func:`load`.
+    loader : callable
+        Function returning the data frame.
+    client_col : str
+        Column whose values label the clients.
+    target : str
+        Column of the outcome.
+    features : tuple of str
+        Default feature columns.
+    default_model : str
+        Name of the matching model in ``bayes_pfl.models`` (see ``get_model``).
+    description : str
+        One-line description.
+    citation : str
+        Reference to cite.
+    licence : str
+        Licence or terms of use.
+    """
+
+    name: str
+    loader: Callable[[], pd.DataFrame]
+    client_col: str
+    target: str
+    features: tuple[str, ...]
+    default_model: str
+    description: str
+    citation: str
+    licence: str
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    "radon": DatasetInfo(
+        name="radon",
+        loader=load_radon,
+        client_col="county",
+        target="log_radon",
+        features=("log_uppm", "floor"),
+        default_model="radon_intercept",
+        description="Minnesota radon: 919 homes in 85 counties (1 to 116 homes per county).",
+        citation=(
+            "Gelman, A. & Hill, J. (2007). Data Analysis Using Regression and "
+            "Multilevel/Hierarchical Models. Cambridge University Press. "
+            "Data as in posteriordb's radon_mn."
+        ),
+        licence="Public data (US EPA National Radon Survey).",
+    ),
+    "eight_schools": DatasetInfo(
+        name="eight_schools",
+        loader=load_eight_schools,
+        client_col="school",
+        target="y",
+        features=("sigma",),
+        default_model="eight_schools",
+        description="Eight schools: SAT-coaching effect estimates and standard errors.",
+        citation=(
+            "Rubin, D. B. (1981). Estimation in parallel randomized experiments. "
+            "Journal of Educational Statistics, 6(4), 377-401."
+        ),
+        licence="Published summary statistics (Rubin 1981).",
+    ),
+    "heart_disease": DatasetInfo(
+        name="heart_disease",
+        loader=load_heart_disease,
+        client_col="hospital",
+        target="target",
+        features=HEART_DISEASE_FLAMBY_FEATURES,
+        default_model="logistic",
+        description="UCI Heart Disease: 920 patients in four hospitals (303/294/123/200).",
+        citation=(
+            "Janosi, A., Steinbrunn, W., Pfisterer, M. & Detrano, R. (1988). Heart "
+            "Disease. UCI Machine Learning Repository. https://doi.org/10.24432/C52P4X"
+        ),
+        licence="CC BY 4.0",
+    ),
+}
+"""Bundled datasets by name."""
+
+
+def load(name: str) -> pd.DataFrame:
+    """Load a bundled dataset by name.
+
+    Parameters
+    ----------
+    name : str
+        One of the keys of :data:`DATASETS`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The dataset, as returned by its loader.
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is not a known dataset.
+    """
+    try:
+        info = DATASETS[name]
+    except KeyError:
+        known = ", ".join(sorted(DATASETS))
+        raise ValueError(f"unknown dataset {name!r}; known datasets: {known}") from None
+    return info.loader()
