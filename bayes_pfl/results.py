@@ -1,0 +1,252 @@
+"""One result type for every method, and its one conversion to ArviZ.
+
+Every inference method (centralized NUTS, and the federated algorithms) returns
+a :class:`FitResult`: draws of the global parameters ``phi``, draws of each
+client's ``theta_k`` with a ``client`` axis in the user's label order, optional
+sampler statistics and a per-round history. :meth:`FitResult.to_datatree` is the
+one conversion to an ArviZ 1.x :class:`xarray.DataTree`, so results of different
+methods share one layout and can be compared variable by variable.
+
+On disk a fit is a folder with three files (:func:`save_fit`):
+
+``posterior.nc``
+    the DataTree (``xarray.open_datatree`` reads it back, labels included);
+``summary.csv``
+    ``arviz.summary`` with 90% equal-tailed intervals, one row per parameter
+    element, client labels in the row names (``alpha[AITKIN]``);
+``run.json``
+    method, model, seed, wall time, package versions, diagnostics, history.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from bayes_pfl.spec import HierarchicalModel
+
+__all__ = ["FitResult", "load_posterior", "package_versions", "save_fit", "summarize"]
+
+SUMMARY_CI_PROB = 0.9
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of Python and of the packages a result depends on."""
+    out = {"python": platform.python_version()}
+    for pkg in ("bayes-pfl", "jax", "jaxlib", "numpyro", "arviz", "xarray", "numpy", "pandas"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _label_array(labels) -> np.ndarray:
+    arr = np.asarray(list(labels))
+    if arr.dtype.kind in "OUS":
+        return arr.astype(str)
+    return arr
+
+
+@dataclass
+class FitResult:
+    """Posterior draws of one fit, in one layout for every method.
+
+    Attributes
+    ----------
+    method : str
+        ``"nuts"``, ``"one-shot"``, ``"ep"``, ...
+    model : HierarchicalModel
+        The model that was fitted.
+    clients : tuple
+        Client labels, in the order of the ``client`` axis.
+    phi : dict of str to ndarray
+        Global sites (sample and deterministic), each ``(chain, draw, *shape)``.
+    theta : dict of str to ndarray
+        Client sites, each ``(chain, draw, client, *shape)``.
+    sample_stats : dict of str to ndarray, optional
+        Sampler statistics, each ``(chain, draw)``.
+    history : list of dict
+        One entry per federated round (empty for centralized fits).
+    info : dict
+        Free-form run information (wall time, settings) written to ``run.json``.
+    """
+
+    method: str
+    model: HierarchicalModel
+    clients: tuple
+    phi: dict[str, np.ndarray]
+    theta: dict[str, np.ndarray]
+    sample_stats: dict[str, np.ndarray] | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_chains(self) -> int:
+        return next(iter(self.phi.values())).shape[0]
+
+    @property
+    def num_draws(self) -> int:
+        return next(iter(self.phi.values())).shape[1]
+
+    def _dims(self) -> dict[str, list[str]]:
+        dims = {}
+        for name, v in self.phi.items():
+            dims[name] = [f"{name}_dim_{i}" for i in range(v.ndim - 2)]
+        for name, v in self.theta.items():
+            dims[name] = ["client"] + [f"{name}_dim_{i}" for i in range(v.ndim - 3)]
+        return dims
+
+    def pointwise_loglik(self, x: np.ndarray, y: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Log-likelihood of every real row under every draw, shape ``(chain, draw, n_obs)``.
+
+        Rows are the ``mask``-selected rows of ``x``/``y`` (``(K, n_max, ...)``), client
+        by client, in row order.
+        """
+        model = self.model
+        c, d = self.num_chains, self.num_draws
+        def flat(tree):
+            return jax.tree.map(lambda a: jnp.asarray(a).reshape((c * d,) + a.shape[2:]), tree)
+
+        phi, theta = flat(self.phi), flat(self.theta)
+
+        def one_draw(phi_s, theta_s):
+            return jax.vmap(model.pointwise_loglik_values, in_axes=(0, None, 0, 0))(
+                theta_s, phi_s, jnp.asarray(x), jnp.asarray(y)
+            )
+
+        ll = jax.lax.map(lambda args: one_draw(*args), (phi, theta), batch_size=64)
+        ll = np.asarray(ll)[:, np.asarray(mask)]
+        return ll.reshape(c, d, -1)
+
+    def to_datatree(self, data=None, *, log_likelihood: bool = True):
+        """The fit as an ArviZ 1.x ``xarray.DataTree``.
+
+        Groups: ``posterior`` (global and client variables; client variables carry
+        a ``client`` dimension labelled with the user's labels), ``sample_stats``
+        (when the method has them), and, when ``data`` (a
+        :class:`~bayes_pfl.data.FederatedData`) is given, ``observed_data`` and
+        ``log_likelihood`` over the training rows (dimension ``obs`` with a
+        coordinate ``obs_client`` naming each row's client), ready for ``az.loo``.
+        The federated round history, when present, is the group ``fit_history``.
+        """
+        import arviz as az
+
+        groups: dict[str, dict[str, np.ndarray]] = {
+            "posterior": {**self.phi, **self.theta},
+        }
+        if self.sample_stats:
+            groups["sample_stats"] = dict(self.sample_stats)
+        coords: dict[str, Any] = {"client": _label_array(self.clients)}
+        dims = self._dims()
+        obs_name = self.model.observed_name
+        obs_client = None
+        if data is not None:
+            arr = data.train
+            mask = np.asarray(arr.mask)
+            rows = np.asarray(arr.y)[mask]
+            obs_client = np.repeat(_label_array(self.clients), mask.sum(axis=1))
+            groups["observed_data"] = {obs_name: rows}
+            dims[obs_name] = ["obs"]
+            coords["obs"] = np.arange(rows.shape[0])
+            if log_likelihood:
+                groups["log_likelihood"] = {obs_name: self.pointwise_loglik(arr.x, arr.y, arr.mask)}
+        attrs = {"/": {"method": self.method, "model": self.model.name}}
+        dt = az.from_dict(groups, coords=coords, dims=dims, attrs=attrs)
+        if obs_client is not None:
+            for group in ("observed_data", "log_likelihood"):
+                if group in dt.children:
+                    ds = dt[group].to_dataset().assign_coords(obs_client=("obs", obs_client))
+                    dt[group] = xr.DataTree(ds)
+        if self.history:
+            dt["fit_history"] = xr.DataTree(_history_dataset(self.history))
+        return dt
+
+
+def _history_dataset(history: list[dict[str, Any]]) -> xr.Dataset:
+    scalars = {}
+    for key in history[0]:
+        vals = [h.get(key) for h in history]
+        if all(isinstance(v, int | float | np.integer | np.floating | bool) for v in vals):
+            scalars[key] = ("round", np.asarray(vals, dtype=float))
+    return xr.Dataset(scalars, coords={"round": np.arange(1, len(history) + 1)})
+
+
+def summarize(dt, *, var_names=None) -> pd.DataFrame:
+    """ArviZ summary of the posterior with 90% equal-tailed intervals, unrounded."""
+    import arviz as az
+
+    return az.summary(
+        dt, var_names=var_names, ci_prob=SUMMARY_CI_PROB, ci_kind="eti", round_to="none"
+    )
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray | jax.Array):
+        return np.asarray(obj).tolist()
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def save_fit(result: FitResult, data, out_dir: str | Path, **run_info) -> dict[str, Path]:
+    """Write ``posterior.nc``, ``summary.csv`` and ``run.json`` for a fit.
+
+    Returns the paths written, by name. ``run_info`` is merged into ``run.json``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dt = result.to_datatree(data)
+    paths = {
+        "posterior": out / "posterior.nc",
+        "summary": out / "summary.csv",
+        "run": out / "run.json",
+    }
+    dt.to_netcdf(paths["posterior"], engine="h5netcdf")
+    summary = summarize(dt)
+    summary.to_csv(paths["summary"])
+    diag = {}
+    if "r_hat" in summary:
+        diag["max_r_hat"] = float(np.nanmax(summary["r_hat"]))
+        diag["min_ess_bulk"] = float(np.nanmin(summary["ess_bulk"]))
+    if result.sample_stats and "diverging" in result.sample_stats:
+        diag["divergences"] = int(np.sum(result.sample_stats["diverging"]))
+    run = {
+        "method": result.method,
+        "model": result.model.name,
+        "clients": len(result.clients),
+        "num_chains": result.num_chains,
+        "num_draws": result.num_draws,
+        **result.info,
+        **run_info,
+        "diagnostics": diag,
+        "history": result.history,
+        "versions": package_versions(),
+        "command": sys.argv,
+    }
+    paths["run"].write_text(json.dumps(_jsonable(run), indent=2))
+    return paths
+
+
+def load_posterior(path: str | Path):
+    """Read a ``posterior.nc`` written by :func:`save_fit` (an ``xarray.DataTree``)."""
+    return xr.open_datatree(Path(path), engine="h5netcdf").load()

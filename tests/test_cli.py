@@ -1,0 +1,120 @@
+"""The bayes-pfl command line, run as users run it (a subprocess)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import xarray as xr
+
+from bayes_pfl import load
+
+
+def run_cli(*args, timeout=600):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("XLA_FLAGS", None)
+    return subprocess.run(
+        [sys.executable, "-m", "bayes_pfl.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def test_help_everywhere():
+    for args in ([], ["fit"], ["demo"], ["datasets"], ["models"]):
+        r = run_cli(*args, "--help")
+        assert r.returncode == 0, r.stderr
+        assert "usage: bayes-pfl" in r.stdout
+
+
+@pytest.mark.slow
+def test_fit_radon_nuts_writes_three_files(tmp_path):
+    out = tmp_path / "radon"
+    r = run_cli(
+        "fit",
+        "--data",
+        "radon",
+        "--model",
+        "radon_intercept",
+        "--method",
+        "nuts",
+        "--out",
+        str(out),
+        "--no-progress",
+    )
+    assert r.returncode == 0, r.stderr
+    assert {p.name for p in out.iterdir()} == {"posterior.nc", "summary.csv", "run.json"}
+    summary = pd.read_csv(out / "summary.csv", index_col=0)
+    assert summary["r_hat"].max() <= 1.01
+    assert "alpha[AITKIN]" in summary.index and "sigma_y" in summary.index
+    assert {"mean", "sd", "r_hat", "ess_bulk"} <= set(summary.columns)
+    dt = xr.open_datatree(out / "posterior.nc")
+    assert dt.posterior.sizes["client"] == 85
+    run = json.loads((out / "run.json").read_text())
+    assert run["method"] == "nuts" and run["seed"] == 0 and run["wall_time_s"] > 0
+    assert "AITKIN" in r.stdout  # the per-county table
+
+
+def test_fit_csv_and_clear_errors(tmp_path):
+    df = load("eight_schools")
+    csv = tmp_path / "schools.csv"
+    df.to_csv(csv, index=False)
+    out = tmp_path / "out"
+    r = run_cli(
+        "fit",
+        "--data",
+        str(csv),
+        "--client-col",
+        "school",
+        "--target",
+        "y",
+        "--features",
+        "sigma",
+        "--model",
+        "eight_schools",
+        "--out",
+        str(out),
+        "--chains",
+        "2",
+        "--warmup",
+        "300",
+        "--samples",
+        "300",
+        "--no-progress",
+    )
+    assert r.returncode == 0, r.stderr
+    assert (out / "posterior.nc").exists()
+
+    r = run_cli(
+        "fit",
+        "--data",
+        str(csv),
+        "--client-col",
+        "school",
+        "--target",
+        "y",
+        "--features",
+        "sigma,nope",
+        "--model",
+        "eight_schools",
+        "--out",
+        str(out),
+    )
+    assert r.returncode == 2 and "nope" in r.stderr
+
+    r = run_cli("fit", "--data", "no_such_thing", "--out", str(out))
+    assert r.returncode != 0 and "neither a bundled dataset" in r.stderr
+
+    r = run_cli("fit", "--data", "radon", "--model", "eight_schools", "--out", str(out))
+    assert r.returncode == 2 and "sigma" in r.stderr
+
+
+def test_datasets_and_models_listing():
+    r = run_cli("datasets")
+    assert r.returncode == 0 and "radon" in r.stdout and "heart_disease" in r.stdout
+    r = run_cli("models")
+    assert r.returncode == 0 and "radon_intercept" in r.stdout
