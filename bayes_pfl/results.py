@@ -116,6 +116,7 @@ class FitResult:
         """
         model = self.model
         c, d = self.num_chains, self.num_draws
+
         def flat(tree):
             return jax.tree.map(lambda a: jnp.asarray(a).reshape((c * d,) + a.shape[2:]), tree)
 
