@@ -81,6 +81,10 @@ class FitResult:
         One entry per federated round (empty for centralized fits).
     info : dict
         Free-form run information (wall time, settings) written to ``run.json``.
+    state : dict
+        What a federated fit keeps for later steps (the global draws in
+        unconstrained coordinates, the product of sites): used by
+        :func:`~bayes_pfl.federated.cold_start`.
     """
 
     method: str
@@ -91,6 +95,7 @@ class FitResult:
     sample_stats: dict[str, np.ndarray] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+    state: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_chains(self) -> int:
@@ -178,6 +183,8 @@ class FitResult:
 def _history_dataset(history: list[dict[str, Any]]) -> xr.Dataset:
     scalars = {}
     for key in history[0]:
+        if key == "round":
+            continue
         vals = [h.get(key) for h in history]
         if all(isinstance(v, int | float | np.integer | np.floating | bool) for v in vals):
             scalars[key] = ("round", np.asarray(vals, dtype=float))

@@ -478,6 +478,11 @@ class HierarchicalModel:
             ll = jax.vmap(self.pointwise_loglik_values, in_axes=(0, None, 0, 0))(theta, phi, x, y)
         numpyro.factor("loglik", jnp.sum(jnp.where(mask, ll, 0.0)))
 
+    def sample_theta(self, rng_key: Array, phi: Params) -> Array:
+        """One draw of ``theta_k ~ p(theta | phi)``, unconstrained (a new client, no data)."""
+        tr = _run(self.client_prior, phi, rng_key=rng_key)
+        return self.theta_space.flatten({n: tr[n]["value"] for n in self.theta_space.names})
+
     # ------------------------------------------------------------------ prediction
     def sample_likelihood(self, rng_key: Array, theta: Params, phi: Params, x: Array) -> Array:
         """Draw ``y`` for one client's rows from the likelihood (posterior predictive)."""

@@ -1,0 +1,222 @@
+"""The in-process driver: one round loop for every federated algorithm.
+
+:func:`run_rounds` vmaps an :class:`~bayes_pfl.algorithms.Algorithm`'s
+``client_update`` over the client axis (one compiled call per round, no Python
+loop over clients), checks every message at the server boundary, applies
+``server_update``, records a history entry per round (changes, bytes in each
+direction, rejected clients), shows progress, and can checkpoint and resume.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bayes_pfl.algorithms import Algorithm, select_clients
+from bayes_pfl.codec import decode, encode
+
+__all__ = ["SimulationResult", "check_messages", "message_nbytes", "run_rounds"]
+
+
+class SimulationResult(NamedTuple):
+    server_state: Any
+    client_states: Any
+    history: list[dict[str, Any]]
+    converged: bool
+    rounds: int
+
+
+def message_nbytes(tree: Any, n_clients: int) -> int:
+    """Bytes one client sends or receives: the pytree's bytes divided by the client axis."""
+    total = sum(int(np.asarray(leaf).nbytes) for leaf in jax.tree_util.tree_leaves(tree))
+    return total // n_clients
+
+
+def check_messages(messages: Any, labels) -> tuple[np.ndarray, dict[Any, str]]:
+    """Host-side check of stacked messages: every leaf of every client must be finite.
+
+    Returns the per-client acceptance mask and ``{label: reason}`` for rejected clients.
+    """
+    k = len(labels)
+    ok = np.ones(k, bool)
+    reasons: dict[Any, str] = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(messages)[0]:
+        arr = np.asarray(leaf)
+        if arr.shape[:1] != (k,):
+            raise ValueError(
+                f"message field {jax.tree_util.keystr(path)} has leading axis {arr.shape[:1]}, "
+                f"expected {k} clients"
+            )
+        if not np.issubdtype(arr.dtype, np.floating):
+            continue
+        finite = np.isfinite(arr.reshape(k, -1)).all(axis=1)
+        for i in np.flatnonzero(~finite):
+            reasons.setdefault(labels[i], f"non-finite values in {jax.tree_util.keystr(path)}")
+        ok &= finite
+    return ok, reasons
+
+
+def _scalars(info: Any, prefix: str = "") -> dict[str, float]:
+    out = {}
+    for name, value in info._asdict().items():
+        arr = np.asarray(value)
+        if arr.ndim == 0:
+            out[prefix + name] = arr.item() if arr.dtype != bool else bool(arr)
+        elif arr.dtype == bool:
+            out[prefix + name + "_count"] = int(arr.sum())
+        else:
+            out[prefix + name + "_max"] = float(np.max(arr))
+    return out
+
+
+def run_rounds(
+    algorithm: Algorithm,
+    data,
+    *,
+    rounds: int,
+    labels,
+    seed: int = 0,
+    participating: np.ndarray | None = None,
+    stop_when_converged: bool = True,
+    progress: bool = True,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+    init: tuple[Any, Any] | None = None,
+) -> SimulationResult:
+    """Run ``algorithm`` for up to ``rounds`` rounds on ``data`` (``ClientArrays``).
+
+    Parameters
+    ----------
+    algorithm : Algorithm
+        Pure functions, see :mod:`bayes_pfl.algorithms`.
+    data : ClientArrays
+        Stacked client arrays (leading client axis).
+    rounds : int
+        Maximum number of rounds.
+    labels : sequence
+        Client labels (for messages about rejected clients and the history).
+    seed : int
+        Seed of the round keys.
+    participating : bool array, optional
+        Clients taking part (default: every client with at least one row).
+        Others keep their initial contribution.
+    stop_when_converged : bool
+        Stop after the first round whose server info says ``converged``.
+    progress : bool
+        Show a progress bar over rounds.
+    checkpoint : path, optional
+        After every round, write the server and client states and the history there
+        (``.npz`` plus ``.json``); with ``resume=True`` an existing checkpoint is
+        loaded and the run continues from its round.
+    init : (server_state, client_states), optional
+        Start from these states instead of ``server_init``/``client_init`` (e.g. the
+        end of a cheaper algorithm's run).
+    """
+    from tqdm.auto import tqdm
+
+    labels = list(labels)
+    k = len(labels)
+    arrays = jax.tree.map(jnp.asarray, tuple(data))
+    if participating is None:
+        participating = np.asarray(data.mask).sum(axis=1) > 0
+    participating = np.asarray(participating, bool)
+    key = jax.random.key(seed)
+    server_state = algorithm.server_init(jax.random.fold_in(key, 0), k)
+    client_states = jax.vmap(algorithm.client_init)(jax.random.split(key, k), arrays)
+    if init is not None:
+        server_state, client_states = init
+    history: list[dict[str, Any]] = []
+    start_round = 0
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    if ckpt is not None and resume and ckpt.with_suffix(".npz").exists():
+        server_state, client_states, history = _load_checkpoint(ckpt, server_state, client_states)
+        start_round = len(history)
+    broadcast_step = jax.jit(algorithm.broadcast)
+    broadcast = broadcast_step(server_state)
+
+    client_step = jax.jit(jax.vmap(algorithm.client_update))
+    server_step = jax.jit(algorithm.server_update)
+    converged = bool(history and history[-1].get("converged", False))
+    bar = tqdm(
+        range(start_round, rounds),
+        disable=not progress,
+        desc=f"{algorithm.name} rounds",
+        unit="round",
+        initial=start_round,
+        total=rounds,
+    )
+    for r in bar:
+        if converged and stop_when_converged:
+            break
+        t0 = time.perf_counter()
+        rkey = jax.random.fold_in(key, r + 1)
+        ckeys = jax.random.split(jax.random.fold_in(rkey, 1), k)
+        client_states_new, messages, cinfo = client_step(ckeys, broadcast, client_states, arrays)
+        messages = jax.block_until_ready(messages)
+        ok, reasons = check_messages(messages, labels)
+        if reasons:
+            warnings.warn(
+                f"round {r + 1}: rejected messages from {len(reasons)} client(s): "
+                + "; ".join(f"{lab!r}: {why}" for lab, why in reasons.items()),
+                stacklevel=2,
+            )
+        accept = jnp.asarray(ok & participating)
+        client_states = select_clients(accept, client_states_new, client_states)
+        bytes_down = message_nbytes(broadcast, k)
+        server_state, sinfo = server_step(
+            jax.random.fold_in(rkey, 2), server_state, messages, accept
+        )
+        broadcast = jax.block_until_ready(broadcast_step(server_state))
+        entry = {
+            "round": r + 1,
+            "wall_time_s": time.perf_counter() - t0,
+            "bytes_up_per_client": message_nbytes(messages, k),
+            "bytes_down_per_client": bytes_down,
+            "n_rejected": len(reasons),
+            "rejected": [str(lab) for lab in reasons],
+            **_scalars(sinfo),
+            **_scalars(cinfo, "client_"),
+        }
+        history.append(entry)
+        converged = bool(entry.get("converged", False))
+        if progress:
+            bar.set_postfix(
+                {
+                    key_: f"{entry[key_]:.2g}"
+                    for key_ in ("mean_change", "sd_change")
+                    if key_ in entry
+                }
+            )
+        if ckpt is not None:
+            _save_checkpoint(ckpt, server_state, client_states, history)
+    bar.close()
+    return SimulationResult(server_state, client_states, history, converged, len(history))
+
+
+def _save_checkpoint(path: Path, server_state, client_states, history) -> None:
+    flat = {f"server{k}": v for k, v in encode(server_state).items()}
+    flat.update({f"clients{k}": v for k, v in encode(client_states).items()})
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **flat)
+    tmp.replace(path.with_suffix(".npz"))
+    path.with_suffix(".json").write_text(json.dumps(history, indent=1))
+
+
+def _load_checkpoint(path: Path, server_template, client_template):
+    with np.load(path.with_suffix(".npz")) as z:
+        flat = dict(z)
+    server = decode({k[6:]: v for k, v in flat.items() if k.startswith("server")}, server_template)
+    clients = decode(
+        {k[7:]: v for k, v in flat.items() if k.startswith("clients")}, client_template
+    )
+    history = json.loads(path.with_suffix(".json").read_text())
+    server = jax.tree.map(jnp.asarray, server)
+    clients = jax.tree.map(jnp.asarray, clients)
+    return server, clients, history
