@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-METHODS = ("nuts",)
+METHODS = ("nuts", "one-shot", "ep")
 
 
 def _configure_jax(num_devices: int) -> None:
@@ -106,7 +106,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--method",
         choices=METHODS,
         default="nuts",
-        help="inference method: nuts = centralized NUTS reference",
+        help="nuts: centralized NUTS reference (pools all rows); one-shot: one exchange of "
+        "posterior summaries; ep: federated expectation propagation",
+    )
+    fed = fit.add_argument_group("federated (one-shot, ep)")
+    fed.add_argument("--rounds", type=int, default=10, help="EP: maximum rounds (default 10)")
+    fed.add_argument("--damping", type=float, default=0.8, help="EP: damping rate (0.8)")
+    fed.add_argument(
+        "--tilted",
+        choices=("laplace", "nuts"),
+        default="laplace",
+        help="clients' tilted inference: laplace (fast, default) or nuts (few clients)",
+    )
+    fed.add_argument(
+        "--site-fit",
+        choices=("regression", "taylor"),
+        default="regression",
+        help="laplace clients: quadratic fit of the marginal likelihood over the tilted "
+        "region (default) or Taylor expansion at the tilted mode",
     )
     fit.add_argument("--out", required=True, help="output folder")
     _add_nuts_args(fit)
@@ -203,18 +220,42 @@ def client_table(dt, var: str, data) -> pd.DataFrame:  # noqa: F821
 
 def _fit_and_save(args, data, model, out: Path, *, dataset: str):
     from bayes_pfl.centralized import fit_nuts
+    from bayes_pfl.federated import fit_ep, fit_one_shot
     from bayes_pfl.results import save_fit
 
     t0 = time.perf_counter()
-    result = fit_nuts(
-        model,
-        data,
-        num_chains=args.chains,
-        num_warmup=args.warmup,
-        num_samples=args.samples,
-        seed=args.seed,
-        progress_bar=not args.no_progress,
-    )
+    method = getattr(args, "method", "nuts")
+    sampling = dict(num_chains=args.chains, num_warmup=args.warmup, seed=args.seed)
+    if method == "nuts":
+        result = fit_nuts(
+            model,
+            data,
+            num_samples=args.samples,
+            progress_bar=not args.no_progress,
+            **sampling,
+        )
+    elif method == "one-shot":
+        result = fit_one_shot(
+            model,
+            data,
+            tilted=args.tilted,
+            site_fit=args.site_fit,
+            num_samples=args.samples,
+            progress=not args.no_progress,
+            **sampling,
+        )
+    else:
+        result = fit_ep(
+            model,
+            data,
+            rounds=args.rounds,
+            damping=args.damping,
+            tilted=args.tilted,
+            site_fit=args.site_fit,
+            num_samples=args.samples,
+            progress=not args.no_progress,
+            **sampling,
+        )
     paths = save_fit(
         result, data, out, dataset=dataset, seed=args.seed, total_time_s=time.perf_counter() - t0
     )
@@ -278,11 +319,19 @@ def cmd_fit(args, *, dataset=None) -> int:
         print(f"\n{model.name}: per-client {var} (posterior mean, sd, 90% interval)")
         print(table.round(3).to_string())
     summary = pd.read_csv(paths["summary"], index_col=0)
+    div = int(result.sample_stats["diverging"].sum()) if result.sample_stats else 0
     print(
-        f"\nmax r_hat {summary['r_hat'].max():.4f}, min ess_bulk {summary['ess_bulk'].min():.0f}, "
-        f"divergences {int(result.sample_stats['diverging'].sum())}, "
+        f"\n{result.method}: max r_hat {summary['r_hat'].max():.4f}, "
+        f"min ess_bulk {summary['ess_bulk'].min():.0f}, divergences {div}, "
         f"wall time {result.info['wall_time_s']:.1f} s"
     )
+    if result.history:
+        last = result.history[-1]
+        print(
+            f"{len(result.history)} round(s), converged: {result.info.get('converged')}, "
+            f"bytes per client per round: up {last['bytes_up_per_client']}, "
+            f"down {last['bytes_down_per_client']}"
+        )
     if args.command == "demo":
         for p in _plots(dt, var, table, out):
             paths[p.stem] = p
@@ -296,6 +345,7 @@ def cmd_demo(args) -> int:
     args.model = "radon_intercept"
     args.varying, args.centered = "intercept", False
     args.missing, args.test_size, args.standardize = "error", 0.0, False
+    args.method = "nuts"
     return cmd_fit(args, dataset="radon")
 
 

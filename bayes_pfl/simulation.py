@@ -9,6 +9,7 @@ direction, rejected clients), shows progress, and can checkpoint and resume.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 import warnings
@@ -138,11 +139,11 @@ def run_rounds(
     if ckpt is not None and resume and ckpt.with_suffix(".npz").exists():
         server_state, client_states, history = _load_checkpoint(ckpt, server_state, client_states)
         start_round = len(history)
-    broadcast_step = jax.jit(algorithm.broadcast)
+    broadcast_step = _compiled(algorithm.broadcast)
     broadcast = broadcast_step(server_state)
 
-    client_step = jax.jit(jax.vmap(algorithm.client_update))
-    server_step = jax.jit(algorithm.server_update)
+    client_step = _compiled_client_step(algorithm.client_update)
+    server_step = _compiled(algorithm.server_update)
     converged = bool(history and history[-1].get("converged", False))
     bar = tqdm(
         range(start_round, rounds),
@@ -167,6 +168,15 @@ def run_rounds(
                 + "; ".join(f"{lab!r}: {why}" for lab, why in reasons.items()),
                 stacklevel=2,
             )
+        local_ok = np.asarray(getattr(messages, "ok", np.ones(k, bool)), bool)
+        failed = [labels[i] for i in np.flatnonzero(~local_ok & ok & participating)]
+        if failed and r > 0:
+            # in round 1 clients may lack a local mode (e.g. one row, unidentified scale)
+            warnings.warn(
+                f"round {r + 1}: local inference failed on {len(failed)} client(s), their "
+                "previous contribution is kept: " + ", ".join(repr(lab) for lab in failed[:20]),
+                stacklevel=2,
+            )
         accept = jnp.asarray(ok & participating)
         client_states = select_clients(accept, client_states_new, client_states)
         bytes_down = message_nbytes(broadcast, k)
@@ -181,6 +191,7 @@ def run_rounds(
             "bytes_down_per_client": bytes_down,
             "n_rejected": len(reasons),
             "rejected": [str(lab) for lab in reasons],
+            "failed": [str(lab) for lab in failed],
             **_scalars(sinfo),
             **_scalars(cinfo, "client_"),
         }
@@ -198,6 +209,17 @@ def run_rounds(
             _save_checkpoint(ckpt, server_state, client_states, history)
     bar.close()
     return SimulationResult(server_state, client_states, history, converged, len(history))
+
+
+@functools.cache
+def _compiled_client_step(client_update):
+    """One jitted, client-vmapped step per algorithm, reused across runs of the same shapes."""
+    return jax.jit(jax.vmap(client_update))
+
+
+@functools.cache
+def _compiled(fn):
+    return jax.jit(fn)
 
 
 def _save_checkpoint(path: Path, server_state, client_states, history) -> None:
