@@ -33,6 +33,10 @@ def _configure_jax(num_devices: int) -> None:
     import jax
 
     jax.config.update("jax_enable_x64", True)
+    # a persistent compilation cache makes repeated runs skip XLA compilation
+    if not os.environ.get("BAYES_PFL_NO_COMPILATION_CACHE"):
+        cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bayes-pfl" / "jax"
+        jax.config.update("jax_compilation_cache_dir", str(cache))
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:

@@ -75,38 +75,45 @@ def newton_maximize(
     ``tol * (1 + |logp|)`` or after ``max_iter`` iterations. Non-finite trial
     values are never accepted, so a finite start stays finite.
     """
-    grad_fn = jax.grad(logp_fn)
+    value_and_grad = jax.value_and_grad(logp_fn)
     hess_fn = jax.hessian(logp_fn)
+    n = jnp.shape(x0)[0]
 
+    # A do-while loop: derivatives are evaluated only in the body, once per iterate, so
+    # they are compiled once (this matters for nested, implicitly differentiated objectives).
     def not_done(state):
-        x, f, g, it, done = state
-        return jnp.logical_and(it < max_iter, jnp.logical_not(done))
+        return jnp.logical_and(state[4] <= max_iter, jnp.logical_not(state[5]))
 
-    def step(state):
-        x, f, g, it, _ = state
+    def body(state):
+        x, _, _, _, it, _ = state
+        f, g = value_and_grad(x)
         h = -hess_fn(x)
+        converged = jnp.max(jnp.abs(g)) < tol * (1.0 + jnp.abs(f))
         d = jnp.linalg.solve(_safe_psd(h, floor), g)
         trials = x[None, :] + _STEP_SIZES[:, None] * d[None, :]
         vals = jax.vmap(logp_fn)(trials)
         vals = jnp.where(jnp.isfinite(vals), vals, -jnp.inf)
         best = jnp.argmax(vals)
-        improve = vals[best] >= f
-        x_new = jnp.where(improve, trials[best], x)
-        f_new = jnp.where(improve, vals[best], f)
-        g_new = grad_fn(x_new)
-        done = jnp.max(jnp.abs(g_new)) < tol * (1.0 + jnp.abs(f_new))
+        improve = vals[best] > f
+        move = improve & jnp.logical_not(converged) & (it < max_iter)
         # a step that cannot improve means we sit at a (numerical) optimum
-        done = jnp.logical_or(done, jnp.logical_not(improve))
-        return x_new, f_new, g_new, it + 1, done
+        done = jnp.logical_not(move)
+        return jnp.where(move, trials[best], x), f, g, h, it + 1, done
 
     x0 = jnp.asarray(x0)
-    f0 = logp_fn(x0)
-    g0 = grad_fn(x0)
-    init = (x0, f0, g0, jnp.asarray(0), jnp.asarray(False))
-    x, f, g, it, _ = jax.lax.while_loop(not_done, step, init)
+    dt = x0.dtype
+    init = (
+        x0,
+        jnp.zeros((), dt),
+        jnp.zeros(n, dt),
+        jnp.zeros((n, n), dt),
+        jnp.asarray(0),
+        jnp.asarray(False),
+    )
+    x, f, g, h, it, _ = jax.lax.while_loop(not_done, body, init)
     gmax = jnp.max(jnp.abs(g))
     converged = jnp.isfinite(f) & (gmax < jnp.sqrt(tol) * (1.0 + jnp.abs(f)))
-    return NewtonResult(x, f, -hess_fn(x), gmax, it, converged)
+    return NewtonResult(x, f, h, gmax, it - 1, converged)
 
 
 class LaplaceResult(NamedTuple):
