@@ -136,6 +136,31 @@ class FitResult:
         ll = np.asarray(ll)[:, np.asarray(mask)]
         return ll.reshape(c, d, -1)
 
+    def predictive(self, x: np.ndarray, mask: np.ndarray, *, seed: int = 0) -> np.ndarray:
+        """Posterior predictive draws of the target for rows ``x`` (``(K, n_max, p)``).
+
+        Returns ``(chain, draw, n_obs)`` over the ``mask``-selected rows, client by client.
+        """
+        model = self.model
+        c, d = self.num_chains, self.num_draws
+
+        def flat(tree):
+            return jax.tree.map(lambda a: jnp.asarray(a).reshape((c * d,) + a.shape[2:]), tree)
+
+        keys = jax.random.split(jax.random.key(seed), c * d)
+        xs = jnp.asarray(x)
+
+        def one_draw(args):
+            key, phi_s, theta_s = args
+            ks = jax.random.split(key, xs.shape[0])
+            return jax.vmap(model.sample_likelihood, in_axes=(0, 0, None, 0))(
+                ks, theta_s, phi_s, xs
+            )
+
+        yrep = jax.lax.map(one_draw, (keys, flat(self.phi), flat(self.theta)), batch_size=64)
+        yrep = np.asarray(yrep)[:, np.asarray(mask)]
+        return yrep.reshape(c, d, -1)
+
     def to_datatree(self, data=None, *, log_likelihood: bool = True):
         """The fit as an ArviZ 1.x ``xarray.DataTree``.
 
@@ -145,6 +170,9 @@ class FitResult:
         :class:`~bayes_pfl.data.FederatedData`) is given, ``observed_data`` and
         ``log_likelihood`` over the training rows (dimension ``obs`` with a
         coordinate ``obs_client`` naming each row's client), ready for ``az.loo``.
+        When ``data`` has held-out test rows, ``posterior_predictive`` holds draws
+        of the target for them (dimension ``test_obs``, coordinate ``test_obs_client``)
+        and ``observed_data`` their observed values (``<target>_test``).
         The federated round history, when present, is the group ``fit_history``.
         """
         import arviz as az
@@ -157,7 +185,7 @@ class FitResult:
         coords: dict[str, Any] = {"client": _label_array(self.clients)}
         dims = self._dims()
         obs_name = self.model.observed_name
-        obs_client = None
+        obs_client = predictive = held_out = None
         if data is not None:
             arr = data.train
             mask = np.asarray(arr.mask)
@@ -168,6 +196,27 @@ class FitResult:
             coords["obs"] = np.arange(rows.shape[0])
             if log_likelihood:
                 groups["log_likelihood"] = {obs_name: self.pointwise_loglik(arr.x, arr.y, arr.mask)}
+            test = getattr(data, "test", None)
+            if test is not None and np.asarray(test.mask).any():
+                tmask = np.asarray(test.mask)
+                test_client = np.repeat(_label_array(self.clients), tmask.sum(axis=1))
+                test_coords = {
+                    "test_obs": np.arange(int(tmask.sum())),
+                    "test_obs_client": ("test_obs", test_client),
+                }
+                yrep = self.predictive(test.x, tmask)
+                predictive = xr.Dataset(
+                    {obs_name: (("chain", "draw", "test_obs"), yrep)},
+                    coords={
+                        "chain": np.arange(yrep.shape[0]),
+                        "draw": np.arange(yrep.shape[1]),
+                        **test_coords,
+                    },
+                )
+                held_out = xr.Dataset(
+                    {f"{obs_name}_test": ("test_obs", np.asarray(test.y)[tmask])},
+                    coords=test_coords,
+                )
         attrs = {"/": {"method": self.method, "model": self.model.name}}
         dt = az.from_dict(groups, coords=coords, dims=dims, attrs=attrs)
         if obs_client is not None:
@@ -175,6 +224,10 @@ class FitResult:
                 if group in dt.children:
                     ds = dt[group].to_dataset().assign_coords(obs_client=("obs", obs_client))
                     dt[group] = xr.DataTree(ds)
+        if predictive is not None:
+            dt["posterior_predictive"] = xr.DataTree(predictive)
+            od = xr.merge([dt["observed_data"].to_dataset(), held_out])
+            dt["observed_data"] = xr.DataTree(od)
         if self.history:
             dt["fit_history"] = xr.DataTree(_history_dataset(self.history))
         return dt

@@ -118,3 +118,39 @@ def test_model_data_mismatch_is_named(schools):
             num_samples=5,
             progress_bar=False,
         )
+
+
+def test_posterior_predictive_for_held_out_rows(tmp_path):
+    df = load("radon")
+    data = FederatedData.from_pandas(
+        df,
+        client_col="county",
+        target="log_radon",
+        features=["log_uppm", "floor"],
+        test_size=0.2,
+        seed=0,
+    )
+    fit = fit_nuts(
+        radon_intercept(), data, num_chains=2, num_warmup=300, num_samples=300, progress_bar=False
+    )
+    dt = fit.to_datatree(data)
+    n_test = int(np.asarray(data.test.mask).sum())
+    pp = dt.posterior_predictive["log_radon"]
+    assert pp.shape == (2, 300, n_test)
+    assert dt.observed_data["log_radon_test"].shape == (n_test,)
+    # each draw's mean is alpha[client] + beta . x; the predictive mean must match the
+    # posterior mean of that within Monte Carlo error (sigma_y / sqrt(600) per row)
+    post = dt.posterior
+    clients = dt.posterior_predictive.test_obs_client.values
+    x = np.asarray(data.test.x)[np.asarray(data.test.mask)]
+    mu = (
+        post["alpha"].sel(client=xr.DataArray(clients, dims="test_obs"))
+        + post["beta"].isel(beta_dim_0=0) * xr.DataArray(x[:, 0], dims="test_obs")
+        + post["beta"].isel(beta_dim_0=1) * xr.DataArray(x[:, 1], dims="test_obs")
+    ).mean(("chain", "draw"))
+    sd = float(post["sigma_y"].mean())
+    z = (pp.mean(("chain", "draw")) - mu) / (sd / np.sqrt(600))
+    assert float(np.abs(z).max()) < 5
+    paths = save_fit(fit, data, tmp_path)
+    back = load_posterior(paths["posterior"])
+    assert list(back.posterior_predictive.test_obs_client.values) == list(clients)

@@ -118,3 +118,35 @@ def test_datasets_and_models_listing():
     assert r.returncode == 0 and "radon" in r.stdout and "heart_disease" in r.stdout
     r = run_cli("models")
     assert r.returncode == 0 and "radon_intercept" in r.stdout
+
+
+@pytest.mark.parametrize("method", ["one-shot", "ep"])
+def test_fit_federated_methods(tmp_path, method):
+    out = tmp_path / method
+    r = run_cli(
+        "fit",
+        "--data",
+        "eight_schools",
+        "--method",
+        method,
+        "--rounds",
+        "3",
+        "--out",
+        str(out),
+        "--chains",
+        "2",
+        "--warmup",
+        "300",
+        "--samples",
+        "300",
+        "--no-progress",
+    )
+    assert r.returncode == 0, r.stderr
+    assert {p.name for p in out.iterdir()} == {"posterior.nc", "summary.csv", "run.json"}
+    run = json.loads((out / "run.json").read_text())
+    assert run["method"] == method
+    assert 1 <= len(run["history"]) <= (1 if method == "one-shot" else 3)
+    assert {"mean_change", "bytes_up_per_client", "bytes_down_per_client"} <= set(run["history"][0])
+    dt = xr.open_datatree(out / "posterior.nc")
+    assert list(dt.posterior.client.values) == list("ABCDEFGH")
+    assert "fit_history" in dt.children
