@@ -1,0 +1,812 @@
+"""Look inside a fit: shrinkage per client, fit-to-fit comparison, diagnostics, LOO per client.
+
+Every function takes the ArviZ 1.x :class:`xarray.DataTree` of a fit
+(:meth:`~bayes_pfl.results.FitResult.to_datatree`) or the
+:class:`~bayes_pfl.results.FitResult` itself:
+
+* :func:`shrinkage_table`: for every client, the no-pooling (local) estimate of
+  its parameter, the partially pooled (personalized) posterior and the
+  population mean, and how far partial pooling moved the estimate from local
+  toward global (:func:`local_estimates` computes the no-pooling estimates);
+* :func:`compare`: element-wise agreement of two fits of the same model and data
+  (a federated fit against the centralized NUTS reference):
+  ``z = |mean_other - mean_ref| / sd_ref`` and ``sd_other / sd_ref``;
+* :func:`diagnostics`: R-hat, bulk ESS, divergences and the federated round
+  history, with warnings that name what failed;
+* :func:`loo_by_client`: PSIS-LOO of each client's observations.
+
+Examples
+--------
+>>> from bayes_pfl import FederatedData, fit_nuts, load  # doctest: +SKIP
+>>> from bayes_pfl.models import eight_schools  # doctest: +SKIP
+>>> data = FederatedData.from_pandas(load("eight_schools"), client_col="school",
+...                                  target="y", features=["sigma"])  # doctest: +SKIP
+>>> dt = fit_nuts(eight_schools(), data).to_datatree(data)  # doctest: +SKIP
+>>> shrinkage_table(dt, data)  # doctest: +SKIP
+>>> diagnostics(dt)  # doctest: +SKIP
+>>> loo_by_client(dt).table  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from statistics import NormalDist
+from typing import Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from bayes_pfl.results import FitResult
+
+__all__ = [
+    "ClientLoo",
+    "DiagnosticsWarning",
+    "ParetoKWarning",
+    "compare",
+    "diagnostics",
+    "local_estimates",
+    "loo_by_client",
+    "shrinkage_table",
+]
+
+SAMPLE_DIMS = ("chain", "draw")
+CLIENT_DIM = "client"
+
+# names of a non-centered client variable's standard-normal companion: ``alpha_raw`` -> ``alpha``
+_RAW_SUFFIXES = ("_raw", "_trans", "_tilde", "_std", "_z", "_offset")
+# Pareto-k messages of arviz that loo_by_client replaces by one naming the clients
+_ARVIZ_LOO_WARNINGS = (
+    "Estimated shape parameter of Pareto distribution",
+    "The point-wise LOO is the same with the sum LOO",
+)
+
+
+class DiagnosticsWarning(UserWarning):
+    """A fit fails a convergence check (:func:`diagnostics`)."""
+
+
+class ParetoKWarning(UserWarning):
+    """PSIS-LOO is unreliable for some clients' observations (:func:`loo_by_client`)."""
+
+
+# ---------------------------------------------------------------------------
+# helpers
+
+
+def _as_datatree(fit, data=None, *, log_likelihood: bool = False) -> xr.DataTree:
+    """The DataTree of ``fit`` (a DataTree, or a FitResult converted on the fly)."""
+    if isinstance(fit, FitResult):
+        return fit.to_datatree(data, log_likelihood=log_likelihood)
+    if isinstance(fit, xr.DataTree):
+        return fit
+    raise TypeError(f"expected an xarray.DataTree or a FitResult, got {type(fit).__name__}")
+
+
+def _posterior(dt: xr.DataTree) -> xr.Dataset:
+    if "posterior" not in dt.children:
+        raise ValueError("the DataTree has no posterior group")
+    return dt["posterior"].to_dataset()
+
+
+def _client_vars(post: xr.Dataset) -> list[str]:
+    return [str(n) for n, v in post.data_vars.items() if CLIENT_DIM in v.dims]
+
+
+def _default_var(post: xr.Dataset) -> str:
+    """The centered client variable: the one without a ``_raw``-style companion."""
+    names = _client_vars(post)
+    if not names:
+        raise ValueError("the posterior has no client variable (no 'client' dimension)")
+    if len(names) == 1:
+        return names[0]
+    raw = {n for n in names for s in _RAW_SUFFIXES if n.endswith(s) and n[: -len(s)] in names}
+    left = [n for n in names if n not in raw]
+    if len(left) == 1:
+        return left[0]
+    raise ValueError(f"several client variables {names}: choose one with var=")
+
+
+def _population_var(post: xr.Dataset, var: str) -> str:
+    for name in (f"mu_{var}", "mu"):
+        if name in post.data_vars and CLIENT_DIM not in post[name].dims:
+            return name
+    raise ValueError(
+        f"no population mean found for {var!r} (looked for 'mu_{var}' and 'mu'); "
+        "pass population= (a variable name or a number)"
+    )
+
+
+def _labels(post: xr.Dataset) -> list:
+    return [v.item() if isinstance(v, np.generic) else v for v in post[CLIENT_DIM].values]
+
+
+def _element_dims(da: xr.DataArray) -> list[str]:
+    return [d for d in da.dims if d not in (*SAMPLE_DIMS, CLIENT_DIM)]
+
+
+def _client_draws(post: xr.Dataset, var: str) -> np.ndarray:
+    """Draws of client variable ``var`` as ``(S, K, E)`` (E elements per client)."""
+    if var not in post.data_vars:
+        raise ValueError(f"variable {var!r} is not in the posterior ({list(post.data_vars)})")
+    da = post[var]
+    if CLIENT_DIM not in da.dims:
+        raise ValueError(f"{var!r} is not a client variable (no 'client' dimension)")
+    da = da.transpose(*SAMPLE_DIMS, CLIENT_DIM, *_element_dims(da))
+    vals = np.asarray(da.values, dtype=float)
+    s = vals.shape[0] * vals.shape[1]
+    return vals.reshape(s, vals.shape[2], -1)
+
+
+def _table_index(post: xr.Dataset, var: str) -> pd.Index:
+    """Client labels, or ``(client, element)`` pairs for a vector client variable."""
+    da = post[var]
+    clients = _labels(post)
+    edims = _element_dims(da)
+    if not edims:
+        return pd.Index(clients, name=CLIENT_DIM)
+    coords = [
+        [v.item() if isinstance(v, np.generic) else v for v in da[d].values]
+        if d in da.coords
+        else list(range(da.sizes[d]))
+        for d in edims
+    ]
+    elements = coords[0] if len(coords) == 1 else list(pd.MultiIndex.from_product(coords))
+    return pd.MultiIndex.from_product([clients, elements], names=[CLIENT_DIM, "element"])
+
+
+def _check_clients(post: xr.Dataset, data) -> None:
+    fit_labels = [str(c) for c in _labels(post)]
+    data_labels = [str(c) for c in data.clients]
+    if fit_labels != data_labels:
+        raise ValueError(
+            f"the fit's clients ({len(fit_labels)}: {fit_labels[:5]}...) are not the data's "
+            f"clients ({len(data_labels)}: {data_labels[:5]}...) in the same order"
+        )
+
+
+def _posterior_mean(post: xr.Dataset, name: str) -> np.ndarray:
+    if name not in post.data_vars:
+        raise ValueError(f"variable {name!r} is not in the posterior ({list(post.data_vars)})")
+    return np.asarray(post[name].mean(dim=list(SAMPLE_DIMS)).values, dtype=float)
+
+
+def _train_rows(data, k: int) -> tuple[np.ndarray, np.ndarray]:
+    arr = data.train
+    mask = np.asarray(arr.mask[k], bool)
+    return np.asarray(arr.x[k], float)[mask], np.asarray(arr.y[k], float)[mask]
+
+
+# ---------------------------------------------------------------------------
+# shrinkage
+
+
+def _local_arrays(dt: xr.DataTree, data, var: str) -> tuple[np.ndarray, np.ndarray, str]:
+    """No-pooling means and standard errors ``(K, E)`` of ``var`` and a description."""
+    post = _posterior(dt)
+    _check_clients(post, data)
+    model = str(dt.attrs.get("model", ""))
+    n_el = _client_draws(post, var).shape[2]
+    K = len(data.clients)
+    mean = np.full((K, n_el), np.nan)
+    se = np.full((K, n_el), np.nan)
+
+    if model == "eight_schools" and var == "theta":
+        # y_i ~ N(theta_k, sd_i) with the known sd in the one feature
+        for k in range(K):
+            x, y = _train_rows(data, k)
+            w = 1.0 / x[:, 0] ** 2
+            mean[k, 0] = np.sum(w * y) / np.sum(w)
+            se[k, 0] = 1.0 / math.sqrt(np.sum(w))
+        return mean, se, "precision-weighted mean of y with the known sd (x[:, 0])"
+
+    radon = var == "alpha" and (model == "radon_intercept" or "mu_alpha" in post.data_vars)
+    glm = var == "b" and "mu" in post.data_vars
+    if (radon or glm) and "sigma_y" in post.data_vars:
+        sigma = float(_posterior_mean(post, "sigma_y"))
+        beta = _posterior_mean(post, "beta") if "beta" in post.data_vars else None
+        p = data.n_features
+        if beta is not None or n_el == 1:
+            if n_el != 1:
+                raise NotImplementedError(
+                    f"local estimates of a {n_el}-element {var!r} with shared slopes are not "
+                    "implemented; pass local="
+                )
+            for k in range(K):
+                x, y = _train_rows(data, k)
+                resid = y - (x @ beta if beta is not None else 0.0)
+                mean[k, 0] = resid.mean()
+                se[k, 0] = sigma / math.sqrt(len(y))
+            how = "mean of y - x @ E[beta]" if beta is not None else "mean of y"
+            return mean, se, f"{how}, se = E[sigma_y] / sqrt(n)"
+        if n_el == 1 + p:
+            # varying intercept and slopes: least squares on [1, x] per client
+            for k in range(K):
+                x, y = _train_rows(data, k)
+                design = np.column_stack([np.ones(len(y)), x])
+                xtx = design.T @ design
+                if len(y) < n_el or np.linalg.matrix_rank(xtx) < n_el:
+                    continue  # not identified from this client alone: NaN
+                cov = np.linalg.inv(xtx)
+                mean[k] = cov @ design.T @ y
+                se[k] = sigma * np.sqrt(np.diag(cov))
+            return mean, se, "least squares on [1, x], se from E[sigma_y]"
+    raise NotImplementedError(
+        f"no built-in no-pooling estimate of {var!r} for model {model or '(unnamed)'!r}: "
+        "local estimates are implemented for radon_intercept (alpha), eight_schools (theta) "
+        "and the normal GLM (b); pass local= (a DataFrame with columns local_mean and "
+        "local_se, indexed like the table)"
+    )
+
+
+def local_estimates(fit, data, var: str | None = None) -> pd.DataFrame:
+    """No-pooling estimates of each client's parameter, from the client's rows alone.
+
+    The shared parameters (slopes, the noise sd) are fixed at their posterior means
+    under ``fit``; the client's parameter is then estimated from its own training
+    rows by least squares:
+
+    ``radon_intercept`` (``alpha``)
+        ``mean(log_radon - x @ E[beta])`` over the county's rows,
+        standard error ``E[sigma_y] / sqrt(n)``;
+    ``eight_schools`` (``theta``)
+        ``y`` with standard error the known ``sigma`` (precision-weighted mean of
+        the rows when a school has several);
+    normal GLM (``b``)
+        varying intercept: ``b[0] = mean(y - x @ E[beta])``, standard error
+        ``E[sigma_y] / sqrt(n)``; varying slopes: least squares of ``y`` on
+        ``[1, x]`` with standard errors ``E[sigma_y] sqrt(diag((X'X)^-1))``
+        (NaN where the client's rows do not identify the coefficients).
+
+    Parameters
+    ----------
+    fit : xarray.DataTree or FitResult
+        A fit of one of these models.
+    data : FederatedData
+        The data it was fitted to (training rows).
+    var : str, optional
+        The client variable (default: the centered client variable, see
+        :func:`shrinkage_table`).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``local_mean`` and ``local_se``, indexed like :func:`shrinkage_table`.
+
+    Raises
+    ------
+    NotImplementedError
+        For other models or variables; give :func:`shrinkage_table` your own
+        estimates with ``local=``.
+    """
+    dt = _as_datatree(fit)
+    post = _posterior(dt)
+    var = _default_var(post) if var is None else var
+    mean, se, how = _local_arrays(dt, data, var)
+    out = pd.DataFrame(
+        {"local_mean": mean.ravel(), "local_se": se.ravel()}, index=_table_index(post, var)
+    )
+    out.attrs["method"] = how
+    return out
+
+
+def _given_local(local, index: pd.Index, z: float) -> tuple[np.ndarray, ...]:
+    if isinstance(local, pd.Series):
+        local = local.to_frame("local_mean")
+    if not isinstance(local, pd.DataFrame):
+        raise TypeError(f"local= must be a pandas DataFrame, got {type(local).__name__}")
+    if "local_mean" not in local.columns:
+        raise ValueError(f"local= needs a column 'local_mean'; it has {list(local.columns)}")
+    missing = index.difference(local.index)
+    if len(missing):
+        raise ValueError(
+            f"local= lacks {len(missing)} row(s) of the table, e.g. {list(missing[:5])}"
+        )
+    local = local.reindex(index)
+    m = local["local_mean"].to_numpy(float)
+    if "local_se" in local.columns:
+        se = local["local_se"].to_numpy(float)
+        return m, m - z * se, m + z * se
+    if {"local_lo", "local_hi"} <= set(local.columns):
+        return m, local["local_lo"].to_numpy(float), local["local_hi"].to_numpy(float)
+    nan = np.full_like(m, np.nan)
+    return m, nan, nan
+
+
+def shrinkage_table(
+    fit,
+    data,
+    *,
+    var: str | None = None,
+    population: str | float | None = None,
+    local: pd.DataFrame | None = None,
+    ci_prob: float = 0.9,
+) -> pd.DataFrame:
+    """How far partial pooling moved each client's estimate from local toward global.
+
+    Parameters
+    ----------
+    fit : xarray.DataTree or FitResult
+        The hierarchical fit (any method).
+    data : FederatedData
+        The data it was fitted to; ``n`` counts each client's training rows.
+    var : str, optional
+        Client variable to tabulate. Default: the model's centered client
+        variable, i.e. the only client variable, or the one whose non-centered
+        companion (``alpha_raw``, ``theta_trans``, ``b_raw``) is also in the
+        posterior: ``alpha`` (radon), ``theta`` (eight schools), ``b`` (GLMs).
+    population : str or float, optional
+        The population mean the clients are pooled toward: a posterior variable
+        (its posterior mean is used; a vector must have one entry per element of
+        ``var``) or a number. Default: ``mu_<var>`` if present, else ``mu``
+        (``mu_alpha`` for radon, ``mu`` for eight schools and the GLMs).
+    local : pandas.DataFrame, optional
+        Your own no-pooling estimates, indexed like the result, with column
+        ``local_mean`` and either ``local_se`` (intervals ``mean ± z se``) or
+        ``local_lo`` and ``local_hi``. Default: :func:`local_estimates`.
+    ci_prob : float
+        Probability of the intervals: equal-tailed posterior quantiles for the
+        personalized posterior, normal quantiles ``mean ± z se`` for the local
+        estimate.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per client (index ``client``, the client labels), or per
+        ``(client, element)`` for a vector client variable, with columns
+
+        ``n``
+            the client's training rows;
+        ``local_mean``, ``local_lo``, ``local_hi``
+            the no-pooling estimate and its interval;
+        ``personal_mean``, ``personal_lo``, ``personal_hi``
+            the partially pooled posterior of ``var``: mean and interval;
+        ``pooled_mean``
+            the population mean (complete pooling);
+        ``shrinkage``
+            ``(local_mean - personal_mean) / (local_mean - pooled_mean)``: 0 for no
+            pooling, 1 for complete pooling; NaN when ``local_mean == pooled_mean``.
+
+        ``attrs`` records ``var``, ``population``, ``ci_prob`` and how the local
+        estimates were made.
+
+    Notes
+    -----
+    In the Normal-Normal model ``y_ki ~ N(theta_k, sigma)``,
+    ``theta_k ~ N(mu, tau)`` with known ``mu``, ``tau`` and ``sigma``, the
+    posterior mean is ``(1 - B_k) ybar_k + B_k mu`` with
+    ``B_k = (sigma^2 / n_k) / (sigma^2 / n_k + tau^2)``, so ``shrinkage`` is
+    exactly ``B_k``: it grows as the client has fewer rows.
+    """
+    if not 0.0 < ci_prob < 1.0:
+        raise ValueError(f"ci_prob must be in (0, 1), got {ci_prob!r}")
+    dt = _as_datatree(fit)
+    post = _posterior(dt)
+    _check_clients(post, data)
+    var = _default_var(post) if var is None else var
+    draws = _client_draws(post, var)  # (S, K, E)
+    _, K, E = draws.shape
+    index = _table_index(post, var)
+    z = NormalDist().inv_cdf(0.5 + ci_prob / 2)
+
+    if local is None:
+        mean, se, how = _local_arrays(dt, data, var)
+        l_mean, l_se = mean.ravel(), se.ravel()
+        l_lo, l_hi = l_mean - z * l_se, l_mean + z * l_se
+    else:
+        l_mean, l_lo, l_hi = _given_local(local, index, z)
+        how = "given (local=)"
+
+    if population is None:
+        population = _population_var(post, var)
+    if isinstance(population, str):
+        pop = _posterior_mean(post, population).ravel()
+    else:
+        pop = np.atleast_1d(np.asarray(population, dtype=float)).ravel()
+    if pop.size not in (1, E):
+        raise ValueError(
+            f"population has {pop.size} elements; {var!r} has {E} per client (give 1 or {E})"
+        )
+    pooled = np.broadcast_to(pop, (K, E)).ravel()
+
+    q = np.quantile(draws, [0.5 - ci_prob / 2, 0.5 + ci_prob / 2], axis=0)
+    p_mean = draws.mean(axis=0).ravel()
+    denom = l_mean - pooled
+    with np.errstate(divide="ignore", invalid="ignore"):
+        shrink = np.where(denom == 0, np.nan, (l_mean - p_mean) / denom)
+    out = pd.DataFrame(
+        {
+            "n": np.repeat(np.asarray(data.n_rows(), dtype=np.int64), E),
+            "local_mean": l_mean,
+            "local_lo": l_lo,
+            "local_hi": l_hi,
+            "personal_mean": p_mean,
+            "personal_lo": q[0].ravel(),
+            "personal_hi": q[1].ravel(),
+            "pooled_mean": pooled,
+            "shrinkage": shrink,
+        },
+        index=index,
+    )
+    out.attrs.update(
+        {"var": var, "population": population, "ci_prob": ci_prob, "local_method": how}
+    )
+    return out
+
+
+# ---------------------------------------------------------------------------
+# fit against fit
+
+
+def compare(reference, other, *, var_names: list[str] | None = None) -> pd.DataFrame:
+    """Element-wise agreement of two fits of the same model and data.
+
+    Parameters
+    ----------
+    reference : xarray.DataTree or FitResult
+        The reference fit (typically centralized NUTS).
+    other : xarray.DataTree or FitResult
+        The fit to check (e.g. federated EP).
+    var_names : list of str, optional
+        Posterior variables to compare. Default: all; then both fits must have
+        the same variables.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per parameter element, named as in :func:`arviz.summary`
+        (``alpha[AITKIN]``, ``beta[0]``), with columns ``mean_ref``, ``sd_ref``,
+        ``mean_other``, ``sd_other``, ``z = |mean_other - mean_ref| / sd_ref``,
+        ``sd_ratio = sd_other / sd_ref`` and ``mcse_ref`` (Monte Carlo standard
+        error of the reference mean). These are the figures of the federated
+        accuracy benchmark: ``z`` that Monte Carlo error alone produces is about
+        ``sqrt(mcse_ref^2 + mcse_other^2) / sd_ref``.
+
+    Raises
+    ------
+    ValueError
+        When variables are present in only one fit (named in the message) and
+        ``var_names`` does not leave them out, or the elements differ (other
+        clients, other shapes).
+    """
+    import arviz as az
+
+    ref_dt, oth_dt = _as_datatree(reference), _as_datatree(other)
+    ref_vars = set(map(str, _posterior(ref_dt).data_vars))
+    oth_vars = set(map(str, _posterior(oth_dt).data_vars))
+    if var_names is None:
+        only_ref, only_oth = sorted(ref_vars - oth_vars), sorted(oth_vars - ref_vars)
+        if only_ref or only_oth:
+            raise ValueError(
+                f"the fits have different variables: only in reference {only_ref}, only in "
+                f"other {only_oth}; restrict the comparison with var_names="
+            )
+        var_names = [str(v) for v in _posterior(ref_dt).data_vars]
+    else:
+        var_names = [var_names] if isinstance(var_names, str) else list(var_names)
+        absent = {
+            "reference": [v for v in var_names if v not in ref_vars],
+            "other": [v for v in var_names if v not in oth_vars],
+        }
+        if absent["reference"] or absent["other"]:
+            raise ValueError(
+                f"var_names not in both fits: missing in reference {absent['reference']}, "
+                f"missing in other {absent['other']}"
+            )
+    ref = az.summary(ref_dt, var_names=var_names, kind="all", round_to="none")
+    oth = az.summary(oth_dt, var_names=var_names, kind="stats", round_to="none")
+    if list(ref.index) != list(oth.index):
+        diff = sorted(set(ref.index) ^ set(oth.index))
+        raise ValueError(
+            "the fits' parameter elements differ (other clients or shapes?)"
+            + (f": {diff[:10]}" if diff else ": same elements in another order")
+        )
+    m_ref, s_ref = ref["mean"].to_numpy(float), ref["sd"].to_numpy(float)
+    m_oth, s_oth = oth["mean"].to_numpy(float), oth["sd"].to_numpy(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.abs(m_oth - m_ref) / s_ref
+        ratio = s_oth / s_ref
+    return pd.DataFrame(
+        {
+            "mean_ref": m_ref,
+            "sd_ref": s_ref,
+            "mean_other": m_oth,
+            "sd_other": s_oth,
+            "z": z,
+            "sd_ratio": ratio,
+            "mcse_ref": ref["mcse_mean"].to_numpy(float),
+        },
+        index=pd.Index([str(i) for i in ref.index], name="parameter"),
+    )
+
+
+# ---------------------------------------------------------------------------
+# diagnostics
+
+
+def _history_from_result(history: list[dict[str, Any]], n_clients: int) -> dict[str, Any]:
+    rounds = len(history)
+    failed: dict[str, list[int]] = {}
+    rejected: dict[str, list[int]] = {}
+    for r, h in enumerate(history, start=1):
+        for lab in h.get("failed", []) or []:
+            failed.setdefault(str(lab), []).append(r)
+        for lab in h.get("rejected", []) or []:
+            rejected.setdefault(str(lab), []).append(r)
+    last = history[-1]
+    return {
+        "rounds": rounds,
+        "last_mean_change": float(last.get("mean_change", np.nan)),
+        "last_sd_change": float(last.get("sd_change", np.nan)),
+        "converged": bool(last.get("converged", False)),
+        "rounds_with_rejected": sorted({r for rs in rejected.values() for r in rs}),
+        "rounds_with_failed": sorted({r for rs in failed.values() for r in rs}),
+        "rejected_clients": rejected,
+        "failed_clients": failed,
+    }
+
+
+def _history_from_group(ds: xr.Dataset, n_clients: int) -> dict[str, Any]:
+    rounds = int(ds.sizes.get("round", 0))
+
+    def col(name):
+        return np.asarray(ds[name].values, float) if name in ds else np.full(rounds, np.nan)
+
+    n_rej = col("n_rejected")
+    ok = col("client_ok_count")
+    rnums = np.arange(1, rounds + 1)
+    return {
+        "rounds": rounds,
+        "last_mean_change": float(col("mean_change")[-1]) if rounds else np.nan,
+        "last_sd_change": float(col("sd_change")[-1]) if rounds else np.nan,
+        "converged": bool(rounds and col("converged")[-1] == 1),
+        "rounds_with_rejected": [int(r) for r in rnums[n_rej > 0]],
+        # without the FitResult only counts are known: a client whose local inference did
+        # not succeed (rejected ones included)
+        "rounds_with_failed": [int(r) for r in rnums[ok < n_clients]],
+        "rejected_clients": {},
+        "failed_clients": {},
+    }
+
+
+def diagnostics(fit, *, r_hat_max: float = 1.01, ess_min: float = 400) -> dict[str, Any]:
+    """Convergence checks of a fit, with a warning for each check that fails.
+
+    Parameters
+    ----------
+    fit : xarray.DataTree or FitResult
+        The fit. Pass the :class:`~bayes_pfl.results.FitResult` of a federated
+        fit to have the clients whose local inference failed named: the
+        DataTree's ``fit_history`` keeps only numeric columns (counts).
+    r_hat_max : float
+        A parameter element fails when its rank-normalized split R-hat exceeds this.
+    ess_min : float
+        ... or when its bulk effective sample size is below this.
+
+    Returns
+    -------
+    dict
+        ``max_r_hat``, ``min_ess_bulk``, ``min_ess_tail``; ``divergences`` (sum of
+        ``sample_stats.diverging``, ``None`` without it); ``failing``: the parameter
+        elements (``theta[A]``) failing a threshold; ``history`` (``None`` for a fit
+        without rounds): ``rounds``, ``last_mean_change``, ``last_sd_change``,
+        ``converged``, ``rounds_with_rejected``, ``rounds_with_failed``, and (from a
+        FitResult) ``rejected_clients`` and ``failed_clients``, each
+        ``{label: [rounds]}`` (rounds numbered 1, 2, ... over the whole history);
+        ``ok``: whether nothing was flagged.
+
+    Warns
+    -----
+    DiagnosticsWarning
+        Naming the failing parameters; the number of divergent transitions; EP
+        that did not converge; clients whose messages were rejected; clients whose
+        local inference failed in a round after the first, or in every round (a
+        failure in round 1 alone is expected of clients without a local mode, e.g.
+        a single row, and is then made good by later rounds).
+    """
+    import arviz as az
+
+    history_list = fit.history if isinstance(fit, FitResult) else None
+    dt = _as_datatree(fit)
+    post = _posterior(dt)
+    n_clients = int(post.sizes.get(CLIENT_DIM, 0))
+    summ = az.summary(dt, kind="diagnostics", round_to="none")
+    r_hat = summ["r_hat"].to_numpy(float)
+    ess_bulk = summ["ess_bulk"].to_numpy(float)
+    bad = (r_hat > r_hat_max) | (ess_bulk < ess_min)
+    failing = [str(i) for i in summ.index[bad]]
+    divergences = None
+    if "sample_stats" in dt.children and "diverging" in dt["sample_stats"].data_vars:
+        divergences = int(np.asarray(dt["sample_stats"]["diverging"].values).sum())
+
+    history = None
+    if history_list:
+        history = _history_from_result(history_list, n_clients)
+    elif "fit_history" in dt.children:
+        history = _history_from_group(dt["fit_history"].to_dataset(), n_clients)
+
+    def _nan_or(f, a):
+        return float(f(a)) if np.isfinite(a).any() else float("nan")
+
+    out = {
+        "max_r_hat": _nan_or(np.nanmax, r_hat),
+        "min_ess_bulk": _nan_or(np.nanmin, ess_bulk),
+        "min_ess_tail": _nan_or(np.nanmin, summ["ess_tail"].to_numpy(float)),
+        "divergences": divergences,
+        "failing": failing,
+        "r_hat_max": r_hat_max,
+        "ess_min": ess_min,
+        "history": history,
+    }
+
+    messages = []
+    if failing:
+        worst = summ.loc[bad].assign(
+            score=lambda d: np.maximum(d["r_hat"] / r_hat_max, ess_min / d["ess_bulk"])
+        )
+        shown = ", ".join(
+            f"{i} (r_hat {row.r_hat:.3f}, ess_bulk {row.ess_bulk:.0f})"
+            for i, row in worst.sort_values("score", ascending=False).head(10).iterrows()
+        )
+        more = f", ... ({len(failing) - 10} more)" if len(failing) > 10 else ""
+        messages.append(
+            f"{len(failing)} parameter(s) fail r_hat <= {r_hat_max} or ess_bulk >= {ess_min}: "
+            f"{shown}{more}; run longer chains or reparameterize"
+        )
+    if divergences:
+        messages.append(
+            f"{divergences} divergent transition(s); raise target_accept_prob or reparameterize"
+        )
+    if history is not None:
+        method = str(dt.attrs.get("method", ""))
+        if method == "ep" and not history["converged"]:
+            messages.append(
+                f"EP did not converge in {history['rounds']} round(s) (last mean change "
+                f"{history['last_mean_change']:.3g}); raise rounds or lower damping"
+            )
+        if history["rejected_clients"]:
+            messages.append(
+                "messages rejected from client(s) "
+                + ", ".join(
+                    f"{lab!r} (rounds {r})" for lab, r in history["rejected_clients"].items()
+                )
+            )
+        elif history["rounds_with_rejected"]:
+            messages.append(f"messages rejected in rounds {history['rounds_with_rejected']}")
+        flagged = {
+            lab: r
+            for lab, r in history["failed_clients"].items()
+            if any(x > 1 for x in r) or len(r) == history["rounds"]
+        }
+        if flagged:
+            messages.append(
+                "local inference failed on client(s) "
+                + ", ".join(f"{lab!r} (rounds {r})" for lab, r in flagged.items())
+                + "; their previous contribution was kept (none if it failed in every round)"
+            )
+        elif not history["failed_clients"] and [r for r in history["rounds_with_failed"] if r > 1]:
+            messages.append(
+                "local inference failed on some client(s) in rounds "
+                f"{[r for r in history['rounds_with_failed'] if r > 1]}; pass the FitResult to "
+                "diagnostics() to have them named"
+            )
+    for msg in messages:
+        warnings.warn(msg, DiagnosticsWarning, stacklevel=2)
+    out["ok"] = not messages
+    return out
+
+
+# ---------------------------------------------------------------------------
+# LOO by client
+
+
+class ClientLoo(NamedTuple):
+    """Result of :func:`loo_by_client`."""
+
+    table: pd.DataFrame
+    """One row per client: elpd_loo, se, p_loo, n_obs, max_pareto_k, n_bad_k."""
+    total: Any
+    """``arviz.loo`` of all observations (an ``ELPDData``), with pointwise values."""
+
+
+def _reff(post: xr.Dataset, n_samples: int) -> float:
+    """Relative efficiency as ``arviz.loo`` computes it by default (mean ESS / draws)."""
+    if post.sizes["chain"] == 1:
+        return 1.0
+    ess = post.azstats.ess(method="mean")
+    return float(np.hstack([np.ravel(ess[v].values) for v in ess.data_vars]).mean() / n_samples)
+
+
+def loo_by_client(fit, *, var_name: str | None = None, k_threshold: float = 0.7) -> ClientLoo:
+    """PSIS-LOO of each client's observations, and of all of them.
+
+    LOO leaves out one observation at a time, so the elpd of all observations is
+    the sum of the clients' elpds (the same relative efficiency ``reff`` is used
+    for every client). A client with a single observation gets the LOO of that
+    row (``se`` 0).
+
+    Parameters
+    ----------
+    fit : xarray.DataTree
+        A fit with a ``log_likelihood`` group whose observations carry the
+        coordinate ``obs_client``: ``result.to_datatree(data)``.
+    var_name : str, optional
+        The log-likelihood variable (default: the only one).
+    k_threshold : float
+        Pareto k above which an observation's LOO estimate is unreliable.
+
+    Returns
+    -------
+    ClientLoo
+        ``table``: one row per client (index ``client``) with columns ``elpd_loo``,
+        ``se``, ``p_loo``, ``n_obs``, ``max_pareto_k`` and ``n_bad_k`` (observations
+        with k above ``k_threshold``); ``total``: ``arviz.loo`` of all observations.
+
+    Warns
+    -----
+    ParetoKWarning
+        Naming the clients with observations whose Pareto k exceeds ``k_threshold``.
+    """
+    import arviz as az
+
+    if isinstance(fit, FitResult):
+        raise TypeError("loo_by_client needs the log-likelihood: pass result.to_datatree(data)")
+    dt = _as_datatree(fit)
+    if "log_likelihood" not in dt.children:
+        raise ValueError(
+            "the DataTree has no log_likelihood group: build it with to_datatree(data)"
+        )
+    ll = dt["log_likelihood"].to_dataset()
+    if var_name is None:
+        names = list(ll.data_vars)
+        if len(names) != 1:
+            raise ValueError(f"several log-likelihood variables {names}: choose one with var_name=")
+        var_name = str(names[0])
+    da = ll[var_name]
+    if "obs_client" not in da.coords:
+        raise ValueError("the log_likelihood group has no 'obs_client' coordinate")
+    obs_dim = da["obs_client"].dims[0]
+    post = _posterior(dt)
+    n_samples = int(np.prod([da.sizes[d] for d in SAMPLE_DIMS]))
+    reff = _reff(post, n_samples)
+    obs_client = np.asarray(da["obs_client"].values)
+    labels = _labels(post) if CLIENT_DIM in post.dims else list(pd.unique(obs_client))
+    base = xr.DataTree.from_dict({"/log_likelihood": ll[[var_name]]})
+
+    with warnings.catch_warnings():
+        for msg in _ARVIZ_LOO_WARNINGS:
+            warnings.filterwarnings("ignore", message=msg)
+        total = az.loo(base, pointwise=True, var_name=var_name, reff=reff)
+        rows = []
+        for lab in labels:
+            idx = np.flatnonzero(obs_client == np.asarray(lab).astype(obs_client.dtype))
+            if idx.size == 0:
+                rows.append((np.nan, np.nan, np.nan, 0, np.nan, 0))
+                continue
+            res = az.loo(base.isel({obs_dim: idx}), pointwise=True, var_name=var_name, reff=reff)
+            k = np.asarray(res.pareto_k.values, float)
+            rows.append(
+                (res.elpd, res.se, res.p, idx.size, float(np.max(k)), int((k > k_threshold).sum()))
+            )
+    table = pd.DataFrame(
+        rows,
+        columns=["elpd_loo", "se", "p_loo", "n_obs", "max_pareto_k", "n_bad_k"],
+        index=pd.Index(labels, name=CLIENT_DIM),
+    )
+    table["n_obs"] = table["n_obs"].astype(np.int64)
+    table["n_bad_k"] = table["n_bad_k"].astype(np.int64)
+    bad = table[table["n_bad_k"] > 0]
+    if len(bad):
+        shown = ", ".join(
+            f"{lab!r} ({int(r.n_bad_k)} of {int(r.n_obs)}, max k {r.max_pareto_k:.2f})"
+            for lab, r in bad.head(20).iterrows()
+        )
+        more = f", ... ({len(bad) - 20} more)" if len(bad) > 20 else ""
+        warnings.warn(
+            f"Pareto k > {k_threshold} for observations of {len(bad)} client(s): {shown}{more}; "
+            "their LOO estimates are unreliable (influential rows: consider K-fold by client)",
+            ParetoKWarning,
+            stacklevel=2,
+        )
+    return ClientLoo(table, total)

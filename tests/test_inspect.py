@@ -1,0 +1,403 @@
+"""Inspection of fits: shrinkage (against the Normal-Normal closed form), compare, diagnostics, LOO."""
+
+import dataclasses
+import warnings
+
+import arviz as az
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pandas as pd
+import pytest
+import xarray as xr
+
+from bayes_pfl import FederatedData, fit_nuts, load
+from bayes_pfl.inspect import (
+    DiagnosticsWarning,
+    ParetoKWarning,
+    compare,
+    diagnostics,
+    local_estimates,
+    loo_by_client,
+    shrinkage_table,
+)
+from bayes_pfl.models import eight_schools, hierarchical_glm, radon_intercept
+from bayes_pfl.spec import HierarchicalModel
+from bayes_pfl.synthetic import make_federation
+
+COLUMNS = [
+    "n",
+    "local_mean",
+    "local_lo",
+    "local_hi",
+    "personal_mean",
+    "personal_lo",
+    "personal_hi",
+    "pooled_mean",
+    "shrinkage",
+]
+Z90 = 1.6448536269514722  # Phi^-1(0.95)
+
+
+def _nuts(model, data, *, chains=4, warmup=1000, samples=1000, seed=0, **kw):
+    return fit_nuts(
+        model,
+        data,
+        num_chains=chains,
+        num_warmup=warmup,
+        num_samples=samples,
+        seed=seed,
+        progress_bar=False,
+        **kw,
+    )
+
+
+def _record(fn, *args, **kwargs):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = fn(*args, **kwargs)
+    return out, list(caught)
+
+
+# ---------------------------------------------------------------------------
+# fixtures
+
+
+@pytest.fixture(scope="module")
+def schools():
+    return FederatedData.from_pandas(
+        load("eight_schools"), client_col="school", target="y", features=["sigma"]
+    )
+
+
+@pytest.fixture(scope="module")
+def schools_fit(schools):
+    return _nuts(eight_schools(), schools, seed=1, target_accept_prob=0.95)
+
+
+@pytest.fixture(scope="module")
+def schools_dt(schools, schools_fit):
+    return schools_fit.to_datatree(schools)
+
+
+@pytest.fixture(scope="module")
+def radon():
+    df = load("radon")
+    counties = ["AITKIN", "ANOKA", "BLUE EARTH", "COOK", "MURRAY"]  # 4, 52, 14, 2, 1 homes
+    data = FederatedData.from_pandas(
+        df[df["county"].isin(counties)],
+        client_col="county",
+        target="log_radon",
+        features=["log_uppm", "floor"],
+    )
+    fit = _nuts(radon_intercept(), data, chains=2, warmup=500, samples=1000, seed=0)
+    return data, fit, fit.to_datatree(data)
+
+
+# Normal-Normal model with known scales and (effectively) known population mean
+MU, TAU, SIGMA = 0.5, 0.7, 1.0
+SIZES = [1, 2, 4, 8, 16]
+OFFSETS = [2.0, -1.5, 1.5, -2.0, 1.0]  # ybar_k - MU, away from 0 so shrinkage is well defined
+
+
+def known_scales() -> HierarchicalModel:
+    """mu ~ N(MU, 1e-3) (mu is effectively known); theta_k ~ N(mu, TAU); y ~ N(theta_k, SIGMA)."""
+
+    def hyperprior():
+        numpyro.sample("mu", dist.Normal(MU, 1e-3))
+
+    def client_prior(phi):
+        numpyro.sample("theta", dist.Normal(phi["mu"], TAU))
+
+    def likelihood(theta, phi, x, y):
+        numpyro.sample("y", dist.Normal(theta["theta"], SIGMA), obs=y)
+
+    return HierarchicalModel(hyperprior, client_prior, likelihood, name="known", n_features=1)
+
+
+@pytest.fixture(scope="module")
+def conjugate():
+    rng = np.random.default_rng(0)
+    rows = []
+    for k, (n, d) in enumerate(zip(SIZES, OFFSETS, strict=True)):
+        e = rng.normal(0.0, SIGMA, n)
+        y = MU + d + (e - e.mean())  # client mean exactly MU + d
+        rows += [{"client": f"k{k}", "x": 0.0, "y": v} for v in y]
+    data = FederatedData.from_pandas(
+        pd.DataFrame(rows), client_col="client", target="y", features=["x"]
+    )
+    fit = _nuts(known_scales(), data, chains=2, warmup=500, samples=1000, seed=0)
+    n = np.asarray(SIZES, float)
+    ybar = MU + np.asarray(OFFSETS)
+    local = pd.DataFrame(
+        {"local_mean": ybar, "local_se": SIGMA / np.sqrt(n)},
+        index=pd.Index(data.clients, name="client"),
+    )
+    return data, fit, fit.to_datatree(data), local
+
+
+# ---------------------------------------------------------------------------
+# shrinkage
+
+
+def test_shrinkage_matches_normal_normal_closed_form(conjugate):
+    """shrinkage = B_k = (sigma^2/n_k) / (sigma^2/n_k + tau^2) when mu, tau, sigma are known.
+
+    E[theta_k | y] = (1 - B_k) ybar_k + B_k mu, so (ybar_k - E[theta_k|y]) / (ybar_k - mu) = B_k.
+    The table's shrinkage differs from B_k by the Monte Carlo error of the posterior mean
+    divided by |ybar_k - mu| (mu's posterior mean moves by ~1e-5 only): we allow 4 of those
+    Monte Carlo standard errors, the mcse from az.summary.
+    """
+    data, _, dt, local = conjugate
+    table = shrinkage_table(dt, data, local=local)
+    n = np.asarray(SIZES, float)
+    ybar = MU + np.asarray(OFFSETS)
+    B = (SIGMA**2 / n) / (SIGMA**2 / n + TAU**2)
+
+    assert list(table.columns) == COLUMNS
+    assert list(table.index) == list(data.clients)
+    assert table.attrs["var"] == "theta" and table.attrs["population"] == "mu"
+    np.testing.assert_array_equal(table["n"], SIZES)
+    np.testing.assert_allclose(table["local_mean"], ybar, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(table["local_hi"] - table["local_lo"], 2 * Z90 * SIGMA / np.sqrt(n))
+    np.testing.assert_allclose(table["pooled_mean"], MU, atol=1e-4)
+
+    mcse = az.summary(dt, var_names=["theta"], round_to="none")["mcse_mean"].to_numpy()
+    tol = 4 * mcse / np.abs(ybar - MU) + 1e-4
+    assert np.all(tol < 0.05), tol  # the check is sharp
+    np.testing.assert_array_less(np.abs(table["shrinkage"].to_numpy() - B), tol)
+    assert np.all(np.diff(table["shrinkage"]) < 0)  # more rows, less pooling
+
+    # a number for the population mean gives the same answer
+    fixed = shrinkage_table(dt, data, local=local, population=MU)
+    np.testing.assert_allclose(fixed["shrinkage"], table["shrinkage"], atol=1e-3)
+
+
+def test_shrinkage_needs_local_for_other_models(conjugate):
+    data, _, dt, local = conjugate
+    with pytest.raises(NotImplementedError, match="local="):
+        shrinkage_table(dt, data)
+    with pytest.raises(ValueError, match="lacks 1 row"):
+        shrinkage_table(dt, data, local=local.iloc[1:])
+    with pytest.raises(ValueError, match="population"):
+        shrinkage_table(dt, data, local=local, population=[0.0, 1.0])
+
+
+def test_shrinkage_eight_schools(schools, schools_fit, schools_dt):
+    table = shrinkage_table(schools_dt, schools)
+    y = load("eight_schools").set_index("school")
+    assert list(table.columns) == COLUMNS
+    assert list(table.index) == list("ABCDEFGH") and table.index.name == "client"
+    assert table.attrs["var"] == "theta" and table.attrs["population"] == "mu"
+    assert (table["n"] == 1).all()
+    np.testing.assert_allclose(table["local_mean"], y["y"].to_numpy())
+    np.testing.assert_allclose(table["local_lo"], y["y"] - Z90 * y["sigma"])
+    # partial pooling: narrower than the local intervals, moved toward mu but not past it
+    personal_width = table["personal_hi"] - table["personal_lo"]
+    assert (personal_width < table["local_hi"] - table["local_lo"]).all()
+    assert ((table["shrinkage"] > 0) & (table["shrinkage"] <= 1)).all(), table["shrinkage"]
+    mu = float(schools_dt.posterior["mu"].mean())
+    np.testing.assert_allclose(table["pooled_mean"], mu)
+    # the FitResult works as well as its DataTree
+    assert list(local_estimates(schools_fit, schools)["local_se"]) == list(y["sigma"])
+    pd.testing.assert_frame_equal(shrinkage_table(schools_fit, schools), table)
+
+
+def test_local_estimates_radon(radon):
+    """alpha's no-pooling estimate: mean of log_radon - x @ E[beta], se = E[sigma_y] / sqrt(n)."""
+    data, fit, dt = radon
+    est = local_estimates(dt, data)
+    beta = fit.phi["beta"].reshape(-1, 2).mean(0)
+    sigma = fit.phi["sigma_y"].mean()
+    df = data.to_pandas()
+    resid = df["log_radon"] - df[["log_uppm", "floor"]].to_numpy() @ beta
+    expected = resid.groupby(df["county"]).mean().reindex(data.clients)
+    np.testing.assert_allclose(est["local_mean"], expected.to_numpy(), rtol=1e-10)
+    np.testing.assert_allclose(est["local_se"], sigma / np.sqrt(data.n_rows()))
+    table = shrinkage_table(fit, data)
+    assert table.attrs["var"] == "alpha" and table.attrs["population"] == "mu_alpha"
+    assert table.loc["ANOKA", "shrinkage"] < table.loc["MURRAY", "shrinkage"]  # 52 homes vs 1
+
+
+def test_shrinkage_vector_client_variable():
+    """The normal GLM's b has one element per client: rows are (client, element)."""
+    fed = make_federation(family="normal", n_clients=6, n_features=1, median_size=10, seed=1)
+    data = FederatedData.from_pandas(
+        fed.data, client_col="client", target="y", features=list(fed.features)
+    )
+    fit = _nuts(hierarchical_glm("normal", 1), data, chains=2, warmup=400, samples=500)
+    table = shrinkage_table(fit, data)
+    assert table.index.names == ["client", "element"]
+    assert list(table.index) == [(c, 0) for c in data.clients]
+    beta = fit.phi["beta"].reshape(-1, 1).mean(0)
+    df = data.to_pandas()
+    resid = df["y"] - df[list(data.features)].to_numpy() @ beta
+    expected = resid.groupby(df["client"]).mean().reindex(data.clients)
+    np.testing.assert_allclose(table["local_mean"], expected.to_numpy(), rtol=1e-10)
+    np.testing.assert_allclose(table["pooled_mean"], fit.phi["mu"].mean())
+
+
+# ---------------------------------------------------------------------------
+# compare
+
+
+def test_compare_with_itself(schools_fit, schools_dt):
+    cmp = compare(schools_dt, schools_fit)
+    assert list(cmp.columns) == [
+        "mean_ref",
+        "sd_ref",
+        "mean_other",
+        "sd_other",
+        "z",
+        "sd_ratio",
+        "mcse_ref",
+    ]
+    assert {"mu", "tau", "theta[A]", "theta_trans[H]"} <= set(cmp.index)
+    assert len(cmp) == 2 + 2 * 8
+    assert (cmp["z"] == 0).all() and (cmp["sd_ratio"] == 1).all()
+    assert (cmp["mcse_ref"] > 0).all()
+
+
+def test_compare_two_seeds(schools, schools_dt):
+    """Two NUTS runs agree up to Monte Carlo error: z ~ sqrt(mcse_ref^2 + mcse_other^2) / sd_ref."""
+    other = _nuts(eight_schools(), schools, seed=2, target_accept_prob=0.95)
+    cmp = compare(schools_dt, other)
+    noise = np.sqrt(2) * cmp["mcse_ref"] / cmp["sd_ref"]
+    assert (cmp["z"] < 5 * noise).all(), cmp[["z"]].assign(noise=noise)
+    assert cmp["sd_ratio"].between(0.85, 1.15).all(), cmp["sd_ratio"]
+
+
+def test_compare_mismatched_variables(schools_dt):
+    post = schools_dt["posterior"].to_dataset()
+    fewer = xr.DataTree.from_dict({"posterior": post.drop_vars("theta_trans")})
+    with pytest.raises(ValueError, match=r"only in reference \['theta_trans'\]"):
+        compare(schools_dt, fewer)
+    with pytest.raises(ValueError, match="only in other"):
+        compare(fewer, schools_dt)
+    with pytest.raises(ValueError, match="missing in other"):
+        compare(schools_dt, fewer, var_names=["mu", "theta_trans"])
+    cmp = compare(schools_dt, fewer, var_names=["mu", "theta"])
+    assert list(cmp.index) == ["mu"] + [f"theta[{s}]" for s in "ABCDEFGH"]
+    other_clients = xr.DataTree.from_dict(
+        {"posterior": post.assign_coords(client=list("ABCDEFGZ"))}
+    )
+    with pytest.raises(ValueError, match="elements differ"):
+        compare(schools_dt, other_clients)
+
+
+# ---------------------------------------------------------------------------
+# diagnostics
+
+
+def test_diagnostics_good_fit(schools_fit, schools_dt):
+    diag, caught = _record(diagnostics, schools_dt)
+    assert not [w for w in caught if issubclass(w.category, DiagnosticsWarning)]
+    assert diag["ok"] and diag["failing"] == [] and diag["divergences"] == 0
+    assert diag["max_r_hat"] <= 1.01 and diag["min_ess_bulk"] >= 400
+    assert diag["history"] is None
+    assert diagnostics(schools_fit)["max_r_hat"] == diag["max_r_hat"]
+
+
+def test_diagnostics_short_fit_warns(schools):
+    short = _nuts(eight_schools(), schools, chains=2, warmup=5, samples=20, seed=3)
+    with pytest.warns(DiagnosticsWarning, match=r"parameter\(s\) fail r_hat") as rec:
+        diag = diagnostics(short)
+    assert not diag["ok"] and diag["failing"]
+    assert diag["max_r_hat"] > 1.01 or diag["min_ess_bulk"] < 400
+    message = " ".join(str(w.message) for w in rec)
+    assert diag["failing"][0] in message or len(diag["failing"]) > 10
+
+
+def _history(entries):
+    base = {
+        "wall_time_s": 0.1,
+        "n_rejected": 0,
+        "rejected": [],
+        "failed": [],
+        "mean_change": 0.5,
+        "sd_change": 0.5,
+        "converged": False,
+        "client_ok_count": 8,
+    }
+    return [{"round": r, **base, **e} for r, e in enumerate(entries, start=1)]
+
+
+def test_diagnostics_history_names_clients(schools_fit):
+    """Failures after round 1 and rejected messages are named; a round-1-only failure is not."""
+    history = _history(
+        [
+            {"failed": ["A"], "client_ok_count": 6, "rejected": ["C"], "n_rejected": 1},
+            {"failed": ["B"], "client_ok_count": 7},
+            {"mean_change": 1e-4, "sd_change": 1e-4, "converged": True},
+        ]
+    )
+    ep_fit = dataclasses.replace(schools_fit, method="ep", history=history)
+    with pytest.warns(DiagnosticsWarning) as rec:
+        diag = diagnostics(ep_fit)
+    msgs = [str(w.message) for w in rec]
+    assert any("local inference failed" in m and "'B'" in m and "'A'" not in m for m in msgs)
+    assert any("rejected" in m and "'C'" in m for m in msgs)
+    assert not any("did not converge" in m for m in msgs)
+    h = diag["history"]
+    assert h["rounds"] == 3 and h["converged"] and h["last_mean_change"] == 1e-4
+    assert h["failed_clients"] == {"A": [1], "B": [2]} and h["rejected_clients"] == {"C": [1]}
+    assert h["rounds_with_failed"] == [1, 2] and h["rounds_with_rejected"] == [1]
+
+    # from the DataTree only counts survive: rounds are reported, clients cannot be named
+    dt = ep_fit.to_datatree()
+    with pytest.warns(DiagnosticsWarning) as rec:
+        diag_dt = diagnostics(dt)
+    msgs = [str(w.message) for w in rec]
+    assert any("in rounds [2]; pass the FitResult" in m for m in msgs)
+    assert "messages rejected in rounds [1]" in msgs
+    assert diag_dt["history"]["rounds_with_failed"] == [1, 2]
+    assert diag_dt["history"]["rounds_with_rejected"] == [1]
+
+    # a one-shot fit whose client failed in its only round; EP that did not converge
+    one = dataclasses.replace(schools_fit, method="one-shot", history=_history([{"failed": ["H"]}]))
+    with pytest.warns(DiagnosticsWarning, match="'H'"):
+        diagnostics(one)
+    stuck = dataclasses.replace(schools_fit, method="ep", history=_history([{}, {}]))
+    with pytest.warns(DiagnosticsWarning, match="did not converge in 2 round"):
+        diagnostics(stuck)
+
+
+# ---------------------------------------------------------------------------
+# LOO by client
+
+
+def test_loo_by_client_eight_schools(schools_dt):
+    res, caught = _record(loo_by_client, schools_dt)
+    table = res.table
+    assert list(table.columns) == ["elpd_loo", "se", "p_loo", "n_obs", "max_pareto_k", "n_bad_k"]
+    assert list(table.index) == list("ABCDEFGH")
+    assert (table["n_obs"] == 1).all() and (table["se"] == 0).all()
+    assert abs(table["elpd_loo"].sum() - res.total.elpd) < 1e-6
+    assert abs(table["p_loo"].sum() - res.total.p) < 1e-6
+    np.testing.assert_allclose(table["elpd_loo"], res.total.elpd_i.values, atol=1e-9)
+    pareto = [w for w in caught if issubclass(w.category, ParetoKWarning)]
+    assert bool(pareto) == bool((table["n_bad_k"] > 0).any())
+
+
+def test_loo_by_client_radon(radon):
+    data, _, dt = radon
+    res, caught = _record(loo_by_client, dt)
+    table = res.table
+    assert list(table.index) == list(data.clients)
+    np.testing.assert_array_equal(table["n_obs"], data.n_rows())
+    assert abs(table["elpd_loo"].sum() - res.total.elpd) < 1e-6
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert abs(az.loo(dt).elpd - res.total.elpd) < 1e-6  # arviz's own total
+    assert table.loc["MURRAY", "n_obs"] == 1 and np.isfinite(table.loc["MURRAY", "elpd_loo"])
+    bad = table.index[table["n_bad_k"] > 0]
+    pareto = [str(w.message) for w in caught if issubclass(w.category, ParetoKWarning)]
+    assert all(any(repr(c) in m for m in pareto) for c in bad)
+    assert bool(pareto) == bool(len(bad))
+
+
+def test_loo_by_client_needs_log_likelihood(schools_fit):
+    with pytest.raises(ValueError, match="log_likelihood"):
+        loo_by_client(schools_fit.to_datatree())
+    with pytest.raises(TypeError, match="to_datatree"):
+        loo_by_client(schools_fit)
