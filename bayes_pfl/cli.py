@@ -130,7 +130,18 @@ def build_parser() -> argparse.ArgumentParser:
         "region (default) or Taylor expansion at the tilted mode",
     )
     fit.add_argument("--out", required=True, help="output folder")
+    fit.add_argument(
+        "--report", action="store_true", help="also write OUT/report.html (see `bayes-pfl report`)"
+    )
     _add_nuts_args(fit)
+
+    report = sub.add_parser(
+        "report",
+        help="turn a fit's folder into a self-contained HTML report",
+        description="Write DIR/report.html (diagnostics, shrinkage, per-client posteriors, "
+        "convergence, calibration, LOO per client) and print the shrinkage table.",
+    )
+    report.add_argument("dir", help="a folder written by `bayes-pfl fit`")
 
     sub.add_parser("datasets", help="list the bundled datasets")
     sub.add_parser("models", help="list the model zoo")
@@ -336,9 +347,17 @@ def cmd_fit(args, *, dataset=None) -> int:
             f"bytes per client per round: up {last['bytes_up_per_client']}, "
             f"down {last['bytes_down_per_client']}"
         )
+    from bayes_pfl.report import shrinkage_for_fit, write_report
+
+    shrink = shrinkage_for_fit(dt, data)
+    if shrink is not None:
+        paths["shrinkage"] = out / "shrinkage.csv"
+        shrink.to_csv(paths["shrinkage"])
     if args.command == "demo":
         for p in _plots(dt, var, table, out):
             paths[p.stem] = p
+    if args.command == "demo" or getattr(args, "report", False):
+        paths["report"] = write_report(out)
     print("\nwrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 
@@ -351,6 +370,25 @@ def cmd_demo(args) -> int:
     args.missing, args.test_size, args.standardize = "error", 0.0, False
     args.method = "nuts"
     return cmd_fit(args, dataset="radon")
+
+
+def cmd_report(args) -> int:
+    import pandas as pd
+
+    from bayes_pfl.report import write_report
+
+    out = Path(args.dir)
+    try:
+        path = write_report(out)
+    except FileNotFoundError as exc:
+        print(f"bayes-pfl: error: {exc}", file=sys.stderr)
+        return 2
+    shrink = out / "shrinkage.csv"
+    if shrink.is_file():
+        with pd.option_context("display.max_rows", 200, "display.width", 140):
+            print(pd.read_csv(shrink, index_col=0).round(3).to_string())
+    print(f"\nwrote {path}")
+    return 0
 
 
 def cmd_datasets() -> int:
@@ -389,6 +427,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_fit(args)
         if args.command == "datasets":
             return cmd_datasets()
+        if args.command == "report":
+            return cmd_report(args)
         return cmd_models()
     except (DataError, ModelSpecError) as exc:
         print(f"bayes-pfl: error: {exc}", file=sys.stderr)

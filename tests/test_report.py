@@ -1,0 +1,99 @@
+"""The HTML report of a fit folder, checked by content and opened in headless Chromium."""
+
+import shutil
+import subprocess
+
+import pytest
+
+from bayes_pfl import FederatedData, fit_nuts, load, save_fit
+from bayes_pfl.cli import main
+from bayes_pfl.models import eight_schools, logistic
+from bayes_pfl.report import shrinkage_for_fit, write_report
+from bayes_pfl.synthetic import make_federation
+
+
+@pytest.fixture(scope="module")
+def schools_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("schools")
+    data = FederatedData.from_pandas(
+        load("eight_schools"), client_col="school", target="y", features=["sigma"]
+    )
+    fit = fit_nuts(
+        eight_schools(), data, num_chains=2, num_warmup=500, num_samples=500, progress_bar=False
+    )
+    save_fit(fit, data, out)
+    shrinkage_for_fit(fit.to_datatree(data), data).to_csv(out / "shrinkage.csv")
+    return out
+
+
+def test_report_sections_and_embedded_figures(schools_dir):
+    path = write_report(schools_dir)
+    page = path.read_text()
+    for section in ("Run", "Diagnostics", "Shrinkage", "Per-client theta", "PSIS-LOO per client"):
+        assert f"<h2>{section}" in page
+    assert page.count("data:image/png;base64,") == 2  # shrinkage + forest, self-contained
+    assert {p.name for p in (schools_dir / "figures").iterdir()} == {
+        "shrinkage.png",
+        "forest_theta.png",
+    }
+    for school in "ABCDEFGH":
+        assert f"<th>{school}</th>" in page
+
+
+def test_report_calibration_for_binary_target(tmp_path):
+    fed = make_federation(family="bernoulli", n_clients=6, n_features=2, sizes=40, seed=5)
+    data = FederatedData.from_pandas(
+        fed.data,
+        client_col="client",
+        target="y",
+        features=list(fed.features),
+        test_size=0.25,
+        seed=0,
+    )
+    fit = fit_nuts(
+        logistic(2), data, num_chains=2, num_warmup=300, num_samples=300, progress_bar=False
+    )
+    save_fit(fit, data, tmp_path)
+    page = write_report(tmp_path).read_text()
+    assert "Calibration on held-out rows" in page and "Expected calibration error" in page
+    assert (tmp_path / "figures" / "calibration.png").stat().st_size > 5000
+
+
+def test_cli_report(schools_dir, capsys):
+    assert main(["report", str(schools_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "shrinkage" in out and "report.html" in out
+    assert main(["report", str(schools_dir / "nope")]) == 2
+    assert "no posterior.nc" in capsys.readouterr().err
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
+def test_report_opens_in_headless_chromium(schools_dir, tmp_path):
+    path = write_report(schools_dir)
+    r = subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--dump-dom",
+            path.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    dom = r.stdout
+    assert "<h1>bayes-pfl report: eight_schools (nuts)</h1>" in dom
+    assert dom.count("<img") == 2
+    assert "ERR_" not in r.stderr  # no failed loads: the page is self-contained
