@@ -525,6 +525,14 @@ def compare(reference, other, *, var_names: list[str] | None = None) -> pd.DataF
 # diagnostics
 
 
+def _finite_max(values) -> float:
+    a = np.asarray(values, float)
+    return float(np.max(a[np.isfinite(a)])) if np.isfinite(a).any() else float("nan")
+
+
+TILTED_ESS_MIN = 100
+
+
 def _history_from_result(history: list[dict[str, Any]], n_clients: int) -> dict[str, Any]:
     rounds = len(history)
     failed: dict[str, list[int]] = {}
@@ -535,7 +543,11 @@ def _history_from_result(history: list[dict[str, Any]], n_clients: int) -> dict[
         for lab in h.get("rejected", []) or []:
             rejected.setdefault(str(lab), []).append(r)
     last = history[-1]
+    rhat = [h.get("client_rhat_max", np.nan) for h in history]
+    ess = [h.get("client_ess_min", np.nan) for h in history]
     return {
+        "tilted_rhat_max": _finite_max(rhat),
+        "tilted_ess_min": -_finite_max(-np.asarray(ess, float)),
         "rounds": rounds,
         "last_mean_change": float(last.get("mean_change", np.nan)),
         "last_sd_change": float(last.get("sd_change", np.nan)),
@@ -557,6 +569,8 @@ def _history_from_group(ds: xr.Dataset, n_clients: int) -> dict[str, Any]:
     ok = col("client_ok_count")
     rnums = np.arange(1, rounds + 1)
     return {
+        "tilted_rhat_max": _finite_max(col("client_rhat_max")),
+        "tilted_ess_min": -_finite_max(-col("client_ess_min")),
         "rounds": rounds,
         "last_mean_change": float(col("mean_change")[-1]) if rounds else np.nan,
         "last_sd_change": float(col("sd_change")[-1]) if rounds else np.nan,
@@ -591,7 +605,9 @@ def diagnostics(fit, *, r_hat_max: float = 1.01, ess_min: float = 400) -> dict[s
         ``sample_stats.diverging``, ``None`` without it); ``failing``: the parameter
         elements (``theta[A]``) failing a threshold; ``history`` (``None`` for a fit
         without rounds): ``rounds``, ``last_mean_change``, ``last_sd_change``,
-        ``converged``, ``rounds_with_rejected``, ``rounds_with_failed``, and (from a
+        ``converged``, ``rounds_with_rejected``, ``rounds_with_failed``,
+        ``tilted_rhat_max`` and ``tilted_ess_min`` (the worst split R-hat and ESS of the
+        clients' tilted NUTS runs over all rounds; NaN for Laplace), and (from a
         FitResult) ``rejected_clients`` and ``failed_clients``, each
         ``{label: [rounds]}`` (rounds numbered 1, 2, ... over the whole history);
         ``ok``: whether nothing was flagged.
@@ -664,6 +680,12 @@ def diagnostics(fit, *, r_hat_max: float = 1.01, ess_min: float = 400) -> dict[s
             messages.append(
                 f"EP did not converge in {history['rounds']} round(s) (last mean change "
                 f"{history['last_mean_change']:.3g}); raise rounds or lower damping"
+            )
+        if history["tilted_rhat_max"] > r_hat_max or history["tilted_ess_min"] < TILTED_ESS_MIN:
+            messages.append(
+                f"clients' tilted NUTS runs: max split R-hat {history['tilted_rhat_max']:.3f}, "
+                f"min ESS {history['tilted_ess_min']:.0f} (want <= {r_hat_max} and >= "
+                f"{TILTED_ESS_MIN}); raise nuts_warmup/nuts_samples"
             )
         if history["rejected_clients"]:
             messages.append(

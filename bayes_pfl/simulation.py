@@ -72,6 +72,8 @@ def _scalars(info: Any, prefix: str = "") -> dict[str, float]:
             out[prefix + name] = arr.item() if arr.dtype != bool else bool(arr)
         elif arr.dtype == bool:
             out[prefix + name + "_count"] = int(arr.sum())
+        elif name == "ess":
+            out[prefix + name + "_min"] = float(np.min(arr))
         else:
             out[prefix + name + "_max"] = float(np.max(arr))
     return out

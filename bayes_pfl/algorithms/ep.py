@@ -62,7 +62,7 @@ import jax.numpy as jnp
 from bayes_pfl import gaussian as gf
 from bayes_pfl.algorithms import Algorithm, select_clients
 from bayes_pfl.gaussian import GaussianFactor
-from bayes_pfl.local import laplace_log_marginal, newton_maximize, nuts_draws
+from bayes_pfl.local import chain_diagnostics, laplace_log_marginal, newton_maximize, nuts_draws
 from bayes_pfl.spec import HierarchicalModel
 
 Array = jax.Array
@@ -110,6 +110,8 @@ class EPClientInfo(NamedTuple):
     converged: Array
     iterations: Array
     divergences: Array
+    rhat: Array  # split-R-hat of the tilted NUTS run (NaN for Laplace)
+    ess: Array  # bulk ESS of the tilted NUTS run (NaN for Laplace)
 
 
 class EPServerInfo(NamedTuple):
@@ -254,6 +256,7 @@ def build(
                 h_t = 0.5 * (res.neg_hessian + res.neg_hessian.T)
                 site = regression_site(log_lik, u_star, h_t)
             converged, iterations, divergences = res.converged, res.iterations, jnp.asarray(0)
+            rhat = ess = jnp.asarray(jnp.nan)
         else:
 
             def log_tilted(z):
@@ -275,11 +278,12 @@ def build(
             site = gf.divide(tilted_factor, cavity_local)
             u_star = m_t
             converged, iterations, divergences = start.converged, start.iterations, jnp.sum(div)
+            rhat, ess = chain_diagnostics(draws)
         finite = jnp.all(jnp.isfinite(site.precision)) & jnp.all(jnp.isfinite(site.shift))
         ok = converged & finite & jnp.all(jnp.isfinite(u_star))
         site = jax.tree.map(lambda s, old: jnp.where(ok, s, old), site, bcast.site)
         new_state = EPClientState(jnp.where(ok, u_star, state.u_mode))
-        info = EPClientInfo(ok, converged, iterations, divergences)
+        info = EPClientInfo(ok, converged, iterations, divergences, rhat, ess)
         return new_state, EPMessage(site, ok), info
 
     def server_update(rng_key: Array, state: EPServerState, messages: EPMessage, accept: Array):
