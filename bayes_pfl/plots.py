@@ -32,6 +32,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from bayes_pfl.inspect import _as_datatree, _client_vars, _posterior
+
 __all__ = [
     "PlotResult",
     "plot_calibration",
@@ -119,24 +121,6 @@ def _check_prob(ci_prob: float) -> float:
     if not 0.0 < float(ci_prob) < 1.0:
         raise ValueError(f"ci_prob must be in (0, 1), got {ci_prob!r}")
     return float(ci_prob)
-
-
-def _as_datatree(fit) -> xr.DataTree:
-    if isinstance(fit, xr.DataTree):
-        return fit
-    if hasattr(fit, "to_datatree"):  # a FitResult
-        return fit.to_datatree(None, log_likelihood=False)
-    raise TypeError(f"expected an xarray.DataTree or a FitResult, got {type(fit).__name__}")
-
-
-def _posterior(dt: xr.DataTree) -> xr.Dataset:
-    if "posterior" not in dt.children:
-        raise ValueError("the DataTree has no posterior group")
-    return dt["posterior"].to_dataset()
-
-
-def _client_vars(post: xr.Dataset) -> list[str]:
-    return [str(v) for v, da in post.data_vars.items() if CLIENT_DIM in da.dims]
 
 
 def _select_element(da: xr.DataArray, element, var: str, keep: Sequence[str]) -> xr.DataArray:
