@@ -47,7 +47,8 @@ def test_fit_radon_nuts_writes_three_files(tmp_path):
         "--no-progress",
     )
     assert r.returncode == 0, r.stderr
-    assert {p.name for p in out.iterdir()} == {"posterior.nc", "summary.csv", "run.json"}
+    names = {p.name for p in out.iterdir()}
+    assert names == {"posterior.nc", "summary.csv", "run.json", "shrinkage.csv"}
     summary = pd.read_csv(out / "summary.csv", index_col=0)
     assert summary["r_hat"].max() <= 1.01
     assert "alpha[AITKIN]" in summary.index and "sigma_y" in summary.index
@@ -142,7 +143,8 @@ def test_fit_federated_methods(tmp_path, method):
         "--no-progress",
     )
     assert r.returncode == 0, r.stderr
-    assert {p.name for p in out.iterdir()} == {"posterior.nc", "summary.csv", "run.json"}
+    names = {p.name for p in out.iterdir()}
+    assert names == {"posterior.nc", "summary.csv", "run.json", "shrinkage.csv"}
     run = json.loads((out / "run.json").read_text())
     assert run["method"] == method
     assert 1 <= len(run["history"]) <= (1 if method == "one-shot" else 3)
