@@ -62,7 +62,13 @@ import jax.numpy as jnp
 from bayes_pfl import gaussian as gf
 from bayes_pfl.algorithms import Algorithm, select_clients
 from bayes_pfl.gaussian import GaussianFactor
-from bayes_pfl.local import chain_diagnostics, laplace_log_marginal, newton_maximize, nuts_draws
+from bayes_pfl.local import (
+    chain_diagnostics,
+    conditional_mode,
+    laplace_log_marginal,
+    newton_maximize,
+    nuts_draws,
+)
 from bayes_pfl.spec import HierarchicalModel
 
 Array = jax.Array
@@ -254,7 +260,14 @@ def build(
                 site = GaussianFactor(h, h @ u_star + jax.grad(log_lik)(u_star))
             else:
                 h_t = 0.5 * (res.neg_hessian + res.neg_hessian.T)
-                site = regression_site(log_lik, u_star, h_t)
+                # the points lie near u*, so their inner problems start from theta_hat(u*)
+                # (a few Newton steps each instead of a cold start)
+                th_star = conditional_mode(log_joint, u_star, theta0, max_iter=newton_iter)
+
+                def log_lik_near(u):
+                    return laplace_log_marginal(log_joint, u, th_star, max_iter=20)
+
+                site = regression_site(log_lik_near, u_star, h_t)
             converged, iterations, divergences = res.converged, res.iterations, jnp.asarray(0)
             rhat = ess = jnp.asarray(jnp.nan)
         else:
