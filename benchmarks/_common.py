@@ -1,0 +1,229 @@
+"""Shared pieces of the benchmark scripts: JAX set-up, element-wise posterior comparison, output.
+
+The scripts import this module *first*: :func:`configure_jax` must run before anything
+imports JAX (XLA reads its flags once, at start-up).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def configure_jax(host_devices: int = 4) -> None:
+    """CPU, ``host_devices`` host devices (parallel NUTS chains) and float64.
+
+    Call before importing any module that imports JAX.
+    """
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" not in flags:
+        os.environ["XLA_FLAGS"] = (
+            f"{flags} --xla_force_host_platform_device_count={host_devices}".strip()
+        )
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+
+
+def machine() -> dict[str, Any]:
+    """Where and when the benchmark ran."""
+    import jax
+
+    from bayes_pfl.results import package_versions
+
+    return {
+        "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "jax_backend": jax.default_backend(),
+        "jax_devices": jax.device_count(),
+        "versions": package_versions(),
+    }
+
+
+def element_draws(result) -> dict[str, tuple[list[str], Any]]:
+    """Every variable of a fit as ``(element labels, draws [chain, draw, element])``.
+
+    Global variables keep their shape in the labels (``beta[1]``); client variables are
+    labelled by client (``alpha[AITKIN]``, ``b[c003,0]``).
+    """
+    import numpy as np
+
+    out = {}
+    for name, v in result.phi.items():
+        v = np.asarray(v, dtype=float)
+        shape = v.shape[2:]
+        flat = v.reshape(v.shape[:2] + (-1,))
+        if not shape:
+            labels = [name]
+        else:
+            labels = [f"{name}[{','.join(map(str, idx))}]" for idx in np.ndindex(shape)]
+        out[name] = (labels, flat)
+    for name, v in result.theta.items():
+        v = np.asarray(v, dtype=float)
+        shape = v.shape[3:]
+        flat = v.reshape(v.shape[:2] + (-1,))
+        labels = []
+        for client in result.clients:
+            if not shape:
+                labels.append(f"{name}[{client}]")
+            else:
+                labels += [f"{name}[{client},{','.join(map(str, i))}]" for i in np.ndindex(shape)]
+        out[name] = (labels, flat)
+    return out
+
+
+def reference_stats(result) -> dict[str, dict[str, Any]]:
+    """Per element mean, sd, Monte Carlo standard error of the mean, bulk ESS and R-hat."""
+    import numpy as np
+    from arviz_stats.base import array_stats
+
+    stats = {}
+    for name, (labels, d) in element_draws(result).items():
+        flat = d.reshape(-1, d.shape[-1])
+        stats[name] = {
+            "labels": labels,
+            "mean": flat.mean(axis=0),
+            "sd": flat.std(axis=0, ddof=1),
+            "mcse_mean": np.asarray(
+                array_stats.mcse(d, chain_axis=0, draw_axis=1, method="mean"), dtype=float
+            ),
+            "ess_bulk": np.asarray(
+                array_stats.ess(d, chain_axis=0, draw_axis=1, method="bulk"), dtype=float
+            ),
+            "r_hat": np.asarray(array_stats.rhat(d, chain_axis=0, draw_axis=1), dtype=float),
+        }
+    return stats
+
+
+def compare(
+    fit, ref: dict[str, dict[str, Any]], bounds: dict[str, float], default_bound: float, sd_range
+) -> dict[str, Any]:
+    """Element-wise ``z = |mean_fit - mean_ref| / sd_ref`` and ``r = sd_fit / sd_ref``.
+
+    ``fit`` is a :class:`~bayes_pfl.results.FitResult` or its :func:`reference_stats`.
+    Returns the worst z and the sd-ratio range over all elements (with the element where
+    each occurs), per-variable summaries, and whether every element is within its bound
+    (``bounds[var]`` or ``default_bound``) and every ratio within ``sd_range``.
+    ``noise_z`` is the z that Monte Carlo error alone would give at the worst element:
+    ``sqrt(mcse_ref^2 + mcse_fit^2) / sd_ref``.
+    """
+    import numpy as np
+
+    fit_stats = fit if isinstance(fit, dict) else reference_stats(fit)
+    lo, hi = sd_range
+    per_var = {}
+    worst = {"z": -1.0}
+    r_min = {"r": np.inf}
+    r_max = {"r": -np.inf}
+    z_ok = r_ok = True
+    for name, fs in fit_stats.items():
+        rs = ref[name]
+        labels = list(fs["labels"])
+        if labels != list(rs["labels"]):
+            raise ValueError(f"{name}: element labels differ between fit and reference")
+        z = np.abs(fs["mean"] - rs["mean"]) / rs["sd"]
+        r = fs["sd"] / rs["sd"]
+        noise = np.sqrt(rs["mcse_mean"] ** 2 + fs["mcse_mean"] ** 2) / rs["sd"]
+        bound = bounds.get(name, default_bound)
+        iz, ilo, ihi = int(np.argmax(z)), int(np.argmin(r)), int(np.argmax(r))
+        per_var[name] = {
+            "n": len(labels),
+            "bound": bound,
+            "max_z": float(z[iz]),
+            "max_z_at": labels[iz],
+            "noise_z_at_max": float(noise[iz]),
+            "median_z": float(np.median(z)),
+            "min_sd_ratio": float(r[ilo]),
+            "min_sd_ratio_at": labels[ilo],
+            "max_sd_ratio": float(r[ihi]),
+            "max_sd_ratio_at": labels[ihi],
+            "z_pass": bool(np.all(z <= bound)),
+            "n_z_fail": int(np.sum(z > bound)),
+            "sd_pass": bool(np.all((r >= lo) & (r <= hi))),
+            "n_sd_fail": int(np.sum((r < lo) | (r > hi))),
+        }
+        z_ok &= per_var[name]["z_pass"]
+        r_ok &= per_var[name]["sd_pass"]
+        if z[iz] > worst["z"]:
+            worst = {"z": float(z[iz]), "at": labels[iz], "bound": bound, "noise_z": noise[iz]}
+        if r[ilo] < r_min["r"]:
+            r_min = {"r": float(r[ilo]), "at": labels[ilo]}
+        if r[ihi] > r_max["r"]:
+            r_max = {"r": float(r[ihi]), "at": labels[ihi]}
+    worst["noise_z"] = float(worst["noise_z"])
+    return {
+        "worst_z": worst,
+        "sd_ratio_min": r_min,
+        "sd_ratio_max": r_max,
+        "z_pass": bool(z_ok),
+        "sd_pass": bool(r_ok),
+        "per_variable": per_var,
+    }
+
+
+def save_stats(path, stats: dict[str, dict[str, Any]]) -> None:
+    """Write :func:`reference_stats` to an ``.npz`` file (``var/field`` keys)."""
+    import numpy as np
+
+    flat = {f"{var}/{k}": np.asarray(v) for var, s in stats.items() for k, v in s.items()}
+    np.savez(path, **flat)
+
+
+def load_stats(path) -> dict[str, dict[str, Any]]:
+    """Read what :func:`save_stats` wrote."""
+    import numpy as np
+
+    out: dict[str, dict[str, Any]] = {}
+    with np.load(path) as z:
+        for key in z.files:
+            var, k = key.rsplit("/", 1)
+            out.setdefault(var, {})[k] = z[key]
+    for s in out.values():
+        s["labels"] = [str(a) for a in s["labels"]]
+    return out
+
+
+def jsonable(obj):
+    """Turn numpy and JAX values into JSON types."""
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if hasattr(obj, "__array__"):
+        return np.asarray(obj).tolist()
+    return obj
+
+
+def write_results(stem: str, payload: dict[str, Any], markdown: str) -> tuple[Path, Path]:
+    """Write ``results/<stem>.json`` and ``results/<stem>.md``."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    js, md = RESULTS / f"{stem}.json", RESULTS / f"{stem}.md"
+    js.write_text(json.dumps(jsonable(payload), indent=1) + "\n")
+    md.write_text(markdown)
+    return js, md
+
+
+def md_table(header: list[str], rows: list[list[Any]]) -> str:
+    """A GitHub markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,396 @@
+# ruff: noqa: E402  (JAX must be configured before anything imports it)
+"""Accuracy of the federated posteriors against centralized NUTS on the same model and data.
+
+For every parameter element (every global ``phi`` element and every client's ``theta_k``,
+deterministic sites included) it reports
+
+* ``z = |mean_fed - mean_ref| / sd_ref`` (target: below the case's bound), and
+* ``r = sd_fed / sd_ref`` (target: within [0.9, 1.1]),
+
+for federated EP (Laplace tilted, regression and Taylor sites; NUTS tilted on eight
+schools) and one-shot summary exchange, on eight schools, radon and a 200-client
+synthetic hierarchical logistic regression. The reference's Monte Carlo error is
+reported next to every figure (``noise z``: the z that Monte Carlo error of both fits
+alone gives at the worst element).
+
+Run from the repository root::
+
+    .venv/bin/python benchmarks/federated_accuracy.py            # all cases
+    .venv/bin/python benchmarks/federated_accuracy.py --case radon
+    .venv/bin/python benchmarks/federated_accuracy.py --quick    # smoke run, short chains
+
+Writes ``benchmarks/results/federated_accuracy.json`` and ``.md`` (``--quick`` writes
+``federated_accuracy_quick.*``). The exit code is 0 whether or not targets are met.
+"""
+
+from _common import configure_jax
+
+configure_jax(host_devices=4)
+
+import argparse
+import json
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from _common import RESULTS, compare, machine, md_table, reference_stats, write_results
+
+from bayes_pfl import FederatedData, fit_nuts, load
+from bayes_pfl.federated import fit_ep, fit_one_shot
+from bayes_pfl.models import eight_schools, logistic, radon_intercept
+from bayes_pfl.synthetic import make_federation
+
+SD_RANGE = (0.9, 1.1)
+SEED = 0
+
+
+@dataclass
+class Case:
+    """One model and data set, its reference settings and its accuracy bounds."""
+
+    build: Callable[[], tuple]  # () -> (model, data, data description)
+    reference: dict  # fit_nuts settings
+    default_bound: float
+    bounds: dict[str, float] = field(default_factory=dict)
+    nuts_tilted: bool = False
+    fit_kwargs: dict = field(default_factory=dict)  # passed to every federated fit
+    note: str = ""
+
+
+def _eight_schools():
+    data = FederatedData.from_pandas(
+        load("eight_schools"), client_col="school", target="y", features=["sigma"]
+    )
+    return eight_schools(), data, {"clients": data.n_clients, "rows": 8}
+
+
+def _radon():
+    data = FederatedData.from_pandas(
+        load("radon"), client_col="county", target="log_radon", features=["log_uppm", "floor"]
+    )
+    sizes = np.asarray(data.train.mask).sum(axis=1)
+    desc = {
+        "clients": data.n_clients,
+        "rows": int(sizes.sum()),
+        "clients_with_lt_5_rows": int(np.sum(sizes < 5)),
+    }
+    return radon_intercept(), data, desc
+
+
+def _logistic200():
+    fed = make_federation(
+        family="bernoulli",
+        n_clients=200,
+        n_features=3,
+        varying="intercept",
+        sizes="lognormal",
+        median_size=20,
+        seed=1,
+    )
+    data = FederatedData.from_pandas(
+        fed.data, client_col=fed.client_col, target=fed.target, features=list(fed.features)
+    )
+    sizes = fed.sizes
+    desc = {
+        "clients": fed.n_clients,
+        "rows": int(sizes.sum()),
+        "clients_with_lt_5_rows": int(np.sum(sizes < 5)),
+        "clients_with_1_row": int(np.sum(sizes == 1)),
+        "median_rows": float(np.median(sizes)),
+        "max_rows": int(sizes.max()),
+        "generator": "make_federation(family='bernoulli', n_clients=200, n_features=3, "
+        "varying='intercept', sizes='lognormal', median_size=20, seed=1)",
+        "true_phi": {k: np.asarray(v).tolist() for k, v in fed.phi.items()},
+    }
+    return logistic(3), data, desc
+
+
+CASES = {
+    "eight_schools": Case(
+        _eight_schools,
+        {"num_chains": 4, "num_warmup": 2000, "num_samples": 5000},
+        default_bound=0.1,
+        bounds={"tau": 0.2},
+        nuts_tilted=True,
+    ),
+    "radon": Case(
+        _radon,
+        {"num_chains": 4, "num_warmup": 1000, "num_samples": 2000},
+        default_bound=0.1,
+        bounds={"sigma_alpha": 0.2},
+    ),
+    "logistic200": Case(
+        _logistic200,
+        {"num_chains": 4, "num_warmup": 1000, "num_samples": 1000},
+        default_bound=0.15,
+        # Personalization costs (draws x clients x the largest client's rows: every client
+        # is padded to 710 rows here); with the default 4 x 1000 global draws it takes about
+        # an hour per method on 2 cores, so the federated fits keep 4 x 250 draws.
+        fit_kwargs={"num_samples": 250},
+        note="federated fits use num_samples=250 (4 x 250 = 1000 global draws) instead of "
+        "the default 1000, because personalization time grows with draws x clients x the "
+        "largest client's rows (all clients are padded to 710 rows)",
+    ),
+}
+
+
+def _methods(case: Case) -> dict[str, tuple[Callable, dict]]:
+    methods = {
+        "ep (laplace, regression)": (fit_ep, {"rounds": 10}),
+        "ep (laplace, taylor)": (fit_ep, {"rounds": 10, "site_fit": "taylor"}),
+        "one-shot": (fit_one_shot, {}),
+    }
+    if case.nuts_tilted:
+        methods["ep (nuts tilted)"] = (fit_ep, {"rounds": 10, "tilted": "nuts"})
+    return methods
+
+
+def _reference_summary(ref_fit, stats, seconds: float) -> dict:
+    rel_mcse = np.concatenate([s["mcse_mean"] / s["sd"] for s in stats.values()])
+    return {
+        "settings": ref_fit.info["settings"],
+        "seed": SEED,
+        "wall_time_s": seconds,
+        "divergences": int(np.sum(ref_fit.sample_stats["diverging"])),
+        "max_r_hat": float(max(np.nanmax(s["r_hat"]) for s in stats.values())),
+        "min_ess_bulk": float(min(np.nanmin(s["ess_bulk"]) for s in stats.values())),
+        "max_mcse_over_sd": float(np.nanmax(rel_mcse)),
+        "median_mcse_over_sd": float(np.nanmedian(rel_mcse)),
+        "per_variable": {
+            name: {
+                "max_mcse_mean": float(np.max(s["mcse_mean"])),
+                "max_mcse_over_sd": float(np.max(s["mcse_mean"] / s["sd"])),
+                "min_ess_bulk": float(np.min(s["ess_bulk"])),
+                "max_r_hat": float(np.max(s["r_hat"])),
+            }
+            for name, s in stats.items()
+        },
+    }
+
+
+def run_case(name: str, case: Case, quick: bool) -> dict:
+    model, data, desc = case.build()
+    print(f"\n=== {name}: {desc['clients']} clients, {desc['rows']} rows", flush=True)
+    settings = dict(case.reference)
+    if quick:
+        settings.update(num_warmup=300, num_samples=300)
+    t0 = time.perf_counter()
+    ref_fit = fit_nuts(model, data, seed=SEED, progress_bar=False, **settings)
+    ref_seconds = time.perf_counter() - t0
+    stats = reference_stats(ref_fit)
+    reference = _reference_summary(ref_fit, stats, ref_seconds)
+    print(
+        f"reference NUTS {settings}: {ref_seconds:.1f} s, "
+        f"{reference['divergences']} divergences, max R-hat {reference['max_r_hat']:.3f}, "
+        f"min ESS {reference['min_ess_bulk']:.0f}",
+        flush=True,
+    )
+    methods = {}
+    for label, (fit_fn, kwargs) in _methods(case).items():
+        kwargs = {"seed": SEED, "progress": False, **case.fit_kwargs, **kwargs}
+        if quick:
+            kwargs.update(num_warmup=300, num_samples=300)
+        t0 = time.perf_counter()
+        try:
+            fit = fit_fn(model, data, **kwargs)
+        except Exception as err:  # a failing method is a result, not a crash of the benchmark
+            methods[label] = {"error": f"{type(err).__name__}: {err}"}
+            traceback.print_exc()
+            continue
+        seconds = time.perf_counter() - t0
+        cmp = compare(fit, stats, case.bounds, case.default_bound, SD_RANGE)
+        hist = fit.history
+        methods[label] = {
+            "call": f"{fit_fn.__name__}(model, data, {_kwargs_repr(kwargs)})",
+            "rounds": fit.info["rounds"],
+            "converged": fit.info["converged"],
+            "wall_time_s": seconds,
+            "global_time_s": fit.info.get("global_time_s"),
+            "personalize_time_s": fit.info.get("personalize_time_s"),
+            "min_personalize_acceptance": fit.info.get("min_personalize_acceptance"),
+            "global_divergences": int(np.sum(fit.sample_stats["diverging"]))
+            if fit.sample_stats and "diverging" in fit.sample_stats
+            else None,
+            "last_mean_change": hist[-1].get("mean_change") if hist else None,
+            "last_sd_change": hist[-1].get("sd_change") if hist else None,
+            "rejected_messages": int(sum(h.get("n_rejected", 0) for h in hist)),
+            **cmp,
+        }
+        w, lo, hi = cmp["worst_z"], cmp["sd_ratio_min"], cmp["sd_ratio_max"]
+        print(
+            f"{label:26s} rounds {fit.info['rounds']:2d} conv {fit.info['converged']!s:5s} "
+            f"{seconds:6.1f} s  worst z {w['z']:.3f} ({w['at']}, bound {w['bound']}) "
+            f"sd ratio [{lo['r']:.3f} ({lo['at']}), {hi['r']:.3f} ({hi['at']})]",
+            flush=True,
+        )
+    return {
+        "data": desc,
+        "model": model.name,
+        "note": case.note,
+        "reference": reference,
+        "methods": methods,
+    }
+
+
+def _kwargs_repr(kwargs: dict) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in kwargs.items() if k != "progress")
+
+
+def _pf(ok: bool) -> str:
+    return "PASS" if ok else "**FAIL**"
+
+
+def markdown(results: dict, meta: dict, quick: bool) -> str:
+    out = ["# Federated accuracy vs centralized NUTS\n"]
+    m = meta["machine"]
+    out.append(
+        f"Machine: {m['cpu_count']}-core CPU ({m['platform']}), JAX backend "
+        f"`{m['jax_backend']}` with {m['jax_devices']} host devices, float64, seed {SEED}"
+        f"{' (**--quick smoke run**: short chains, not a measurement)' if quick else ''}.\n"
+    )
+    out.append(
+        "z = |mean_fed - mean_ref| / sd_ref and r = sd_fed / sd_ref over every parameter "
+        "element (global and per-client, deterministic sites included). *noise z* is "
+        "sqrt(mcse_ref^2 + mcse_fed^2) / sd_ref at the worst element: the z that Monte Carlo "
+        f"error alone gives. sd-ratio target: [{SD_RANGE[0]}, {SD_RANGE[1]}]. Times are end "
+        "to end in one process, including JIT compilation.\n"
+    )
+    for name, res in results.items():
+        d, ref = res["data"], res["reference"]
+        s = ref["settings"]
+        out.append(f"## {name} (`{res['model']}`)\n")
+        extra = ""
+        if "clients_with_lt_5_rows" in d:
+            extra = f", {d['clients_with_lt_5_rows']} clients with < 5 rows"
+        if "max_rows" in d:
+            extra += f", median {d['median_rows']:.0f} and largest {d['max_rows']} rows per client"
+        run = res.get("run", m)
+        out.append(f"Run {run['date']}. Data: {d['clients']} clients, {d['rows']} rows{extra}.\n")
+        if res.get("note"):
+            out.append(f"Note: {res['note']}.\n")
+        out.append(
+            f"Reference: NUTS {s['num_chains']} chains x {s['num_warmup']} warmup / "
+            f"{s['num_samples']} samples, {ref['wall_time_s']:.1f} s, {ref['divergences']} "
+            f"divergences, max R-hat {ref['max_r_hat']:.3f}, min bulk ESS "
+            f"{ref['min_ess_bulk']:.0f}, mcse_mean/sd max {ref['max_mcse_over_sd']:.3f} "
+            f"(median {ref['median_mcse_over_sd']:.3f}).\n"
+        )
+        rows = []
+        for label, r in res["methods"].items():
+            if "error" in r:
+                rows.append([label, "-", "-", "-", f"error: {r['error']}", "", "", "", "", ""])
+                continue
+            w, lo, hi = r["worst_z"], r["sd_ratio_min"], r["sd_ratio_max"]
+            rows.append(
+                [
+                    label,
+                    r["rounds"],
+                    "n/a" if label == "one-shot" else r["converged"],
+                    f"{r['wall_time_s']:.1f}",
+                    f"{w['z']:.3f} (`{w['at']}`)",
+                    w["bound"],
+                    f"{w['noise_z']:.3f}",
+                    _pf(r["z_pass"]),
+                    f"{lo['r']:.3f} (`{lo['at']}`) - {hi['r']:.3f} (`{hi['at']}`)",
+                    _pf(r["sd_pass"]),
+                ]
+            )
+        out.append(
+            md_table(
+                [
+                    "method",
+                    "rounds",
+                    "converged",
+                    "time (s)",
+                    "worst z (element)",
+                    "bound",
+                    "noise z",
+                    "z target",
+                    "sd ratio min - max (element)",
+                    "sd target",
+                ],
+                rows,
+            )
+        )
+        out.append("Per variable (worst element of each):\n")
+        rows = []
+        for label, r in res["methods"].items():
+            if "error" in r:
+                continue
+            for var, v in r["per_variable"].items():
+                rows.append(
+                    [
+                        label,
+                        f"`{var}`",
+                        v["n"],
+                        f"{v['max_z']:.3f}",
+                        v["bound"],
+                        f"{v['n_z_fail']}",
+                        f"{v['min_sd_ratio']:.3f}",
+                        f"{v['max_sd_ratio']:.3f}",
+                        f"{v['n_sd_fail']}",
+                        f"{ref['per_variable'][var]['max_mcse_over_sd']:.3f}",
+                    ]
+                )
+        out.append(
+            md_table(
+                [
+                    "method",
+                    "variable",
+                    "elements",
+                    "max z",
+                    "bound",
+                    "# z > bound",
+                    "min r",
+                    "max r",
+                    "# r outside",
+                    "ref max mcse/sd",
+                ],
+                rows,
+            )
+        )
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--case",
+        nargs="+",
+        choices=[*CASES, "all"],
+        default=["all"],
+        help="cases to run; their results replace those of the same cases in the output",
+    )
+    parser.add_argument("--quick", action="store_true", help="short chains (smoke run)")
+    parser.add_argument(
+        "--report-only", action="store_true", help="rewrite the .md from the .json, run nothing"
+    )
+    args = parser.parse_args(argv)
+    if args.report_only:
+        stem = "federated_accuracy" + ("_quick" if args.quick else "")
+        saved = json.loads((RESULTS / f"{stem}.json").read_text())
+        md = markdown(saved["cases"], saved, saved["quick"])
+        (RESULTS / f"{stem}.md").write_text(md)
+        print(md)
+        return 0
+    names = list(CASES) if "all" in args.case else [c for c in CASES if c in args.case]
+    meta = {"machine": machine(), "seed": SEED, "sd_range": SD_RANGE, "quick": args.quick}
+    stem = "federated_accuracy" + ("_quick" if args.quick else "")
+    results = {}
+    previous = RESULTS / f"{stem}.json"
+    if previous.exists():  # keep the cases not rerun now
+        results = json.loads(previous.read_text()).get("cases", {})
+    for name in names:
+        results[name] = {"run": machine(), **run_case(name, CASES[name], args.quick)}
+        ordered = {c: results[c] for c in CASES if c in results}
+        md = markdown(ordered, meta, args.quick)  # written after every case
+        js, mdp = write_results(stem, {**meta, "cases": ordered}, md)
+    print("\n" + md)
+    print(f"wrote {js} and {mdp}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
