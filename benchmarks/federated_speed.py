@@ -131,6 +131,9 @@ def _ep_record(fit, seconds: float) -> dict:
         "round_times_s": per_round,
         "global_time_s": fit.info["global_time_s"],
         "personalize_time_s": fit.info["personalize_time_s"],
+        # everything after the rounds: global draws, personalization, result assembly
+        # (fit.info's personalize time stops before JAX's asynchronous work is done)
+        "after_rounds_s": seconds - float(sum(per_round)),
         "bytes_up_per_client": [h["bytes_up_per_client"] for h in hist],
         "bytes_down_per_client": [h["bytes_down_per_client"] for h in hist],
         "rejected_messages": int(sum(h.get("n_rejected", 0) for h in hist)),
@@ -185,10 +188,12 @@ def spawn(job: dict, tmp: Path, name: str, timeout: float | None = None) -> dict
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd)
     timed_out = False
+    loads = []
     while True:
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             break
+        loads.append(os.getloadavg()[0])
         if timeout is not None and time.perf_counter() - t0 > timeout:
             proc.kill()
             timed_out = True
@@ -197,7 +202,15 @@ def spawn(job: dict, tmp: Path, name: str, timeout: float | None = None) -> dict
         time.sleep(0.5)
     proc.returncode = os.waitstatus_to_exitcode(status)
     elapsed = time.perf_counter() - t0
-    base = {"job": job, "process_time_s": elapsed, "max_rss_mb": usage.ru_maxrss / 1024}
+    base = {
+        "job": job,
+        "process_time_s": elapsed,
+        "max_rss_mb": usage.ru_maxrss / 1024,
+        # 1-minute load average while it ran (the worker itself counts up to 2 on 2 cores);
+        # well above the core count means other processes competed for the CPU
+        "load_avg_mean": float(np.mean(loads)) if loads else None,
+        "load_avg_max": float(np.max(loads)) if loads else None,
+    }
     if timed_out:
         hist_path = Path(f"{out}_ckpt.json")
         hist = json.loads(hist_path.read_text()) if hist_path.exists() else []
@@ -277,7 +290,7 @@ def scaling(cfg: dict, tmp: Path) -> list[dict]:
             c = rec["calls"][0]
             msg += (
                 f"cold {c['wall_time_s']:.1f} s, round 1 {rec['round1_s']:.1f} s, later "
-                f"{rec['later_round_s']:.2f} s/round, personalize {c['personalize_time_s']:.1f} s"
+                f"{rec['later_round_s']:.2f} s/round, after rounds {_after_rounds(c):.1f} s"
             )
         print(f"{msg}, max RSS {rec['max_rss_mb']:.0f} MB", flush=True)
         rows.append(rec)
@@ -286,6 +299,18 @@ def scaling(cfg: dict, tmp: Path) -> list[dict]:
 
 def _fmt(x, spec: str = ".1f") -> str:
     return "-" if x is None else format(x, spec)
+
+
+def _after_rounds(call: dict) -> float | None:
+    if not call:
+        return None
+    return call.get("after_rounds_s", call["wall_time_s"] - call["rounds_time_s"])
+
+
+def _load(r: dict) -> str:
+    if r.get("load_avg_mean") is None:
+        return "-"
+    return f"{r['load_avg_mean']:.1f} / {r['load_avg_max']:.1f}"
 
 
 def markdown(res: dict, meta: dict) -> str:
@@ -297,7 +322,13 @@ def markdown(res: dict, meta: dict) -> str:
         f"`{m['jax_backend']}` with {m['jax_devices']} host devices, float64, seed {SEED}"
         f"{' (**--quick smoke run**: small sizes, not the targets)' if quick else ''}. "
         "Each fit runs in a fresh process; times are end to end including JIT compilation "
-        "(excluding interpreter start-up, imports and data generation).\n"
+        "(excluding interpreter start-up, imports and data generation). *rounds*: the EP "
+        "rounds (sum of the history's round times); *after rounds*: the rest of the call "
+        "(server draws of the global parameters, personalization of every client, building "
+        "the result; `fit.info['personalize_time_s']` is not used because it stops before "
+        "JAX's asynchronous work is done). *load avg*: the 1-minute load average while the "
+        "fit ran; the fit itself accounts for up to 2 on this 2-core machine, more means "
+        "other processes competed for the CPU.\n"
     )
     if "target" in res:
         out += _target_markdown(res["target"])
@@ -348,9 +379,9 @@ def _target_markdown(t: dict) -> list[str]:
                     f"{c['rounds']} ({'converged' if c['converged'] else 'not converged'})",
                     f"**{c['wall_time_s']:.1f}**",
                     f"{c['rounds_time_s']:.1f}",
-                    f"{c['global_time_s']:.1f}",
-                    f"{c['personalize_time_s']:.1f}",
+                    f"{_after_rounds(c):.1f}",
                     f"{r['max_rss_mb']:.0f}",
+                    _load(r),
                     f"**{ratios[i]:.2f}x**" if i < len(ratios) else "-",
                     zs if i == 0 else "(same draws)",
                     rs if i == 0 else "",
@@ -364,9 +395,9 @@ def _target_markdown(t: dict) -> list[str]:
                 "rounds",
                 "total (s)",
                 "rounds (s)",
-                "global draws (s)",
-                "personalize (s)",
+                "after rounds (s)",
                 "peak RSS (MB)",
+                "load avg mean / max",
                 "NUTS time / EP time",
                 f"worst z vs NUTS (bound {BOUND})",
                 f"sd ratio range (target {SD_RANGE[0]}-{SD_RANGE[1]})",
@@ -399,9 +430,9 @@ def _scaling_markdown(scaling_rows: list[dict], run: dict) -> list[str]:
                 _fmt(c.get("wall_time_s")),
                 _fmt(r["round1_s"]),
                 _fmt(r["later_round_s"], ".2f"),
-                _fmt(c.get("global_time_s")),
-                _fmt(c.get("personalize_time_s")),
+                _fmt(_after_rounds(c)),
                 f"{r['max_rss_mb']:.0f}",
+                _load(r),
                 "-" if up[0] is None else f"{up[0]:,}",
                 "-" if down[0] is None else f"{down[0]:,}",
                 ", ".join(_fmt(i, ".0f") for i in r["iterations_max"]),
@@ -416,9 +447,9 @@ def _scaling_markdown(scaling_rows: list[dict], run: dict) -> list[str]:
                 "cold total (s)",
                 "round 1 (s, incl. compile)",
                 "later rounds (s/round)",
-                "global draws (s)",
-                "personalize (s)",
+                "after rounds (s)",
                 "peak RSS (MB)",
+                "load avg mean / max",
                 "bytes up / client / round",
                 "bytes down / client / round",
                 "max client Newton iterations per round",
@@ -434,17 +465,26 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
     parser.add_argument("--part", choices=["all", "target", "scaling"], default="all")
     parser.add_argument("--timeout", type=float, help="seconds per scaling size")
+    parser.add_argument(
+        "--report-only", action="store_true", help="rewrite the .md from the .json, run nothing"
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         worker(json.loads(args.worker), Path(args.out))
         return 0
+    stem = "federated_speed" + ("_quick" if args.quick else "")
+    if args.report_only:
+        saved = json.loads((RESULTS / f"{stem}.json").read_text())
+        md = markdown(saved, saved)
+        (RESULTS / f"{stem}.md").write_text(md)
+        print(md)
+        return 0
     cfg = dict(QUICK if args.quick else FULL)
     if args.timeout:
         cfg["timeout_s"] = args.timeout
     meta = {"machine": machine(), "seed": SEED, "quick": args.quick, "config": cfg}
-    stem = "federated_speed" + ("_quick" if args.quick else "")
     res: dict = {}
     previous = RESULTS / f"{stem}.json"
     if args.part != "all" and previous.exists():  # keep the part not rerun now
