@@ -1,0 +1,213 @@
+r"""FedAvg, FedProx, FedBN and FedPer: one algorithm that averages some leaves and keeps the rest.
+
+Every round the server sends its model; each sampled client copies the
+*shared* leaves into its own model, runs ``local_steps`` optimizer steps on its
+full training batch and returns the shared leaves; the server replaces them by
+their average weighted by the clients' row counts. The leaves that are not
+shared stay with the client and form its personal model. Which leaves are
+shared is a structural choice (by :attr:`~bayes_pfl.baselines.networks.Network.roles`):
+
+* **FedAvg** (McMahan et al. 2017, *Communication-efficient learning of deep
+  networks from decentralized data*, AISTATS): everything, BatchNorm
+  statistics included.
+* **FedProx** (Li et al. 2020, *Federated optimization in heterogeneous
+  networks*, MLSys): everything, and each local step is followed by the
+  proximal step of :math:`\frac{\mu}{2}\|w - w_{\text{global}}\|^2`
+  (:func:`~bayes_pfl.baselines.training.prox_toward`), i.e. proximal gradient
+  descent on FedProx's local objective; :math:`\mu = 0` is FedAvg.
+* **FedBN** (Li et al. 2021, *FedBN: Federated learning on non-IID features
+  via local batch normalization*, ICLR): everything but BatchNorm's scale,
+  bias and running statistics.
+* **FedPer** (Arivazhagan et al. 2019, *Federated learning with
+  personalization layers*, arXiv:1912.00818): the body; the head stays local.
+  On a GLM the body is the slopes and the head the intercept.
+
+With one local step of plain gradient descent and every client sampled, a
+FedAvg round is exactly one step of centralized gradient descent on the pooled
+mean loss: :math:`\sum_k \frac{n_k}{N}(w - \eta \nabla L_k(w)) = w - \eta
+\nabla \frac{1}{N}\sum_k n_k L_k(w)`.
+
+Client sampling: before every round the server draws
+``max(1, round(fraction * K))`` clients uniformly without replacement (from
+the driver's seeded round key); the others neither train nor count.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from bayes_pfl.algorithms import Algorithm
+from bayes_pfl.baselines.networks import Family, Network, Params
+from bayes_pfl.baselines.training import (
+    Baseline,
+    ClientInfo,
+    Metrics,
+    client_loss_fn,
+    local_steps_fn,
+    prox_toward,
+    sample_active,
+    server_info,
+    weighted_average,
+)
+
+__all__ = [
+    "SHARED_ROLES",
+    "FedAvgBroadcast",
+    "FedAvgClientState",
+    "FedAvgMessage",
+    "FedAvgServerState",
+    "build",
+]
+
+Array = jax.Array
+
+SHARED_ROLES = {
+    "fedavg": ("body", "head", "norm", "stat"),
+    "fedprox": ("body", "head", "norm", "stat"),
+    "fedbn": ("body", "head"),
+    "fedper": ("body", "norm", "stat"),
+}
+"""Roles of the leaves each method averages at the server."""
+
+
+class FedAvgServerState(NamedTuple):
+    params: Params  # shared parameter leaves
+    stats: Params  # shared BatchNorm statistics
+    active: Array  # [K] clients sampled for the next round
+
+
+class FedAvgClientState(NamedTuple):
+    params: Params  # the client's whole last local model (its private leaves are personal)
+    stats: Params
+    n: Array  # training rows
+
+
+class FedAvgBroadcast(NamedTuple):
+    params: Params
+    stats: Params
+    active: Array
+
+
+class FedAvgMessage(NamedTuple):
+    params: Params
+    stats: Params
+    metrics: Metrics
+
+
+def _split(tree: Params, keys) -> Params:
+    return {k: v for k, v in tree.items() if k in keys}
+
+
+def _stack(tree, k: int):
+    return jax.tree.map(lambda a: jnp.broadcast_to(a, (k,) + a.shape), tree)
+
+
+def build(
+    network: Network,
+    family: Family,
+    init: tuple[Params, Params],
+    *,
+    tx: optax.GradientTransformation,
+    local_steps: int = 5,
+    shared_roles=SHARED_ROLES["fedavg"],
+    mu: float = 0.0,
+    learning_rate: float = 0.05,
+    fraction: float = 1.0,
+    weight_decay: float = 0.0,
+    name: str = "fedavg",
+) -> Baseline:
+    """Build the partial-sharing algorithm (see the module docstring).
+
+    Parameters
+    ----------
+    network, family
+        The model (:func:`~bayes_pfl.baselines.networks.build_network`,
+        :func:`~bayes_pfl.baselines.networks.get_family`).
+    init : (params, stats)
+        Starting model, the same for every client.
+    tx : optax.GradientTransformation
+        Local optimizer (a fresh state every round).
+    local_steps : int, default 5
+        Full-batch optimizer steps per client and round.
+    shared_roles : tuple of str
+        Roles of the averaged leaves (:data:`SHARED_ROLES`).
+    mu : float, default 0.0
+        FedProx proximal strength (0: FedAvg).
+    learning_rate : float
+        Scales the proximal step (``mu * learning_rate``).
+    fraction : float, default 1.0
+        Fraction of clients sampled per round.
+    weight_decay : float, default 0.0
+        L2 penalty added to every client's loss.
+    """
+    params0, stats0 = init
+    shared_p = tuple(k for k in params0 if network.roles[k] in shared_roles)
+    shared_s = tuple(k for k in stats0 if network.roles[k] in shared_roles)
+    loss_fn = client_loss_fn(network, family, weight_decay)
+    run = local_steps_fn(loss_fn, tx, family, local_steps)
+    strength = mu * learning_rate
+
+    def server_init(rng_key: Array, n_clients: int) -> FedAvgServerState:
+        return FedAvgServerState(
+            _split(params0, shared_p),
+            _split(stats0, shared_s),
+            sample_active(rng_key, n_clients, fraction),
+        )
+
+    def broadcast(state: FedAvgServerState) -> FedAvgBroadcast:
+        k = state.active.shape[0]
+        return FedAvgBroadcast(_stack(state.params, k), _stack(state.stats, k), state.active)
+
+    def client_init(rng_key: Array, data) -> FedAvgClientState:
+        del rng_key
+        return FedAvgClientState(dict(params0), dict(stats0), jnp.sum(data[2]).astype(float))
+
+    def client_update(rng_key: Array, bcast: FedAvgBroadcast, state: FedAvgClientState, data):
+        del rng_key
+        params = {**state.params, **bcast.params}
+        stats = {**state.stats, **bcast.stats}
+        post = (lambda z: prox_toward(z, bcast.params, strength)) if mu > 0 else None
+        new_params, new_stats, (loss, acc) = run(params, stats, data, post)
+        keep = bcast.active
+        new_state = FedAvgClientState(
+            jax.tree.map(lambda a, b: jnp.where(keep, a, b), new_params, state.params),
+            jax.tree.map(lambda a, b: jnp.where(keep, a, b), new_stats, state.stats),
+            state.n,
+        )
+        weight = jnp.where(keep, state.n, 0.0)
+        message = FedAvgMessage(
+            _split(new_params, shared_p), _split(new_stats, shared_s), Metrics(weight, loss, acc)
+        )
+        return new_state, message, ClientInfo(loss)
+
+    def server_update(rng_key: Array, state: FedAvgServerState, messages: FedAvgMessage, accept):
+        w = jnp.where(accept, messages.metrics.weight, 0.0)
+        params = weighted_average(messages.params, w, state.params)
+        stats = weighted_average(messages.stats, w, state.stats)
+        active = sample_active(rng_key, state.active.shape[0], fraction)
+        return FedAvgServerState(params, stats, active), server_info(messages.metrics, accept)
+
+    def personal_fn(state: FedAvgServerState, clients: FedAvgClientState):
+        k = clients.n.shape[0]
+        return (
+            {**clients.params, **_stack(state.params, k)},
+            {**clients.stats, **_stack(state.stats, k)},
+        )
+
+    def global_fn(state: FedAvgServerState, clients: FedAvgClientState):
+        # private leaves of a new client: the row-weighted mean of the clients' own
+        own_p = {k: v for k, v in clients.params.items() if k not in shared_p}
+        own_s = {k: v for k, v in clients.stats.items() if k not in shared_s}
+        zero_p = {k: params0[k] for k in own_p}
+        zero_s = {k: stats0[k] for k in own_s}
+        return (
+            {**weighted_average(own_p, clients.n, zero_p), **state.params},
+            {**weighted_average(own_s, clients.n, zero_s), **state.stats},
+        )
+
+    algorithm = Algorithm(server_init, client_init, client_update, server_update, broadcast, name)
+    return Baseline(algorithm, personal_fn, global_fn)

@@ -1,0 +1,162 @@
+"""The two non-federated references: every client alone, and all rows pooled.
+
+* **Local only**: each client trains its own model on its own rows, starting
+  from the same initial model; nothing is communicated (the server only
+  collects training metrics). Run by the usual driver so that its history
+  looks like every other method's.
+* **Pooled** (centralized): one model trained by full-batch optimization on
+  the union of all clients' training rows, the upper reference a federation
+  without privacy constraints could reach. It is not federated, so it runs as
+  a plain ``lax.scan`` of optimizer steps without the driver.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from bayes_pfl.algorithms import Algorithm
+from bayes_pfl.baselines.networks import Family, Network, Params
+from bayes_pfl.baselines.training import (
+    Baseline,
+    ClientInfo,
+    Metrics,
+    accuracy_of,
+    client_loss_fn,
+    server_info,
+    weighted_average,
+)
+
+__all__ = ["LocalClientState", "LocalMessage", "build", "fit_pooled"]
+
+Array = jax.Array
+
+
+class LocalClientState(NamedTuple):
+    params: Params
+    stats: Params
+    opt_state: Any  # kept across rounds: local training is one long run
+    n: Array
+
+
+class LocalMessage(NamedTuple):
+    metrics: Metrics
+
+
+def build(
+    network: Network,
+    family: Family,
+    init: tuple[Params, Params],
+    *,
+    tx: optax.GradientTransformation,
+    local_steps: int = 5,
+    weight_decay: float = 0.0,
+) -> Baseline:
+    """Local-only training as an :class:`~bayes_pfl.algorithms.Algorithm` (``local_steps`` per round)."""
+    params0, stats0 = init
+    loss_fn = client_loss_fn(network, family, weight_decay)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def server_init(rng_key: Array, n_clients: int) -> Array:
+        del rng_key
+        return jnp.zeros(n_clients)  # nothing to hold; a placeholder with a client axis
+
+    def broadcast(state: Array) -> Array:
+        return state
+
+    def client_init(rng_key: Array, data) -> LocalClientState:
+        del rng_key
+        return LocalClientState(
+            dict(params0), dict(stats0), tx.init(dict(params0)), jnp.sum(data[2]).astype(float)
+        )
+
+    def client_update(rng_key: Array, bcast: Array, state: LocalClientState, data):
+        del rng_key, bcast
+        _, y, mask = data
+
+        def step(carry, _):
+            params, stats, opt_state = carry
+            (value, (new_stats, eta)), grads = grad_fn(params, stats, data)
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), new_stats, opt_state), (
+                value,
+                accuracy_of(family, eta, y, mask),
+            )
+
+        (params, stats, opt_state), (losses, accs) = jax.lax.scan(
+            step, (state.params, state.stats, state.opt_state), None, length=local_steps
+        )
+        metrics = Metrics(state.n, losses[0], accs[0])
+        return (
+            LocalClientState(params, stats, opt_state, state.n),
+            LocalMessage(metrics),
+            ClientInfo(losses[0]),
+        )
+
+    def server_update(rng_key: Array, state: Array, messages: LocalMessage, accept):
+        del rng_key
+        return state, server_info(messages.metrics, accept)
+
+    def personal_fn(state, clients: LocalClientState):
+        del state
+        return clients.params, clients.stats
+
+    def global_fn(state, clients: LocalClientState):
+        # a new client has no model of its own: the row-weighted mean of the local models
+        del state
+        return (
+            weighted_average(clients.params, clients.n, params0),
+            weighted_average(clients.stats, clients.n, stats0),
+        )
+
+    algorithm = Algorithm(
+        server_init, client_init, client_update, server_update, broadcast, "local"
+    )
+    return Baseline(algorithm, personal_fn, global_fn)
+
+
+def fit_pooled(
+    network: Network,
+    family: Family,
+    init: tuple[Params, Params],
+    data,
+    *,
+    tx: optax.GradientTransformation,
+    steps: int,
+    record_every: int,
+    weight_decay: float = 0.0,
+):
+    """Full-batch training on every client's rows pooled.
+
+    Returns ``(params, stats, losses, accuracies)``; the metrics are those of
+    the model *before* each block of ``record_every`` steps (one per "round").
+    """
+    x, y, mask = data
+    pooled = (
+        jnp.reshape(x, (-1, x.shape[-1])),
+        jnp.reshape(y, (-1,)),
+        jnp.reshape(mask, (-1,)),
+    )
+    loss_fn = client_loss_fn(network, family, weight_decay)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    @jax.jit
+    def train(params, stats, data):
+        def step(carry, _):
+            params, stats, opt_state = carry
+            (value, (new_stats, eta)), grads = grad_fn(params, stats, data)
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), new_stats, opt_state), (
+                value,
+                accuracy_of(family, eta, data[1], data[2]),
+            )
+
+        (params, stats, _), (losses, accs) = jax.lax.scan(
+            step, (params, stats, tx.init(params)), None, length=steps
+        )
+        return params, stats, losses[::record_every], accs[::record_every]
+
+    return train(*init, pooled)

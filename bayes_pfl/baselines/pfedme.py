@@ -1,0 +1,138 @@
+r"""pFedMe: personalized models as Moreau-envelope proximal points of the global model.
+
+T. Dinh, Tran & Nguyen 2020, *Personalized federated learning with Moreau
+envelopes* (NeurIPS). Client :math:`k` minimizes the Moreau envelope
+:math:`F_k(w) = \min_\theta L_k(\theta) + \frac{\lambda}{2}\|\theta - w\|^2`;
+its personal model is the minimizer :math:`\theta_k(w)`. Each of the client's
+``local_steps`` steps:
+
+1. approximates :math:`\theta_k` by ``inner_steps`` proximal-gradient steps
+   (a gradient step on :math:`L_k` at rate ``personal_lr`` followed by the exact
+   proximal step of the pull toward its local copy :math:`w_k`), warm-started
+   from the previous :math:`\theta_k` (kept across rounds);
+2. moves the local copy: :math:`w_k \leftarrow w_k - \eta\lambda(w_k - \theta_k)`
+   (:math:`\lambda(w_k - \theta_k) = \nabla F_k(w_k)`).
+
+The server sets :math:`w \leftarrow (1-\beta) w + \beta \bar w` with
+:math:`\bar w` the row-weighted mean of the clients' :math:`w_k`.
+
+Limits: :math:`\lambda = 0` is local-only training with
+``local_steps * inner_steps`` steps per round (the global model never moves);
+:math:`\lambda \to \infty` gives :math:`\theta_k = w_k - \nabla L_k(\theta_k)/\lambda \to w_k`
+and :math:`w_k \leftarrow w_k - \eta \nabla L_k(w_k)`: FedAvg with rate :math:`\eta`.
+Using proximal-gradient inner steps (instead of gradient steps on the
+regularized objective) keeps large :math:`\lambda` stable.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from bayes_pfl.algorithms import Algorithm
+from bayes_pfl.baselines import fedavg
+from bayes_pfl.baselines.networks import Family, Network, Params
+from bayes_pfl.baselines.training import (
+    Baseline,
+    ClientInfo,
+    Metrics,
+    client_loss_fn,
+    local_steps_fn,
+    prox_toward,
+    sample_active,
+    server_info,
+    weighted_average,
+)
+
+__all__ = ["PFedMeClientState", "build"]
+
+Array = jax.Array
+
+
+class PFedMeClientState(NamedTuple):
+    params: Params  # personal model theta_k
+    stats: Params
+    n: Array
+
+
+def build(
+    network: Network,
+    family: Family,
+    init: tuple[Params, Params],
+    *,
+    tx: optax.GradientTransformation,
+    local_steps: int = 5,
+    lam: float = 15.0,
+    inner_steps: int = 5,
+    beta: float = 1.0,
+    learning_rate: float = 0.05,
+    personal_lr: float | None = None,
+    fraction: float = 1.0,
+    weight_decay: float = 0.0,
+) -> Baseline:
+    """Build pFedMe (see the module docstring).
+
+    ``tx`` drives the inner steps on :math:`\\theta_k` (at rate ``personal_lr``,
+    default ``learning_rate``, when built by :func:`~bayes_pfl.baselines.fit_baseline`);
+    ``learning_rate`` is the outer rate :math:`\\eta`.
+    """
+    params0, stats0 = init
+    personal_lr = learning_rate if personal_lr is None else personal_lr
+    run = local_steps_fn(client_loss_fn(network, family, weight_decay), tx, family, inner_steps)
+    pull = personal_lr * lam
+    base = fedavg.build(network, family, init, tx=tx, fraction=fraction, name="pfedme")
+
+    def client_init(rng_key: Array, data) -> PFedMeClientState:
+        del rng_key
+        return PFedMeClientState(dict(params0), dict(stats0), jnp.sum(data[2]).astype(float))
+
+    def client_update(
+        rng_key: Array, bcast: fedavg.FedAvgBroadcast, state: PFedMeClientState, data
+    ):
+        del rng_key
+
+        def outer(carry, _):
+            w, theta, stats = carry
+            theta, stats, metrics = run(theta, stats, data, lambda t: prox_toward(t, w, pull))
+            w = jax.tree.map(lambda a, b: a - learning_rate * lam * (a - b), w, theta)
+            return (w, theta, stats), metrics
+
+        (w, theta, stats), (losses, accs) = jax.lax.scan(
+            outer, (bcast.params, state.params, state.stats), None, length=local_steps
+        )
+        keep = bcast.active
+        new = PFedMeClientState(
+            jax.tree.map(lambda a, b: jnp.where(keep, a, b), theta, state.params),
+            jax.tree.map(lambda a, b: jnp.where(keep, a, b), stats, state.stats),
+            state.n,
+        )
+        metrics = Metrics(jnp.where(keep, state.n, 0.0), losses[0], accs[0])
+        stats_msg = {k: v for k, v in stats.items() if k in bcast.stats}
+        return new, fedavg.FedAvgMessage(w, stats_msg, metrics), ClientInfo(losses[0])
+
+    def server_update(rng_key: Array, state: fedavg.FedAvgServerState, messages, accept):
+        w = jnp.where(accept, messages.metrics.weight, 0.0)
+        mean = weighted_average(messages.params, w, state.params)
+        params = jax.tree.map(lambda old, new: (1.0 - beta) * old + beta * new, state.params, mean)
+        stats = weighted_average(messages.stats, w, state.stats)
+        active = sample_active(rng_key, state.active.shape[0], fraction)
+        return fedavg.FedAvgServerState(params, stats, active), server_info(
+            messages.metrics, accept
+        )
+
+    def personal_fn(state, clients: PFedMeClientState):
+        del state
+        return clients.params, clients.stats
+
+    def global_fn(state: fedavg.FedAvgServerState, clients: PFedMeClientState):
+        del clients
+        return state.params, state.stats
+
+    a = base.algorithm
+    algorithm = Algorithm(
+        a.server_init, client_init, client_update, server_update, a.broadcast, "pfedme"
+    )
+    return Baseline(algorithm, personal_fn, global_fn)
