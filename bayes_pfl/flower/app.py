@@ -1,0 +1,168 @@
+"""Ready-made Flower apps driven by the run config (:class:`~bayes_pfl.flower.config.FlowerSettings`).
+
+``examples/flower_app`` points Flower at these two objects::
+
+    [tool.flwr.app.components]
+    serverapp = "bayes_pfl_app.server_app:app"   # = bayes_pfl.flower.app.server_app()
+    clientapp = "bayes_pfl_app.client_app:app"   # = bayes_pfl.flower.app.client_app()
+
+The ServerApp discovers the nodes, runs the method's phases with :func:`run_server`,
+samples the global posterior, collects personalized draws and writes the result
+folder of ``bayes-pfl fit`` (``posterior.nc``, ``summary.csv``, ``run.json``) with
+:func:`bayes_pfl.results.save_fit`, plus ``checkpoint.npz``/``.json`` after every round.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from flwr.app import Context
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+from bayes_pfl.flower.config import (
+    FlowerSettings,
+    build_phases,
+    configure_jax,
+    load_client_data,
+)
+
+__all__ = ["client_app", "run_from_settings", "server_app"]
+
+log = logging.getLogger("bayes_pfl.flower")
+
+
+def _settings(context: Context) -> FlowerSettings:
+    return FlowerSettings.from_run_config(dict(context.run_config))
+
+
+def client_app() -> ClientApp:
+    """The ClientApp: this node's rows from its node config, algorithms from the run config."""
+    from bayes_pfl.flower.client import make_client_app
+
+    data_cache: dict[Any, Any] = {}
+
+    def setup(context: Context) -> None:
+        configure_jax(_settings(context))
+
+    def algorithms(context: Context) -> dict[str, Any]:
+        return {ph.algorithm.name: ph.algorithm for ph in build_phases(_settings(context))}
+
+    def data(context: Context):
+        settings = _settings(context)
+        key = (settings, tuple(sorted((k, str(v)) for k, v in context.node_config.items())))
+        if key not in data_cache:
+            data_cache[key] = load_client_data(settings, dict(context.node_config))
+        return data_cache[key]
+
+    def model(context: Context):
+        return _settings(context).hierarchical_model
+
+    return make_client_app(algorithms, data, model_fn=model, setup_fn=setup)
+
+
+def server_app() -> ServerApp:
+    """The ServerApp: rounds, global and personalized draws, result folder."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        settings = _settings(context)
+        configure_jax(settings)
+        if not log.handlers:
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+            log.addHandler(handler)
+            log.setLevel(logging.INFO)
+        run_from_settings(grid, settings, run_id=int(context.run_id))
+
+    return app
+
+
+def run_from_settings(grid: Grid, settings: FlowerSettings, *, run_id: int = 0):
+    """Everything the ServerApp does, callable with any ``Grid`` (returns the ``FitResult``)."""
+    from bayes_pfl.flower.server import discover, finish, run_server
+    from bayes_pfl.results import save_fit
+
+    t_start = time.perf_counter()
+    out = settings.out_dir(run_id)
+    out.mkdir(parents=True, exist_ok=True)
+    log.info("bayes-pfl on Flower: method %s, results in %s", settings.method, out)
+    federation = discover(
+        grid,
+        n_clients=settings.num_clients,
+        node_wait_s=settings.node_wait_s,
+        timeout_s=settings.round_timeout_s,
+        poll_interval_s=settings.poll_interval_s,
+        standardize=settings.standardize,
+    )
+    log.info(
+        "federation: %s", dict(zip(federation.labels, federation.n_rows.tolist(), strict=True))
+    )
+    phases = build_phases(settings)
+    history: list[dict[str, Any]] = []
+    state, converged, accepted = None, False, None
+    for i, phase in enumerate(phases):
+        res = run_server(
+            grid,
+            phase.algorithm,
+            federation,
+            rounds=phase.rounds,
+            seed=settings.seed,
+            timeout_s=settings.round_timeout_s,
+            poll_interval_s=settings.poll_interval_s,
+            init_server_state=state if phase.warm_start else None,
+            fresh_clients=not phase.warm_start,
+            accepted=accepted if phase.warm_start else None,
+            checkpoint=out / f"checkpoint-{i}" if settings.checkpoint else None,
+            resume=settings.resume,
+            phase=f"{i}:{phase.algorithm.name}",
+        )
+        state, converged, accepted = res.server_state, res.converged, res.accepted
+        tag = {"tilted": phase.tag} if phase.tag else {}
+        history += [{**h, **tag} for h in res.history]
+    if settings.method not in ("ep", "one-shot"):
+        import json
+
+        (out / "run.json").write_text(
+            json.dumps({"method": settings.method, "history": history}, indent=2, default=str)
+        )
+        return None
+    result = finish(
+        grid,
+        settings.method,
+        settings.hierarchical_model,
+        federation,
+        state,
+        history,
+        converged,
+        seed=settings.seed,
+        global_method=settings.global_method,
+        num_chains=settings.num_chains,
+        num_warmup=settings.num_warmup,
+        num_samples=settings.num_samples,
+        t_start=t_start,
+        settings=settings.settings_record(),
+        timeout_s=settings.round_timeout_s,
+        poll_interval_s=settings.poll_interval_s,
+    )
+    save_fit(
+        result,
+        None,
+        out,
+        dataset=settings.data,
+        seed=settings.seed,
+        total_time_s=time.perf_counter() - t_start,
+        flower={
+            "run_id": run_id,
+            "nodes": dict(zip(federation.labels, federation.node_ids, strict=True)),
+            "n_rows": dict(zip(federation.labels, federation.n_rows.tolist(), strict=True)),
+            "standardization": None
+            if federation.mean is None
+            else {"mean": federation.mean.tolist(), "scale": federation.scale.tolist()},
+        },
+    )
+    log.info("wrote %s", out)
+    return result

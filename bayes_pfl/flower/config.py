@@ -1,0 +1,444 @@
+"""What a Flower run is: settings read once from the run config, the model, the
+algorithm phases, and each node's own rows.
+
+Flower hands both apps the same *run config* (``[tool.flwr.app.config]`` of the app's
+``pyproject.toml``, overridden by ``flwr run -c key=value``) and each node its *node
+config* (``flower-supernode --node-config``). :meth:`FlowerSettings.from_run_config`
+validates the run config at the boundary and turns it into a frozen, hashable
+object, so the model, the algorithms and the compiled functions built from it are
+built once per process and reused across messages.
+
+A node's rows come from one of two places (:func:`load_client_data`):
+
+* ``node_config["data-path"]``: a CSV holding only this node's rows (a real
+  deployment: a hospital reads its own file). Features are raw; when
+  ``standardize`` is on, the server pools per-client counts, means and sums of
+  squared deviations (never rows) and sends back the pooled statistics;
+* otherwise the run config's ``data`` (a bundled dataset or a CSV path) split into
+  clients exactly as :meth:`bayes_pfl.data.FederatedData.from_pandas` splits it, and
+  the node takes client ``partition-id`` (a simulation, or a demo where every node
+  sees the same file).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+__all__ = [
+    "METHODS",
+    "ClientData",
+    "FlowerSettings",
+    "Phase",
+    "build_phases",
+    "configure_jax",
+    "load_client_data",
+    "pooled_standardization",
+    "standardization_stats",
+]
+
+METHODS = ("ep", "one-shot")
+"""Built-in methods; any other name ``m`` builds ``bayes_pfl.baselines.m.build(model, **options)``."""
+
+
+@dataclass(frozen=True)
+class FlowerSettings:
+    """Settings of a Flower run (the keys of ``[tool.flwr.app.config]``, ``-`` for ``_``).
+
+    Attributes
+    ----------
+    data : str
+        Bundled dataset name or CSV path: where nodes without ``data-path`` in their
+        node config take their partition from.
+    client_col, target, features : str
+        Client column, target and comma-separated features (empty: the bundled
+        dataset's defaults).
+    model, varying, centered
+        Zoo model (empty: the dataset's default), see :func:`bayes_pfl.models.get_model`.
+    missing : {"error", "drop", "keep"}
+        Rows with missing values, as in :meth:`~bayes_pfl.data.FederatedData.from_pandas`.
+    standardize : bool
+        Standardize features with pooled training statistics.
+    method : str
+        ``"ep"``, ``"one-shot"`` or a baseline module name in ``bayes_pfl.baselines``.
+    method_options : str
+        JSON object of extra keyword arguments for a baseline's ``build``.
+    rounds, damping, tilted, site_fit, tol
+        As in :func:`bayes_pfl.federated.fit_ep` (``tol < 0``: its default).
+    seed : int
+        Seed of every random key (the same keys as the in-process run).
+    global_method, num_chains, num_warmup, num_samples
+        How the server samples the global posterior after the rounds.
+    num_clients : int
+        Nodes to wait for (0: as many as have registered once their number settles).
+    node_wait_s, round_timeout_s, poll_interval_s : float
+        How long to wait for nodes to register, for a round's replies, and how often
+        to poll for replies.
+    out : str
+        Result folder (``posterior.nc``, ``summary.csv``, ``run.json``, checkpoint).
+    checkpoint, resume : bool
+        Checkpoint the server state after every round; resume from it.
+    jax_cache_dir : str
+        Persistent JAX compilation cache (empty: none).
+    x64 : bool
+        Run JAX in float64 (needed for equality with a float64 in-process run).
+    """
+
+    data: str = "heart_disease"
+    client_col: str = ""
+    target: str = ""
+    features: str = ""
+    model: str = ""
+    varying: str = "intercept"
+    centered: bool = False
+    missing: str = "drop"
+    standardize: bool = True
+    method: str = "ep"
+    method_options: str = ""
+    rounds: int = 10
+    damping: float = 0.8
+    tilted: str = "laplace"
+    site_fit: str = "regression"
+    tol: float = -1.0
+    seed: int = 0
+    global_method: str = "nuts"
+    num_chains: int = 4
+    num_warmup: int = 1000
+    num_samples: int = 1000
+    num_clients: int = 0
+    node_wait_s: float = 120.0
+    round_timeout_s: float = 300.0
+    poll_interval_s: float = 0.05
+    out: str = ""
+    checkpoint: bool = True
+    resume: bool = False
+    jax_cache_dir: str = ""
+    x64: bool = True
+
+    @classmethod
+    def from_run_config(cls, run_config: dict[str, Any]) -> FlowerSettings:
+        """Validate a run config (``context.run_config``); unknown keys are an error."""
+        known = {f.name.replace("_", "-"): f for f in fields(cls)}
+        unknown = sorted(set(run_config) - set(known))
+        if unknown:
+            raise ValueError(f"unknown run-config key(s) {unknown}; known: {sorted(known)}")
+        values = {}
+        for key, value in run_config.items():
+            f = known[key]
+            kind = type(cls.__dataclass_fields__[f.name].default)
+            if kind is bool and not isinstance(value, bool):
+                raise ValueError(f"run-config {key!r} must be true or false, got {value!r}")
+            try:
+                values[f.name] = kind(value)
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"run-config {key!r} must be {kind.__name__}, got {value!r}"
+                ) from None
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        if self.missing not in ("error", "drop", "keep"):
+            raise ValueError(f"missing must be error, drop or keep, got {self.missing!r}")
+        if self.method in METHODS:
+            from bayes_pfl.algorithms.ep import SITE_FITS, TILTED
+
+            if self.tilted not in TILTED:
+                raise ValueError(f"tilted must be one of {TILTED}, got {self.tilted!r}")
+            if self.site_fit not in SITE_FITS:
+                raise ValueError(f"site-fit must be one of {SITE_FITS}, got {self.site_fit!r}")
+        if self.rounds < 1:
+            raise ValueError(f"rounds must be >= 1, got {self.rounds}")
+        if self.round_timeout_s <= 0 or self.poll_interval_s <= 0:
+            raise ValueError("round-timeout-s and poll-interval-s must be positive")
+
+    # ------------------------------------------------------------ data and model
+
+    @functools.cached_property
+    def dataset(self) -> tuple[str, str, tuple[str, ...], str | None]:
+        """``(client_col, target, features, default_model)`` after applying defaults."""
+        from bayes_pfl.datasets import DATASETS
+
+        info = DATASETS.get(self.data)
+        client_col = self.client_col or (info.client_col if info else "")
+        target = self.target or (info.target if info else "")
+        if self.features:
+            features = tuple(f.strip() for f in self.features.split(",") if f.strip())
+        else:
+            features = tuple(info.features) if info else ()
+        if not target or not features:
+            raise ValueError(
+                f"data {self.data!r} is not a bundled dataset: set target and features "
+                "in the run config"
+            )
+        return client_col, target, features, info.default_model if info else None
+
+    @property
+    def n_features(self) -> int:
+        return len(self.dataset[2])
+
+    @functools.cached_property
+    def hierarchical_model(self):
+        from bayes_pfl.models import get_model
+
+        name = self.model or self.dataset[3]
+        if not name:
+            raise ValueError("set model in the run config (see `bayes-pfl models`)")
+        return get_model(name, self.n_features, varying=self.varying, centered=self.centered)
+
+    @property
+    def ep_tol(self) -> float:
+        if self.tol >= 0:
+            return self.tol
+        return 1e-3 if self.tilted == "laplace" else 0.05
+
+    def settings_record(self) -> dict[str, Any]:
+        """The settings ``fit_ep``/``fit_one_shot`` write into ``run.json``."""
+        if self.method == "one-shot":
+            return {"tilted": self.tilted, "site_fit": self.site_fit}
+        if self.method == "ep":
+            return {
+                "rounds": self.rounds,
+                "damping": self.damping,
+                "tilted": self.tilted,
+                "site_fit": self.site_fit,
+                "tol": self.ep_tol,
+            }
+        return {"rounds": self.rounds, "method_options": self.method_options}
+
+    def out_dir(self, run_id: int) -> Path:
+        if self.out:
+            return Path(self.out).expanduser().resolve()
+        home = Path(os.environ.get("FLWR_HOME", Path.home() / ".flwr"))
+        return (home / "bayes-pfl-results" / f"run-{run_id}").resolve()
+
+
+class Phase(NamedTuple):
+    """One stretch of rounds with one algorithm (``run_rounds`` call of the in-process fit)."""
+
+    tag: str  # history entries get {"tilted": tag} for EP, as fit_ep records them
+    algorithm: Any  # bayes_pfl.algorithms.Algorithm
+    rounds: int
+    warm_start: bool  # start from the previous phase's server and client states
+
+
+@functools.cache
+def build_phases(settings: FlowerSettings) -> tuple[Phase, ...]:
+    """The algorithm phases of ``settings.method``, as :func:`bayes_pfl.federated.fit_ep` runs them.
+
+    Cached per settings, so a process builds (and compiles) each algorithm once.
+    """
+    from bayes_pfl.algorithms import ep
+
+    model = settings.hierarchical_model
+    if settings.method == "one-shot":
+        alg = ep.build(
+            model, tilted=settings.tilted, damping=1.0, tol=0.0, site_fit=settings.site_fit
+        )
+        return (Phase(settings.tilted, alg, 1, False),)
+    if settings.method == "ep":
+        phases = []
+        if settings.tilted == "nuts" and settings.rounds > 1:
+            warm = ep.build(
+                model,
+                tilted="laplace",
+                damping=settings.damping,
+                tol=1e-3,
+                site_fit=settings.site_fit,
+            )
+            phases.append(Phase("laplace", warm, settings.rounds, False))
+        alg = ep.build(
+            model,
+            tilted=settings.tilted,
+            damping=settings.damping,
+            tol=settings.ep_tol,
+            site_fit=settings.site_fit,
+        )
+        phases.append(Phase(settings.tilted, alg, settings.rounds, bool(phases)))
+        return tuple(phases)
+    import importlib
+
+    if not settings.method.isidentifier():
+        raise ValueError(f"unknown method {settings.method!r}")
+    try:
+        module = importlib.import_module(f"bayes_pfl.baselines.{settings.method}")
+    except ModuleNotFoundError:
+        raise ValueError(
+            f"unknown method {settings.method!r}: not one of {METHODS} nor a module of "
+            "bayes_pfl.baselines"
+        ) from None
+    options = json.loads(settings.method_options) if settings.method_options else {}
+    alg = module.build(model, **options)
+    return (Phase("", alg, settings.rounds, False),)
+
+
+def configure_jax(settings: FlowerSettings) -> None:
+    """Entry-point JAX set-up for an app process: float64 and the compilation cache."""
+    import jax
+
+    jax.config.update("jax_enable_x64", settings.x64)
+    if settings.jax_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", str(Path(settings.jax_cache_dir)))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+# ---------------------------------------------------------------- client data
+
+
+class ClientData(NamedTuple):
+    """One node's rows, unpadded: ``x [n, P]``, ``y [n]`` (float64)."""
+
+    label: str
+    position: int
+    x: np.ndarray
+    y: np.ndarray
+    standardized: bool  # False: raw features that still need the pooled statistics
+
+
+def load_client_data(settings: FlowerSettings, node_config: dict[str, Any]) -> ClientData:
+    """This node's rows (see the module docstring).
+
+    ``node_config["partition-id"]`` is the node's position in the federation (the
+    client axis of the in-process run); ``data-path`` names a CSV holding only this
+    node's rows; ``client-label`` names the client (default: the CSV's client column,
+    else ``client-<partition-id>``).
+    """
+    if "partition-id" not in node_config:
+        raise ValueError("the node config needs partition-id (the client's position)")
+    position = int(node_config["partition-id"])
+    if node_config.get("data-path"):
+        return _local_csv(settings, position, node_config)
+    return _partition(settings, position)
+
+
+def _local_csv(settings: FlowerSettings, position: int, node_config) -> ClientData:
+    import pandas as pd
+
+    from bayes_pfl.data import DataError
+
+    path = Path(str(node_config["data-path"])).expanduser()
+    df = pd.read_csv(path)
+    client_col, target, features, _ = settings.dataset
+    missing_cols = [c for c in (*features, target) if c not in df.columns]
+    if missing_cols:
+        raise DataError(f"{path}: missing column(s) {missing_cols}")
+    label = str(node_config.get("client-label", ""))
+    if not label and client_col in df.columns and df[client_col].nunique() == 1:
+        label = str(df[client_col].iloc[0])
+    label = label or f"client-{position}"
+    x = df[list(features)].apply(pd.to_numeric, errors="raise").to_numpy(np.float64)
+    y = pd.to_numeric(df[target]).to_numpy(np.float64)
+    if np.isinf(x).any() or np.isinf(y).any():
+        raise DataError(f"{path}: infinite values")
+    if np.isnan(y).any() and settings.missing != "drop":
+        raise DataError(f"{path}: missing target values")
+    bad = np.isnan(y) | (np.isnan(x).any(axis=1) if settings.missing != "keep" else False)
+    if bad.any():
+        if settings.missing == "error":
+            raise DataError(f"{path}: {int(bad.sum())} row(s) with missing values")
+        x, y = x[~bad], y[~bad]
+    if len(y) == 0:
+        raise DataError(f"{path}: no rows")
+    return ClientData(label, position, x, y, standardized=not settings.standardize)
+
+
+@functools.cache
+def _federated_data(settings: FlowerSettings):
+    import warnings
+
+    import pandas as pd
+
+    from bayes_pfl.data import FederatedData
+    from bayes_pfl.datasets import DATASETS
+
+    client_col, target, features, _ = settings.dataset
+    if settings.data in DATASETS:
+        df = DATASETS[settings.data].loader()
+    else:
+        df = pd.read_csv(Path(settings.data).expanduser())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # missing="drop" counts, reported in-process
+        return FederatedData.from_pandas(
+            df,
+            client_col=client_col,
+            target=target,
+            features=list(features),
+            seed=settings.seed,
+            standardize=settings.standardize,
+            missing=settings.missing,
+        )
+
+
+def _partition(settings: FlowerSettings, position: int) -> ClientData:
+    data = _federated_data(settings)
+    if not 0 <= position < data.n_clients:
+        raise ValueError(
+            f"partition-id {position} is outside the {data.n_clients} clients of {settings.data!r}"
+        )
+    arr = data.train.client(position)
+    n = int(np.asarray(arr.mask).sum())
+    return ClientData(
+        str(data.clients[position]),
+        position,
+        np.asarray(arr.x[:n], np.float64),
+        np.asarray(arr.y[:n], np.float64),
+        standardized=True,
+    )
+
+
+# ------------------------------------------------------ federated standardization
+
+
+def standardization_stats(x: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-feature count, mean, sum of squared deviations and a 0/1 flag of one client."""
+    p = x.shape[1]
+    out = {"n": np.zeros(p), "mean": np.zeros(p), "m2": np.zeros(p), "binary": np.ones(p, bool)}
+    for j in range(p):
+        col = x[:, j][~np.isnan(x[:, j])]
+        if col.size == 0:
+            continue
+        m = col.mean()
+        out["n"][j], out["mean"][j] = col.size, m
+        out["m2"][j] = np.sum((col - m) ** 2)
+        out["binary"][j] = bool(np.all((col == 0) | (col == 1)))
+    return out
+
+
+def pooled_standardization(stats: list[dict[str, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled mean and sd (ddof=0) from per-client statistics (Chan et al. 1979).
+
+    Equal, up to rounding, to the statistics :meth:`FederatedData.from_pandas` computes
+    from the pooled rows: binary columns get ``(0, 1)`` and constant columns scale 1.
+    """
+    p = stats[0]["n"].shape[0]
+    n = np.zeros(p)
+    mean = np.zeros(p)
+    m2 = np.zeros(p)
+    binary = np.ones(p, bool)
+    for s in stats:
+        nb = s["n"]
+        tot = n + nb
+        delta = s["mean"] - mean
+        with np.errstate(invalid="ignore", divide="ignore"):
+            frac = np.where(tot > 0, nb / np.where(tot > 0, tot, 1), 0.0)
+        mean = mean + delta * frac
+        m2 = m2 + s["m2"] + delta**2 * n * frac
+        n = tot
+        binary &= np.asarray(s["binary"], bool)
+    out_mean, out_scale = np.zeros(p), np.ones(p)
+    for j in range(p):
+        if n[j] == 0 or binary[j]:
+            continue
+        sd = np.sqrt(m2[j] / n[j])
+        out_mean[j] = mean[j]
+        if sd > 1e-12 * max(1.0, abs(mean[j])):
+            out_scale[j] = sd
+    return out_mean, out_scale

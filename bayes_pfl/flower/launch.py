@@ -1,0 +1,350 @@
+"""Start and stop Flower processes on one machine: a SuperLink, SuperNodes, ``flwr run``.
+
+Used by ``examples/flower_app/deploy_local.py``, the tests and the benchmarks. Every
+process is started in its own session and stopped by its process-group id (SIGTERM,
+then SIGKILL after a grace period), so its children (SuperExec, ServerApp and
+ClientApp processes, Ray) go with it. Every process gets
+``FLWR_TELEMETRY_ENABLED=0``, ``FLWR_DISABLE_UPDATE_CHECK=1`` and a private
+``FLWR_HOME``, and listens on 127.0.0.1 only.
+
+Examples
+--------
+>>> with LocalFederation(home=tmp, n_nodes=4, node_configs=[...]) as fed:  # doctest: +SKIP
+...     run_id = fed.run(app_dir, run_config={"rounds": 5, "out": str(out)})
+...     fed.wait(run_id)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["LocalFederation", "flower_env", "free_port", "stop_process"]
+
+FINISHED = ("finished",)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def flower_env(home: str | Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment for Flower processes: no telemetry, no update check, private FLWR_HOME."""
+    env = dict(os.environ)
+    env.update(
+        {
+            "FLWR_TELEMETRY_ENABLED": "0",
+            "FLWR_DISABLE_UPDATE_CHECK": "1",
+            "FLWR_HOME": str(Path(home).resolve()),
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "JAX_PLATFORMS": env.get("JAX_PLATFORMS", "cpu"),
+            "JAX_ENABLE_X64": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.pop("XLA_FLAGS", None)  # one CPU device per app process
+    bin_dir = str(Path(sys.executable).parent)  # flower-superexec etc. next to this Python
+    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+    env.update(extra or {})
+    return env
+
+
+def _bin(name: str) -> str:
+    local = Path(sys.executable).with_name(name)
+    return str(local) if local.exists() else (shutil.which(name) or name)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Process ids below ``pid`` (Linux ``/proc``; empty elsewhere)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def stop_process(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """Stop ``proc`` and everything it started.
+
+    SIGTERM to its process group (``start_new_session``) and to its descendants
+    (Flower detaches some children into sessions of their own), then SIGKILL to
+    whatever is left after ``grace_s``.
+    """
+    family = _descendants(proc.pid)
+    for pid in family:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            pass
+    # children may outlive the leader: kill what is left of the group
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    deadline = time.monotonic() + grace_s
+    for pid in family:
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+class LocalFederation:
+    """A SuperLink and SuperNodes on 127.0.0.1, and ``flwr run`` against them.
+
+    Parameters
+    ----------
+    home : path
+        ``FLWR_HOME`` of every process (connection config, installed app bundles) and
+        the folder of the process logs.
+    node_configs : sequence of dict
+        One ``--node-config`` per SuperNode (e.g. ``{"partition-id": 0, "data-path": ...}``);
+        empty with ``simulation=True``.
+    simulation : bool
+        Start the SuperLink with ``--simulation`` (Flower's simulation runtime runs the
+        ClientApps; no SuperNodes).
+    tls : (certfile, keyfile, ca_certfile), optional
+        Serve the SuperLink over TLS (SuperNodes and ``flwr`` verify it with the CA).
+    """
+
+    def __init__(
+        self,
+        home: str | Path,
+        node_configs: Sequence[Mapping[str, Any]] = (),
+        *,
+        simulation: bool = False,
+        port: int | None = None,
+        tls: tuple[str, str, str] | None = None,
+        env: Mapping[str, str] | None = None,
+    ):
+        self.home = Path(home).resolve()
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.node_configs = [dict(c) for c in node_configs]
+        self.simulation = simulation
+        self.port = port or free_port()
+        self.tls = tls
+        self.env = flower_env(self.home, env)
+        self.superlink: subprocess.Popen | None = None
+        self.supernodes: list[subprocess.Popen | None] = []
+        self._logs: list[Any] = []
+
+    # -------------------------------------------------------------- processes
+
+    def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen:
+        log = open(self.home / log_name, "ab")  # noqa: SIM115 (closed in stop)
+        self._logs.append(log)
+        return subprocess.Popen(
+            args,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=self.home,
+        )
+
+    def _security(self) -> list[str]:
+        return ["--insecure"] if self.tls is None else []
+
+    def start(self, timeout_s: float = 60.0) -> LocalFederation:
+        args = [
+            _bin("flower-superlink"),
+            *self._security(),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--disable-runtime-dependency-installation",
+        ]
+        if self.tls is not None:
+            cert, key, ca = self.tls
+            args += ["--ssl-certfile", cert, "--ssl-keyfile", key, "--ssl-ca-certfile", ca]
+        if self.simulation:
+            args.append("--simulation")
+        self.superlink = self._spawn(args, "superlink.log")
+        self._write_connection()
+        self._wait_healthy(timeout_s)
+        for i in range(len(self.node_configs)):
+            self.supernodes.append(self._start_supernode(i))
+        return self
+
+    def _start_supernode(self, i: int) -> subprocess.Popen:
+        cfg = " ".join(f"{k}={_toml_value(v)}" for k, v in self.node_configs[i].items())
+        args = [
+            _bin("flower-supernode"),
+            *self._security(),
+            "--superlink",
+            f"127.0.0.1:{self.port}",
+            "--port",
+            str(free_port()),
+            "--node-config",
+            cfg,
+        ]
+        if self.tls is not None:
+            args += ["--root-certificates", self.tls[2]]
+        return self._spawn(args, f"supernode-{i}.log")
+
+    def _write_connection(self) -> None:
+        lines = ["[superlink]", 'default = "local-link"', "", "[superlink.local-link]"]
+        lines.append(f'address = "127.0.0.1:{self.port}"')
+        if self.tls is None:
+            lines.append("insecure = true")
+        else:
+            lines.append(f'root-certificates = "{self.tls[2]}"')
+        (self.home / "config.toml").write_text("\n".join(lines) + "\n")
+
+    def _wait_healthy(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.superlink is not None and self.superlink.poll() is not None:
+                raise RuntimeError(f"SuperLink exited; see {self.home / 'superlink.log'}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.2)
+        raise TimeoutError(f"SuperLink not listening on 127.0.0.1:{self.port}")
+
+    def stop_node(self, i: int, *, kill: bool = False) -> None:
+        """Stop SuperNode ``i`` (SIGTERM: it deregisters at once; ``kill``: SIGKILL, no goodbye)."""
+        proc = self.supernodes[i]
+        if proc is None:
+            return
+        if kill:
+            os.killpg(proc.pid, signal.SIGKILL)
+        stop_process(proc)
+        self.supernodes[i] = None
+
+    def stop(self) -> None:
+        for i in range(len(self.supernodes)):
+            self.stop_node(i)
+        if self.superlink is not None:
+            stop_process(self.superlink)
+            self.superlink = None
+        for log in self._logs:
+            log.close()
+        self._logs.clear()
+
+    def __enter__(self) -> LocalFederation:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # ---------------------------------------------------------------- flwr CLI
+
+    def flwr(self, *args: str, timeout_s: float = 120.0) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [_bin("flwr"), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            cwd=self.home,
+        )
+
+    def run(
+        self,
+        app_dir: str | Path,
+        run_config: Mapping[str, Any] | None = None,
+        *,
+        num_supernodes: int | None = None,
+        num_cpus: int = 1,
+    ) -> int:
+        """``flwr run APP local-link`` (detached); returns the run id."""
+        args = ["run", str(Path(app_dir).resolve()), "local-link", "--format", "json"]
+        if run_config:
+            args += [
+                "--run-config",
+                " ".join(f"{k}={_toml_value(v)}" for k, v in run_config.items()),
+            ]
+        if self.simulation:
+            n = num_supernodes or len(self.node_configs)
+            args += [
+                "--federation-config",
+                f"num-supernodes={n} client-resources-num-cpus={num_cpus}",
+            ]
+        out = self.flwr(*args)
+        try:
+            payload = json.loads(out.stdout[out.stdout.index("{") :])
+            return int(payload["run-id"])
+        except (ValueError, KeyError, TypeError):
+            raise RuntimeError(f"flwr run failed:\n{out.stdout}\n{out.stderr}") from None
+
+    def status(self, run_id: int) -> str:
+        out = self.flwr("ls", "local-link", "--run-id", str(run_id), "--format", "json")
+        try:
+            payload = json.loads(out.stdout[out.stdout.index("{") :])
+            return str(payload["runs"][0]["status"])
+        except (ValueError, KeyError, IndexError, TypeError):
+            return "unknown"
+
+    def wait(self, run_id: int, timeout_s: float = 600.0, poll_s: float = 1.0) -> str:
+        """Wait until the run is finished; returns Flower's status (``finished:completed`` ...)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            status = self.status(run_id)
+            if status.startswith(FINISHED):
+                return status
+            if self.superlink is None or self.superlink.poll() is not None:
+                raise RuntimeError(f"SuperLink died; see {self.home / 'superlink.log'}")
+            time.sleep(poll_s)
+        raise TimeoutError(f"run {run_id} not finished after {timeout_s:.0f} s")
+
+    def logs(self, run_id: int) -> str:
+        return self.flwr("log", str(run_id), "local-link", "--show").stdout
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    return json.dumps(str(v))

@@ -1,0 +1,1 @@
+"""bayes-pfl as a Flower app: hierarchical Bayesian federated learning over Flower."""
