@@ -145,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("datasets", help="list the bundled datasets")
     sub.add_parser("models", help="list the model zoo")
+    sub.add_parser(
+        "compare",
+        help="compare Bayesian and optimization-based methods on the same splits",
+        description="See `bayes-pfl compare --help` (bayes_pfl.compare.compare_main).",
+        add_help=False,
+    )
     return parser
 
 
@@ -415,6 +421,11 @@ def cmd_models() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["compare"]:  # parses its own options and configures JAX itself
+        from bayes_pfl.compare import compare_main
+
+        return compare_main(argv[1:])
     args = build_parser().parse_args(argv)
     _configure_jax(getattr(args, "chains", 1))
     from bayes_pfl.data import DataError

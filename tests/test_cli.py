@@ -152,3 +152,13 @@ def test_fit_federated_methods(tmp_path, method):
     dt = xr.open_datatree(out / "posterior.nc")
     assert list(dt.posterior.client.values) == list("ABCDEFGH")
     assert "fit_history" in dt.children
+
+
+def test_compare_subcommand_dispatches_to_the_harness(capsys):
+    from bayes_pfl.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["compare", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "--methods" in out

@@ -1,0 +1,389 @@
+"""The comparison harness: identical splits, seeds, buckets, tuning, outputs, bad input."""
+
+import hashlib
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bayes_pfl import metrics as M
+from bayes_pfl.compare import (
+    ComparisonError,
+    Method,
+    PosteriorPredictor,
+    Prediction,
+    bayesian_method,
+    compare,
+    compare_main,
+    constant_method,
+    make_method,
+    plot_comparison,
+    plot_method_calibration,
+    prediction_from_mean,
+    size_bucket,
+    with_imputation,
+)
+from bayes_pfl.data import ClientArrays, FederatedData
+from bayes_pfl.results import FitResult
+
+
+def _frame(sizes=(40, 12, 6, 30), seed=0, binary=True):
+    rng = np.random.default_rng(seed)
+    labels = np.repeat([f"h{i}" for i in range(len(sizes))], sizes)
+    x = rng.normal(size=len(labels))
+    offset = np.repeat(rng.normal(scale=1.0, size=len(sizes)), sizes)
+    eta = offset + 1.5 * x
+    y = (rng.random(len(eta)) < 1 / (1 + np.exp(-eta))).astype(int) if binary else eta
+    return pd.DataFrame({"site": labels, "x": x, "y": y})
+
+
+def _make(df, seed, val_size=0.2):
+    return FederatedData.from_pandas(
+        df,
+        client_col="site",
+        target="y",
+        features=["x"],
+        test_size=0.3,
+        val_size=val_size,
+        seed=seed,
+    )
+
+
+def _digest(*arrays):
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(np.asarray(a)).tobytes())
+    return h.hexdigest()
+
+
+def _spy(name, log):
+    """A method recording what it was given: the data at fit, the rows at predict."""
+    inner = constant_method(name).fit_fn
+
+    def fit_fn(data, seed, **hp):
+        assert data.test is None, "a method must never see the test rows"
+        log.append((name, seed, "fit", _digest(data.train.x, data.train.y, data.train.mask)))
+        fitted = inner(data, seed)
+
+        class P:
+            def predict(self, arrays):
+                log.append((name, seed, "predict", _digest(arrays.x, arrays.y, arrays.mask)))
+                return fitted.predict(arrays)
+
+        return P()
+
+    return Method(name, fit_fn, (), "bernoulli")
+
+
+def test_identical_splits_across_methods_and_new_split_per_seed():
+    df = _frame()
+    log = []
+    res = compare(lambda s: _make(df, s), [_spy("a", log), _spy("b", log)], seeds=[3, 7])
+    for seed in (3, 7):
+        for what in ("fit", "predict"):
+            got = {n: d for n, s, w, d in log if s == seed and w == what}
+            assert got["a"] == got["b"]
+    fits = {s: d for n, s, w, d in log if w == "fit" and n == "a"}
+    assert fits[3] != fits[7]  # a function of the seed gives one split per seed
+    assert list(res.table["seed"].unique()) == [3, 7]
+    assert res.table.groupby("method").size().tolist() == [8, 8]  # 2 seeds x 4 clients
+
+
+def test_fixed_data_keeps_one_split_and_passes_the_seed():
+    data = _make(_frame(), 0)
+    log, seeds_seen = [], []
+
+    def fit_fn(d, seed):
+        seeds_seen.append(seed)
+        return constant_method().fit_fn(d, seed)
+
+    compare(data, [_spy("a", log), Method("c", fit_fn)], seeds=[1, 2])
+    fits = {s: d for n, s, w, d in log if w == "fit"}
+    assert fits[1] == fits[2]
+    assert seeds_seen == [1, 2]
+
+
+def test_refit_uses_train_plus_val_and_buckets_follow_n_train():
+    data = _make(_frame(sizes=(40, 12, 6, 30)), 0)
+    res = compare(data, ["constant"], buckets=(10, 20))
+    tr, va = data.n_rows("train"), data.n_rows("val")
+    assert res.table["n_train"].tolist() == (tr + va).tolist()
+    assert res.table["n_test"].tolist() == data.n_rows("test").tolist()
+    assert res.table["bucket"].astype(str).tolist() == list(size_bucket(tr + va, (10, 20)))
+    res2 = compare(data, ["constant"], refit=False)
+    assert res2.table["n_train"].tolist() == tr.tolist()
+
+
+def test_size_bucket_edges():
+    b = size_bucket([0, 1, 10, 11, 50, 51, 500], (10, 50))
+    assert list(b) == ["<=10", "<=10", "<=10", "11-50", "11-50", ">50", ">50"]
+    assert list(b.categories) == ["<=10", "11-50", ">50"]
+    assert list(size_bucket([5, 6], (5,))) == ["<=5", ">5"]
+    with pytest.raises(ComparisonError, match="increasing"):
+        size_bucket([1], (50, 10))
+
+
+def test_table_metrics_match_metric_functions_and_summary_aggregates():
+    data = _make(_frame(), 0, val_size=0.0)
+    res = compare(data, [constant_method(shrink=1.0)], seeds=[0, 1])
+    pred, arr = res.predictions[("constant", 0)]
+    t0 = res.table[res.table["seed"] == 0]
+    np.testing.assert_allclose(t0["log_loss"], M.log_loss(pred.mean, arr.y, arr.mask))
+    np.testing.assert_allclose(t0["ece"], M.expected_calibration_error(pred.mean, arr.y, arr.mask))
+    np.testing.assert_allclose(t0["lpd"], -t0["log_loss"])
+    # the prediction is each client's smoothed training rate
+    tr = data.train
+    rate = ((tr.y * tr.mask).sum(1) + 1) / (tr.mask.sum(1) + 2)
+    np.testing.assert_allclose(pred.mean[:, 0], rate)
+    s = res.summary()
+    per_seed = res.table.groupby("seed")["accuracy"].mean()
+    assert s.loc["constant", "accuracy_mean"] == pytest.approx(per_seed.mean())
+    assert s.loc["constant", "accuracy_sd"] == pytest.approx(per_seed.std(ddof=1))
+    b = res.by_bucket()
+    assert set(b.index.get_level_values("method")) == {"constant"}
+    assert b["n_clients"].sum() == data.n_clients
+    w = res.summary(weighted=True).loc["constant", "accuracy_mean"]
+    t = res.table
+    pooled = [(g["accuracy"] * g["n_test"]).sum() / g["n_test"].sum() for _, g in t.groupby("seed")]
+    assert w == pytest.approx(np.mean(pooled))
+
+
+def test_grid_is_chosen_on_validation_rows():
+    data = _make(_frame(sizes=(60, 60, 60)), 0)
+    m = constant_method("c", grid=[{"shrink": 1e6}, {"shrink": 1.0}])
+    res = compare(data, [m], seeds=[0])
+    tun = res.tuning
+    assert len(tun) == 2 and tun["chosen"].sum() == 1
+    # a huge prior pulls every client to 1/2: worse on validation than the client rates
+    assert json.loads(tun.loc[tun["chosen"], "hparams"].item()) == {"shrink": 1.0}
+    assert json.loads(res.table["hparams"].iloc[0]) == {"shrink": 1.0}
+    with pytest.raises(ComparisonError, match="validation"):
+        compare(_make(_frame(), 0, val_size=0.0), [m])
+
+
+def test_csv_and_markdown(tmp_path):
+    data = _make(_frame(), 0)
+    res = compare(data, ["constant", constant_method("flat", shrink=1e6)], seeds=[0, 1])
+    paths = res.to_csv(tmp_path, title="Toy")
+    table = pd.read_csv(paths["table"])
+    assert len(table) == 2 * 2 * 4
+    assert list(table.columns[:6]) == ["method", "seed", "client", "n_train", "n_test", "bucket"]
+    np.testing.assert_allclose(table["log_loss"], res.table["log_loss"])
+    summ = pd.read_csv(paths["summary"], index_col=0)
+    assert list(summ.index) == ["constant", "flat"]
+    assert "accuracy_mean" in summ and "accuracy_sd" in summ
+    md = paths["markdown"].read_text()
+    assert md.startswith("# Toy")
+    assert "| constant |" in md and "| flat |" in md and "**" in md
+    assert "by client-size bucket" in md
+    assert (tmp_path / "by_bucket.csv").exists()
+
+
+def test_plots():
+    data = _make(_frame(), 0)
+    res = compare(data, ["constant", constant_method("flat", shrink=1e6)], seeds=[0, 1])
+    pr = plot_comparison(res, "log_loss")
+    assert pr.data["method"].tolist() == ["constant", "flat"]
+    assert pr.extra["best"] == res.best("log_loss")
+    pb = plot_comparison(res, by="bucket")
+    assert set(pb.data["bucket"]) <= {"<=10", "11-50", ">50"}
+    cal = plot_method_calibration(res, "constant")
+    ps = [res.predictions[("constant", s)] for s in (0, 1)]
+    p = np.concatenate([pr_.mean[a.mask] for pr_, a in ps])
+    y = np.concatenate([a.y[a.mask] for _, a in ps])
+    ref = M.expected_calibration_error(p[None], y[None], np.ones((1, p.size), bool))
+    assert cal.extra["ece"] == pytest.approx(ref[0])
+    with pytest.raises(ComparisonError, match="unknown metric"):
+        plot_comparison(res, "rmse")
+
+
+@pytest.mark.parametrize(
+    ("methods", "kwargs", "match"),
+    [
+        (["no-such-method"], {}, "unknown method 'no-such-method'.*known methods: nuts"),
+        ([constant_method(family="normal")], {}, "predicts family 'normal'.*'bernoulli'"),
+        (["constant", "constant"], {}, "unique"),
+        ([], {}, "no methods"),
+        (["constant"], {"family": "gaussian"}, "unknown family"),
+        (["constant"], {"seeds": [0, 0]}, "distinct"),
+        (["constant"], {"seeds": [-1]}, "non-negative"),
+        ([object()], {}, "Method objects"),
+    ],
+)
+def test_bad_input(methods, kwargs, match):
+    with pytest.raises(ComparisonError, match=match):
+        compare(_make(_frame(), 0), methods, **kwargs)
+
+
+def test_family_must_fit_the_target_and_test_rows_are_required():
+    cont = _make(_frame(binary=False), 0)
+    with pytest.raises(ComparisonError, match="pass family="):
+        compare(cont, ["constant"])
+    with pytest.raises(ComparisonError, match="needs a 0/1 target"):
+        compare(cont, [constant_method()], family="bernoulli")
+    notest = FederatedData.from_pandas(_frame(), client_col="site", target="y", features=["x"])
+    with pytest.raises(ComparisonError, match="no test rows"):
+        compare(notest, ["constant"])
+    with pytest.raises(ComparisonError, match="FederatedData"):
+        compare(lambda s: "nope", ["constant"])
+
+
+def test_malformed_prediction_is_reported():
+    class Bad:
+        def predict(self, arrays):
+            return Prediction(np.zeros(3), np.zeros(3))
+
+    with pytest.raises(ComparisonError, match="'bad'.*shape"):
+        compare(_make(_frame(), 0), [Method("bad", lambda d, s: Bad())])
+
+
+def test_normal_regression_metrics_and_intervals():
+    data = _make(_frame(binary=False), 0, val_size=0.0)
+    res = compare(data, [constant_method(family="normal")], family="normal")
+    assert res.metrics == ("lpd", "rmse", "coverage90")
+    assert res.main_metric() == "lpd"
+    pred, arr = res.predictions[("constant", 0)]
+    sd = np.std(pred.upper - pred.lower)
+    assert sd >= 0 and np.all(pred.upper > pred.lower)
+    # closed form of the Normal density on one row
+    mu, hi = pred.mean[0, 0], pred.upper[0, 0]
+    s = (hi - mu) / 1.6448536269514722
+    expect = -0.5 * ((arr.y[0, 0] - mu) / s) ** 2 - math.log(s) - 0.5 * math.log(2 * math.pi)
+    assert pred.log_density[0, 0] == pytest.approx(expect)
+
+
+def test_poisson_prediction_by_hand():
+    arr = ClientArrays(np.zeros((1, 2, 1)), np.array([[0.0, 3.0]]), np.ones((1, 2), bool))
+    pred = prediction_from_mean("poisson", np.array([[2.0, 2.0]]), arr)
+    np.testing.assert_allclose(pred.log_density, [[-2.0, 3 * math.log(2) - 2 - math.log(6)]])
+    assert pred.lower[0, 0] == 0 and pred.upper[0, 0] == 5  # Poisson(2) 5% and 95% quantiles
+
+
+def test_imputation_wrapper_adds_indicators():
+    df = _frame()
+    df.loc[df.index[::5], "x"] = np.nan
+    data = FederatedData.from_pandas(
+        df, client_col="site", target="y", features=["x"], test_size=0.3, missing="keep"
+    )
+    seen = {}
+
+    def fit_fn(d, seed):
+        seen["features"] = d.features
+        seen["x"] = np.asarray(d.train.x)
+        return constant_method().fit_fn(d, seed)
+
+    res = compare(data, [with_imputation(Method("imp", fit_fn))])
+    assert seen["features"] == ("x", "x_missing")
+    assert not np.isnan(seen["x"]).any()
+    assert res.table["lpd"].notna().all()
+
+
+def _logistic_fit_result(draws_b, draws_beta, clients):
+    from bayes_pfl.models import logistic
+
+    model = logistic(1, varying="intercept")
+    s = draws_b.shape[0]
+    return FitResult(
+        method="fake",
+        model=model,
+        clients=clients,
+        phi={
+            "mu": np.zeros((1, s, 1)),
+            "tau": np.ones((1, s, 1)),
+            "beta": draws_beta.reshape(1, s, 1),
+        },
+        theta={"b_raw": draws_b.reshape(1, s, -1, 1), "b": draws_b.reshape(1, s, -1, 1)},
+    )
+
+
+def test_posterior_predictor_averages_probabilities_over_draws():
+    # two draws, two clients: P(y=1) is the mean of the draws' probabilities
+    b = np.array([[0.0, 1.0], [2.0, -1.0]])  # [draw, client]
+    beta = np.array([1.0, 0.0])
+    fit = _logistic_fit_result(b, beta, ("a", "b"))
+    x = np.array([[[0.5]], [[-1.0]]])
+    arr = ClientArrays(x, np.array([[1.0], [0.0]]), np.ones((2, 1), bool))
+    pred = PosteriorPredictor(fit, "bernoulli").predict(arr)
+
+    def sig(z):
+        return 1 / (1 + math.exp(-z))
+
+    p_a = (sig(0.0 + 0.5) + sig(2.0)) / 2
+    p_b = (sig(1.0 - 1.0) + sig(-1.0)) / 2
+    np.testing.assert_allclose(pred.mean[:, 0], [p_a, p_b])
+    np.testing.assert_allclose(pred.log_density[:, 0], [math.log(p_a), math.log(1 - p_b)])
+
+
+def test_bayesian_nuts_method_runs_in_the_harness():
+    df = _frame(sizes=(90, 60, 30), seed=1)
+    data = _make(df, 0, val_size=0.0)
+    nuts = bayesian_method("nuts", num_chains=1, num_warmup=150, num_samples=150)
+    assert nuts.family is None  # the default zoo model follows the comparison's family
+    res = compare(data, [nuts, "constant"], seeds=[0])
+    s = res.summary()
+    assert np.isfinite(s["log_loss_mean"]).all()
+    # the data follow a logistic model in x: the model must beat the featureless rate
+    assert s.loc["nuts", "log_loss_mean"] < s.loc["constant", "log_loss_mean"]
+    with pytest.raises(ComparisonError, match="unknown Bayesian fit"):
+        bayesian_method("vi")
+
+
+def test_make_method_knows_bayesian_names():
+    assert make_method("ep").name == "ep"
+    assert make_method("one-shot", family="bernoulli").fit_fn is not None
+    with pytest.raises(ComparisonError, match="unknown method"):
+        make_method("fedfoo")
+
+
+def test_baseline_adapter_runs():
+    baselines = pytest.importorskip("bayes_pfl.baselines")
+    if "local" not in getattr(baselines, "BASELINE_NAMES", ()):
+        pytest.skip("baselines not available yet")
+    data = _make(_frame(), 0)
+    m = make_method("local", rounds=5, local_steps=2, grid=[{"lr": 0.05}, {"lr": 0.2}])
+    res = compare(data, [m, "constant"], seeds=[0])
+    assert res.table["lpd"].notna().all()
+    assert res.tuning["chosen"].sum() == 1
+
+
+def test_compare_main_writes_outputs(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("BAYES_PFL_NO_COMPILATION_CACHE", "1")
+    csv = tmp_path / "toy.csv"
+    _frame().to_csv(csv, index=False)
+    out = tmp_path / "out"
+    base = ["--data", str(csv), "--client-col", "site", "--target", "y", "--features", "x"]
+    rc = compare_main([*base, "--methods", "constant", "--seeds", "2", "--out", str(out)])
+    assert rc == 0
+    for name in ("comparison.csv", "summary.csv", "by_bucket.csv", "summary.md", "log_loss.png"):
+        assert (out / name).exists(), name
+    assert "constant" in capsys.readouterr().out
+    rc = compare_main([*base, "--methods", "constant,nope", "--out", str(out)])
+    assert rc == 2
+    assert "unknown method 'nope'" in capsys.readouterr().err
+
+
+def test_bayesian_method_needs_a_family_for_a_non_binary_target():
+    cont = _make(_frame(binary=False), 0)
+    with pytest.raises(ComparisonError, match="'nuts'.*pass family= to bayesian_method"):
+        compare(cont, [bayesian_method("nuts")], family="normal")
+
+
+def test_missing_logistic_models_missingness():
+    from bayes_pfl.models.heart import missing_logistic, missing_logistic_for
+
+    m = missing_logistic(2, missing=[1])
+    b = np.array([0.5, 1.0, -2.0, 0.7])  # intercept, 2 slopes, missingness of feature 1
+    x = np.array([[1.0, 0.5], [np.nan, np.nan], [2.0, np.nan]])
+    y = np.array([1.0, 0.0, 1.0])
+    ll = np.asarray(m.pointwise_loglik_values({"b": b}, {}, x, y))
+    eta = np.array([0.5 + 1.0 - 1.0, 0.5 + 0.7, 0.5 + 2.0 + 0.7])
+    expect = y * eta - np.log1p(np.exp(eta))
+    np.testing.assert_allclose(ll, expect)
+    df = _frame()
+    df.loc[df.index[::7], "x"] = np.nan
+    data = FederatedData.from_pandas(
+        df, client_col="site", target="y", features=["x"], test_size=0.3, missing="keep"
+    )
+    assert missing_logistic_for(data).theta_dim == 3
