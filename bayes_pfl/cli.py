@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-METHODS = ("nuts", "one-shot", "ep")
+METHODS = ("nuts", "one-shot", "ep", "vi")
 
 
 def _configure_jax(num_devices: int) -> None:
@@ -111,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=METHODS,
         default="nuts",
         help="nuts: centralized NUTS reference (pools all rows); one-shot: one exchange of "
-        "posterior summaries; ep: federated expectation propagation",
+        "posterior summaries; ep: federated expectation propagation; vi: federated "
+        "(partitioned) variational inference",
     )
     fed = fit.add_argument_group("federated (one-shot, ep)")
     fed.add_argument("--rounds", type=int, default=10, help="EP: maximum rounds (default 10)")
@@ -124,11 +125,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fed.add_argument(
         "--site-fit",
-        choices=("regression", "taylor"),
-        default="regression",
-        help="laplace clients: quadratic fit of the marginal likelihood over the tilted "
-        "region (default) or Taylor expansion at the tilted mode",
+        choices=("gradient", "regression", "taylor"),
+        default="gradient",
+        help="laplace clients: linear fit of the marginal likelihood's gradient over the "
+        "tilted region (default), quadratic fit of its values there, or Taylor expansion "
+        "at the tilted mode",
     )
+    vi = fit.add_argument_group("federated VI (vi)")
+    vi.add_argument(
+        "--family",
+        choices=("full", "meanfield", "lowrank"),
+        default="full",
+        help="Gaussian family of the clients' q(u, theta_k) (default full)",
+    )
+    vi.add_argument(
+        "--schedule",
+        choices=("synchronous", "sequential"),
+        default="synchronous",
+        help="all clients per round, or groups of clients one after another",
+    )
+    vi.add_argument("--steps", type=int, default=200, help="Adam steps per client per round")
     fit.add_argument("--out", required=True, help="output folder")
     fit.add_argument(
         "--report", action="store_true", help="also write OUT/report.html (see `bayes-pfl report`)"
@@ -261,6 +277,21 @@ def _fit_and_save(args, data, model, out: Path, *, dataset: str):
             data,
             tilted=args.tilted,
             site_fit=args.site_fit,
+            num_samples=args.samples,
+            progress=not args.no_progress,
+            **sampling,
+        )
+    elif method == "vi":
+        from bayes_pfl.federated_vi import fit_vi
+
+        result = fit_vi(
+            model,
+            data,
+            rounds=args.rounds,
+            damping=args.damping,
+            family=args.family,
+            schedule=args.schedule,
+            steps=args.steps,
             num_samples=args.samples,
             progress=not args.no_progress,
             **sampling,

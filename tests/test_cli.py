@@ -121,7 +121,7 @@ def test_datasets_and_models_listing():
     assert r.returncode == 0 and "radon_intercept" in r.stdout
 
 
-@pytest.mark.parametrize("method", ["one-shot", "ep"])
+@pytest.mark.parametrize("method", ["one-shot", "ep", "vi"])
 def test_fit_federated_methods(tmp_path, method):
     out = tmp_path / method
     r = run_cli(
