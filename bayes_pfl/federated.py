@@ -24,6 +24,7 @@ The pieces, each a pure function the Flower backend reuses:
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any, NamedTuple
 
@@ -201,6 +202,13 @@ def _to_result(
     )
 
 
+@functools.lru_cache(maxsize=16)
+def _ep_algorithm(model: HierarchicalModel, **options) -> Any:
+    """``ep.build`` memoized per model and options: a second fit of the same model reuses
+    the same functions, hence their compiled code (no re-tracing, no XLA compilation)."""
+    return ep.build(model, **options)
+
+
 class _Fitted(NamedTuple):
     server_state: Any
     history: list
@@ -208,14 +216,33 @@ class _Fitted(NamedTuple):
 
 
 def _run_ep(
-    model, data, *, rounds, damping, tilted, tol, seed, progress, checkpoint, resume, site_fit
+    model,
+    data,
+    *,
+    rounds,
+    damping,
+    tilted,
+    tol,
+    seed,
+    progress,
+    checkpoint,
+    resume,
+    site_fit,
+    site_points=None,
 ):
     init, history = None, []
     if tilted == "nuts" and rounds > 1:
         # NUTS moment matching is refined from the Laplace-EP solution: its cavities are then
         # well defined and its Monte Carlo noise only perturbs a good approximation.
         warm = run_rounds(
-            ep.build(model, tilted="laplace", damping=damping, tol=1e-3, site_fit=site_fit),
+            _ep_algorithm(
+                model,
+                tilted="laplace",
+                damping=damping,
+                tol=1e-3,
+                site_fit=site_fit,
+                site_points=site_points,
+            ),
             data.train,
             rounds=rounds,
             labels=data.clients,
@@ -224,7 +251,9 @@ def _run_ep(
         )
         init = (warm.server_state, warm.client_states)
         history = [{**h, "tilted": "laplace"} for h in warm.history]
-    algorithm = ep.build(model, tilted=tilted, damping=damping, tol=tol, site_fit=site_fit)
+    algorithm = _ep_algorithm(
+        model, tilted=tilted, damping=damping, tol=tol, site_fit=site_fit, site_points=site_points
+    )
     out = run_rounds(
         algorithm,
         data.train,
@@ -310,7 +339,8 @@ def fit_ep(
     rounds: int = 10,
     damping: float = 0.8,
     tilted: str = "laplace",
-    site_fit: str = "regression",
+    site_fit: str = "gradient",
+    site_points: int | None = None,
     tol: float | None = None,
     seed: int = 0,
     global_method: str = "nuts",
@@ -332,9 +362,11 @@ def fit_ep(
     tilted : {"laplace", "nuts"}
         Tilted inference of the clients. ``"nuts"`` starts from the Laplace-EP
         solution; its Monte Carlo noise adds up over sites, so it suits few clients.
-    site_fit : {"taylor", "regression"}
+    site_fit : {"gradient", "regression", "taylor"}
         How a Laplace client turns its marginal likelihood into a site
         (see :func:`bayes_pfl.algorithms.ep.build`).
+    site_points : int, optional
+        Number of points of the ``"regression"``/``"gradient"`` site fit.
     tol : float, optional
         Convergence tolerance (default ``1e-3`` for Laplace, ``0.05`` for NUTS,
         whose moments carry Monte Carlo noise).
@@ -360,6 +392,7 @@ def fit_ep(
         damping=damping,
         tilted=tilted,
         site_fit=site_fit,
+        site_points=site_points,
         tol=tol,
         seed=seed,
         progress=progress,
@@ -382,6 +415,7 @@ def fit_ep(
             "damping": damping,
             "tilted": tilted,
             "site_fit": site_fit,
+            "site_points": site_points,
             "tol": tol,
         },
     )
@@ -392,7 +426,7 @@ def fit_one_shot(
     data,
     *,
     tilted: str = "laplace",
-    site_fit: str = "regression",
+    site_fit: str = "gradient",
     seed: int = 0,
     global_method: str = "nuts",
     num_chains: int = 4,

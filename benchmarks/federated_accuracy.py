@@ -138,7 +138,8 @@ CASES = {
 
 def _methods(case: Case) -> dict[str, tuple[Callable, dict]]:
     methods = {
-        "ep (laplace, regression)": (fit_ep, {"rounds": 10}),
+        "ep (laplace, gradient)": (fit_ep, {"rounds": 10, "site_fit": "gradient"}),
+        "ep (laplace, regression)": (fit_ep, {"rounds": 10, "site_fit": "regression"}),
         "ep (laplace, taylor)": (fit_ep, {"rounds": 10, "site_fit": "taylor"}),
         "one-shot": (fit_one_shot, {}),
     }
@@ -170,7 +171,7 @@ def _reference_summary(ref_fit, stats, seconds: float) -> dict:
     }
 
 
-def run_case(name: str, case: Case, quick: bool) -> dict:
+def run_case(name: str, case: Case, quick: bool, only: list[str] | None = None) -> dict:
     model, data, desc = case.build()
     print(f"\n=== {name}: {desc['clients']} clients, {desc['rows']} rows", flush=True)
     settings = dict(case.reference)
@@ -189,6 +190,8 @@ def run_case(name: str, case: Case, quick: bool) -> dict:
     )
     methods = {}
     for label, (fit_fn, kwargs) in _methods(case).items():
+        if only and not any(word in label for word in only):
+            continue
         kwargs = {"seed": SEED, "progress": False, **case.fit_kwargs, **kwargs}
         if quick:
             kwargs.update(num_warmup=300, num_samples=300)
@@ -365,6 +368,13 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="short chains (smoke run)")
     parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        help="run only the methods whose label contains one of these words (e.g. gradient "
+        "one-shot); the other methods' previous results of the case are kept",
+    )
+    parser.add_argument(
         "--report-only", action="store_true", help="rewrite the .md from the .json, run nothing"
     )
     args = parser.parse_args(argv)
@@ -383,7 +393,10 @@ def main(argv=None) -> int:
     if previous.exists():  # keep the cases not rerun now
         results = json.loads(previous.read_text()).get("cases", {})
     for name in names:
-        results[name] = {"run": machine(), **run_case(name, CASES[name], args.quick)}
+        new = {"run": machine(), **run_case(name, CASES[name], args.quick, args.methods)}
+        if args.methods and name in results:  # keep the methods not rerun
+            new["methods"] = {**results[name].get("methods", {}), **new["methods"]}
+        results[name] = new
         ordered = {c: results[c] for c in CASES if c in results}
         md = markdown(ordered, meta, args.quick)  # written after every case
         js, mdp = write_results(stem, {**meta, "cases": ordered}, md)

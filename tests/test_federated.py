@@ -73,7 +73,7 @@ def conjugate():
     return data, exact
 
 
-@pytest.mark.parametrize("site_fit", ["taylor", "regression"])
+@pytest.mark.parametrize("site_fit", ["taylor", "regression", "gradient"])
 @pytest.mark.parametrize("rounds", [1, 12])
 def test_conjugate_global_posterior_is_exact(conjugate, site_fit, rounds):
     """One-shot (1 round) and EP (12 damped rounds) recover the closed-form p(mu | D) to ~1e-5.

@@ -104,7 +104,7 @@ class FlowerSettings:
     rounds: int = 10
     damping: float = 0.8
     tilted: str = "laplace"
-    site_fit: str = "regression"
+    site_fit: str = "gradient"
     tol: float = -1.0
     seed: int = 0
     global_method: str = "nuts"
