@@ -189,6 +189,45 @@ def test_faults_left_out_like_in_process_nonparticipants(small, caplog):
     np.testing.assert_array_equal(np.asarray(res.server_state.sites.precision)[[2, 4]], 0.0)
 
 
+def test_baseline_runs_over_flower_like_in_process(small):
+    """FedProx (an optimization baseline) through the Flower server and ClientApps gives the
+    in-process driver's states; its algorithm is the one ``fit_baseline`` runs."""
+    import json
+
+    from bayes_pfl.baselines import fit_baseline
+    from bayes_pfl.baselines.fit import baseline_algorithm
+
+    _, run_config, data = small
+    options = {"mu": 0.1, "lr": 0.1}
+    config = {**run_config, "method": "fedprox", "method-options": json.dumps(options)}
+    settings = FlowerSettings.from_run_config(config)
+    grid = _grid(config, 5)
+    federation = discover(grid, n_clients=5, node_wait_s=5, timeout_s=5)
+    (phase,) = build_phases(settings)
+    res = run_server(
+        grid, phase.algorithm, federation, rounds=3, timeout_s=5, stop_when_converged=False
+    )
+    ref = run_rounds(
+        phase.algorithm,
+        data.train,
+        rounds=3,
+        labels=data.clients,
+        stop_when_converged=False,
+        progress=False,
+    )
+    pairs = zip(jax.tree.leaves(res.server_state), jax.tree.leaves(ref.server_state), strict=True)
+    for a, b in pairs:
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-9)
+    # the same functions fit_baseline drives: same global model after 3 rounds
+    fit = fit_baseline("fedprox", data, family="normal", rounds=3, seed=0, **options)
+    base = baseline_algorithm("fedprox", 1, family="normal", seed=0, **options)
+    params, _ = base.global_fn(res.server_state, ref.client_states)  # clients hold theirs
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(fit.global_params), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="unknown method"):
+        build_phases(FlowerSettings.from_run_config({**run_config, "method": "fedsgd"}))
+
+
 def test_checkpoint_resume_continues_the_run(small, tmp_path):
     settings, run_config, data = small
     (phase,) = build_phases(settings)

@@ -565,6 +565,52 @@ def fit_baseline(
     return fit
 
 
+def baseline_algorithm(
+    method: str,
+    n_features: int,
+    *,
+    family: str = "bernoulli",
+    network: str = "linear",
+    n_classes: int | None = None,
+    local_steps: int = 5,
+    lr: float = 0.05,
+    seed: int = 0,
+    **hparams,
+) -> Baseline:
+    """The :class:`Baseline` (its ``.algorithm`` and read-outs) that :func:`fit_baseline`
+    runs, built from names alone, without data: what a Flower ServerApp and ClientApp
+    need to run a baseline over the same functions as the in-process driver.
+
+    ``"pooled"`` is not federated and ``"hypernet"`` with metadata needs the data's
+    metadata: both are refused. Arguments are those of :func:`fit_baseline`.
+    """
+    _check_choice("method", method, BASELINE_NAMES)
+    if method == "pooled":
+        raise ValueError("'pooled' trains on all rows in one place: it has no federated form")
+    _check_choice("family", family, FAMILIES)
+    _check_choice("network", network, NETWORKS)
+    local_steps = _positive_int("local_steps", local_steps)
+    if not (isinstance(lr, (int, float)) and lr > 0):
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    defaults = _defaults(method)
+    unknown = sorted(set(hparams) - set(defaults))
+    if unknown:
+        raise ValueError(
+            f"unknown hyper-parameter(s) {unknown} for method {method!r}; valid: {sorted(defaults)}"
+        )
+    hp = {**defaults, **hparams}
+    _check_choice("optimizer", hp["optimizer"], OPTIMIZERS)
+    if family == "categorical" and n_classes is None:
+        raise ValueError("family='categorical' needs n_classes")
+    fam = get_family(family, max(int(n_classes), 2) if family == "categorical" else None)
+    net = build_network(network, int(n_features), fam.out_dim, hidden=hp["hidden"])
+    init = net.init(seed)
+    tx = make_optimizer(hp["optimizer"], lr)
+    common = {"tx": tx, "local_steps": local_steps, "weight_decay": float(hp["weight_decay"])}
+    fed = {**common, "fraction": float(hp.get("fraction", 1.0))}
+    return _build(method, net, fam, init, hp, common, fed, lr, seed, None)
+
+
 def _noise_sd(fit: BaselineFit, train: ClientArrays) -> np.ndarray:
     mask = np.asarray(train.mask)
     resid = np.where(mask, np.asarray(train.y) - fit.predict(train.x, mask), 0.0)

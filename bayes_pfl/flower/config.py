@@ -229,6 +229,10 @@ class Phase(NamedTuple):
     warm_start: bool  # start from the previous phase's server and client states
 
 
+# the GLM family a zoo model's name stands for, for baselines run on its data
+_BASELINE_FAMILY = {"linear": "normal", "logistic": "bernoulli", "poisson": "poisson"}
+
+
 @functools.cache
 def build_phases(settings: FlowerSettings) -> tuple[Phase, ...]:
     """The algorithm phases of ``settings.method``, as :func:`bayes_pfl.federated.fit_ep` runs them.
@@ -263,19 +267,19 @@ def build_phases(settings: FlowerSettings) -> tuple[Phase, ...]:
         )
         phases.append(Phase(settings.tilted, alg, settings.rounds, bool(phases)))
         return tuple(phases)
-    import importlib
+    from bayes_pfl.baselines import BASELINE_NAMES
+    from bayes_pfl.baselines.fit import baseline_algorithm
 
-    if not settings.method.isidentifier():
-        raise ValueError(f"unknown method {settings.method!r}")
-    try:
-        module = importlib.import_module(f"bayes_pfl.baselines.{settings.method}")
-    except ModuleNotFoundError:
+    if settings.method not in BASELINE_NAMES:
         raise ValueError(
-            f"unknown method {settings.method!r}: not one of {METHODS} nor a module of "
-            "bayes_pfl.baselines"
-        ) from None
+            f"unknown method {settings.method!r}: not one of {METHODS} nor of the "
+            f"baselines {BASELINE_NAMES}"
+        )
     options = json.loads(settings.method_options) if settings.method_options else {}
-    alg = module.build(model, **options)
+    name = settings.model or settings.dataset[3] or ""
+    family = _BASELINE_FAMILY.get(name.split("_")[0], "bernoulli")
+    options = {"family": family, "seed": settings.seed, **options}
+    alg = baseline_algorithm(settings.method, settings.n_features, **options).algorithm
     return (Phase("", alg, settings.rounds, False),)
 
 
