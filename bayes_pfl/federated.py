@@ -36,7 +36,7 @@ from bayes_pfl.algorithms import ep
 from bayes_pfl.algorithms.ep import gaussian_log_kernel
 from bayes_pfl.centralized import check_model_data
 from bayes_pfl.gaussian import GaussianFactor
-from bayes_pfl.local import nuts_draws, sample_conditional
+from bayes_pfl.local import nuts_draws, sample_conditional, sample_conditionals
 from bayes_pfl.results import FitResult
 from bayes_pfl.simulation import run_rounds
 from bayes_pfl.spec import HierarchicalModel
@@ -50,6 +50,7 @@ __all__ = [
     "fit_one_shot",
     "global_draws",
     "personalize",
+    "personalize_client",
 ]
 
 GLOBAL_METHODS = ("nuts", "laplace")
@@ -105,16 +106,53 @@ def _client_logp(model: HierarchicalModel):
     return logp
 
 
+def personalize_client(
+    rng_key: Array,
+    model: HierarchicalModel,
+    u_draws: Array,
+    x: Array,
+    y: Array,
+    mask: Array,
+    *,
+    mh_steps: int = 5,
+    newton_iter: int = 1,
+) -> tuple[Array, Array]:
+    """``theta^(s) ~ p(theta | u^(s), D_k)`` for one client: ``([S, D] draws, mean acceptance)``.
+
+    The body of :func:`personalize` for the client whose key is ``rng_key``
+    (``jax.random.split(key, K)[k]`` there); the Flower client calls it, so a
+    deployment draws the same values as the in-process run.
+    """
+    logp = _client_logp(model)
+    return sample_conditionals(
+        rng_key,
+        lambda th, u: logp(th, u, x, y, mask),
+        u_draws,
+        jnp.zeros(model.theta_dim),
+        mh_steps=mh_steps,
+        newton_iter=newton_iter,
+    )
+
+
 def personalize(
     rng_key: Array,
     model: HierarchicalModel,
     u_draws: Array,
     data,
     *,
-    mh_steps: int = 10,
+    mh_steps: int = 5,
+    newton_iter: int = 1,
     batch_size: int | None = None,
 ) -> tuple[Array, Array]:
     """Each client's ``theta`` for every global draw: ``theta_k^(s) ~ p(theta_k | u^(s), D_k)``.
+
+    Each draw is an independence Metropolis-Hastings chain of ``mh_steps`` steps
+    whose proposal is the Laplace approximation of the conditional, reached by
+    ``newton_iter`` Newton iterations from a linear prediction of the draw's mode
+    (:func:`bayes_pfl.local.sample_conditionals`). The draws are exact when the
+    conditional is Gaussian; otherwise the chain's acceptance rate (returned per
+    client) says how close the proposal is (0.99 on the 50-row logistic clients
+    of ``benchmarks/federated_speed.py``).
 
     Parameters
     ----------
@@ -122,6 +160,10 @@ def personalize(
         ``[S, P]`` unconstrained global draws.
     data : ClientArrays
         Stacked client arrays.
+    mh_steps, newton_iter : int
+        MH steps per draw and Newton iterations per draw's proposal.
+    batch_size : int, optional
+        Clients per vectorized batch (default: about 2e7 rows-by-draws numbers).
 
     Returns
     -------
@@ -129,8 +171,6 @@ def personalize(
         Unconstrained client draws and each client's mean independence-MH
         acceptance rate (1.0 when its conditional is Gaussian).
     """
-    logp = _client_logp(model)
-    d = model.theta_dim
     s = u_draws.shape[0]
     x, y, mask = (jnp.asarray(a) for a in (data.x, data.y, data.mask))
     k = x.shape[0]
@@ -139,22 +179,27 @@ def personalize(
         # keep one batch's rows-by-draws work around 2e7 numbers
         per_client = s * x.shape[1] * max(x.shape[2], 1)
         batch_size = int(max(1, min(k, 2e7 // max(per_client, 1))))
+    run = _personalize_kernel(model, mh_steps, newton_iter, batch_size)
+    return run(keys, u_draws, x, y, mask)
 
-    def one_client(args):
+
+@functools.lru_cache(maxsize=16)
+def _personalize_kernel(model: HierarchicalModel, mh_steps: int, newton_iter: int, batch: int):
+    """The jitted, client-batched personalization (cached: one compilation per setting)."""
+
+    def one_client(u_draws, args):
         key, xk, yk, mk = args
+        return personalize_client(
+            key, model, u_draws, xk, yk, mk, mh_steps=mh_steps, newton_iter=newton_iter
+        )
 
-        def one_draw(kk, u):
-            res = sample_conditional(
-                kk, lambda th: logp(th, u, xk, yk, mk), jnp.zeros(d), mh_steps=mh_steps
-            )
-            return res.theta, res.acceptance
+    @jax.jit
+    def run(keys, u_draws, x, y, mask):
+        return jax.lax.map(
+            functools.partial(one_client, u_draws), (keys, x, y, mask), batch_size=batch
+        )
 
-        th, acc = jax.vmap(one_draw)(jax.random.split(key, s), u_draws)
-        return th, jnp.mean(acc)
-
-    run = jax.jit(lambda a: jax.lax.map(one_client, a, batch_size=batch_size))
-    theta, acc = run((keys, x, y, mask))
-    return theta, acc
+    return run
 
 
 def _constrain(model: HierarchicalModel, u: Array, theta: Array | None):
@@ -297,10 +342,12 @@ def _finish(
         num_warmup=num_warmup,
         num_samples=num_samples,
     )
+    u = jax.block_until_ready(u)
     t_global = time.perf_counter() - t0
     c, s, p = u.shape
     t0 = time.perf_counter()
     theta, acc = personalize(jax.random.fold_in(key, 2), model, u.reshape(c * s, p), data.train)
+    theta = jax.block_until_ready(theta)  # JAX is asynchronous: time the work, not its dispatch
     t_personal = time.perf_counter() - t0
     result = _to_result(
         method,

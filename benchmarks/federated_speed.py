@@ -6,9 +6,12 @@ x 10 features (``make_federation(family="bernoulli", n_clients=1000, n_features=
 sizes=50, seed=2)``, model ``logistic(10)``):
 
 * centralized ``fit_nuts`` (2 chains x 1000 warmup / 1000 samples),
-* ``fit_ep(rounds=10, global_method="laplace")``, called twice in one process: cold (first
-  call, JIT compilation included) and warm (second call),
-* ``fit_ep(rounds=10, global_method="nuts")``, cold,
+* ``fit_ep(rounds=10, global_method="laplace", num_chains=2)``, called twice in one
+  process: cold (first call, JIT compilation included) and warm (second call),
+* ``fit_ep(rounds=10, global_method="nuts", num_chains=2)``, cold,
+
+(2 x 1000 global draws, as many joint draws as the NUTS reference, every client
+personalized for each),
 
 each in a fresh process, so every cold time includes all of its compilation. Reported:
 end-to-end times (excluding interpreter start-up, imports and data generation), the
@@ -67,8 +70,11 @@ N_FEATURES = 10
 FULL = {
     "target_clients": 1000,
     "nuts": {"num_chains": 2, "num_warmup": 1000, "num_samples": 1000},
-    # fit_ep defaults otherwise: 4 x 1000 global draws, each client personalized
-    "target_ep": {"laplace": {"calls": 2, "kwargs": {}}, "nuts": {"calls": 1, "kwargs": {}}},
+    # as many joint draws as the NUTS reference (2 x 1000), each client personalized
+    "target_ep": {
+        "laplace": {"calls": 2, "kwargs": {"num_chains": 2}},
+        "nuts": {"calls": 1, "kwargs": {"num_chains": 2}},
+    },
     "scaling_clients": [100, 1000, 10000],
     # personalization costs draws x clients: 4 x 100 draws keep 10,000 clients affordable
     "scaling_kwargs": {"num_samples": 100},

@@ -57,30 +57,11 @@ def prepare_arrays(data: ClientData, n_max: int, mean=None, scale=None):
     return ClientArrays(xs, ys, np.arange(n_max) < n)
 
 
-def personalize_client(rng_key, model, u_draws, x, y, mask, *, mh_steps: int = 10):
-    """``theta^(s) ~ p(theta | u^(s), D_k)`` for one client: ``([S, D] draws, mean acceptance)``.
+def personalize_client(rng_key, model, u_draws, x, y, mask, **kwargs):
+    """:func:`bayes_pfl.federated.personalize_client` (imported lazily: JAX loads on first use)."""
+    from bayes_pfl.federated import personalize_client as body
 
-    The body of :func:`bayes_pfl.federated.personalize` for the client at ``rng_key``
-    (``jax.random.split(key, K)[k]`` there), so a deployment draws the same values.
-    """
-    import jax
-    import jax.numpy as jnp
-
-    from bayes_pfl.local import sample_conditional
-
-    d = model.theta_dim
-
-    def one_draw(kk, u):
-        res = sample_conditional(
-            kk,
-            lambda th: model.client_log_joint(th, u, x, y, mask),
-            jnp.zeros(d),
-            mh_steps=mh_steps,
-        )
-        return res.theta, res.acceptance
-
-    th, acc = jax.vmap(one_draw)(jax.random.split(rng_key, u_draws.shape[0]), u_draws)
-    return th, jnp.mean(acc)
+    return body(rng_key, model, u_draws, x, y, mask, **kwargs)
 
 
 @functools.cache
