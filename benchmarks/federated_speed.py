@@ -138,7 +138,6 @@ def _ep_record(fit, seconds: float) -> dict:
         "global_time_s": fit.info["global_time_s"],
         "personalize_time_s": fit.info["personalize_time_s"],
         # everything after the rounds: global draws, personalization, result assembly
-        # (fit.info's personalize time stops before JAX's asynchronous work is done)
         "after_rounds_s": seconds - float(sum(per_round)),
         "bytes_up_per_client": [h["bytes_up_per_client"] for h in hist],
         "bytes_down_per_client": [h["bytes_down_per_client"] for h in hist],
@@ -331,8 +330,7 @@ def markdown(res: dict, meta: dict) -> str:
         "(excluding interpreter start-up, imports and data generation). *rounds*: the EP "
         "rounds (sum of the history's round times); *after rounds*: the rest of the call "
         "(server draws of the global parameters, personalization of every client, building "
-        "the result; `fit.info['personalize_time_s']` is not used because it stops before "
-        "JAX's asynchronous work is done). *load avg*: the 1-minute load average while the "
+        "the result). *load avg*: the 1-minute load average while the "
         "fit ran; the fit itself accounts for up to 2 on this 2-core machine, more means "
         "other processes competed for the CPU.\n"
     )
