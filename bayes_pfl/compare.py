@@ -27,7 +27,10 @@ adapters build them:
   :mod:`bayes_pfl.baselines` (``local``, ``pooled``, ``fedavg``, ...), whose
   point predictions become predictive densities through the likelihood
   (Bernoulli, categorical, Poisson, or Normal with each client's residual sd);
-* :func:`make_method` builds either from a name.
+* :func:`neural_method` for the hierarchical Bayesian networks of
+  :mod:`bayes_pfl.neural` (``bayes_head``, ``bayes_head_bn``, ``bayes_head_adapters``),
+  predicting with each client's posterior predictive class probabilities;
+* :func:`make_method` builds any of them from a name.
 
 Seeds. ``seeds=(0, 1, 2)`` runs every method once per seed. ``data`` is either a
 :class:`~bayes_pfl.data.FederatedData` (the same split for every seed; the seed
@@ -92,6 +95,7 @@ __all__ = [
     "compare_main",
     "constant_method",
     "make_method",
+    "neural_method",
     "plot_comparison",
     "plot_method_calibration",
     "prediction_from_mean",
@@ -478,6 +482,74 @@ def baseline_method(
     return Method(name or method, fit_fn, tuple(dict(g) for g in grid), family)
 
 
+# ---------------------------------------------------------------------------
+# hierarchical Bayesian networks (bayes_pfl.neural)
+
+
+@dataclass
+class _NeuralPredictor:
+    fit: Any
+    family: str
+    n_draws: int
+    seed: int
+
+    def predict(self, arrays: ClientArrays) -> Prediction:
+        probs = self.fit.predict(
+            np.asarray(arrays.x), np.asarray(arrays.mask), n_draws=self.n_draws, seed=self.seed
+        )
+        probs = np.asarray(probs, dtype=np.float64)
+        if self.family == "bernoulli":
+            return prediction_from_mean("bernoulli", probs[..., 1], arrays)
+        return prediction_from_mean("categorical", probs, arrays)
+
+
+def neural_method(
+    variant: str = "bayes_head",
+    *,
+    family: str = "categorical",
+    name: str | None = None,
+    grid: Sequence[Mapping[str, Any]] = (),
+    n_draws: int = 32,
+    **kwargs,
+) -> Method:
+    """A hierarchical Bayesian network of :mod:`bayes_pfl.neural` as a comparison method.
+
+    Parameters
+    ----------
+    variant : str
+        One of ``bayes_pfl.neural.VARIANTS`` (``bayes_head``, ``bayes_head_bn``,
+        ``bayes_head_adapters``).
+    family : {"categorical", "bernoulli"}
+        Class codes ``0..C-1``; ``bernoulli`` scores ``P(y = 1)`` of a two-class network.
+    name : str, optional
+        Method name (default ``variant``).
+    grid : sequence of dict
+        Hyper-parameter candidates, chosen by validation log predictive density.
+    n_draws : int
+        Posterior draws of each client's head averaged in the predictive.
+    **kwargs
+        Passed to :func:`~bayes_pfl.neural.fit_neural` (``hidden``, ``rounds``, ``tau``, ...).
+    """
+    family = _check_family(family)
+    if family not in ("categorical", "bernoulli"):
+        raise ComparisonError(f"the neural networks classify; family {family!r} is not supported")
+    from bayes_pfl.neural import VARIANTS, fit_neural
+
+    if variant not in VARIANTS:
+        raise ComparisonError(
+            f"unknown network variant {variant!r}; choose one of {', '.join(VARIANTS)}"
+        )
+
+    def fit_fn(data: FederatedData, seed: int, **hparams) -> _NeuralPredictor:
+        kw = {"progress": False, **kwargs, **hparams}
+        if family == "bernoulli":
+            kw.setdefault("n_classes", 2)
+        fit = fit_neural(data, variant=variant, seed=seed, **kw)
+        return _NeuralPredictor(fit, family, int(n_draws), seed)
+
+    return Method(name or variant, fit_fn, tuple(dict(g) for g in grid), family)
+
+
 def make_method(
     name: str,
     *,
@@ -486,10 +558,12 @@ def make_method(
     grid: Sequence[Mapping[str, Any]] = (),
     **kwargs,
 ) -> Method:
-    """A method by name: ``"nuts"``, ``"ep"``, ``"one-shot"``, ``"constant"`` or a baseline.
+    """A method by name: ``"nuts"``, ``"ep"``, ``"one-shot"``, ``"constant"``, a baseline
+    or a hierarchical Bayesian network variant (``"bayes_head"``, ...).
 
     ``model`` and ``kwargs`` go to :func:`bayesian_method` for the Bayesian
-    fits and ``kwargs``/``grid`` to :func:`baseline_method` for the baselines.
+    fits, ``kwargs``/``grid`` to :func:`baseline_method` for the baselines and to
+    :func:`neural_method` for the networks.
 
     Raises
     ------
@@ -508,7 +582,11 @@ def make_method(
         BASELINE_NAMES = ()
     if name in BASELINE_NAMES:
         return baseline_method(name, family=family, grid=grid, **kwargs)
-    known = [*BAYESIAN_METHODS, "constant", *BASELINE_NAMES]
+    from bayes_pfl.neural import VARIANTS
+
+    if name in VARIANTS:
+        return neural_method(name, family=family, grid=grid, **kwargs)
+    known = [*BAYESIAN_METHODS, "constant", *BASELINE_NAMES, *VARIANTS]
     raise ComparisonError(f"unknown method {name!r}; known methods: {', '.join(known)}")
 
 
@@ -1274,7 +1352,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--methods",
         default="local,pooled,fedavg,nuts",
-        help="comma-separated methods: nuts, ep, one-shot, constant and the baselines "
+        help="comma-separated methods: nuts, ep, one-shot, constant, the baselines and "
+        "the network variants bayes_head, bayes_head_bn, bayes_head_adapters "
         "(default local,pooled,fedavg,nuts)",
     )
     p.add_argument("--seeds", type=int, default=3, help="number of seeds 0..N-1 (default 3)")
