@@ -189,7 +189,7 @@ def test_faults_left_out_like_in_process_nonparticipants(small, caplog):
     np.testing.assert_array_equal(np.asarray(res.server_state.sites.precision)[[2, 4]], 0.0)
 
 
-def test_baseline_runs_over_flower_like_in_process(small):
+def test_baseline_runs_over_flower_like_in_process(small, tmp_path):
     """FedProx (an optimization baseline) through the Flower server and ClientApps gives the
     in-process driver's states; its algorithm is the one ``fit_baseline`` runs."""
     import json
@@ -226,6 +226,19 @@ def test_baseline_runs_over_flower_like_in_process(small):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
     with pytest.raises(ValueError, match="unknown method"):
         build_phases(FlowerSettings.from_run_config({**run_config, "method": "fedsgd"}))
+    # the ServerApp's result folder: the global model by key path and the run record
+    from bayes_pfl.codec import decode
+
+    out = tmp_path / "fedprox"
+    config = {**config, "out": str(out)}
+    assert run_from_settings(_grid(config, 5), FlowerSettings.from_run_config(config)) is None
+    with np.load(out / "server_state.npz") as z:
+        saved = decode(dict(z), ref.server_state)
+    for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(ref.server_state), strict=True):
+        np.testing.assert_allclose(a, np.asarray(b), rtol=1e-6, atol=1e-9)
+    run = json.loads((out / "run.json").read_text())
+    assert run["method"] == "fedprox" and run["rounds"] == 3 and run["runtime"] == "flower"
+    assert run["clients"] == list(data.clients) and len(run["history"]) == 3
 
 
 def test_checkpoint_resume_continues_the_run(small, tmp_path):

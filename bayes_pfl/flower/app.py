@@ -10,6 +10,8 @@ The ServerApp discovers the nodes, runs the method's phases with :func:`run_serv
 samples the global posterior, collects personalized draws and writes the result
 folder of ``bayes-pfl fit`` (``posterior.nc``, ``summary.csv``, ``run.json``) with
 :func:`bayes_pfl.results.save_fit`, plus ``checkpoint.npz``/``.json`` after every round.
+For an optimization baseline it writes ``server_state.npz`` (the global model, by key
+path) and ``run.json`` (clients, rows, nodes, the round history).
 """
 
 from __future__ import annotations
@@ -124,11 +126,7 @@ def run_from_settings(grid: Grid, settings: FlowerSettings, *, run_id: int = 0):
         tag = {"tilted": phase.tag} if phase.tag else {}
         history += [{**h, **tag} for h in res.history]
     if settings.method not in ("ep", "one-shot"):
-        import json
-
-        (out / "run.json").write_text(
-            json.dumps({"method": settings.method, "history": history}, indent=2, default=str)
-        )
+        _save_baseline(out, settings, federation, state, history, converged, run_id, t_start)
         return None
     result = finish(
         grid,
@@ -166,3 +164,38 @@ def run_from_settings(grid: Grid, settings: FlowerSettings, *, run_id: int = 0):
     )
     log.info("wrote %s", out)
     return result
+
+
+def _save_baseline(out, settings, federation, state, history, converged, run_id, t_start):
+    """An optimization baseline's result folder: ``server_state.npz`` and ``run.json``.
+
+    The server state (the global model, and whatever else the baseline's server keeps)
+    is flattened by key path (:func:`bayes_pfl.codec.encode`, no pickle); ``decode`` it
+    with the template ``baseline_algorithm(...).server_init(...)``. Personal models stay
+    on the nodes (in each ClientApp's ``Context.state``), as in a real deployment.
+    """
+    import json
+
+    import numpy as np
+
+    from bayes_pfl.codec import encode
+
+    np.savez(out / "server_state.npz", **encode(state))
+    run = {
+        "method": settings.method,
+        "runtime": "flower",
+        "dataset": settings.data,
+        "seed": settings.seed,
+        "rounds": len(history),
+        "converged": bool(converged),
+        "clients": list(federation.labels),
+        "n_rows": dict(zip(federation.labels, federation.n_rows.tolist(), strict=True)),
+        "flower": {
+            "run_id": run_id,
+            "nodes": dict(zip(federation.labels, federation.node_ids, strict=True)),
+        },
+        "total_time_s": time.perf_counter() - t_start,
+        "history": history,
+    }
+    (out / "run.json").write_text(json.dumps(run, indent=2, default=str))
+    log.info("wrote %s", out)
