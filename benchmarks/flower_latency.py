@@ -152,6 +152,18 @@ def _markdown(results: dict) -> str:
                 f"| {r['bytes_down_per_client']} | {f('wire_bytes_up_per_round', '{:d}')} "
                 f"| {f('wire_bytes_down_per_round', '{:d}')} | {f('load_average_after', '{:.1f}')} |"
             )
+    skipped = [
+        k for k, by_runtime in results["runs"].items() if "flower-deployment" not in by_runtime
+    ]
+    if skipped:
+        lines += [
+            "",
+            f"(Deployment not run for {', '.join(map(str, skipped))} clients: above "
+            "`--deployment-max-clients`. Each SuperNode starts a fresh ClientApp process per "
+            "message (flwr 1.41 runs one task per `flwr-clientapp` process), so a round of K "
+            "clients costs K process start-ups with JAX imports and tracing; on 2 cores and "
+            "24 GiB, 100 concurrent ones do not fit.)",
+        ]
     lines += ["", results["notes"], ""]
     return "\n".join(lines)
 
