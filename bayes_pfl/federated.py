@@ -171,6 +171,8 @@ def personalize(
         Unconstrained client draws and each client's mean independence-MH
         acceptance rate (1.0 when its conditional is Gaussian).
     """
+    mh_steps = _check_steps("mh_steps", mh_steps)
+    newton_iter = _check_steps("newton_iter", newton_iter)
     s = u_draws.shape[0]
     x, y, mask = (jnp.asarray(a) for a in (data.x, data.y, data.mask))
     k = x.shape[0]
@@ -181,6 +183,12 @@ def personalize(
         batch_size = int(max(1, min(k, 2e7 // max(per_client, 1))))
     run = _personalize_kernel(model, mh_steps, newton_iter, batch_size)
     return run(keys, u_draws, x, y, mask)
+
+
+def _check_steps(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    return int(value)
 
 
 @functools.lru_cache(maxsize=16)
@@ -327,6 +335,7 @@ def _finish(
     num_samples: int,
     t_start: float,
     settings: dict,
+    mh_steps: int = 5,
 ) -> FitResult:
     state = fitted.server_state
     key = jax.random.key(seed + 1)
@@ -346,7 +355,9 @@ def _finish(
     t_global = time.perf_counter() - t0
     c, s, p = u.shape
     t0 = time.perf_counter()
-    theta, acc = personalize(jax.random.fold_in(key, 2), model, u.reshape(c * s, p), data.train)
+    theta, acc = personalize(
+        jax.random.fold_in(key, 2), model, u.reshape(c * s, p), data.train, mh_steps=mh_steps
+    )
     theta = jax.block_until_ready(theta)  # JAX is asynchronous: time the work, not its dispatch
     t_personal = time.perf_counter() - t0
     result = _to_result(
@@ -365,7 +376,7 @@ def _finish(
             "global_time_s": t_global,
             "personalize_time_s": t_personal,
             "min_personalize_acceptance": float(np.min(np.asarray(acc))),
-            "settings": {**settings, "global_method": global_method},
+            "settings": {**settings, "global_method": global_method, "mh_steps": mh_steps},
         },
     )
     result.state.update(
@@ -394,6 +405,7 @@ def fit_ep(
     num_chains: int = 4,
     num_warmup: int = 1000,
     num_samples: int = 1000,
+    mh_steps: int = 5,
     progress: bool = True,
     checkpoint=None,
     resume: bool = False,
@@ -421,6 +433,10 @@ def fit_ep(
         How the server samples ``p0 * G``.
     num_chains, num_warmup, num_samples
         Server NUTS settings; the result has ``num_chains x num_samples`` draws.
+    mh_steps : int
+        Independence-MH steps per personalized draw (:func:`personalize`); raise it
+        when ``info["min_personalize_acceptance"]`` is low (tiny clients, skewed
+        conditionals).
     checkpoint, resume
         Checkpoint file prefix and whether to resume from it.
 
@@ -430,6 +446,7 @@ def fit_ep(
         ``method="ep"``, with the round history.
     """
     check_model_data(model, data)
+    mh_steps = _check_steps("mh_steps", mh_steps)
     tol = (1e-3 if tilted == "laplace" else 0.05) if tol is None else tol
     t_start = time.perf_counter()
     fitted = _run_ep(
@@ -457,6 +474,7 @@ def fit_ep(
         num_warmup=num_warmup,
         num_samples=num_samples,
         t_start=t_start,
+        mh_steps=mh_steps,
         settings={
             "rounds": rounds,
             "damping": damping,
@@ -479,6 +497,7 @@ def fit_one_shot(
     num_chains: int = 4,
     num_warmup: int = 1000,
     num_samples: int = 1000,
+    mh_steps: int = 5,
     progress: bool = True,
 ) -> FitResult:
     """One-shot posterior-summary exchange: one EP round from the prior, undamped.
@@ -489,8 +508,10 @@ def fit_one_shot(
     (``"nuts"``); the server samples ``p0 * prod_k t_k`` and each client
     personalizes against those draws. Clients whose local posterior has no mode
     (e.g. a one-row client whose noise scale is unidentified) send nothing.
+    Options as in :func:`fit_ep`.
     """
     check_model_data(model, data)
+    mh_steps = _check_steps("mh_steps", mh_steps)
     t_start = time.perf_counter()
     fitted = _run_ep(
         model,
@@ -516,6 +537,7 @@ def fit_one_shot(
         num_warmup=num_warmup,
         num_samples=num_samples,
         t_start=t_start,
+        mh_steps=mh_steps,
         settings={"tilted": tilted, "site_fit": site_fit},
     )
 

@@ -400,6 +400,13 @@ def test_personalize_shapes_and_batching(conjugate):
     assert th1.shape == (data.n_clients, 7, 1)
     np.testing.assert_allclose(th1, th2)
     np.testing.assert_allclose(acc, 1.0)
+    for bad in (-1, 2.5, True, "5"):
+        with pytest.raises(ValueError, match="mh_steps must be a non-negative integer"):
+            personalize(jax.random.key(0), model, u, data.train, mh_steps=bad)
+        with pytest.raises(ValueError, match="mh_steps"):
+            fit_ep(model, data, mh_steps=bad, progress=False)
+    with pytest.raises(ValueError, match="newton_iter"):
+        personalize(jax.random.key(0), model, u, data.train, newton_iter=-2)
 
 
 def test_build_rejects_bad_options():
