@@ -263,10 +263,13 @@ def sample_conditionals(
     Returns ``(theta [S, D], mean acceptance)``.
     """
     u_bar = jnp.mean(u_draws, axis=0)
-    centre = newton_maximize(lambda th: log_joint_fn(th, u_bar), theta0, max_iter=50).mode
-    h_tt = jax.hessian(log_joint_fn, argnums=0)(centre, u_bar)
-    h_tu = jax.jacfwd(jax.grad(log_joint_fn, argnums=0), argnums=1)(centre, u_bar)
-    jac = -jnp.linalg.solve(h_tt, h_tu)  # [D, P]
+
+    def mode_twice(u):
+        mode = conditional_mode(log_joint_fn, u, theta0)
+        return mode, mode
+
+    # conditional_mode's implicit-differentiation rule gives J; the mode comes as aux
+    jac, centre = jax.jacfwd(mode_twice, has_aux=True)(u_bar)  # [D, P], [D]
     starts = centre + (u_draws - u_bar) @ jac.T
     usable = jnp.all(jnp.isfinite(starts), axis=1, keepdims=True)
     starts = jnp.where(usable, starts, theta0)

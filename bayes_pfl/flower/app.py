@@ -11,7 +11,7 @@ samples the global posterior, collects personalized draws and writes the result
 folder of ``bayes-pfl fit`` (``posterior.nc``, ``summary.csv``, ``run.json``) with
 :func:`bayes_pfl.results.save_fit`, plus ``checkpoint.npz``/``.json`` after every round.
 For an optimization baseline it writes ``server_state.npz`` (the global model, by key
-path) and ``run.json`` (clients, rows, nodes, the round history).
+path) and ``run.json`` (clients, nodes, rows, standardization, the round history).
 """
 
 from __future__ import annotations
@@ -153,17 +153,22 @@ def run_from_settings(grid: Grid, settings: FlowerSettings, *, run_id: int = 0):
         dataset=settings.data,
         seed=settings.seed,
         total_time_s=time.perf_counter() - t_start,
-        flower={
-            "run_id": run_id,
-            "nodes": dict(zip(federation.labels, federation.node_ids, strict=True)),
-            "n_rows": dict(zip(federation.labels, federation.n_rows.tolist(), strict=True)),
-            "standardization": None
-            if federation.mean is None
-            else {"mean": federation.mean.tolist(), "scale": federation.scale.tolist()},
-        },
+        flower=_flower_record(federation, run_id),
     )
     log.info("wrote %s", out)
     return result
+
+
+def _flower_record(federation, run_id: int) -> dict[str, Any]:
+    """The deployment facts ``run.json`` keeps: run id, node per client, rows, standardization."""
+    return {
+        "run_id": run_id,
+        "nodes": dict(zip(federation.labels, federation.node_ids, strict=True)),
+        "n_rows": dict(zip(federation.labels, federation.n_rows.tolist(), strict=True)),
+        "standardization": None
+        if federation.mean is None
+        else {"mean": federation.mean.tolist(), "scale": federation.scale.tolist()},
+    }
 
 
 def _save_baseline(out, settings, federation, state, history, converged, run_id, t_start):
@@ -189,11 +194,7 @@ def _save_baseline(out, settings, federation, state, history, converged, run_id,
         "rounds": len(history),
         "converged": bool(converged),
         "clients": list(federation.labels),
-        "n_rows": dict(zip(federation.labels, federation.n_rows.tolist(), strict=True)),
-        "flower": {
-            "run_id": run_id,
-            "nodes": dict(zip(federation.labels, federation.node_ids, strict=True)),
-        },
+        "flower": _flower_record(federation, run_id),
         "total_time_s": time.perf_counter() - t_start,
         "history": history,
     }
