@@ -84,6 +84,73 @@ def _key(record: ArrayRecord, name: str):
     return jax.random.wrap_key_data(np.asarray(record[name].numpy(), np.uint32))
 
 
+def _key_flat(record: ArrayRecord, name: str) -> dict[str, np.ndarray]:
+    """A key's raw data as an exported step's input (``encode({"key": uint32 array})``)."""
+    from bayes_pfl.codec import encode
+
+    return encode({"key": np.asarray(record[name].numpy(), np.uint32)})
+
+
+def _key_template(flat_key: dict[str, np.ndarray]):
+    import jax
+
+    (data,) = flat_key.values()
+    return {"key": jax.ShapeDtypeStruct(data.shape, np.uint32)}
+
+
+def _init_builder(algorithms_fn, context, name, key, arrays):
+    """``build()`` of :meth:`StepCache.call` for ``client_init`` (run only on a miss)."""
+
+    def build():
+        import jax
+
+        algorithm = algorithms_fn(context)[name]
+
+        def fn(key, a):
+            return (algorithm.client_init(jax.random.wrap_key_data(key["key"]), a),)
+
+        return fn, [_key_template(key), arrays]
+
+    return build
+
+
+def _update_builder(algorithms_fn, context, name, key, arrays, n_clients):
+    """``build()`` of :meth:`StepCache.call` for ``client_update`` (run only on a miss)."""
+
+    def build():
+        import jax
+
+        algorithm = algorithms_fn(context)[name]
+        init_key = jax.random.wrap_key_data(np.zeros_like(next(iter(key.values()))))
+        state_tmpl = jax.eval_shape(algorithm.client_init, init_key, arrays)
+        bcast_tmpl = _broadcast_row_template(algorithm, n_clients)
+
+        def fn(key, bcast, state, a):
+            return algorithm.client_update(jax.random.wrap_key_data(key["key"]), bcast, state, a)
+
+        return fn, [_key_template(key), bcast_tmpl, state_tmpl, arrays]
+
+    return build
+
+
+def _personalize_builder(model_fn, context, key, arrays, u):
+    """``build()`` of :meth:`StepCache.call` for personalization (run only on a miss)."""
+
+    def build():
+        import jax
+
+        model = model_fn(context)
+
+        def fn(key, draws, a):
+            return personalize_client(
+                jax.random.wrap_key_data(key["key"]), model, draws["u"], a.x, a.y, a.mask
+            )
+
+        return fn, [_key_template(key), {"u": jax.ShapeDtypeStruct(u.shape, u.dtype)}, arrays]
+
+    return build
+
+
 def _standardization(msg: Message):
     if "standardization" not in msg.content.array_records:
         return None, None
@@ -99,6 +166,7 @@ def make_client_app(
     *,
     model_fn: Callable[[Context], Any] | None = None,
     setup_fn: SetupFn | None = None,
+    steps_fn: Callable[[Context], Any] | None = None,
 ) -> ClientApp:
     """A ClientApp running ``algorithms_fn(context)[name].client_update`` on ``data_fn(context)``.
 
@@ -114,7 +182,13 @@ def make_client_app(
         ``context -> HierarchicalModel``, needed for ``query.personalize``.
     setup_fn : callable, optional
         Called first on every message (e.g. JAX configuration).
+    steps_fn : callable, optional
+        ``context -> StepCache | None``: where exported client steps are kept
+        (:mod:`bayes_pfl.flower.steps`). With one, a process whose step was already
+        traced (by an earlier message's process) calls the exported step instead of
+        building the algorithm and tracing it again; the answer is the same.
     """
+    from bayes_pfl.codec import encode
     from bayes_pfl.flower.records import (
         from_array_record,
         metric_record,
@@ -155,37 +229,64 @@ def make_client_app(
         t0 = time.perf_counter()
         _setup(context)
         cfg = msg.content.config_records["config"]
-        algorithm = algorithms_fn(context)[str(cfg["algorithm"])]
+        name = str(cfg["algorithm"])
         data = data_fn(context)
         if int(cfg["position"]) != data.position:
             raise ValueError(f"message for position {cfg['position']}, node is {data.position}")
         arrays = prepare_arrays(data, int(cfg["n-max"]), *_standardization(msg))
         keys = msg.content.array_records["keys"]
         n_clients = int(cfg["n-clients"])
-        state_tmpl = jax.eval_shape(algorithm.client_init, _key(keys, "init"), arrays)
         state_store = context.state.array_records
         if bool(cfg["accepted"]) and "pending" in state_store:
             state_store["state"] = state_store["pending"]
         if "pending" in state_store:
             del state_store["pending"]
-        if bool(cfg["fresh"]) or "state" not in state_store:
-            state = _jit(algorithm.client_init)(_key(keys, "init"), arrays)
+        fresh = bool(cfg["fresh"]) or "state" not in state_store
+        steps = steps_fn(context) if steps_fn is not None else None
+        if steps is None:
+            algorithm = algorithms_fn(context)[name]
+            state_tmpl = jax.eval_shape(algorithm.client_init, _key(keys, "init"), arrays)
+            if fresh:
+                state = _jit(algorithm.client_init)(_key(keys, "init"), arrays)
+            else:
+                state = from_array_record(state_store["state"], state_tmpl)
+            bcast_tmpl = _broadcast_row_template(algorithm, n_clients)
+            bcast = from_array_record(msg.content.array_records["broadcast"], bcast_tmpl)
+            t1 = time.perf_counter()
+            new_state, message, info = _jit(algorithm.client_update)(
+                _key(keys, "round"), bcast, state, arrays
+            )
+            message = jax.block_until_ready(message)
+            state_rec, new_state_rec = to_array_record(state), to_array_record(new_state)
+            message_rec, info_rec = to_array_record(message), to_array_record(info)
         else:
-            state = from_array_record(state_store["state"], state_tmpl)
-        bcast_tmpl = _broadcast_row_template(algorithm, n_clients)
-        bcast = from_array_record(msg.content.array_records["broadcast"], bcast_tmpl)
-        t1 = time.perf_counter()
-        new_state, message, info = _jit(algorithm.client_update)(
-            _key(keys, "round"), bcast, state, arrays
-        )
-        message = jax.block_until_ready(message)
+            flat_arrays = encode(arrays)
+            if fresh:
+                key = _key_flat(keys, "init")
+                (state_flat,) = steps.call(
+                    f"client_init:{name}",
+                    _init_builder(algorithms_fn, context, name, key, arrays),
+                    [key, flat_arrays],
+                )
+            else:
+                state_flat = {k: a.numpy() for k, a in state_store["state"].items()}
+            bcast_flat = {k: a.numpy() for k, a in msg.content.array_records["broadcast"].items()}
+            key = _key_flat(keys, "round")
+            t1 = time.perf_counter()
+            new_state_flat, message_flat, info_flat = steps.call(
+                f"client_update:{name}",
+                _update_builder(algorithms_fn, context, name, key, arrays, n_clients),
+                [key, bcast_flat, state_flat, flat_arrays],
+            )
+            state_rec, new_state_rec = named_record(state_flat), named_record(new_state_flat)
+            message_rec, info_rec = named_record(message_flat), named_record(info_flat)
         t2 = time.perf_counter()
-        state_store["state"] = to_array_record(state)
-        state_store["pending"] = to_array_record(new_state)
+        state_store["state"] = state_rec
+        state_store["pending"] = new_state_rec
         content = RecordDict(
             {
-                "message": to_array_record(message),
-                "info": to_array_record(info),
+                "message": message_rec,
+                "info": info_rec,
                 "metrics": metric_record(
                     {
                         "position": data.position,
@@ -204,14 +305,25 @@ def make_client_app(
         _setup(context)
         if model_fn is None:
             raise ValueError("this ClientApp was built without model_fn: cannot personalize")
-        model = model_fn(context)
         cfg = msg.content.config_records["config"]
         data = data_fn(context)
         arrays = prepare_arrays(data, int(cfg["n-max"]), *_standardization(msg))
         u = named_arrays(msg.content.array_records["draws"], ("u",))["u"]
-        key = _key(msg.content.array_records["keys"], "personalize")
-        theta, acc = _personalize_fn(model)(key, u, *(np.asarray(a) for a in arrays))
-        theta = jax.block_until_ready(theta)
+        steps = steps_fn(context) if steps_fn is not None else None
+        if steps is None:
+            key = _key(msg.content.array_records["keys"], "personalize")
+            theta, acc = _personalize_fn(model_fn(context))(
+                key, u, *(np.asarray(a) for a in arrays)
+            )
+            theta = jax.block_until_ready(theta)
+        else:
+            key = _key_flat(msg.content.array_records["keys"], "personalize")
+            theta_flat, acc_flat = steps.call(
+                "personalize",
+                _personalize_builder(model_fn, context, key, arrays, u),
+                [key, encode({"u": u}), encode(arrays)],
+            )
+            theta, acc = theta_flat[""], acc_flat[""]
         content = RecordDict(
             {
                 "theta": named_record({"theta": theta}),
