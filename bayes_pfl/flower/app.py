@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from flwr.app import Context
@@ -62,7 +63,16 @@ def client_app() -> ClientApp:
     def model(context: Context):
         return _settings(context).hierarchical_model
 
-    return make_client_app(algorithms, data, model_fn=model, setup_fn=setup)
+    def steps(context: Context):
+        settings = _settings(context)
+        if not settings.jax_cache_dir:
+            return None
+        from bayes_pfl.flower.steps import StepCache
+
+        folder = Path(settings.jax_cache_dir).expanduser() / "bayes-pfl-steps"
+        return StepCache(folder, identity=settings.step_identity())
+
+    return make_client_app(algorithms, data, model_fn=model, setup_fn=setup, steps_fn=steps)
 
 
 def server_app() -> ServerApp:
@@ -98,6 +108,7 @@ def run_from_settings(grid: Grid, settings: FlowerSettings, *, run_id: int = 0):
         node_wait_s=settings.node_wait_s,
         timeout_s=settings.round_timeout_s,
         poll_interval_s=settings.poll_interval_s,
+        max_in_flight=settings.max_in_flight,
         standardize=settings.standardize,
     )
     log.info(
@@ -115,6 +126,7 @@ def run_from_settings(grid: Grid, settings: FlowerSettings, *, run_id: int = 0):
             seed=settings.seed,
             timeout_s=settings.round_timeout_s,
             poll_interval_s=settings.poll_interval_s,
+            max_in_flight=settings.max_in_flight,
             init_server_state=state if phase.warm_start else None,
             fresh_clients=not phase.warm_start,
             accepted=accepted if phase.warm_start else None,
@@ -145,6 +157,7 @@ def run_from_settings(grid: Grid, settings: FlowerSettings, *, run_id: int = 0):
         settings=settings.settings_record(),
         timeout_s=settings.round_timeout_s,
         poll_interval_s=settings.poll_interval_s,
+        max_in_flight=settings.max_in_flight,
     )
     save_fit(
         result,

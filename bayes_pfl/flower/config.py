@@ -80,6 +80,10 @@ class FlowerSettings:
     node_wait_s, round_timeout_s, poll_interval_s : float
         How long to wait for nodes to register, for a round's replies, and how often
         to poll for replies.
+    max_in_flight : int
+        At most this many nodes are sent a message at once (0: all). On one machine
+        hosting many SuperNodes it bounds the ClientApp processes running together
+        (flwr 1.41 starts one per message); across machines leave it 0.
     out : str
         Result folder (``posterior.nc``, ``summary.csv``, ``run.json``, checkpoint).
     checkpoint, resume : bool
@@ -115,6 +119,7 @@ class FlowerSettings:
     node_wait_s: float = 120.0
     round_timeout_s: float = 300.0
     poll_interval_s: float = 0.05
+    max_in_flight: int = 0
     out: str = ""
     checkpoint: bool = True
     resume: bool = False
@@ -158,6 +163,8 @@ class FlowerSettings:
             raise ValueError(f"rounds must be >= 1, got {self.rounds}")
         if self.round_timeout_s <= 0 or self.poll_interval_s <= 0:
             raise ValueError("round-timeout-s and poll-interval-s must be positive")
+        if self.max_in_flight < 0:
+            raise ValueError(f"max-in-flight must be >= 0, got {self.max_in_flight}")
 
     # ------------------------------------------------------------ data and model
 
@@ -198,6 +205,21 @@ class FlowerSettings:
         if self.tol >= 0:
             return self.tol
         return 1e-3 if self.tilted == "laplace" else 0.05
+
+    def step_identity(self) -> str:
+        """What decides the clients' steps: every setting but the server's and the I/O ones.
+
+        The identity of :class:`bayes_pfl.flower.steps.StepCache`, so runs that differ only
+        in where results go, in timeouts or in how the server samples share exported steps.
+        """
+        server_only = {
+            "out", "checkpoint", "resume", "node_wait_s", "round_timeout_s", "poll_interval_s",
+            "max_in_flight",
+            "num_clients", "jax_cache_dir", "global_method", "num_chains", "num_warmup",
+            "num_samples",
+        }  # fmt: skip
+        kept = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in server_only}
+        return json.dumps(kept, sort_keys=True)
 
     def settings_record(self) -> dict[str, Any]:
         """The settings ``fit_ep``/``fit_one_shot`` write into ``run.json``."""

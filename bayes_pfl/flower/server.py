@@ -140,28 +140,46 @@ def exchange(
     group_id: str,
     timeout_s: float,
     poll_interval_s: float = 0.05,
+    max_in_flight: int = 0,
 ) -> tuple[dict[int, RecordDict], dict[int, str]]:
     """Send ``contents[node_id]`` to each node; collect replies until all came or ``timeout_s``.
+
+    With ``max_in_flight > 0`` at most that many messages await a reply at any time
+    (the next node's message goes out when a reply comes): on one machine hosting many
+    SuperNodes this bounds the concurrent ClientApp processes. ``timeout_s`` covers
+    the whole exchange.
 
     Returns ``({node_id: reply content}, {node_id: why no reply})``: errors reported by
     Flower (a ClientApp exception, an unavailable node) and timeouts.
     """
+    if int(max_in_flight) != max_in_flight or max_in_flight < 0:
+        raise ValueError(f"max_in_flight must be a non-negative integer, got {max_in_flight!r}")
     ttl = max(60.0, 2.0 * timeout_s)
-    messages = [
-        Message(
-            content,
-            dst_node_id=node,
-            message_type=message_type,
-            group_id=group_id,
-            ttl=ttl,
+    queue = list(contents.items())
+    cap = len(queue) if max_in_flight == 0 else int(max_in_flight)
+    pending: dict[str, int] = {}
+
+    def send(n: int) -> None:
+        batch, queue[:n] = queue[:n], []
+        messages = [
+            Message(
+                content,
+                dst_node_id=node,
+                message_type=message_type,
+                group_id=group_id,
+                ttl=ttl,
+            )
+            for node, content in batch
+        ]
+        ids = list(grid.push_messages(messages))
+        pending.update(
+            {mid: msg.metadata.dst_node_id for mid, msg in zip(ids, messages, strict=True)}
         )
-        for node, content in contents.items()
-    ]
-    ids = list(grid.push_messages(messages))
-    pending = {mid: msg.metadata.dst_node_id for mid, msg in zip(ids, messages, strict=True)}
+
     replies: dict[int, RecordDict] = {}
     failures: dict[int, str] = {}
     deadline = time.monotonic() + timeout_s
+    send(cap)
     while pending:
         for reply in grid.pull_messages(list(pending)):
             mid = reply.metadata.reply_to_message_id
@@ -172,11 +190,18 @@ def exchange(
                 failures[node] = f"error {reply.error.code}: {reply.error.reason}"
             else:
                 replies[node] = reply.content
-        if not pending or time.monotonic() > deadline:
+        if time.monotonic() > deadline:
+            break
+        if queue and len(pending) < cap:
+            send(cap - len(pending))
+            continue
+        if not pending:
             break
         time.sleep(poll_interval_s)
     for node in pending.values():
         failures[node] = f"no reply within {timeout_s:g} s"
+    for node, _ in queue:
+        failures[node] = f"not asked within {timeout_s:g} s (max_in_flight {cap})"
     return replies, failures
 
 
@@ -188,6 +213,7 @@ def discover(
     timeout_s: float = 120.0,
     poll_interval_s: float = 0.05,
     standardize: bool = False,
+    max_in_flight: int = 0,
 ) -> Federation:
     """Wait for the nodes and ask each for its position, label and row count.
 
@@ -204,6 +230,7 @@ def discover(
         group_id="describe",
         timeout_s=timeout_s,
         poll_interval_s=poll_interval_s,
+        max_in_flight=max_in_flight,
     )
     if failures:
         raise RuntimeError(
@@ -295,6 +322,7 @@ def run_server(
     stop_when_converged: bool = True,
     timeout_s: float = 300.0,
     poll_interval_s: float = 0.05,
+    max_in_flight: int = 0,
     init_server_state: Any = None,
     fresh_clients: bool = True,
     accepted: np.ndarray | None = None,
@@ -322,6 +350,8 @@ def run_server(
         out of the round (``accept`` False).
     poll_interval_s : float
         How often to pull replies.
+    max_in_flight : int
+        At most this many nodes work on a round at once (0: all); see :func:`exchange`.
     init_server_state : optional
         Start from this server state (the end of a previous phase); with
         ``fresh_clients=False`` the nodes keep their client states too.
@@ -409,6 +439,7 @@ def run_server(
             group_id=f"{phase or algorithm.name}-{r + 1}",
             timeout_s=timeout_s,
             poll_interval_s=poll_interval_s,
+            max_in_flight=max_in_flight,
         )
         t_reply = time.perf_counter() - t0
         position = {node: i for i, node in enumerate(nodes)}
@@ -510,6 +541,7 @@ def finish(
     settings: dict[str, Any],
     timeout_s: float = 300.0,
     poll_interval_s: float = 0.05,
+    max_in_flight: int = 0,
 ):
     """Global draws on the server, personalized draws on each node: a ``FitResult``.
 
@@ -558,6 +590,7 @@ def finish(
         group_id="personalize",
         timeout_s=timeout_s,
         poll_interval_s=poll_interval_s,
+        max_in_flight=max_in_flight,
     )
     t_personal = time.perf_counter() - t0
     keep, thetas, acc, left_out = [], [], [], {}

@@ -1,0 +1,243 @@
+"""Exported client steps (bayes_pfl.flower.steps), the server's in-flight cap, and the light
+import a ClientApp process pays for."""
+
+import json
+import logging
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+pytest.importorskip("flwr")
+
+from test_flower import FakeGrid, small  # noqa: E402, F401  (fixture)
+
+from bayes_pfl.codec import CodecError, encode  # noqa: E402
+from bayes_pfl.federated import fit_one_shot  # noqa: E402
+from bayes_pfl.flower import steps as steps_mod  # noqa: E402
+from bayes_pfl.flower.app import client_app, run_from_settings  # noqa: E402
+from bayes_pfl.flower.config import FlowerSettings  # noqa: E402
+from bayes_pfl.flower.server import exchange  # noqa: E402
+from bayes_pfl.flower.steps import StepCache  # noqa: E402
+from bayes_pfl.results import load_posterior  # noqa: E402
+
+
+def _step(calls):
+    """A small step: ``(a.x @ w, sum)`` with a namedtuple-free pytree; counts builds."""
+
+    def build():
+        calls.append(1)
+
+        def fn(a, w):
+            y = a["x"] @ w["w"]
+            return {"y": y}, jnp.sum(y)
+
+        return fn, [
+            {"x": jax.ShapeDtypeStruct((3, 2), np.float64)},
+            {"w": jax.ShapeDtypeStruct((2,), np.float64)},
+        ]
+
+    return build
+
+
+def _inputs(x, w):
+    return [encode({"x": x}), encode({"w": w})]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_loaded():
+    steps_mod._LOADED.clear()  # each test sees processes that loaded nothing yet
+    yield
+    steps_mod._LOADED.clear()
+
+
+def test_step_is_exported_once_and_reused_by_a_new_process(tmp_path):
+    x, w = np.arange(6.0).reshape(3, 2), np.array([0.5, -1.0])
+    calls = []
+    cache = StepCache(tmp_path, "run-a")
+    out = cache.call("mul", _step(calls), _inputs(x, w))
+    np.testing.assert_allclose(out[0]["['y']"], x @ w)
+    assert float(out[1][""]) == pytest.approx(float(np.sum(x @ w)))
+    assert (cache.misses, cache.hits, len(calls)) == (1, 0, 1)
+    assert len(list(tmp_path.glob("*.stablehlo"))) == 1
+    meta = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert meta["in_keys"] == [["['x']"], ["['w']"]] and meta["out_keys"] == [["['y']"], [""]]
+
+    steps_mod._LOADED.clear()  # as a fresh process: only the folder is shared
+    again = StepCache(tmp_path, "run-a")
+    out2 = again.call("mul", _step(calls), _inputs(2 * x, w))
+    np.testing.assert_allclose(out2[0]["['y']"], 2 * x @ w)
+    assert (again.misses, again.hits, len(calls)) == (0, 1, 1)  # not traced again
+
+
+def test_signature_separates_identity_name_and_shapes(tmp_path):
+    x, w = np.ones((3, 2)), np.ones(2)
+    cache = StepCache(tmp_path, "run-a")
+    sig = cache.signature("mul", _inputs(x, w))
+    assert StepCache(tmp_path, "run-b").signature("mul", _inputs(x, w)) != sig
+    assert cache.signature("other", _inputs(x, w)) != sig
+    assert cache.signature("mul", _inputs(np.ones((4, 2)), w)) != sig
+    assert cache.signature("mul", _inputs(x.astype(np.float32), w)) != sig
+    assert cache.signature("mul", _inputs(x, w)) == sig
+
+
+def test_input_that_matches_no_template_raises_codec_error(tmp_path):
+    cache = StepCache(tmp_path, "run-a")
+    with pytest.raises(CodecError, match="shape"):
+        cache.call("mul", _step([]), _inputs(np.ones((4, 2)), np.ones(2)))
+    with pytest.raises(CodecError, match="missing"):
+        cache.call("mul", _step([]), [encode({"z": np.ones((3, 2))}), encode({"w": np.ones(2)})])
+    with pytest.raises(CodecError, match="dtype"):
+        cache.call("mul", _step([]), _inputs(np.ones((3, 2), np.float32), np.ones(2)))
+    assert not list(tmp_path.glob("*.json"))  # nothing stored for rejected inputs
+
+
+def test_damaged_export_is_traced_again(tmp_path, caplog):
+    x, w = np.ones((3, 2)), np.ones(2)
+    calls = []
+    StepCache(tmp_path, "run-a").call("mul", _step(calls), _inputs(x, w))
+    next(tmp_path.glob("*.stablehlo")).write_bytes(b"not a program")
+    steps_mod._LOADED.clear()
+    with caplog.at_level(logging.WARNING, logger="bayes_pfl.flower"):
+        out = StepCache(tmp_path, "run-a").call("mul", _step(calls), _inputs(x, w))
+    assert "unusable" in caplog.text and len(calls) == 2
+    np.testing.assert_allclose(out[0]["['y']"], x @ w)
+
+
+def test_app_with_exported_steps_equals_in_process_and_reuses_them(small, tmp_path, monkeypatch):  # noqa: F811
+    """The ready-made ClientApp with a JAX cache folder exports its steps on the first run;
+    a second run (fresh processes) calls them without tracing; both give fit_one_shot's
+    posteriors."""
+    _, run_config, data = small
+    run_config = {
+        **run_config,
+        "method": "one-shot",
+        "global-method": "laplace",
+        "num-chains": 2,
+        "num-samples": 50,
+        "round-timeout-s": 60.0,
+        "jax-cache-dir": str(tmp_path / "jax-cache"),
+    }
+
+    def run(out):
+        cfg = {**run_config, "out": str(tmp_path / out)}
+        grid = FakeGrid(client_app(), [{"partition-id": i} for i in range(5)], cfg)
+        run_from_settings(grid, FlowerSettings.from_run_config(cfg))
+        return load_posterior(tmp_path / out / "posterior.nc").posterior
+
+    first = run("first")
+    stored = sorted((tmp_path / "jax-cache" / "bayes-pfl-steps").glob("*.json"))
+    names = {json.loads(p.read_text())["name"] for p in stored}
+    assert names == {"client_init:ep-laplace", "client_update:ep-laplace", "personalize"}
+
+    steps_mod._LOADED.clear()
+
+    def no_tracing(*args, **kwargs):
+        raise AssertionError("a step was traced again")
+
+    monkeypatch.setattr(StepCache, "_export", no_tracing)
+    second = run("second")  # a different result folder: the steps' identity is the same
+
+    settings = FlowerSettings.from_run_config({**run_config, "out": str(tmp_path / "x")})
+    ref = fit_one_shot(
+        settings.hierarchical_model,
+        data,
+        global_method="laplace",
+        num_chains=2,
+        num_samples=50,
+        progress=False,
+    )
+    for name, v in {**ref.phi, **ref.theta}.items():
+        np.testing.assert_allclose(first[name].values, v, rtol=1e-6, atol=1e-9, err_msg=name)
+        np.testing.assert_array_equal(second[name].values, first[name].values, err_msg=name)
+
+
+class _CountingGrid(FakeGrid):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.batches = []
+
+    def push_messages(self, messages):
+        self.batches.append(len(messages))
+        return super().push_messages(messages)
+
+
+def test_exchange_keeps_at_most_max_in_flight_messages_out(small):  # noqa: F811
+    from flwr.app import ConfigRecord, RecordDict
+
+    _, run_config, _ = small
+    grid = _CountingGrid(client_app(), [{"partition-id": i} for i in range(5)], run_config)
+    content = RecordDict({"config": ConfigRecord({"want-stats": False})})
+    nodes = grid.get_node_ids()
+    replies, failures = exchange(
+        grid,
+        {n: content for n in nodes},
+        message_type="query.describe",
+        group_id="d",
+        timeout_s=30,
+        poll_interval_s=0.001,
+        max_in_flight=2,
+    )
+    assert not failures and sorted(replies) == sorted(nodes)
+    assert grid.batches == [2, 2, 1]
+    positions = sorted(int(r.config_records["describe"]["position"]) for r in replies.values())
+    assert positions == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match="max_in_flight"):
+        exchange(grid, {}, message_type="train", group_id="d", timeout_s=1, max_in_flight=-1)
+    with pytest.raises(ValueError, match="max-in-flight"):
+        FlowerSettings.from_run_config({**run_config, "max-in-flight": -1})
+
+
+def test_nodes_not_asked_before_the_timeout_are_reported():
+    class Silent:
+        def __init__(self):
+            self.pushed = 0
+
+        def push_messages(self, messages):
+            self.pushed += len(messages)
+            return [f"m{self.pushed}-{i}" for i in range(len(messages))]
+
+        def pull_messages(self, ids):
+            return []
+
+    from flwr.app import RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.run_id = TaskIdentity.node_id = TaskIdentity.task_id = 1
+    grid = Silent()
+    _, failures = exchange(
+        grid,
+        {n: RecordDict() for n in (1, 2, 3)},
+        message_type="train",
+        group_id="g",
+        timeout_s=0.05,
+        poll_interval_s=0.01,
+        max_in_flight=1,
+    )
+    assert grid.pushed == 1
+    assert "no reply within" in failures[1]
+    assert "not asked within" in failures[2] and "not asked within" in failures[3]
+
+
+def test_import_bayes_pfl_is_light():
+    """A ClientApp process imports the Flower modules without numpyro, ArviZ or pandas;
+    the public names still resolve on first use."""
+    code = (
+        "import sys, bayes_pfl, bayes_pfl.flower.app, bayes_pfl.flower.steps\n"
+        "heavy = [m for m in ('numpyro', 'arviz', 'pandas') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "assert bayes_pfl.fit_nuts.__module__ == 'bayes_pfl.centralized'\n"
+        "from bayes_pfl import FederatedData, HierarchicalModel, load\n"
+        "assert 'fit_nuts' in dir(bayes_pfl)\n"
+        "try:\n"
+        "    bayes_pfl.no_such_name\n"
+        "except AttributeError as e:\n"
+        "    assert 'no_such_name' in str(e)\n"
+        "else:\n"
+        "    raise SystemExit('no AttributeError')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
