@@ -40,6 +40,7 @@ __all__ = [
     "EPS",
     "accuracy",
     "brier_score",
+    "calibrated_ece",
     "expected_calibration_error",
     "interval_coverage",
     "log_loss",
@@ -223,6 +224,43 @@ def expected_calibration_error(p, y, mask, *, n_bins: int = 10) -> np.ndarray:
         conf = probs.max(axis=-1)
         hit = (np.argmax(probs, axis=-1) == labels).astype(np.float64)
     return np.array([_ece_one(conf[k][m[k]], hit[k][m[k]], int(n_bins)) for k in range(len(m))])
+
+
+def calibrated_ece(p, mask, *, n_bins: int = 10, reps: int = 200, seed: int = 0) -> np.ndarray:
+    """Expected calibration error per client of a *perfectly calibrated* predictor.
+
+    The ECE a model giving these very probabilities would show if it were exactly
+    calibrated: labels are drawn from ``p`` itself, ``reps`` times, and
+    :func:`expected_calibration_error` is averaged. With tens of test rows per client
+    this floor is far from zero (each bin's frequency is a small-sample estimate), so
+    it tells how much of a measured ECE is noise: a measured ECE near the floor is as
+    good as calibration can be shown on these rows. ``p`` as in
+    :func:`expected_calibration_error`; ``seed`` fixes the draws.
+    """
+    if int(reps) != reps or reps < 1:
+        raise ValueError(f"reps must be a positive integer, got {reps!r}")
+    probs = np.asarray(p, dtype=np.float64)
+    binary = probs.ndim == 2
+    if binary:
+        probs = np.stack([1.0 - probs, probs], axis=-1)
+    if probs.ndim != 3:
+        raise ValueError(f"p must be [K, n] or [K, n, C], got shape {np.shape(p)}")
+    m = _mask_like(mask, probs.shape[:2])
+    real = probs[m]
+    if real.size and (not np.all(np.isfinite(real)) or real.min() < 0 or real.max() > 1):
+        raise ValueError("predicted probabilities must be finite and in [0, 1] on real rows")
+    rng = np.random.default_rng(seed)
+    cdf = np.cumsum(probs, axis=-1)
+    cdf[..., -1] = np.inf  # rows summing to 1 - eps still draw a class
+    total = np.zeros(probs.shape[0])
+    for _ in range(int(reps)):
+        u = rng.random(probs.shape[:2] + (1,))
+        labels = np.argmax(u < cdf, axis=-1)
+        labels = np.where(m, labels, 0)
+        total += expected_calibration_error(
+            probs[..., 1] if binary else probs, labels, m, n_bins=n_bins
+        )
+    return total / reps
 
 
 def rmse(mean, y, mask) -> np.ndarray:

@@ -148,10 +148,12 @@ def flower(
     out = Path(run_config["out"])
     t0 = time.perf_counter()
     with MemoryPeak() as mem, LocalFederation(home, nodes, simulation=not deployment) as fed:
+        fed.wait_registered(timeout_s=1800)
         t_up = time.perf_counter() - t0
         cfg = {**run_config, "num-clients": n_clients}
-        run_id = fed.run(APP_DIR, cfg, num_supernodes=n_clients)
-        status = fed.wait(run_id, timeout_s=timeout_s)
+        run_id = fed.run(APP_DIR, cfg, num_supernodes=n_clients, timeout_s=600)
+        # `flwr ls` starts a process per call: poll rarely, not to load the 2 cores
+        status = fed.wait(run_id, timeout_s=timeout_s, poll_s=15.0)
         if not (out / "run.json").is_file():
             raise RuntimeError(f"{status}: no result\n{fed.logs(run_id)[-3000:]}")
     run = json.loads((out / "run.json").read_text())

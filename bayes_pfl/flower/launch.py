@@ -248,6 +248,31 @@ class LocalFederation:
                 time.sleep(0.2)
         raise TimeoutError(f"SuperLink not listening on 127.0.0.1:{self.port}")
 
+    def wait_registered(self, timeout_s: float = 120.0, poll_s: float = 0.5) -> float:
+        """Wait until every SuperNode has registered with the SuperLink (its log names its
+        node id); returns the seconds waited. Many SuperNodes starting together on a small
+        machine take a while: wait before ``run`` so that ``flwr run`` is not starved."""
+        t0 = time.monotonic()
+        deadline = t0 + timeout_s
+        waiting = {i for i, p in enumerate(self.supernodes) if p is not None}
+        while waiting:
+            for i in list(waiting):
+                proc = self.supernodes[i]
+                if proc is not None and proc.poll() is not None:
+                    raise RuntimeError(f"SuperNode {i} exited; see {self.home}/supernode-{i}.log")
+                log = self.home / f"supernode-{i}.log"
+                if log.is_file() and b"SuperNode ID:" in log.read_bytes():
+                    waiting.discard(i)
+            if not waiting:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{len(waiting)} SuperNode(s) not registered after {timeout_s:.0f} s: "
+                    f"{sorted(waiting)[:10]}"
+                )
+            time.sleep(poll_s)
+        return time.monotonic() - t0
+
     def stop_node(self, i: int, *, kill: bool = False) -> None:
         """Stop SuperNode ``i`` (SIGTERM: it deregisters at once; ``kill``: SIGKILL, no goodbye)."""
         proc = self.supernodes[i]
@@ -297,6 +322,7 @@ class LocalFederation:
         *,
         num_supernodes: int | None = None,
         num_cpus: int = 1,
+        timeout_s: float = 120.0,
     ) -> int:
         """``flwr run APP local-link`` (detached); returns the run id."""
         args = ["run", str(Path(app_dir).resolve()), "local-link", "--format", "json"]
@@ -311,7 +337,7 @@ class LocalFederation:
                 "--federation-config",
                 f"num-supernodes={n} client-resources-num-cpus={num_cpus}",
             ]
-        out = self.flwr(*args)
+        out = self.flwr(*args, timeout_s=timeout_s)
         try:
             payload = json.loads(out.stdout[out.stdout.index("{") :])
             return int(payload["run-id"])
