@@ -439,6 +439,7 @@ def test_deployment_four_hospitals_with_a_node_stopped(tmp_path, jax_cache):
     }
     victim = 2  # switzerland
     with LocalFederation(tmp_path / "flwr-home", nodes) as fed:
+        fed.wait_registered(timeout_s=120)
         run_id = fed.run(APP_DIR, run_config)
         ckpt = out / "checkpoint-0.json"
         deadline = time.monotonic() + 400

@@ -241,3 +241,30 @@ def test_import_bayes_pfl_is_light():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_wait_registered_reads_each_supernode_log(tmp_path):
+    """``wait_registered`` returns once every SuperNode's log names its node id, names the
+    nodes still missing on timeout, and reports a SuperNode that exited."""
+    from bayes_pfl.flower.launch import LocalFederation
+
+    fed = LocalFederation(tmp_path, [{"partition-id": i} for i in range(3)])
+    fed.supernodes = [subprocess.Popen(["sleep", "30"]) for _ in range(3)]
+    try:
+        for i in range(2):
+            (tmp_path / f"supernode-{i}.log").write_text("INFO : SuperNode ID: 12345\n")
+        (tmp_path / "supernode-2.log").write_text("INFO : Starting Flower SuperNode\n")
+        with pytest.raises(TimeoutError, match=r"1 SuperNode\(s\) not registered .*\[2\]"):
+            fed.wait_registered(timeout_s=0.3, poll_s=0.05)
+        with open(tmp_path / "supernode-2.log", "a") as f:
+            f.write("INFO : SuperNode ID: 777\n")
+        assert fed.wait_registered(timeout_s=5, poll_s=0.05) < 5
+        (tmp_path / "supernode-2.log").write_text("")
+        fed.supernodes[2].kill()
+        fed.supernodes[2].wait()
+        with pytest.raises(RuntimeError, match="SuperNode 2 exited"):
+            fed.wait_registered(timeout_s=5, poll_s=0.05)
+    finally:
+        for p in fed.supernodes:
+            p.kill()
+            p.wait()

@@ -105,3 +105,44 @@ def test_client_without_rows_is_nan():
 def test_bad_input(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_calibrated_ece_matches_the_binomial_closed_form():
+    """One bin (p = 0.5 for every row): the calibrated ECE is E|k/n - 1/2|, k ~ Bin(n, 1/2)."""
+    from math import comb
+
+    n, reps = 20, 4000
+    exact = sum(comb(n, k) * 0.5**n * abs(k / n - 0.5) for k in range(n + 1))
+    got = M.calibrated_ece(np.full((1, n), 0.5), np.ones((1, n), bool), reps=reps, seed=1)
+    # Monte Carlo sd of |k/n - 1/2| is below 0.12: 4 standard errors
+    assert abs(got[0] - exact) < 4 * 0.12 / np.sqrt(reps)
+
+
+def test_calibrated_ece_shrinks_with_rows_and_vanishes_for_certain_predictions():
+    rng = np.random.default_rng(0)
+    small = rng.dirichlet(np.full(10, 0.3), size=(2, 25))
+    large = rng.dirichlet(np.full(10, 0.3), size=(2, 2500))
+    f_small = M.calibrated_ece(small, np.ones((2, 25), bool), reps=50)
+    f_large = M.calibrated_ece(large, np.ones((2, 2500), bool), reps=50)
+    assert np.all(f_large < f_small / 4)  # ~ 1/sqrt(n): 10x more rows per bin
+    certain = np.eye(10)[rng.integers(0, 10, size=(3, 7))]
+    np.testing.assert_array_equal(M.calibrated_ece(certain, np.ones((3, 7), bool)), 0.0)
+
+
+def test_calibrated_ece_ignores_padded_rows_and_rejects_bad_input():
+    rng = np.random.default_rng(2)
+    p1 = rng.uniform(size=(3, 12))
+    mask = rng.uniform(size=(3, 12)) < 0.7
+    mask[2] = False  # a client without rows: NaN, as expected_calibration_error
+    binary = M.calibrated_ece(p1, mask, reps=30, seed=4)
+    assert np.all(binary[:2] > 0) and np.isnan(binary[2])
+    garbage = np.where(mask, p1, np.nan)  # padded rows may hold anything
+    np.testing.assert_array_equal(M.calibrated_ece(garbage, mask, reps=30, seed=4), binary)
+    bad = p1.copy()
+    bad[0, np.argmax(mask[0])] = 1.5  # a real row outside [0, 1]
+    with pytest.raises(ValueError, match="finite"):
+        M.calibrated_ece(bad, mask)
+    with pytest.raises(ValueError, match="reps"):
+        M.calibrated_ece(p1, mask, reps=0)
+    with pytest.raises(ValueError, match="shape"):
+        M.calibrated_ece(p1[0], mask[0])

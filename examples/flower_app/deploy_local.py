@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     with LocalFederation(work / "flwr-home", nodes, port=args.port) as fed:
         print(f"SuperLink on 127.0.0.1:{fed.port}, {len(nodes)} SuperNodes; logs in {fed.home}")
         t0 = time.perf_counter()
+        fed.wait_registered(timeout_s=300)
         run_id = fed.run(APP_DIR, run_config)
         print(f"run {run_id} started; waiting ...", flush=True)
         status = fed.wait(run_id, timeout_s=3600)
