@@ -13,7 +13,8 @@ For synthetic hierarchical-logistic federations of 10 and 100 clients, federated
 Per round it reports the median steady-state wall time (rounds 2..R) and the first round
 (compilation, Ray start-up, the first trace and export of the client step), the bytes of
 the broadcast and message pytrees per client, the serialized record bytes of the whole
-round, the federation's start-up time and the machine's peak memory in use during the run
+round, the federation's start-up time (SuperNodes start 10 at a time, each batch registered
+before the next) and the machine's peak memory in use during the run
 (``MemTotal - MemAvailable``, sampled every 0.5 s). Both Flower runs share a persistent JAX
 compilation cache and its exported client steps (:mod:`bayes_pfl.flower.steps`) and poll
 for replies every 50 ms. Writes ``benchmarks/results/flower_latency.{json,md}``.
@@ -147,7 +148,9 @@ def flower(
     nodes = [{"partition-id": i} for i in range(n_clients)] if deployment else []
     out = Path(run_config["out"])
     t0 = time.perf_counter()
-    with MemoryPeak() as mem, LocalFederation(home, nodes, simulation=not deployment) as fed:
+    batch = 10 if deployment else 0  # 100 SuperNodes starting at once time out registering
+    fed = LocalFederation(home, nodes, simulation=not deployment, start_batch=batch)
+    with MemoryPeak() as mem, fed:
         fed.wait_registered(timeout_s=1800)
         t_up = time.perf_counter() - t0
         cfg = {**run_config, "num-clients": n_clients}

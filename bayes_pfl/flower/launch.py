@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,42 @@ __all__ = ["LocalFederation", "flower_env", "free_port", "stop_process"]
 FINISHED = ("finished",)
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
+# what a SuperNode that failed to start for a passing reason writes to its log
+_TRANSIENT_START_ERRORS = (
+    b"address already in use",
+    b"Public key already in use",
+    b"could not establish a connection to the SuperLink",
+)
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_port(exclude: Collection[int] = ()) -> int:
+    """A TCP port free on 127.0.0.1 right now, below the kernel's ephemeral range.
+
+    A port from the ephemeral range (what binding port 0 returns) may be handed to an
+    outgoing connection before the server that was meant to bind it starts: with a
+    hundred SuperNodes connecting while others start, that happened. Ports below the
+    range are not given out that way. ``exclude``: ports already promised to others.
+    """
+    low = max(_ephemeral_low(), 1025)
+    first = 10000 if low > 10000 else 1024
+    start = random.randrange(first, low)
+    for port in (*range(start, low), *range(first, start)):
+        if port in exclude:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # no port below the range: let the kernel pick
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
@@ -149,6 +183,10 @@ class LocalFederation:
         ClientApps; no SuperNodes).
     tls : (certfile, keyfile, ca_certfile), optional
         Serve the SuperLink over TLS (SuperNodes and ``flwr`` verify it with the CA).
+    start_batch : int
+        Start the SuperNodes this many at a time, each batch registered before the next
+        starts (0: all at once). A hundred SuperNodes (and their SuperExecs) starting
+        together on 2 cores time out registering; batches of 10 do not.
     """
 
     def __init__(
@@ -160,12 +198,16 @@ class LocalFederation:
         port: int | None = None,
         tls: tuple[str, str, str] | None = None,
         env: Mapping[str, str] | None = None,
+        start_batch: int = 0,
     ):
         self.home = Path(home).resolve()
+        self.start_batch = int(start_batch)
         self.home.mkdir(parents=True, exist_ok=True)
         self.node_configs = [dict(c) for c in node_configs]
         self.simulation = simulation
         self.port = port or free_port()
+        self._ports = {self.port}  # promised to our processes (not bound yet, maybe)
+        self._restarts: dict[int, int] = {}
         self.tls = tls
         self.env = flower_env(self.home, env)
         self.superlink: subprocess.Popen | None = None
@@ -207,8 +249,12 @@ class LocalFederation:
         self.superlink = self._spawn(args, "superlink.log")
         self._write_connection()
         self._wait_healthy(timeout_s)
-        for i in range(len(self.node_configs)):
-            self.supernodes.append(self._start_supernode(i))
+        n, batch = len(self.node_configs), self.start_batch or len(self.node_configs)
+        for first in range(0, n, batch):
+            for i in range(first, min(first + batch, n)):
+                self.supernodes.append(self._start_supernode(i))
+            if self.start_batch:
+                self.wait_registered(timeout_s=600, nodes=range(first, min(first + batch, n)))
         return self
 
     def _start_supernode(self, i: int) -> subprocess.Popen:
@@ -219,13 +265,18 @@ class LocalFederation:
             "--superlink",
             f"127.0.0.1:{self.port}",
             "--port",
-            str(free_port()),
+            str(self._port()),
             "--node-config",
             cfg,
         ]
         if self.tls is not None:
             args += ["--root-certificates", self.tls[2]]
         return self._spawn(args, f"supernode-{i}.log")
+
+    def _port(self) -> int:
+        port = free_port(exclude=self._ports)
+        self._ports.add(port)
+        return port
 
     def _write_connection(self) -> None:
         lines = ["[superlink]", 'default = "local-link"', "", "[superlink.local-link]"]
@@ -248,20 +299,34 @@ class LocalFederation:
                 time.sleep(0.2)
         raise TimeoutError(f"SuperLink not listening on 127.0.0.1:{self.port}")
 
-    def wait_registered(self, timeout_s: float = 120.0, poll_s: float = 0.5) -> float:
-        """Wait until every SuperNode has registered with the SuperLink (its log names its
-        node id); returns the seconds waited. Many SuperNodes starting together on a small
-        machine take a while: wait before ``run`` so that ``flwr run`` is not starved."""
+    def wait_registered(
+        self, timeout_s: float = 120.0, poll_s: float = 0.5, nodes: Collection[int] | None = None
+    ) -> float:
+        """Wait until every SuperNode (or those in ``nodes``) has registered with the
+        SuperLink (its log names its node id); returns the seconds waited.
+
+        A SuperNode that exits before registering for a transient reason (its port was
+        taken; on a loaded machine its registration timed out on its side after the
+        SuperLink had recorded its key, so its retry is refused) is restarted, at most 3
+        times. Wait before ``run`` so that ``flwr run`` does not compete with start-ups.
+        """
         t0 = time.monotonic()
         deadline = t0 + timeout_s
-        waiting = {i for i, p in enumerate(self.supernodes) if p is not None}
+        ids = range(len(self.supernodes)) if nodes is None else nodes
+        waiting = {i for i in ids if self.supernodes[i] is not None}
         while waiting:
             for i in list(waiting):
                 proc = self.supernodes[i]
-                if proc is not None and proc.poll() is not None:
-                    raise RuntimeError(f"SuperNode {i} exited; see {self.home}/supernode-{i}.log")
                 log = self.home / f"supernode-{i}.log"
-                if log.is_file() and b"SuperNode ID:" in log.read_bytes():
+                text = log.read_bytes() if log.is_file() else b""
+                if proc is not None and proc.poll() is not None:
+                    transient = any(t in text for t in _TRANSIENT_START_ERRORS)
+                    if transient and self._restarts.get(i, 0) < 3:
+                        self._restarts[i] = self._restarts.get(i, 0) + 1
+                        self.supernodes[i] = self._start_supernode(i)
+                        continue
+                    raise RuntimeError(f"SuperNode {i} exited; see {log}")
+                if b"SuperNode ID:" in text:
                     waiting.discard(i)
             if not waiting:
                 break
