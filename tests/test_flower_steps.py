@@ -268,3 +268,40 @@ def test_wait_registered_reads_each_supernode_log(tmp_path):
         for p in fed.supernodes:
             p.kill()
             p.wait()
+
+
+def test_supernode_failing_to_start_for_a_transient_reason_is_restarted(tmp_path):
+    from bayes_pfl.flower.launch import LocalFederation
+
+    fed = LocalFederation(tmp_path, [{"partition-id": 0}])
+    started = []
+
+    def fake_start(i):
+        started.append(i)
+        return subprocess.Popen(["sleep", "30"])
+
+    fed._start_supernode = fake_start
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    fed.supernodes = [dead]
+    log = tmp_path / "supernode-0.log"
+    log.write_text("ERROR: Exit Code: 305\n[code: 23] Public key already in use.\n")
+    try:
+        with pytest.raises(TimeoutError):
+            fed.wait_registered(timeout_s=0.3, poll_s=0.05)
+        assert started == [0] and fed._restarts == {0: 1}  # restarted once, now alive
+        with open(log, "a") as f:
+            f.write("INFO : SuperNode ID: 42\n")
+        fed.wait_registered(timeout_s=5, poll_s=0.05)
+    finally:
+        fed.supernodes[0].kill()
+        fed.supernodes[0].wait()
+
+
+def test_free_port_is_below_the_ephemeral_range_and_not_reused():
+    from bayes_pfl.flower.launch import _ephemeral_low, free_port
+
+    ports = set()
+    for _ in range(50):
+        ports.add(free_port(exclude=ports))
+    assert len(ports) == 50 and max(ports) < _ephemeral_low()
