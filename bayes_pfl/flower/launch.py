@@ -249,7 +249,8 @@ class LocalFederation:
         self.superlink = self._spawn(args, "superlink.log")
         self._write_connection()
         self._wait_healthy(timeout_s)
-        n, batch = len(self.node_configs), self.start_batch or len(self.node_configs)
+        n = len(self.node_configs)
+        batch = self.start_batch or max(n, 1)
         for first in range(0, n, batch):
             for i in range(first, min(first + batch, n)):
                 self.supernodes.append(self._start_supernode(i))
