@@ -26,11 +26,14 @@ def encode(tree: Any) -> dict[str, np.ndarray]:
     return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves}
 
 
-def decode(flat: dict[str, Any], template: Any, *, check_shapes: bool = True) -> Any:
+def decode(
+    flat: dict[str, Any], template: Any, *, check_shapes: bool = True, check_dtypes: bool = False
+) -> Any:
     """Rebuild a pytree shaped like ``template`` from :func:`encode`'s output.
 
     Raises :class:`CodecError` naming the first missing or unexpected key and, with
-    ``check_shapes``, any leaf whose shape differs from the template's.
+    ``check_shapes``, any leaf whose shape differs from the template's; with
+    ``check_dtypes``, any leaf whose dtype differs (what arrives from another process).
     """
     paths, treedef = jax.tree_util.tree_flatten_with_path(template)
     keys = [jax.tree_util.keystr(p) for p, _ in paths]
@@ -43,5 +46,9 @@ def decode(flat: dict[str, Any], template: Any, *, check_shapes: bool = True) ->
         arr = np.asarray(flat[key])
         if check_shapes and arr.shape != np.shape(ref):
             raise CodecError(f"{key}: shape {arr.shape}, expected {np.shape(ref)}")
+        if check_dtypes:
+            want = np.dtype(ref.dtype) if hasattr(ref, "dtype") else np.asarray(ref).dtype
+            if arr.dtype != want:
+                raise CodecError(f"{key}: dtype {arr.dtype}, expected {want}")
         leaves.append(arr)
     return jax.tree_util.tree_unflatten(treedef, leaves)

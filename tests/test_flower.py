@@ -276,31 +276,42 @@ def test_checkpoint_resume_continues_the_run(small, tmp_path):
     np.testing.assert_allclose(resumed.server_state.mode, ref.server_state.mode, atol=1e-6)
 
 
-def test_one_shot_end_to_end_equals_fit_one_shot(small, tmp_path):
-    """The ServerApp's whole path (describe, one round, global draws, personalization on the
-    nodes, result folder) gives fit_one_shot's posteriors."""
-    from bayes_pfl.federated import fit_one_shot
-    from bayes_pfl.results import load_posterior
-
-    _, run_config, data = small
-    run_config = {
+def one_shot_config(run_config, **extra):
+    """The small federation's run config for one-shot with a cheap Laplace global posterior."""
+    return {
         **run_config,
         "method": "one-shot",
         "global-method": "laplace",
         "num-chains": 2,
         "num-samples": 50,
-        "out": str(tmp_path / "fit"),
+        **extra,
     }
-    settings = FlowerSettings.from_run_config(run_config)
-    result = run_from_settings(_grid(run_config, 5), settings)
-    ref = fit_one_shot(
+
+
+def one_shot_reference(settings, data):
+    """``fit_one_shot`` in process with the settings of :func:`one_shot_config`."""
+    from bayes_pfl.federated import fit_one_shot
+
+    return fit_one_shot(
         settings.hierarchical_model,
         data,
-        global_method="laplace",
-        num_chains=2,
-        num_samples=50,
+        global_method=settings.global_method,
+        num_chains=settings.num_chains,
+        num_samples=settings.num_samples,
         progress=False,
     )
+
+
+def test_one_shot_end_to_end_equals_fit_one_shot(small, tmp_path):
+    """The ServerApp's whole path (describe, one round, global draws, personalization on the
+    nodes, result folder) gives fit_one_shot's posteriors."""
+    from bayes_pfl.results import load_posterior
+
+    _, run_config, data = small
+    run_config = one_shot_config(run_config, out=str(tmp_path / "fit"))
+    settings = FlowerSettings.from_run_config(run_config)
+    result = run_from_settings(_grid(run_config, 5), settings)
+    ref = one_shot_reference(settings, data)
     assert result.clients == ref.clients and result.method == "one-shot"
     post = load_posterior(tmp_path / "fit" / "posterior.nc").posterior
     for name, v in {**ref.phi, **ref.theta}.items():

@@ -13,10 +13,14 @@ import pytest
 
 pytest.importorskip("flwr")
 
-from test_flower import FakeGrid, small  # noqa: E402, F401  (fixture)
+from test_flower import (  # noqa: E402, F401  (small: fixture)
+    FakeGrid,
+    one_shot_config,
+    one_shot_reference,
+    small,
+)
 
 from bayes_pfl.codec import CodecError, encode  # noqa: E402
-from bayes_pfl.federated import fit_one_shot  # noqa: E402
 from bayes_pfl.flower import steps as steps_mod  # noqa: E402
 from bayes_pfl.flower.app import client_app, run_from_settings  # noqa: E402
 from bayes_pfl.flower.config import FlowerSettings  # noqa: E402
@@ -112,15 +116,9 @@ def test_app_with_exported_steps_equals_in_process_and_reuses_them(small, tmp_pa
     a second run (fresh processes) calls them without tracing; both give fit_one_shot's
     posteriors."""
     _, run_config, data = small
-    run_config = {
-        **run_config,
-        "method": "one-shot",
-        "global-method": "laplace",
-        "num-chains": 2,
-        "num-samples": 50,
-        "round-timeout-s": 60.0,
-        "jax-cache-dir": str(tmp_path / "jax-cache"),
-    }
+    run_config = one_shot_config(
+        run_config, **{"round-timeout-s": 60.0, "jax-cache-dir": str(tmp_path / "jax-cache")}
+    )
 
     def run(out):
         cfg = {**run_config, "out": str(tmp_path / out)}
@@ -142,14 +140,7 @@ def test_app_with_exported_steps_equals_in_process_and_reuses_them(small, tmp_pa
     second = run("second")  # a different result folder: the steps' identity is the same
 
     settings = FlowerSettings.from_run_config({**run_config, "out": str(tmp_path / "x")})
-    ref = fit_one_shot(
-        settings.hierarchical_model,
-        data,
-        global_method="laplace",
-        num_chains=2,
-        num_samples=50,
-        progress=False,
-    )
+    ref = one_shot_reference(settings, data)
     for name, v in {**ref.phi, **ref.theta}.items():
         np.testing.assert_allclose(first[name].values, v, rtol=1e-6, atol=1e-9, err_msg=name)
         np.testing.assert_array_equal(second[name].values, first[name].values, err_msg=name)

@@ -78,17 +78,21 @@ def _personalize_fn(model):
     return jax.jit(lambda key, u, x, y, mask: personalize_client(key, model, u, x, y, mask))
 
 
+def _key_data(record: ArrayRecord, name: str) -> np.ndarray:
+    return np.asarray(record[name].numpy(), np.uint32)
+
+
 def _key(record: ArrayRecord, name: str):
     import jax
 
-    return jax.random.wrap_key_data(np.asarray(record[name].numpy(), np.uint32))
+    return jax.random.wrap_key_data(_key_data(record, name))
 
 
 def _key_flat(record: ArrayRecord, name: str) -> dict[str, np.ndarray]:
     """A key's raw data as an exported step's input (``encode({"key": uint32 array})``)."""
     from bayes_pfl.codec import encode
 
-    return encode({"key": np.asarray(record[name].numpy(), np.uint32)})
+    return encode({"key": _key_data(record, name)})
 
 
 def _key_template(flat_key: dict[str, np.ndarray]):

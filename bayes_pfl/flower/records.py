@@ -47,14 +47,7 @@ def from_array_record(record: ArrayRecord, template: Any) -> Any:
     Raises :class:`CodecError` on a key, shape or dtype mismatch.
     """
     flat = {key: arr.numpy() for key, arr in record.items()}
-    tree = decode(flat, template)
-    paths = jax.tree_util.tree_flatten_with_path(template)[0]
-    leaves = jax.tree_util.tree_leaves(tree)
-    for (path, ref), leaf in zip(paths, leaves, strict=True):
-        want = np.dtype(ref.dtype) if hasattr(ref, "dtype") else np.asarray(ref).dtype
-        if leaf.dtype != want:
-            raise CodecError(f"{jax.tree_util.keystr(path)}: dtype {leaf.dtype}, expected {want}")
-    return tree
+    return decode(flat, template, check_dtypes=True)
 
 
 def named_record(arrays: dict[str, Any]) -> ArrayRecord:

@@ -150,17 +150,8 @@ class StepCache:
             raise ValueError(f"step {name}: {len(inputs)} inputs for {len(templates)} templates")
         trees, in_keys, treedefs = [], [], []
         for group, template in zip(inputs, templates, strict=True):
-            tree = decode(group, template)  # CodecError on wrong keys or shapes
+            tree = decode(group, template, check_dtypes=True)  # CodecError on a mismatch
             paths, treedef = jax.tree_util.tree_flatten_with_path(template)
-            for (path, ref), leaf in zip(paths, jax.tree_util.tree_leaves(tree), strict=True):
-                want = np.dtype(ref.dtype)
-                if np.asarray(leaf).dtype != want:
-                    from bayes_pfl.codec import CodecError
-
-                    raise CodecError(
-                        f"{jax.tree_util.keystr(path)}: dtype {np.asarray(leaf).dtype}, "
-                        f"expected {want}"
-                    )
             trees.append(tree)
             in_keys.append([jax.tree_util.keystr(p) for p, _ in paths])
             treedefs.append(treedef)
