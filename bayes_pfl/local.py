@@ -6,11 +6,16 @@ Every function here works on one client and one flat vector, and is meant to be
 * :func:`newton_maximize`: the mode of a smooth log density by Newton's method
   with a saddle-free Hessian (absolute eigenvalues) and a vectorized
   backtracking line search; the workhorse of Laplace-EP and one-shot summaries.
+  It stops once the predicted ascent of a step is below the rounding error of the
+  log density (a line search could not confirm it, and under ``vmap`` every lane
+  would wait for its halvings).
+* :func:`newton_steps`: a fixed number of plain Newton steps from a good start.
 * :func:`laplace_marginal`: the Laplace approximation of a joint density over
   ``(u, theta)``, marginalized to ``u`` by a Schur complement.
 * :func:`sample_conditional`: exact-in-the-limit draws from a low-dimensional
   conditional ``p(theta | u, D_k)``: a Laplace proposal refined by independence
-  Metropolis-Hastings steps (exact when the conditional is Gaussian).
+  Metropolis-Hastings steps (exact when the conditional is Gaussian);
+  :func:`sample_conditionals` draws one per global draw from linearly predicted modes.
 * :func:`nuts_draws`: numpyro's functional NUTS on a potential, vmappable.
 """
 
@@ -33,6 +38,7 @@ __all__ = [
     "NewtonResult",
     "laplace_marginal",
     "newton_maximize",
+    "newton_steps",
     "nuts_draws",
     "sample_conditional",
     "sample_conditionals",
@@ -107,7 +113,12 @@ def newton_maximize(
         h = -hess_fn(x)
         converged = jnp.max(jnp.abs(g)) < tol * (1.0 + jnp.abs(f))
         d = _newton_direction(h, g, floor)
-        searching = jnp.logical_not(converged) & (it < max_iter)
+        # Predicted ascent of the step, g'|H|^{-1} g / 2, below the rounding error of logp:
+        # function values can no longer confirm a step (a line search would halve to its
+        # limit, every halving a full evaluation), and the quadratic model is exact at this
+        # scale, so the full step is taken and the search ends.
+        tiny = g @ d <= 100.0 * jnp.finfo(x.dtype).eps * (1.0 + jnp.abs(f))
+        searching = jnp.logical_not(converged | tiny) & (it < max_iter)
 
         def shrink(ls):
             step, _, k = ls
@@ -121,8 +132,10 @@ def newton_maximize(
         val0 = jnp.where(searching, safe_logp(x + d), -jnp.inf)
         step, val, _ = jax.lax.while_loop(keep_shrinking, shrink, (one, val0, jnp.asarray(0)))
         move = searching & (val > f)
+        last = jnp.logical_not(converged) & tiny & (it < max_iter) & jnp.all(jnp.isfinite(d))
         # a step that cannot improve means we sit at a (numerical) optimum
         done = jnp.logical_not(move)
+        move = move | last
         return jnp.where(move, x + step * d, x), f, g, h, it + 1, done
 
     x0 = jnp.asarray(x0)
@@ -199,43 +212,76 @@ def sample_conditional(
     ``max_halvings`` bounds each Newton line search (see :func:`newton_maximize`).
     """
     res = newton_maximize(logp_fn, theta0, max_iter=newton_iter, max_halvings=max_halvings)
+    x, acceptance, half_logdet = _independence_mh(
+        rng_key, logp_fn, res.mode, res.neg_hessian, mh_steps
+    )
     d = theta0.shape[0]
+    log_evidence = res.value + 0.5 * d * jnp.log(2 * jnp.pi) - half_logdet
+    return ConditionalDraws(x, log_evidence, acceptance)
+
+
+def _independence_mh(
+    rng_key: Array, logp_fn: LogDensityFn, centre: Array, neg_hessian: Array, mh_steps: int
+) -> tuple[Array, Array, Array]:
+    """``mh_steps`` independence-MH steps with proposal ``N(centre, neg_hessian^{-1})``
+    (absolute eigenvalues), started from a proposal draw.
+
+    Returns ``(draw, acceptance rate, half log-determinant of the proposal precision)``.
+    """
+    d = centre.shape[0]
     if d == 1:  # scalar arithmetic: no batched LAPACK calls for a scalar client effect
-        prec = jnp.maximum(jnp.abs(res.neg_hessian[0, 0]), 1e-10)
+        prec = jnp.maximum(jnp.abs(neg_hessian[0, 0]), 1e-10)
         half_logdet = 0.5 * jnp.log(prec)
 
         def to_theta(eps):
-            return res.mode + eps / jnp.sqrt(prec)
+            return centre + eps / jnp.sqrt(prec)
 
     else:
-        chol_prec = jnp.linalg.cholesky(_safe_psd(res.neg_hessian, 1e-10))
+        chol_prec = jnp.linalg.cholesky(_safe_psd(neg_hessian, 1e-10))
         half_logdet = jnp.sum(jnp.log(jnp.diag(chol_prec)))
 
         def to_theta(eps):
-            return res.mode + jax.scipy.linalg.solve_triangular(chol_prec.T, eps, lower=False)
+            return centre + jax.scipy.linalg.solve_triangular(chol_prec.T, eps, lower=False)
 
-    log_evidence = res.value + 0.5 * d * jnp.log(2 * jnp.pi) - half_logdet
-
-    def propose(eps):
-        x = to_theta(eps)
-        return x, logp_fn(x) + 0.5 * jnp.sum(eps**2)
-
-    # all random numbers at once (one key split per draw, not per step)
+    # An independence sampler's proposals do not depend on the chain: all of them are drawn
+    # and evaluated at once (one batched evaluation of the density, whose parts that do not
+    # depend on theta are computed once), and only the accept/reject chain over their
+    # log-weights runs sequentially, on scalars.
     k_eps, k_u = jax.random.split(rng_key)
     eps = jax.random.normal(k_eps, (mh_steps + 1, d))
     log_unif = jnp.log(jax.random.uniform(k_u, (mh_steps,)))
-    x, lw = propose(eps[0])
+    xs = jax.vmap(to_theta)(eps)
+    lws = jax.vmap(logp_fn)(xs) + 0.5 * jnp.sum(eps**2, axis=1)
+    lws = jnp.where(jnp.isfinite(lws), lws, -jnp.inf)
 
     def mh(carry, step):
-        x, lw, acc = carry
-        e, lu = step
-        x_new, lw_new = propose(e)
-        lw_new = jnp.where(jnp.isfinite(lw_new), lw_new, -jnp.inf)
+        i, lw, acc = carry
+        j, lw_new, lu = step
         accept = lu < lw_new - lw
-        return (jnp.where(accept, x_new, x), jnp.where(accept, lw_new, lw), acc + accept), None
+        return (jnp.where(accept, j, i), jnp.where(accept, lw_new, lw), acc + accept), None
 
-    (x, _, acc), _ = jax.lax.scan(mh, (x, lw, jnp.asarray(0.0)), (eps[1:], log_unif))
-    return ConditionalDraws(x, log_evidence, acc / max(mh_steps, 1))
+    steps = (jnp.arange(1, mh_steps + 1), lws[1:], log_unif)
+    (i, _, acc), _ = jax.lax.scan(mh, (jnp.asarray(0), lws[0], jnp.asarray(0.0)), steps)
+    return xs[i], acc / max(mh_steps, 1), half_logdet
+
+
+def newton_steps(logp_fn: LogDensityFn, x0: Array, steps: int, *, floor: float = 1e-8):
+    """``steps`` plain (saddle-free) Newton steps from ``x0``, no line search.
+
+    For a start already near the mode (a linear prediction of it), where a line search
+    only costs evaluations. Returns ``(x, neg_hessian)``: the last iterate and the
+    negative Hessian at the point it was reached from (at ``x0`` when ``steps == 0``).
+    A non-finite step is not taken.
+    """
+    hess_fn = jax.hessian(logp_fn)
+    grad_fn = jax.grad(logp_fn)
+    x, h = x0, -hess_fn(x0)
+    for i in range(steps):
+        if i > 0:
+            h = -hess_fn(x)
+        d = _newton_direction(h, grad_fn(x), floor)
+        x = jnp.where(jnp.all(jnp.isfinite(d)), x + d, x)
+    return x, h
 
 
 def sample_conditionals(
@@ -249,16 +295,17 @@ def sample_conditionals(
 ) -> tuple[Array, Array]:
     """``theta^(s) ~ exp(log_joint_fn(theta, u^(s)))`` for every draw ``u^(s)`` (rows of ``u_draws``).
 
-    Every draw runs :func:`sample_conditional`, started from a linear prediction of
-    its mode: the mode ``θ̂(ū)`` at the draws' mean ``ū`` (full Newton, once) moved
-    by the implicit-function Jacobian, ``θ̂(ū) + J (u^(s) - ū)`` with
-    ``J = -[∇²_θθ g]^{-1} ∇²_θu g``. From there ``newton_iter`` Newton iterations
-    reach the Laplace proposal of draw ``s``, instead of a solve from ``theta0``
-    (the iterations are what costs: every draw evaluates the client's rows). The
-    independence-MH correction keeps the draws exact in the limit whatever the start;
-    the start only sets the acceptance rate (on the 50-row logistic clients of
-    ``benchmarks/federated_speed.py``: 0.85 with the linear prediction alone, 0.988
-    after one Newton iteration, 0.991 after three, at 4x the cost).
+    Every draw starts from a linear prediction of its mode: the mode ``θ̂(ū)`` at the
+    draws' mean ``ū`` (full Newton, once) moved by the implicit-function Jacobian,
+    ``θ̂(ū) + J (u^(s) - ū)`` with ``J = -[∇²_θθ g]^{-1} ∇²_θu g``. From there
+    ``newton_iter`` plain Newton steps (:func:`newton_steps`, no line search) give the
+    centre and curvature of a Gaussian proposal, and ``mh_steps`` independence
+    Metropolis-Hastings steps correct it, so the draws are exact in the limit whatever
+    the start; the start only sets the acceptance rate. The proposals of an
+    independence sampler do not depend on the chain, so all of a draw's proposals are
+    evaluated in one batched call. Every evaluation costs a pass over the client's
+    rows: a draw costs ``newton_iter`` passes with derivatives and ``mh_steps + 1``
+    without.
 
     Returns ``(theta [S, D], mean acceptance)``.
     """
@@ -275,17 +322,13 @@ def sample_conditionals(
     starts = jnp.where(usable, starts, theta0)
 
     def one_draw(key, u, start):
-        res = sample_conditional(
-            key,
-            lambda th: log_joint_fn(th, u),
-            start,
-            mh_steps=mh_steps,
-            newton_iter=newton_iter,
-            # under vmap every draw waits for the one that halves most often; a short
-            # search suffices from a good start (the MH correction absorbs the rest)
-            max_halvings=2,
-        )
-        return res.theta, res.acceptance
+        # Plain Newton steps, no line search: under vmap every draw would wait for the one
+        # that halves most often, and from this start a full step is good (the MH
+        # correction absorbs an imperfect proposal).
+        logp = lambda th: log_joint_fn(th, u)  # noqa: E731
+        centre, neg_hessian = newton_steps(logp, start, newton_iter)
+        theta, acceptance, _ = _independence_mh(key, logp, centre, neg_hessian, mh_steps)
+        return theta, acceptance
 
     keys = jax.random.split(rng_key, u_draws.shape[0])
     theta, acc = jax.vmap(one_draw)(keys, u_draws, starts)
