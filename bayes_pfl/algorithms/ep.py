@@ -200,6 +200,11 @@ def build(
     if not 0.0 < damping <= 1.0:
         raise ValueError(f"damping must be in (0, 1], got {damping!r}")
     P, D = model.phi_dim, model.theta_dim
+    # The densities are traced once each and reused as calls: the tilted inference
+    # differentiates them many times over (nested Newton, implicit derivatives), and
+    # re-tracing the numpyro model at every use cost more than XLA's compilation.
+    log_hyperprior = jax.jit(model.log_hyperprior)
+    client_log_joint = jax.jit(model.client_log_joint)
     upper = jnp.triu_indices(P)
     n_coef = 1 + P + upper[0].shape[0]
     n_points = site_points or max(256, 4 * n_coef)
@@ -259,7 +264,7 @@ def build(
 
     def global_summary(G: GaussianFactor, start: Array):
         """Mode and curvature of p0(u) * G(u) (the server's Laplace summary)."""
-        res = newton_maximize(lambda u: model.log_hyperprior(u) + gaussian_log_kernel(G, u), start)
+        res = newton_maximize(lambda u: log_hyperprior(u) + gaussian_log_kernel(G, u), start)
         h = 0.5 * (res.neg_hessian + res.neg_hessian.T)
         ok = res.converged & gf.is_proper(GaussianFactor(h, h @ res.mode))
         return res.mode, h, ok
@@ -284,10 +289,10 @@ def build(
         cavity = gf.divide(bcast.sites_product, bcast.site)
 
         def log_cavity(u):
-            return model.log_hyperprior(u) + gaussian_log_kernel(cavity, u)
+            return log_hyperprior(u) + gaussian_log_kernel(cavity, u)
 
         def log_joint(th, u):
-            return model.client_log_joint(th, u, x, y, mask)
+            return client_log_joint(th, u, x, y, mask)
 
         theta0 = jnp.zeros(D)
         if tilted == "laplace":
