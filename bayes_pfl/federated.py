@@ -38,7 +38,7 @@ from bayes_pfl.centralized import check_model_data
 from bayes_pfl.gaussian import GaussianFactor
 from bayes_pfl.local import nuts_draws, sample_conditional, sample_conditionals
 from bayes_pfl.results import FitResult
-from bayes_pfl.simulation import run_rounds
+from bayes_pfl.simulation import row_buckets, run_rounds
 from bayes_pfl.spec import HierarchicalModel
 
 Array = jax.Array
@@ -163,7 +163,8 @@ def personalize(
     mh_steps, newton_iter : int
         MH steps per draw and Newton iterations per draw's proposal.
     batch_size : int, optional
-        Clients per vectorized batch (default: about 2e7 rows-by-draws numbers).
+        Clients per vectorized batch (default: about 2e7 rows-by-draws numbers). Clients
+        are grouped by size first (:func:`bayes_pfl.simulation.row_buckets`).
 
     Returns
     -------
@@ -177,12 +178,20 @@ def personalize(
     x, y, mask = (jnp.asarray(a) for a in (data.x, data.y, data.mask))
     k = x.shape[0]
     keys = jax.random.split(rng_key, k)
-    if batch_size is None:
-        # keep one batch's rows-by-draws work around 2e7 numbers
-        per_client = s * x.shape[1] * max(x.shape[2], 1)
-        batch_size = int(max(1, min(k, 2e7 // max(per_client, 1))))
-    run = _personalize_kernel(model, mh_steps, newton_iter, batch_size)
-    return run(keys, u_draws, x, y, mask)
+    # Clients are padded to fewer rows where sizes are ragged (simulation.row_buckets, one
+    # compiled shape per bucket); every client keeps its own key, so the draws do not
+    # depend on the grouping. Batches of clients (lax.map) keep one batch's
+    # rows-by-draws work around 2e7 numbers.
+    parts = []
+    for idx, rows in row_buckets(mask):
+        per_client = s * rows * max(x.shape[2], 1)
+        bs = batch_size or int(max(1, min(len(idx), 2e7 // max(per_client, 1))))
+        run = _personalize_kernel(model, mh_steps, newton_iter, bs)
+        parts.append((idx, run(keys[idx], u_draws, x[idx, :rows], y[idx, :rows], mask[idx, :rows])))
+    if len(parts) == 1:
+        return parts[0][1]
+    order = np.argsort(np.concatenate([idx for idx, _ in parts]), kind="stable")
+    return jax.tree.map(lambda *xs: jnp.concatenate(xs)[order], *(out for _, out in parts))
 
 
 def _check_steps(name: str, value) -> int:
@@ -301,6 +310,7 @@ def _run_ep(
             labels=data.clients,
             seed=seed,
             progress=progress,
+            bucket_rows=True,
         )
         init = (warm.server_state, warm.client_states)
         history = [{**h, "tilted": "laplace"} for h in warm.history]
@@ -317,6 +327,7 @@ def _run_ep(
         checkpoint=checkpoint,
         resume=resume,
         init=init,
+        bucket_rows=True,
     )
     history += [{**h, "tilted": tilted} for h in out.history]
     return _Fitted(out.server_state, history, out.converged)

@@ -23,7 +23,13 @@ import numpy as np
 from bayes_pfl.algorithms import Algorithm, select_clients
 from bayes_pfl.codec import decode, encode
 
-__all__ = ["SimulationResult", "check_messages", "message_nbytes", "run_rounds"]
+__all__ = [
+    "SimulationResult",
+    "check_messages",
+    "message_nbytes",
+    "row_buckets",
+    "run_rounds",
+]
 
 
 class SimulationResult(NamedTuple):
@@ -38,6 +44,52 @@ def message_nbytes(tree: Any, n_clients: int) -> int:
     """Bytes one client sends or receives: the pytree's bytes divided by the client axis."""
     total = sum(int(np.asarray(leaf).nbytes) for leaf in jax.tree_util.tree_leaves(tree))
     return total // n_clients
+
+
+def row_buckets(
+    mask, *, ratio: int = 4, max_buckets: int = 4, min_rows: int = 8, min_saving: float = 0.5
+) -> list[tuple[np.ndarray, int]]:
+    """Groups of clients padded to fewer rows: ``[(client indices, rows), ...]``.
+
+    Clients are padded to the largest client's rows, so with ragged sizes most of a
+    vectorized step's work is on padding (200 clients of median 20 rows padded to 710).
+    Each client goes to the shortest padding of a ladder ``n_max, n_max / ratio,
+    n_max / ratio², ...`` (at most ``max_buckets`` rungs, none below ``min_rows``) that
+    holds its last real row. Every bucket is one more compiled shape, so the ladder is
+    used only when it removes at least ``min_saving`` of the padded work; otherwise (and
+    for equal sizes) one bucket holds every client. Client order within a bucket is kept.
+    """
+    mask = np.asarray(mask, bool)
+    k, n_max = mask.shape
+    used = np.where(mask.any(axis=1), n_max - np.argmax(mask[:, ::-1], axis=1), 0)
+    caps = [n_max]
+    while len(caps) < max_buckets and -(-caps[-1] // ratio) >= min_rows:
+        caps.append(-(-caps[-1] // ratio))
+    caps = np.asarray(caps[::-1])  # ascending
+    rung = np.searchsorted(caps, used)  # smallest cap >= used
+    work = float(np.sum(caps[rung]))
+    if len(caps) == 1 or work > (1.0 - min_saving) * k * n_max:
+        return [(np.arange(k), n_max)]
+    return [(np.flatnonzero(rung == r), int(caps[r])) for r in np.unique(rung)]
+
+
+def _take(tree: Any, idx: np.ndarray, rows: int | None = None) -> Any:
+    """Rows ``idx`` of every leaf (leading client axis); ``rows`` trims the row axis."""
+    return jax.tree.map(lambda a: a[idx] if rows is None else a[idx, :rows], tree)
+
+
+def _bucket_data(buckets, data: tuple) -> list[tuple[np.ndarray, tuple]]:
+    """Each bucket's clients' arrays, trimmed to its rows (computed once per run)."""
+    return [(idx, tuple(_take(a, idx, rows) for a in data)) for idx, rows in buckets]
+
+
+def _bucketed(step, parts: list[tuple[np.ndarray, tuple]], keys, per_client: tuple):
+    """``step`` over each bucket of clients, results put back in client order."""
+    if len(parts) == 1:
+        return step(keys, *per_client, parts[0][1])
+    outs = [step(keys[idx], *(_take(t, idx) for t in per_client), sub) for idx, sub in parts]
+    order = np.argsort(np.concatenate([idx for idx, _ in parts]), kind="stable")
+    return jax.tree.map(lambda *xs: jnp.concatenate(xs)[order], *outs)
 
 
 def check_messages(messages: Any, labels) -> tuple[np.ndarray, dict[Any, str]]:
@@ -92,6 +144,7 @@ def run_rounds(
     checkpoint: str | Path | None = None,
     resume: bool = False,
     init: tuple[Any, Any] | None = None,
+    bucket_rows: bool = False,
 ) -> SimulationResult:
     """Run ``algorithm`` for up to ``rounds`` rounds on ``data`` (``ClientArrays``).
 
@@ -121,6 +174,11 @@ def run_rounds(
     init : (server_state, client_states), optional
         Start from these states instead of ``server_init``/``client_init`` (e.g. the
         end of a cheaper algorithm's run).
+    bucket_rows : bool
+        Run the client step on groups of clients padded to fewer rows
+        (:func:`row_buckets`): the same results (up to rounding) at a fraction of the
+        cost when client sizes are ragged. Only for algorithms whose client step does
+        not depend on the padded length (EP's does not; minibatching ones do).
     """
     from tqdm.auto import tqdm
 
@@ -145,6 +203,10 @@ def run_rounds(
     broadcast = broadcast_step(server_state)
 
     client_step = _compiled_client_step(algorithm.client_update)
+    if bucket_rows and len(buckets := row_buckets(data.mask)) > 1:
+        parts = _bucket_data(buckets, arrays)
+    else:
+        parts = [(np.arange(k), arrays)]
     server_step = _compiled(algorithm.server_update)
     converged = bool(history and history[-1].get("converged", False))
     bar = tqdm(
@@ -161,7 +223,9 @@ def run_rounds(
         t0 = time.perf_counter()
         rkey = jax.random.fold_in(key, r + 1)
         ckeys = jax.random.split(jax.random.fold_in(rkey, 1), k)
-        client_states_new, messages, cinfo = client_step(ckeys, broadcast, client_states, arrays)
+        client_states_new, messages, cinfo = _bucketed(
+            client_step, parts, ckeys, (broadcast, client_states)
+        )
         messages = jax.block_until_ready(messages)
         ok, reasons = check_messages(messages, labels)
         if reasons:

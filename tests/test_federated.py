@@ -463,3 +463,88 @@ def test_nuts_tilted_ep_records_chain_diagnostics(conjugate):
     # over clients); the global mean is close to exact, not equal
     mu = fit.phi["mu"].ravel()
     assert abs(mu.mean() - exact["mu_mean"]) < 0.5 * np.sqrt(exact["mu_var"])
+
+
+def test_row_buckets_ladder():
+    from bayes_pfl.simulation import row_buckets
+
+    equal = np.ones((6, 50), bool)
+    assert [(list(i), r) for i, r in row_buckets(equal)] == [(list(range(6)), 50)]
+    sizes = np.array([2, 3, 80, 5, 12, 4, 0, 6, 3, 19])
+    mask = np.arange(80) < sizes[:, None]
+    buckets = row_buckets(mask)
+    assert [r for _, r in buckets] == [20, 80]  # 80 / 4; 20 / 4 = 5 is below min_rows
+    assert sorted(np.concatenate([i for i, _ in buckets]).tolist()) == list(range(10))
+    for idx, rows in buckets:
+        assert np.all(sizes[idx] <= rows)
+    assert buckets[1][0].tolist() == [2]
+    # not worth a second compiled shape: one bucket
+    assert len(row_buckets(np.arange(80) < np.array([70, 75, 80, 5])[:, None])) == 1
+
+
+def _sums_algorithm():
+    """A toy algorithm: each client sends its masked sums of x, y and rows; the server adds."""
+    from typing import NamedTuple
+
+    from bayes_pfl.algorithms import Algorithm
+
+    class Info(NamedTuple):
+        rows: jax.Array
+
+    def client_update(key, bcast, state, data):
+        x, y, mask = data
+        stats = jnp.stack([jnp.sum(jnp.where(mask[:, None], x, 0.0)), jnp.sum(y * mask)])
+        msg = jnp.concatenate([stats, jnp.sum(mask)[None] + 0.0, bcast])
+        return state + stats, msg, Info(jnp.sum(mask))
+
+    def server_update(key, state, msgs, accept):
+        return state + jnp.sum(msgs[:, :2], 0), Info(jnp.sum(msgs[:, 2]))
+
+    return Algorithm(
+        server_init=lambda key, k: jnp.zeros(2),
+        client_init=lambda key, data: jnp.zeros(2),
+        client_update=client_update,
+        server_update=server_update,
+        broadcast=lambda state: jnp.broadcast_to(jnp.sum(state), (SIZES.size, 1)),
+        name="sums",
+    )
+
+
+SIZES = np.array([2, 3, 80, 5, 12, 4, 1, 6, 3, 19])
+
+
+def test_ragged_clients_bucketed_equal_padded():
+    """The driver's client steps and personalization on clients grouped by size equal the
+    padded run, each client's result in its place."""
+    from bayes_pfl.federated import _personalize_kernel
+
+    fed = make_federation(family="normal", n_clients=10, n_features=1, sizes=SIZES, seed=4)
+    data = FederatedData.from_pandas(
+        fed.data, client_col="client", target="y", features=list(fed.features)
+    )
+    runs = [
+        run_rounds(
+            _sums_algorithm(),
+            data.train,
+            rounds=2,
+            labels=data.clients,
+            progress=False,
+            bucket_rows=b,
+            stop_when_converged=False,
+        )
+        for b in (False, True)
+    ]
+    np.testing.assert_allclose(runs[1].server_state, runs[0].server_state, rtol=1e-12)
+    np.testing.assert_allclose(runs[1].client_states, runs[0].client_states, rtol=1e-12)
+    rows = np.asarray(data.train.mask).sum(axis=1)
+    assert sorted(rows.tolist()) == sorted(SIZES.tolist())
+    for run in runs:  # every client's rows counted, in the server's total and per client
+        assert run.history[-1]["rows"] == rows.sum()
+        assert run.history[-1]["client_rows_max"] == rows.max()
+    u = 0.1 * jax.random.normal(jax.random.key(0), (40, GLM.phi_dim))
+    theta, acc = personalize(jax.random.key(5), GLM, u, data.train)
+    keys = jax.random.split(jax.random.key(5), data.n_clients)
+    arrays = (jnp.asarray(a) for a in (data.train.x, data.train.y, data.train.mask))
+    padded = _personalize_kernel(GLM, 5, 1, 10)(keys, u, *arrays)
+    np.testing.assert_allclose(theta, padded[0], rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(acc, padded[1], rtol=1e-7, atol=1e-9)
