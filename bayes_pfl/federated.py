@@ -38,7 +38,7 @@ from bayes_pfl.centralized import check_model_data
 from bayes_pfl.gaussian import GaussianFactor
 from bayes_pfl.local import nuts_draws, sample_conditional, sample_conditionals
 from bayes_pfl.results import FitResult
-from bayes_pfl.simulation import row_buckets, run_rounds
+from bayes_pfl.simulation import _bucket_parts, _bucketed, run_rounds
 from bayes_pfl.spec import HierarchicalModel
 
 Array = jax.Array
@@ -182,16 +182,14 @@ def personalize(
     # compiled shape per bucket); every client keeps its own key, so the draws do not
     # depend on the grouping. Batches of clients (lax.map) keep one batch's
     # rows-by-draws work around 2e7 numbers.
-    parts = []
-    for idx, rows in row_buckets(mask):
+
+    def step(bucket_keys, arrays):
+        n_clients, rows = arrays[0].shape[:2]
         per_client = s * rows * max(x.shape[2], 1)
-        bs = batch_size or int(max(1, min(len(idx), 2e7 // max(per_client, 1))))
-        run = _personalize_kernel(model, mh_steps, newton_iter, bs)
-        parts.append((idx, run(keys[idx], u_draws, x[idx, :rows], y[idx, :rows], mask[idx, :rows])))
-    if len(parts) == 1:
-        return parts[0][1]
-    order = np.argsort(np.concatenate([idx for idx, _ in parts]), kind="stable")
-    return jax.tree.map(lambda *xs: jnp.concatenate(xs)[order], *(out for _, out in parts))
+        bs = batch_size or int(max(1, min(n_clients, 2e7 // max(per_client, 1))))
+        return _personalize_kernel(model, mh_steps, newton_iter, bs)(bucket_keys, u_draws, *arrays)
+
+    return _bucketed(step, _bucket_parts((x, y, mask), mask), keys, ())
 
 
 def _check_steps(name: str, value) -> int:

@@ -78,8 +78,15 @@ def _take(tree: Any, idx: np.ndarray, rows: int | None = None) -> Any:
     return jax.tree.map(lambda a: a[idx] if rows is None else a[idx, :rows], tree)
 
 
-def _bucket_data(buckets, data: tuple) -> list[tuple[np.ndarray, tuple]]:
-    """Each bucket's clients' arrays, trimmed to its rows (computed once per run)."""
+def _bucket_parts(data: tuple, mask, bucket: bool = True) -> list[tuple[np.ndarray, tuple]]:
+    """``[(client indices, their arrays trimmed to the bucket's rows), ...]``.
+
+    One part holding every client, arrays untouched, unless ``bucket`` and
+    :func:`row_buckets` finds a grouping that pays for its extra compiled shapes.
+    """
+    buckets = row_buckets(mask) if bucket else []
+    if len(buckets) <= 1:
+        return [(np.arange(np.shape(mask)[0]), data)]
     return [(idx, tuple(_take(a, idx, rows) for a in data)) for idx, rows in buckets]
 
 
@@ -203,10 +210,7 @@ def run_rounds(
     broadcast = broadcast_step(server_state)
 
     client_step = _compiled_client_step(algorithm.client_update)
-    if bucket_rows and len(buckets := row_buckets(data.mask)) > 1:
-        parts = _bucket_data(buckets, arrays)
-    else:
-        parts = [(np.arange(k), arrays)]
+    parts = _bucket_parts(arrays, data.mask, bucket_rows)  # trimmed once per run
     server_step = _compiled(algorithm.server_update)
     converged = bool(history and history[-1].get("converged", False))
     bar = tqdm(
