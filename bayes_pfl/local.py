@@ -73,6 +73,23 @@ def _newton_direction(neg_hessian: Array, grad: Array, floor: float) -> Array:
     return jnp.linalg.solve(_safe_psd(neg_hessian, floor), grad)
 
 
+def value_grad_hessian(logp_fn: LogDensityFn, x: Array) -> tuple[Array, Array, Array]:
+    """``(f(x), ∇f(x), ∇²f(x))`` from one forward-over-reverse pass.
+
+    ``jax.value_and_grad`` and ``jax.hessian`` called separately evaluate the gradient
+    twice (the Hessian's forward-mode pass recomputes it as its primal, and XLA does not
+    merge the two); here the gradient and value are read off the Hessian's primal.
+    """
+    value_and_grad = jax.value_and_grad(logp_fn)
+
+    def along(e):
+        (f, g), (_, he) = jax.jvp(value_and_grad, (x,), (e,))
+        return f, g, he
+
+    eye = jnp.eye(jnp.shape(x)[0], dtype=jnp.result_type(x))
+    return jax.vmap(along, out_axes=(None, None, 0))(eye)
+
+
 def newton_maximize(
     logp_fn: LogDensityFn,
     x0: Array,
@@ -94,8 +111,6 @@ def newton_maximize(
     increases ``logp`` (a numerical optimum), or after ``max_iter`` iterations.
     Non-finite trial values are never accepted, so a finite start stays finite.
     """
-    value_and_grad = jax.value_and_grad(logp_fn)
-    hess_fn = jax.hessian(logp_fn)
     n = jnp.shape(x0)[0]
 
     def safe_logp(x):
@@ -109,8 +124,8 @@ def newton_maximize(
 
     def body(state):
         x, _, _, _, it, _ = state
-        f, g = value_and_grad(x)
-        h = -hess_fn(x)
+        f, g, h = value_grad_hessian(logp_fn, x)
+        h = -h
         converged = jnp.max(jnp.abs(g)) < tol * (1.0 + jnp.abs(f))
         d = _newton_direction(h, g, floor)
         # Predicted ascent of the step, g'|H|^{-1} g / 2, below the rounding error of logp:
@@ -273,15 +288,14 @@ def newton_steps(logp_fn: LogDensityFn, x0: Array, steps: int, *, floor: float =
     negative Hessian at the point it was reached from (at ``x0`` when ``steps == 0``).
     A non-finite step is not taken.
     """
-    hess_fn = jax.hessian(logp_fn)
-    grad_fn = jax.grad(logp_fn)
-    x, h = x0, -hess_fn(x0)
-    for i in range(steps):
-        if i > 0:
-            h = -hess_fn(x)
-        d = _newton_direction(h, grad_fn(x), floor)
+    if steps == 0:
+        return x0, -jax.hessian(logp_fn)(x0)
+    x = x0
+    for _ in range(steps):
+        _, g, h = value_grad_hessian(logp_fn, x)
+        d = _newton_direction(-h, g, floor)
         x = jnp.where(jnp.all(jnp.isfinite(d)), x + d, x)
-    return x, h
+    return x, -h
 
 
 def sample_conditionals(
@@ -422,14 +436,15 @@ def laplace_log_marginal(
     from :func:`conditional_mode`'s implicit differentiation.
     """
     th = conditional_mode(log_joint_fn, u, theta0, max_iter=max_iter)
-    h = -jax.hessian(log_joint_fn, argnums=0)(th, u)
+    value, _, h = value_grad_hessian(lambda t: log_joint_fn(t, u), th)
+    h = -h
     if h.shape[0] == 1:  # no LAPACK call for a scalar client effect
         logdet = jnp.where(h[0, 0] > 0, jnp.log(jnp.abs(h[0, 0])), jnp.nan)
     else:
         sign, logdet = jnp.linalg.slogdet(h)
         logdet = jnp.where(sign > 0, logdet, jnp.nan)
     d = th.shape[0]
-    return log_joint_fn(th, u) + 0.5 * d * jnp.log(2 * jnp.pi) - 0.5 * logdet
+    return value + 0.5 * d * jnp.log(2 * jnp.pi) - 0.5 * logdet
 
 
 def chain_diagnostics(draws: Array) -> tuple[Array, Array]:
