@@ -138,6 +138,10 @@ def _scalars(info: Any, prefix: str = "") -> dict[str, float]:
     return out
 
 
+CLIENT_BATCH = 1024
+"""Clients per vectorized chunk of the in-process client step (see ``run_rounds``)."""
+
+
 def run_rounds(
     algorithm: Algorithm,
     data,
@@ -152,6 +156,7 @@ def run_rounds(
     resume: bool = False,
     init: tuple[Any, Any] | None = None,
     bucket_rows: bool = False,
+    client_batch: int = CLIENT_BATCH,
 ) -> SimulationResult:
     """Run ``algorithm`` for up to ``rounds`` rounds on ``data`` (``ClientArrays``).
 
@@ -186,8 +191,14 @@ def run_rounds(
         (:func:`row_buckets`): the same results (up to rounding) at a fraction of the
         cost when client sizes are ragged. Only for algorithms whose client step does
         not depend on the padded length (EP's does not; minibatching ones do).
+    client_batch : int
+        The client step is vectorized over at most this many clients at once; more
+        clients run as chunks of this size in sequence (same results, bounded memory).
     """
     from tqdm.auto import tqdm
+
+    if isinstance(client_batch, bool) or not isinstance(client_batch, int) or client_batch < 1:
+        raise ValueError(f"client_batch must be a positive integer, got {client_batch!r}")
 
     labels = list(labels)
     k = len(labels)
@@ -209,7 +220,7 @@ def run_rounds(
     broadcast_step = _compiled(algorithm.broadcast)
     broadcast = broadcast_step(server_state)
 
-    client_step = _compiled_client_step(algorithm.client_update)
+    client_step = _compiled_client_step(algorithm.client_update, client_batch)
     parts = _bucket_parts(arrays, data.mask, bucket_rows)  # trimmed once per run
     server_step = _compiled(algorithm.server_update)
     converged = bool(history and history[-1].get("converged", False))
@@ -282,9 +293,22 @@ def run_rounds(
 
 
 @functools.cache
-def _compiled_client_step(client_update):
-    """One jitted, client-vmapped step per algorithm, reused across runs of the same shapes."""
-    return jax.jit(jax.vmap(client_update))
+def _compiled_client_step(client_update, batch: int = CLIENT_BATCH):
+    """One jitted client step per algorithm, reused across runs of the same shapes.
+
+    Vectorized over clients (``vmap``); above ``batch`` clients, over chunks of ``batch``
+    clients in sequence (``lax.map``), so the step's intermediate arrays, and the
+    memory and cache they take, stop growing with the number of clients.
+    """
+
+    def step(keys, broadcast, states, data):
+        if keys.shape[0] <= batch:
+            return jax.vmap(client_update)(keys, broadcast, states, data)
+        return jax.lax.map(
+            lambda args: client_update(*args), (keys, broadcast, states, data), batch_size=batch
+        )
+
+    return jax.jit(step)
 
 
 @functools.cache

@@ -515,7 +515,8 @@ SIZES = np.array([2, 3, 80, 5, 12, 4, 1, 6, 3, 19])
 
 def test_ragged_clients_bucketed_equal_padded():
     """The driver's client steps and personalization on clients grouped by size equal the
-    padded run, each client's result in its place."""
+    padded run, each client's result in its place; so do client steps run in chunks of
+    3 clients (``client_batch``: 10 clients = 3 + 3 + 3 + 1, and per bucket)."""
     from bayes_pfl.federated import _personalize_kernel
 
     fed = make_federation(family="normal", n_clients=10, n_features=1, sizes=SIZES, seed=4)
@@ -531,11 +532,19 @@ def test_ragged_clients_bucketed_equal_padded():
             progress=False,
             bucket_rows=b,
             stop_when_converged=False,
+            **chunks,
         )
         for b in (False, True)
+        for chunks in ({}, {"client_batch": 3})
     ]
-    np.testing.assert_allclose(runs[1].server_state, runs[0].server_state, rtol=1e-12)
-    np.testing.assert_allclose(runs[1].client_states, runs[0].client_states, rtol=1e-12)
+    for run in runs[1:]:
+        np.testing.assert_allclose(run.server_state, runs[0].server_state, rtol=1e-12)
+        np.testing.assert_allclose(run.client_states, runs[0].client_states, rtol=1e-12)
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="client_batch"):
+            run_rounds(
+                _sums_algorithm(), data.train, rounds=1, labels=data.clients, client_batch=bad
+            )
     rows = np.asarray(data.train.mask).sum(axis=1)
     assert sorted(rows.tolist()) == sorted(SIZES.tolist())
     for run in runs:  # every client's rows counted, in the server's total and per client
