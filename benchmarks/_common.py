@@ -96,6 +96,9 @@ def reference_stats(result) -> dict[str, dict[str, Any]]:
             "mcse_mean": np.asarray(
                 array_stats.mcse(d, chain_axis=0, draw_axis=1, method="mean"), dtype=float
             ),
+            "mcse_sd": np.asarray(
+                array_stats.mcse(d, chain_axis=0, draw_axis=1, method="sd"), dtype=float
+            ),
             "ess_bulk": np.asarray(
                 array_stats.ess(d, chain_axis=0, draw_axis=1, method="bulk"), dtype=float
             ),
@@ -114,7 +117,11 @@ def compare(
     each occurs), per-variable summaries, and whether every element is within its bound
     (``bounds[var]`` or ``default_bound``) and every ratio within ``sd_range``.
     ``noise_z`` is the z that Monte Carlo error alone would give at the worst element:
-    ``sqrt(mcse_ref^2 + mcse_fit^2) / sd_ref``.
+    ``sqrt(mcse_ref^2 + mcse_fit^2) / sd_ref``. ``noise_r`` is the standard error of an
+    sd ratio from Monte Carlo error alone, ``r sqrt((mcse_sd_ref / sd_ref)^2 +
+    (mcse_sd_fit / sd_fit)^2)``, at the smallest and largest ratio; ``n_sd_fail_3se``
+    counts the ratios outside ``sd_range`` by more than three of their standard errors
+    (those that Monte Carlo error does not explain).
     """
     import numpy as np
 
@@ -125,6 +132,7 @@ def compare(
     r_min = {"r": np.inf}
     r_max = {"r": -np.inf}
     z_ok = r_ok = True
+    n_sd_3se = 0
     for name, fs in fit_stats.items():
         rs = ref[name]
         labels = list(fs["labels"])
@@ -133,6 +141,11 @@ def compare(
         z = np.abs(fs["mean"] - rs["mean"]) / rs["sd"]
         r = fs["sd"] / rs["sd"]
         noise = np.sqrt(rs["mcse_mean"] ** 2 + fs["mcse_mean"] ** 2) / rs["sd"]
+        nan = np.full(len(labels), np.nan)
+        noise_r = r * np.sqrt(
+            (rs.get("mcse_sd", nan) / rs["sd"]) ** 2 + (fs.get("mcse_sd", nan) / fs["sd"]) ** 2
+        )
+        outside = np.maximum(lo - r, r - hi)  # > 0 outside the range
         bound = bounds.get(name, default_bound)
         iz, ilo, ihi = int(np.argmax(z)), int(np.argmin(r)), int(np.argmax(r))
         per_var[name] = {
@@ -150,15 +163,20 @@ def compare(
             "n_z_fail": int(np.sum(z > bound)),
             "sd_pass": bool(np.all((r >= lo) & (r <= hi))),
             "n_sd_fail": int(np.sum((r < lo) | (r > hi))),
+            "n_sd_fail_3se": int(np.sum(outside > 3 * noise_r))
+            if "mcse_sd" in rs and "mcse_sd" in fs
+            else None,
         }
         z_ok &= per_var[name]["z_pass"]
         r_ok &= per_var[name]["sd_pass"]
         if z[iz] > worst["z"]:
             worst = {"z": float(z[iz]), "at": labels[iz], "bound": bound, "noise_z": noise[iz]}
+        n_3se = per_var[name]["n_sd_fail_3se"]
+        n_sd_3se = None if n_3se is None or n_sd_3se is None else n_sd_3se + n_3se
         if r[ilo] < r_min["r"]:
-            r_min = {"r": float(r[ilo]), "at": labels[ilo]}
+            r_min = {"r": float(r[ilo]), "at": labels[ilo], "noise_r": float(noise_r[ilo])}
         if r[ihi] > r_max["r"]:
-            r_max = {"r": float(r[ihi]), "at": labels[ihi]}
+            r_max = {"r": float(r[ihi]), "at": labels[ihi], "noise_r": float(noise_r[ihi])}
     worst["noise_z"] = float(worst["noise_z"])
     return {
         "worst_z": worst,
@@ -166,6 +184,7 @@ def compare(
         "sd_ratio_max": r_max,
         "z_pass": bool(z_ok),
         "sd_pass": bool(r_ok),
+        "n_sd_fail_3se": n_sd_3se,
         "per_variable": per_var,
     }
 
@@ -227,3 +246,15 @@ def md_table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def sd_range_text(lo: dict, hi: dict) -> str:
+    """``"0.905 ±0.03 (`a`) - 1.088 ±0.03 (`b`)"``: the extreme sd ratios with their
+    Monte Carlo standard errors (when known)."""
+
+    def one(d):
+        se = d.get("noise_r")
+        se_s = f" ±{se:.3f}" if se is not None and se == se else ""
+        return f"{d['r']:.3f}{se_s} (`{d['at']}`)"
+
+    return f"{one(lo)} - {one(hi)}"

@@ -35,7 +35,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from _common import RESULTS, compare, machine, md_table, reference_stats, write_results
+from _common import (
+    RESULTS,
+    compare,
+    machine,
+    md_table,
+    reference_stats,
+    sd_range_text,
+    write_results,
+)
 
 from bayes_pfl import FederatedData, fit_nuts, load
 from bayes_pfl.federated import fit_ep, fit_one_shot
@@ -360,8 +368,13 @@ def markdown(results: dict, meta: dict, quick: bool) -> str:
                     w["bound"],
                     f"{w['noise_z']:.3f}",
                     _pf(r["z_pass"]),
-                    f"{lo['r']:.3f} (`{lo['at']}`) - {hi['r']:.3f} (`{hi['at']}`)",
-                    _pf(r["sd_pass"]),
+                    sd_range_text(lo, hi),
+                    _pf(r["sd_pass"])
+                    + (
+                        f" ({r['n_sd_fail_3se']} beyond 3 se)"
+                        if r.get("n_sd_fail_3se") is not None
+                        else ""
+                    ),
                 ]
             )
         out.append(
@@ -375,7 +388,7 @@ def markdown(results: dict, meta: dict, quick: bool) -> str:
                     "bound",
                     "noise z",
                     "z target",
-                    "sd ratio min - max (element)",
+                    "sd ratio min - max (± Monte Carlo se, element)",
                     "sd target",
                 ],
                 rows,

@@ -61,6 +61,7 @@ from _common import (
     md_table,
     reference_stats,
     save_stats,
+    sd_range_text,
     write_results,
 )
 
@@ -390,9 +391,9 @@ def _target_markdown(t: dict) -> list[str]:
         if acc:
             w, lo, hi = acc["worst_z"], acc["sd_ratio_min"], acc["sd_ratio_max"]
             zs = f"{w['z']:.3f} (`{w['at']}`) {'PASS' if acc['z_pass'] else '**FAIL**'}"
-            rs = (
-                f"{lo['r']:.3f} (`{lo['at']}`) - {hi['r']:.3f} (`{hi['at']}`) "
-                f"{'PASS' if acc['sd_pass'] else '**FAIL**'}"
+            beyond = acc.get("n_sd_fail_3se")
+            rs = f"{sd_range_text(lo, hi)} {'PASS' if acc['sd_pass'] else '**FAIL**'}" + (
+                f" ({beyond} beyond 3 se)" if beyond is not None else ""
             )
         else:
             zs = rs = "-"
@@ -443,7 +444,8 @@ def _target_markdown(t: dict) -> list[str]:
                 "load avg mean / max",
                 "NUTS time / EP time",
                 f"worst z vs NUTS (bound {BOUND})",
-                f"sd ratio range (target {SD_RANGE[0]}-{SD_RANGE[1]})",
+                f"sd ratio range, ± Monte Carlo se (target {SD_RANGE[0]}-{SD_RANGE[1]}; "
+                "reported, the target's bound is on z)",
             ],
             rows,
         )

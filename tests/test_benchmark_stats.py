@@ -1,0 +1,46 @@
+"""The comparison statistics of the benchmark scripts (benchmarks/_common.py)."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from _common import compare, sd_range_text  # noqa: E402
+
+
+def _stats(sd, mean, ess):
+    sd, mean = np.asarray(sd, float), np.asarray(mean, float)
+    return {
+        "v": {
+            "labels": ["a", "b", "c"],
+            "mean": mean,
+            "sd": sd,
+            "mcse_mean": sd / np.sqrt(ess),
+            "mcse_sd": sd / np.sqrt(2 * ess),  # Gaussian draws
+        }
+    }
+
+
+def test_compare_reports_monte_carlo_error_of_sd_ratios():
+    ref = _stats([1.0, 1.0, 2.0], [0.0, 0.0, 0.0], ess=1000)
+    fit = _stats([1.2, 1.0, 2.5], [0.05, 0.3, 0.0], ess=1000)
+    c = compare(fit, ref, {}, 0.1, (0.9, 1.1))
+    assert c["worst_z"]["at"] == "b" and np.isclose(c["worst_z"]["z"], 0.3)
+    assert np.isclose(c["worst_z"]["noise_z"], np.sqrt(2 / 1000))
+    assert not c["z_pass"] and not c["sd_pass"]
+    # r = 1.25 at c: se = 1.25 sqrt(2 / 2000) = 0.0395; 0.15 beyond 1.1 is 3.8 se
+    assert c["sd_ratio_max"]["at"] == "c"
+    assert np.isclose(c["sd_ratio_max"]["noise_r"], 1.25 * np.sqrt(2 / 2000))
+    # r = 1.2 at a is 0.1 beyond 1.1, 2.6 se: explained by Monte Carlo error
+    assert c["n_sd_fail_3se"] == 1
+    assert c["per_variable"]["v"]["n_sd_fail"] == 2
+    text = sd_range_text(c["sd_ratio_min"], c["sd_ratio_max"])
+    assert text == "1.000 ±0.032 (`b`) - 1.250 ±0.040 (`c`)"
+    # stats saved before mcse_sd existed: no noise figure, no count (unknown, not zero)
+    for s in (ref["v"], fit["v"]):
+        del s["mcse_sd"]
+    c = compare(fit, ref, {}, 0.1, (0.9, 1.1))
+    assert c["n_sd_fail_3se"] is None and np.isnan(c["sd_ratio_max"]["noise_r"])
+    assert sd_range_text(c["sd_ratio_min"], c["sd_ratio_max"]) == "1.000 (`b`) - 1.250 (`c`)"
