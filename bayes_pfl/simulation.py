@@ -197,7 +197,11 @@ def run_rounds(
     """
     from tqdm.auto import tqdm
 
-    if isinstance(client_batch, bool) or not isinstance(client_batch, int) or client_batch < 1:
+    if (
+        isinstance(client_batch, bool)
+        or not isinstance(client_batch, int | np.integer)
+        or client_batch < 1
+    ):
         raise ValueError(f"client_batch must be a positive integer, got {client_batch!r}")
 
     labels = list(labels)
@@ -220,7 +224,7 @@ def run_rounds(
     broadcast_step = _compiled(algorithm.broadcast)
     broadcast = broadcast_step(server_state)
 
-    client_step = _compiled_client_step(algorithm.client_update, client_batch)
+    client_step = _compiled_client_step(algorithm.client_update, int(client_batch))
     parts = _bucket_parts(arrays, data.mask, bucket_rows)  # trimmed once per run
     server_step = _compiled(algorithm.server_update)
     converged = bool(history and history[-1].get("converged", False))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 import platform
 from pathlib import Path
@@ -141,10 +142,11 @@ def compare(
         z = np.abs(fs["mean"] - rs["mean"]) / rs["sd"]
         r = fs["sd"] / rs["sd"]
         noise = np.sqrt(rs["mcse_mean"] ** 2 + fs["mcse_mean"] ** 2) / rs["sd"]
-        nan = np.full(len(labels), np.nan)
-        noise_r = r * np.sqrt(
-            (rs.get("mcse_sd", nan) / rs["sd"]) ** 2 + (fs.get("mcse_sd", nan) / fs["sd"]) ** 2
-        )
+        known_r = "mcse_sd" in rs and "mcse_sd" in fs  # stats saved before mcse_sd: unknown
+        if known_r:
+            noise_r = r * np.sqrt((rs["mcse_sd"] / rs["sd"]) ** 2 + (fs["mcse_sd"] / fs["sd"]) ** 2)
+        else:
+            noise_r = np.full(len(labels), np.nan)
         outside = np.maximum(lo - r, r - hi)  # > 0 outside the range
         bound = bounds.get(name, default_bound)
         iz, ilo, ihi = int(np.argmax(z)), int(np.argmin(r)), int(np.argmax(r))
@@ -163,9 +165,7 @@ def compare(
             "n_z_fail": int(np.sum(z > bound)),
             "sd_pass": bool(np.all((r >= lo) & (r <= hi))),
             "n_sd_fail": int(np.sum((r < lo) | (r > hi))),
-            "n_sd_fail_3se": int(np.sum(outside > 3 * noise_r))
-            if "mcse_sd" in rs and "mcse_sd" in fs
-            else None,
+            "n_sd_fail_3se": int(np.sum(outside > 3 * noise_r)) if known_r else None,
         }
         z_ok &= per_var[name]["z_pass"]
         r_ok &= per_var[name]["sd_pass"]
@@ -254,7 +254,16 @@ def sd_range_text(lo: dict, hi: dict) -> str:
 
     def one(d):
         se = d.get("noise_r")
-        se_s = f" ±{se:.3f}" if se is not None and se == se else ""
+        se_s = f" ±{se:.3f}" if se is not None and not math.isnan(se) else ""
         return f"{d['r']:.3f}{se_s} (`{d['at']}`)"
 
     return f"{one(lo)} - {one(hi)}"
+
+
+def sd_verdict(cmp: dict) -> str:
+    """``"PASS"`` / ``"**FAIL**"`` for a :func:`compare` result's sd ratios, with how many
+    fall outside the range by more than 3 Monte Carlo standard errors (when known)."""
+    beyond = cmp.get("n_sd_fail_3se")
+    return ("PASS" if cmp["sd_pass"] else "**FAIL**") + (
+        f" ({beyond} beyond 3 se)" if beyond is not None else ""
+    )

@@ -42,6 +42,7 @@ from _common import (
     md_table,
     reference_stats,
     sd_range_text,
+    sd_verdict,
     write_results,
 )
 
@@ -369,12 +370,7 @@ def markdown(results: dict, meta: dict, quick: bool) -> str:
                     f"{w['noise_z']:.3f}",
                     _pf(r["z_pass"]),
                     sd_range_text(lo, hi),
-                    _pf(r["sd_pass"])
-                    + (
-                        f" ({r['n_sd_fail_3se']} beyond 3 se)"
-                        if r.get("n_sd_fail_3se") is not None
-                        else ""
-                    ),
+                    sd_verdict(r),
                 ]
             )
         out.append(

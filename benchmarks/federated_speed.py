@@ -62,6 +62,7 @@ from _common import (
     reference_stats,
     save_stats,
     sd_range_text,
+    sd_verdict,
     write_results,
 )
 
@@ -391,10 +392,7 @@ def _target_markdown(t: dict) -> list[str]:
         if acc:
             w, lo, hi = acc["worst_z"], acc["sd_ratio_min"], acc["sd_ratio_max"]
             zs = f"{w['z']:.3f} (`{w['at']}`) {'PASS' if acc['z_pass'] else '**FAIL**'}"
-            beyond = acc.get("n_sd_fail_3se")
-            rs = f"{sd_range_text(lo, hi)} {'PASS' if acc['sd_pass'] else '**FAIL**'}" + (
-                f" ({beyond} beyond 3 se)" if beyond is not None else ""
-            )
+            rs = f"{sd_range_text(lo, hi)} {sd_verdict(acc)}"
         else:
             zs = rs = "-"
         ratios = r.get("nuts_over_ep", [])

@@ -7,7 +7,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from _common import compare, sd_range_text  # noqa: E402
+from _common import compare, sd_range_text, sd_verdict  # noqa: E402
 
 
 def _stats(sd, mean, ess):
@@ -38,9 +38,12 @@ def test_compare_reports_monte_carlo_error_of_sd_ratios():
     assert c["per_variable"]["v"]["n_sd_fail"] == 2
     text = sd_range_text(c["sd_ratio_min"], c["sd_ratio_max"])
     assert text == "1.000 ±0.032 (`b`) - 1.250 ±0.040 (`c`)"
+    assert sd_verdict(c) == "**FAIL** (1 beyond 3 se)"
     # stats saved before mcse_sd existed: no noise figure, no count (unknown, not zero)
     for s in (ref["v"], fit["v"]):
         del s["mcse_sd"]
     c = compare(fit, ref, {}, 0.1, (0.9, 1.1))
     assert c["n_sd_fail_3se"] is None and np.isnan(c["sd_ratio_max"]["noise_r"])
     assert sd_range_text(c["sd_ratio_min"], c["sd_ratio_max"]) == "1.000 (`b`) - 1.250 (`c`)"
+    assert sd_verdict(c) == "**FAIL**"
+    assert sd_verdict(compare(ref, ref, {}, 0.1, (0.9, 1.1))) == "PASS"

@@ -535,7 +535,7 @@ def test_ragged_clients_bucketed_equal_padded():
             **chunks,
         )
         for b in (False, True)
-        for chunks in ({}, {"client_batch": 3})
+        for chunks in ({}, {"client_batch": np.int64(3)})  # a numpy integer is accepted
     ]
     for run in runs[1:]:
         np.testing.assert_allclose(run.server_state, runs[0].server_state, rtol=1e-12)
