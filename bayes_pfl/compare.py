@@ -30,7 +30,9 @@ adapters build them:
 * :func:`neural_method` for the hierarchical Bayesian networks of
   :mod:`bayes_pfl.neural` (``bayes_head``, ``bayes_head_bn``, ``bayes_head_adapters``),
   predicting with each client's posterior predictive class probabilities;
-* :func:`make_method` builds any of them from a name.
+* :func:`make_method` builds any of them from a name;
+* :func:`constant_method` (each client's training mean) and, on synthetic
+  federations, :func:`oracle_method` (the true parameters) are references.
 
 Seeds. ``seeds=(0, 1, 2)`` runs every method once per seed. ``data`` is either a
 :class:`~bayes_pfl.data.FederatedData` (the same split for every seed; the seed
@@ -96,6 +98,7 @@ __all__ = [
     "constant_method",
     "make_method",
     "neural_method",
+    "oracle_method",
     "plot_comparison",
     "plot_method_calibration",
     "prediction_from_mean",
@@ -268,6 +271,57 @@ class _ConstantPredictor:
     def predict(self, arrays: ClientArrays) -> Prediction:
         mean = np.broadcast_to(self.value[:, None], np.asarray(arrays.mask).shape)
         return prediction_from_mean(self.family, mean, arrays, noise_sd=self.sd)
+
+
+@dataclass
+class _OraclePredictor:
+    truth: Any  # SyntheticFederation
+    clients: tuple
+    feature_mean: np.ndarray | None
+    feature_scale: np.ndarray | None
+
+    def predict(self, arrays: ClientArrays) -> Prediction:
+        x = np.asarray(arrays.x, dtype=np.float64)
+        if self.feature_scale is not None:
+            x = x * self.feature_scale + self.feature_mean
+        x = np.where(np.asarray(arrays.mask)[..., None], x, 0.0)  # padding: any finite value
+        mean = self.truth.true_mean(self.clients, x)
+        sd = self.truth.phi.get("sigma_y")
+        sd = None if sd is None else np.full(len(self.clients), float(sd))
+        return prediction_from_mean(self.truth.family, mean, arrays, noise_sd=sd)
+
+
+def oracle_method(truth, name: str = "oracle") -> Method:
+    """A reference for synthetic federations: predict with the parameters that made the data.
+
+    Its expected log-loss is the smallest any method can reach on those rows (the
+    data's own entropy), so it bounds how much better than a baseline a method can
+    possibly be. It learns nothing from the training rows.
+
+    Parameters
+    ----------
+    truth : SyntheticFederation or callable
+        The federation (:func:`~bayes_pfl.synthetic.make_federation`), or
+        ``seed -> SyntheticFederation`` when ``compare`` gets a new federation per seed.
+        Its clients and features must be those of the data the harness scores;
+        standardized features are mapped back with the data's stored standardization.
+    name : str
+        Table row label.
+    """
+
+    def fit_fn(data: FederatedData, seed: int) -> _OraclePredictor:
+        fed = truth(seed) if callable(truth) else truth
+        if tuple(str(f) for f in data.features) != tuple(fed.features):
+            raise ComparisonError(
+                f"{name}: the data's features {list(data.features)} are not the "
+                f"federation's {list(fed.features)}"
+            )
+        unknown = sorted(set(map(str, data.clients)) - set(fed.clients))
+        if unknown:
+            raise ComparisonError(f"{name}: clients {unknown[:5]} are not in the federation")
+        return _OraclePredictor(fed, tuple(data.clients), data.feature_mean, data.feature_scale)
+
+    return Method(name, fit_fn, (), None)
 
 
 def constant_method(

@@ -90,6 +90,47 @@ class SyntheticFederation:
         counts = self.data[self.client_col].value_counts()
         return counts.reindex(list(self.clients), fill_value=0).to_numpy(dtype=np.int64)
 
+    def true_mean(self, clients, x) -> np.ndarray:
+        """``E[y | x]`` under the true parameters: what a predictor that knew them would say.
+
+        Parameters
+        ----------
+        clients : sequence of str
+            Client labels, one per leading row of ``x``.
+        x : array of shape ``(len(clients), n, P)``
+            Raw (not standardized) features, columns in the order of :attr:`features`.
+
+        Returns
+        -------
+        numpy.ndarray of shape ``(len(clients), n)``
+            ``P(y = 1)`` (Bernoulli), the rate (Poisson) or the mean (Normal).
+
+        Raises
+        ------
+        ValueError
+            For a label that is not one of :attr:`clients`, or ``x`` of the wrong shape.
+        """
+        labels = [str(c) for c in clients]
+        unknown = sorted(set(labels) - set(self.clients))
+        if unknown:
+            raise ValueError(f"unknown clients {unknown[:5]}; the federation has {self.n_clients}")
+        x = np.asarray(x, dtype=np.float64)
+        p = len(self.features)
+        if x.ndim != 3 or x.shape[0] != len(labels) or x.shape[2] != p:
+            raise ValueError(f"x must have shape ({len(labels)}, n, {p}), got {x.shape}")
+        index = {c: i for i, c in enumerate(self.clients)}
+        b = self.theta["b"][[index[c] for c in labels]]
+        if self.varying == "intercept":
+            slopes = self.phi.get("beta", np.zeros(p))
+            eta = b[:, :1] + x @ slopes
+        else:
+            eta = b[:, :1] + np.einsum("knp,kp->kn", x, b[:, 1:])
+        if self.family == "bernoulli":
+            return 1.0 / (1.0 + np.exp(-eta))
+        if self.family == "poisson":
+            return np.exp(eta)
+        return eta
+
 
 def _check_int(name: str, value, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:

@@ -72,6 +72,21 @@ def _pooled_ece(p, arr, clients) -> float:
     return float(M.expected_calibration_error(*flat)[0])
 
 
+def _paired(per_seed: dict, a: str, b: str, key: str) -> dict:
+    """Mean over seeds of ``a - b`` in ``key``, its standard error and the seeds' count:
+    both methods see the same federation, split and test rows in a seed, so the
+    difference cancels what the seeds share."""
+    d = np.array(
+        [per_seed[s]["methods"][a][key] - per_seed[s]["methods"][b][key] for s in per_seed]
+    )
+    se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+    return {"mean": float(d.mean()), "se": se, "n": len(d)}
+
+
+def _fmt_paired(p: dict) -> str:
+    return f"{p['mean']:+.4f} ± {p['se']:.4f} (se, {p['n']} seeds)"
+
+
 def _fit(method: str, data, cfg: dict, seed: int):
     if method in NEURAL:
         fit = fit_neural(
@@ -278,6 +293,7 @@ def main() -> None:
     best_base = max(baselines, key=lambda m: summary[m]["accuracy"][0])
     best_bnn = max(NEURAL, key=lambda m: summary[m]["val_accuracy"][0])
     acc_ok = summary[best_bnn]["accuracy"][0] >= summary[best_base]["accuracy"][0]
+    paired = {k: _paired(per_seed, best_bnn, best_base, k) for k in ("accuracy", "log_loss")}
     ece_ratio = summary[best_bnn]["ece"][0] / summary[best_base]["ece"][0]
     pooled_ratio = summary[best_bnn]["ece_pooled"][0] / summary[best_base]["ece_pooled"][0]
     targets = {
@@ -290,6 +306,7 @@ def main() -> None:
         "ece_pooled_at_least_30pct_lower": bool(pooled_ratio <= 0.7),
         "ece_floor_best_baseline": summary[best_base]["ece_floor"][0],
         "ece_floor_best_hierarchical": summary[best_bnn]["ece_floor"][0],
+        "paired_difference": paired,
     }
     sizes = sorted(tim)
     growth = tim[sizes[-1]]["per_round_s"] / tim[sizes[0]]["per_round_s"]
@@ -347,6 +364,8 @@ def main() -> None:
         f"validation: **{best_bnn}**",
         f"- accuracy ≥ best baseline: **{acc_ok}** ({fmt(best_bnn, 'accuracy')} vs "
         f"{fmt(best_base, 'accuracy')})",
+        f"- paired over seeds, {best_bnn} − {best_base}: accuracy "
+        f"{_fmt_paired(paired['accuracy'])}, log-loss {_fmt_paired(paired['log_loss'])}",
         f"- ECE ≥ 30% lower: **{ece_ratio <= 0.7}** (ratio {ece_ratio:.2f}: "
         f"{fmt(best_bnn, 'ece')} vs {fmt(best_base, 'ece')}); a perfectly calibrated "
         f"predictor with the same probabilities would show {fmt(best_bnn, 'ece_floor')} and "

@@ -23,7 +23,9 @@ final fits on training + validation rows; metrics on the test rows, per client):
 ``synthetic``
     150 clients from a hierarchical logistic model with varying slopes, log-normal
     sizes (median 16 rows); held-out log-loss on clients with <= 10 training rows and
-    on clients with > 50.
+    on clients with > 50. An ``oracle`` row predicts with the true parameters
+    (:func:`bayes_pfl.compare.oracle_method`): the floor of the expected log-loss, hence
+    the largest gain over the best baseline that any method could show.
 
 Run from the repository root::
 
@@ -59,6 +61,7 @@ from bayes_pfl.compare import (
     baseline_method,
     bayesian_method,
     compare,
+    oracle_method,
     with_imputation,
 )
 from bayes_pfl.data import ClientArrays, FederatedData
@@ -275,6 +278,9 @@ def table_md(s: pd.DataFrame, metrics, higher=("accuracy",)) -> str:
     return "\n".join(lines) + "\n"
 
 
+ORACLE = "oracle"  # synthetic case: the true parameters (bayes_pfl.compare.oracle_method)
+
+
 def is_bayes(name: str) -> bool:
     return name.startswith(("hb-", "glm-"))
 
@@ -423,8 +429,9 @@ def run_heart_missing(seeds, quick, rounds, out_dir, federated):
     return {"heart_missing": payload}, "\n".join(lines) + "\n"
 
 
-def synthetic_data(seed: int) -> FederatedData:
-    fed = make_federation(
+def synthetic_federation(seed: int):
+    """The synthetic case's federation of ``seed``, with the truth that made it."""
+    return make_federation(
         family="bernoulli",
         n_clients=150,
         n_features=3,
@@ -435,6 +442,10 @@ def synthetic_data(seed: int) -> FederatedData:
         label_skew=1.0,
         seed=1000 + seed,
     )
+
+
+def synthetic_data(seed: int) -> FederatedData:
+    fed = synthetic_federation(seed)
     return FederatedData.from_pandas(
         fed.data,
         client_col="client",
@@ -461,7 +472,11 @@ def run_synthetic(seeds, quick, rounds, out_dir, federated):
     t0 = time.perf_counter()
     res = compare(
         synthetic_data,
-        [*baselines(impute=False, rounds=rounds, quick=quick), *bayes],
+        [
+            *baselines(impute=False, rounds=rounds, quick=quick),
+            *bayes,
+            oracle_method(synthetic_federation, name=ORACLE),
+        ],
         seeds=seeds,
         buckets=(10, 50),
         progress=True,
@@ -474,9 +489,14 @@ def run_synthetic(seeds, quick, rounds, out_dir, federated):
     checks = {}
     for bucket, rel in (("<=10", 0.10), (">50", -0.02)):
         sub = b.xs(bucket, level="bucket")["log_loss_mean"]
-        base = sub[[m for m in sub.index if not is_bayes(m)]]
+        base = sub[[m for m in sub.index if not is_bayes(m) and m != ORACLE]]
         best = str(base.idxmin())
         entry = {"best_baseline": best, "best_baseline_log_loss": float(base.min())}
+        # no method can beat the true parameters in expectation: the largest possible gain
+        entry["oracle_log_loss"] = float(sub[ORACLE])
+        entry["largest_possible_gain"] = (float(base.min()) - float(sub[ORACLE])) / float(
+            base.min()
+        )
         for m in [m for m in sub.index if is_bayes(m)]:
             gain = (float(base.min()) - float(sub[m])) / float(base.min())
             entry[m] = {"log_loss": float(sub[m]), "relative_gain": gain, "met": gain >= rel}
@@ -495,13 +515,21 @@ def run_synthetic(seeds, quick, rounds, out_dir, federated):
         "intercept and slopes, intercept sd sqrt(0.5^2 + 1), slope sd 0.5), log-normal sizes "
         f"(median 16 rows; median training rows {np.median(n_train):.0f} after the 30% test "
         "split), a new federation per seed. Log-loss on test rows, mean over the clients of a "
-        "bucket (training rows = train + val), mean ± sd across seeds.",
+        "bucket (training rows = train + val), mean ± sd across seeds. "
+        f"`{ORACLE}` predicts with the true parameters of each client (it learns nothing): "
+        "its expected log-loss is the floor for every method, so it bounds the possible gain.",
         "",
         res.to_markdown(title="Synthetic").split("\n", 4)[4].replace("## ", "### "),
         "",
     ]
     for bucket, rel in (("<=10", "at least 10% better"), (">50", "no worse than 2%")):
         c = checks[bucket]
+        lines.append(
+            f"- clients with {bucket} training rows, {ORACLE} (the true parameters): log-loss "
+            f"{c['oracle_log_loss']:.4f}, so no method can be more than "
+            f"{100 * c['largest_possible_gain']:.1f}% better than {c['best_baseline']} here "
+            "(in expectation)"
+        )
         for m in [k for k in c if is_bayes(k)]:
             lines.append(
                 f"- clients with {bucket} training rows, {m}: log-loss {c[m]['log_loss']:.4f} vs "

@@ -208,3 +208,28 @@ def test_poisson_outcomes():
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         make_federation(**kwargs)
+
+
+@pytest.mark.parametrize("family", ["normal", "bernoulli", "poisson"])
+@pytest.mark.parametrize("varying", ["intercept", "slopes"])
+def test_true_mean_is_the_generating_mean(family, varying):
+    fed = make_federation(family=family, n_clients=5, n_features=2, varying=varying, seed=2)
+    df = fed.data
+    labels = list(fed.clients)[::-1]  # any order of clients
+    rows = [df[df["client"] == c][list(fed.features)].to_numpy()[:3] for c in labels]
+    x = np.stack(rows)
+    b = fed.theta["b"][[fed.clients.index(c) for c in labels]]
+    slopes = b[:, None, 1:] if varying == "slopes" else fed.phi["beta"][None, None, :]
+    eta = b[:, None, 0] + np.sum(x * slopes, axis=-1)
+    expected = {"normal": eta, "bernoulli": 1 / (1 + np.exp(-eta)), "poisson": np.exp(eta)}
+    np.testing.assert_allclose(fed.true_mean(labels, x), expected[family], rtol=1e-12)
+
+
+def test_true_mean_rejects_unknown_clients_and_bad_shapes():
+    fed = make_federation(family="bernoulli", n_clients=3, n_features=2, seed=0)
+    with pytest.raises(ValueError, match="unknown clients"):
+        fed.true_mean(["c000", "nobody"], np.zeros((2, 1, 2)))
+    with pytest.raises(ValueError, match="shape"):
+        fed.true_mean(["c000"], np.zeros((1, 1, 3)))
+    with pytest.raises(ValueError, match="shape"):
+        fed.true_mean(["c000", "c001"], np.zeros((1, 1, 2)))
