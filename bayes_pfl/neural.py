@@ -104,7 +104,7 @@ from bayes_pfl.baselines.networks import (
     get_family,
     masked_mean_loss,
 )
-from bayes_pfl.baselines.training import accuracy_of, weighted_average
+from bayes_pfl.baselines.training import accuracy_of, make_optimizer, weighted_average
 from bayes_pfl.data import DataError, FederatedData
 from bayes_pfl.gaussian import GaussianFactor
 
@@ -243,6 +243,8 @@ def build(
     kl_weight: float = 1.0,
     local_steps: int = 20,
     learning_rate: float = 0.01,
+    optimizer: str = "adam",
+    head_learning_rate: float | None = None,
     mc_samples: int = 1,
     damping: float = 0.5,
     init_sd: float = 0.01,
@@ -287,8 +289,17 @@ def build(
         ``mean NLL + T * (KL + shrinkage) / n_k`` (1: the ELBO; below 1: a cold
         posterior, Wenzel et al. 2020, whose sites count the data ``1/T`` times).
     local_steps, learning_rate, mc_samples
-        Adam steps per round on the client's full batch, their learning rate,
-        and reparameterized draws of :math:`w_k` per step.
+        Optimizer steps per round on the client's full batch, the learning rate of
+        the network's point-estimated leaves (body, normalization, adapters), and
+        reparameterized draws of :math:`w_k` per step.
+    optimizer : {"adam", "sgd"}
+        Optimizer of the point-estimated leaves
+        (:func:`~bayes_pfl.baselines.training.make_optimizer`, the baselines' choices).
+    head_learning_rate : float, optional
+        Adam's learning rate for the variational head :math:`q(w_k)` (mean and sd
+        are always fitted by Adam: the sd's gradient is scaled by ``1/n_k`` and
+        plain SGD would barely move it). Default: ``learning_rate`` with Adam, 0.01
+        otherwise.
     damping : float
         Site damping :math:`\\delta \\in (0, 1]` (1: no damping).
     init_sd : float
@@ -306,7 +317,15 @@ def build(
     dtype = head0.dtype
     shared_p = tuple(k for k in params0 if network.roles[k] not in ("head", *local_roles))
     shared_s = tuple(k for k in stats0 if network.roles[k] not in local_roles)
-    tx = optax.adam(learning_rate)
+    if head_learning_rate is None:
+        head_learning_rate = learning_rate if optimizer == "adam" else 0.01
+    tx = optax.multi_transform(
+        {
+            "point": make_optimizer(optimizer, learning_rate),
+            "head": optax.adam(head_learning_rate),
+        },
+        {"params": "point", "adapters": "point", "mean": "head", "raw_sd": "head"},
+    )
     prior = GaussianFactor(jnp.full(dim, 1.0 / prior_sd**2, dtype), jnp.zeros(dim, dtype))
     adapted = (
         tuple(k for k in params0 if network.roles[k] == "body" and k.endswith(".kernel"))
@@ -642,6 +661,8 @@ def fit_neural(
     rounds: int = 30,
     local_steps: int = 20,
     lr: float = 0.01,
+    optimizer: str = "adam",
+    head_lr: float | None = None,
     tau: float = 0.1,
     learn_tau: bool = False,
     prior_sd: float = 1.0,
@@ -665,8 +686,12 @@ def fit_neural(
         Default: the largest class code in any split plus one.
     hidden : int or tuple of int
         Body widths.
-    rounds, local_steps, lr, tau, learn_tau, prior_sd, kl_weight, mc_samples, damping, init_sd
+    rounds, local_steps, tau, learn_tau, prior_sd, kl_weight, mc_samples, damping, init_sd
         See :func:`build`.
+    optimizer, lr, head_lr
+        Optimizer and learning rate of the body (and normalization, adapters);
+        Adam's learning rate of the variational head (``optimizer``,
+        ``learning_rate``, ``head_learning_rate`` of :func:`build`).
     seed : int
         Seeds the network's initialization and every draw.
     split : str
@@ -713,6 +738,8 @@ def fit_neural(
         kl_weight=kl_weight,
         local_steps=local_steps,
         learning_rate=lr,
+        optimizer=optimizer,
+        head_learning_rate=head_lr,
         mc_samples=mc_samples,
         damping=damping,
         init_sd=init_sd,
@@ -725,6 +752,8 @@ def fit_neural(
         rounds=rounds,
         local_steps=local_steps,
         lr=lr,
+        optimizer=optimizer,
+        head_lr=head_lr,
         tau=tau,
         learn_tau=learn_tau,
         prior_sd=prior_sd,

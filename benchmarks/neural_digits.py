@@ -43,7 +43,13 @@ SMALL = 20  # clients with at most this many training images are reported separa
 ROUNDS, LOCAL_STEPS = 30, 20
 
 BASELINE_GRID = [{"optimizer": "sgd", "lr": 0.2}, {"optimizer": "adam", "lr": 0.01}]
-NEURAL_GRID = [{"tau": t, "kl_weight": w} for t in (0.03, 0.1) for w in (1.0, 0.01)]
+# the networks' body gets the baselines' optimizer choices; the variational head is Adam's
+NEURAL_GRID = [
+    {**opt, "tau": t, "kl_weight": w}
+    for opt in BASELINE_GRID
+    for t in (0.03, 0.1)
+    for w in (1.0, 0.01)
+]
 BASELINES = {
     "fedavg": "mlp",
     "fedbn": "mlp_bn",
@@ -90,7 +96,7 @@ def _fmt_paired(p: dict) -> str:
 def _fit(method: str, data, cfg: dict, seed: int):
     if method in NEURAL:
         fit = fit_neural(
-            data, variant=method, rounds=ROUNDS, local_steps=LOCAL_STEPS, lr=0.01, seed=seed, **cfg
+            data, variant=method, rounds=ROUNDS, local_steps=LOCAL_STEPS, seed=seed, **cfg
         )
         return fit, fit.predict
     fit = fit_baseline(
@@ -342,7 +348,9 @@ def main() -> None:
     md = [
         "# Hierarchical Bayesian networks vs optimization baselines: digits federation\n",
         f"{args.clients} clients, seeds {list(seeds)}, {ROUNDS} rounds × {LOCAL_STEPS} local "
-        "steps; hyper-parameters chosen per seed on validation log-loss; test metrics "
+        "steps; hyper-parameters chosen per seed on validation log-loss (baselines: SGD at "
+        "0.2 or Adam at 0.01; networks: the same two for the body x tau {0.03, 0.1} x "
+        "kl_weight {1, 0.01}, the variational head by Adam at 0.01); test metrics "
         "averaged over clients (mean ± sd over seeds). Small: clients with ≤ 20 training "
         f"images (per seed: {[per_seed[s]['n_small'] for s in seeds]}).\n",
         md_table(
