@@ -37,7 +37,7 @@ from _common import machine, md_table, write_results
 from bayes_pfl import metrics as M
 from bayes_pfl.baselines import fit_baseline
 from bayes_pfl.datasets.digits import make_digits_federation
-from bayes_pfl.neural import fit_neural
+from bayes_pfl.neural import NeuralTrainingError, fit_neural
 
 SMALL = 20  # clients with at most this many training images are reported separately
 ROUNDS, LOCAL_STEPS = 30, 20
@@ -89,6 +89,18 @@ def _paired(per_seed: dict, a: str, b: str, key: str) -> dict:
     return {"mean": float(d.mean()), "se": se, "n": len(d)}
 
 
+def _diverged_text(per_seed: dict) -> str:
+    counts: dict[str, dict] = {}
+    for s in per_seed:
+        for method, cfgs in per_seed[s]["diverged"].items():
+            for cfg in cfgs:
+                key = ", ".join(f"{k} {v}" for k, v in cfg.items())
+                counts.setdefault(method, {}).setdefault(key, []).append(s)
+    if not counts:
+        return "none"
+    return "; ".join(f"{m} ({k}) in seeds {v}" for m, by in counts.items() for k, v in by.items())
+
+
 def _fmt_paired(p: dict) -> str:
     return f"{p['mean']:+.4f} ± {p['se']:.4f} (se, {p['n']} seeds)"
 
@@ -116,15 +128,21 @@ def run_seed(seed: int, n_clients: int) -> dict:
     data = make_digits_federation(n_clients=n_clients, seed=seed, test_size=0.3, val_size=0.15)
     val, test = data.arrays("val"), data.arrays("test")
     small = data.n_rows("train") <= SMALL
-    out = {"n_small": int(small.sum()), "methods": {}}
+    diverged: dict[str, list] = {}
+    out = {"n_small": int(small.sum()), "methods": {}, "diverged": diverged}
     for method in (*NEURAL, *BASELINES):
         grid = NEURAL_GRID if method in NEURAL else BASELINE_GRID
         best = None
         for cfg in grid:
             t0 = time.perf_counter()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                _, predict = _fit(method, data, cfg, seed)
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    _, predict = _fit(method, data, cfg, seed)
+            except NeuralTrainingError as err:  # a candidate that diverged cannot be chosen
+                print(f"seed {seed} {method} {cfg}: diverged ({str(err)[:120]})", flush=True)
+                diverged.setdefault(method, []).append(cfg)
+                continue
             secs = time.perf_counter() - t0
             pv = predict(val.x, val.mask)
             val_acc = float(np.nanmean(M.accuracy(pv, val.y, val.mask)))
@@ -136,6 +154,8 @@ def run_seed(seed: int, n_clients: int) -> dict:
             )
             if best is None or val_ll < best[0]:
                 best = (val_ll, cfg, predict, val_acc)
+        if best is None:
+            raise RuntimeError(f"seed {seed}: every {method} candidate diverged")
         val_ll, cfg, predict, val_acc = best
         pt = predict(test.x, test.mask)
         s = _scores(pt, test)
@@ -192,15 +212,18 @@ def run_heart(seeds) -> tuple[dict, str]:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     if method in NEURAL:
-                        fit = fit_neural(
-                            data,
-                            variant=method,
-                            rounds=ROUNDS,
-                            local_steps=LOCAL_STEPS,
-                            hidden=(16,),
-                            seed=seed,
-                            **cfg,
-                        )
+                        try:
+                            fit = fit_neural(
+                                data,
+                                variant=method,
+                                rounds=ROUNDS,
+                                local_steps=LOCAL_STEPS,
+                                hidden=(16,),
+                                seed=seed,
+                                **cfg,
+                            )
+                        except NeuralTrainingError:  # diverged: not a candidate
+                            continue
                     else:
                         fit = fit_baseline(
                             method,
@@ -374,6 +397,8 @@ def main() -> None:
         f"{fmt(best_base, 'accuracy')})",
         f"- paired over seeds, {best_bnn} − {best_base}: accuracy "
         f"{_fmt_paired(paired['accuracy'])}, log-loss {_fmt_paired(paired['log_loss'])}",
+        f"- candidates that diverged (a client's loss NaN: `NeuralTrainingError`, not "
+        f"selectable): {_diverged_text(per_seed)}",
         f"- ECE ≥ 30% lower: **{ece_ratio <= 0.7}** (ratio {ece_ratio:.2f}: "
         f"{fmt(best_bnn, 'ece')} vs {fmt(best_base, 'ece')}); a perfectly calibrated "
         f"predictor with the same probabilities would show {fmt(best_bnn, 'ece_floor')} and "
