@@ -273,30 +273,76 @@ class _ConstantPredictor:
         return prediction_from_mean(self.family, mean, arrays, noise_sd=self.sd)
 
 
+def _row_log_likelihood(family: str, mean, y, noise_sd=None) -> np.ndarray:
+    """``log p(y | E[y] = mean)`` elementwise, for a synthetic federation's family."""
+    if family == "bernoulli":
+        return _bernoulli_log_density(mean, y)
+    if family == "poisson":
+        from scipy.special import gammaln
+
+        rate = np.maximum(mean, 1e-300)
+        return y * np.log(rate) - rate - gammaln(y + 1.0)
+    return -0.5 * ((y - mean) / noise_sd) ** 2 - math.log(noise_sd) - 0.5 * math.log(2 * math.pi)
+
+
 @dataclass
 class _OraclePredictor:
     truth: Any  # SyntheticFederation
     clients: tuple
     feature_mean: np.ndarray | None
     feature_scale: np.ndarray | None
+    draws: np.ndarray | None = None  # know="phi": S draws of b from the true population
+    log_weights: np.ndarray | None = None  # (K, S) normalized importance weights
+    ess: np.ndarray | None = None  # (K,) effective sample size of each client's weights
 
-    def predict(self, arrays: ClientArrays) -> Prediction:
+    def _raw(self, arrays: ClientArrays) -> np.ndarray:
         x = np.asarray(arrays.x, dtype=np.float64)
         if self.feature_scale is not None:
             x = x * self.feature_scale + self.feature_mean
-        x = np.where(np.asarray(arrays.mask)[..., None], x, 0.0)  # padding: any finite value
-        mean = self.truth.true_mean(self.clients, x)
+        return np.where(np.asarray(arrays.mask)[..., None], x, 0.0)  # padding: any finite
+
+    def predict(self, arrays: ClientArrays) -> Prediction:
+        family = self.truth.family
         sd = self.truth.phi.get("sigma_y")
-        sd = None if sd is None else np.full(len(self.clients), float(sd))
-        return prediction_from_mean(self.truth.family, mean, arrays, noise_sd=sd)
+        x = self._raw(arrays)
+        if self.draws is None:
+            mean = self.truth.true_mean(self.clients, x)
+            sd = None if sd is None else np.full(len(self.clients), float(sd))
+            return prediction_from_mean(family, mean, arrays, noise_sd=sd)
+        y = np.asarray(arrays.y, dtype=np.float64)
+        mask = np.asarray(arrays.mask)
+        mean = np.zeros(mask.shape)
+        log_density = np.zeros(mask.shape)
+        for k in range(mask.shape[0]):  # the mixture over draws of one client: (S, n)
+            mu_s = self.truth.mean_of(self.draws, x[k][None])
+            w = np.exp(self.log_weights[k])
+            mean[k] = w @ mu_s
+            ll = _row_log_likelihood(family, mu_s, np.where(mask[k], y[k], 0.0)[None], sd)
+            top = np.max(self.log_weights[k][:, None] + ll, axis=0)
+            log_density[k] = top + np.log(np.exp(self.log_weights[k][:, None] + ll - top).sum(0))
+        log_density = np.where(mask, log_density, 0.0)
+        if family == "bernoulli":
+            mean = np.where(mask, mean, 0.5)
+        return Prediction(log_density, mean)
 
 
-def oracle_method(truth, name: str = "oracle") -> Method:
-    """A reference for synthetic federations: predict with the parameters that made the data.
+def oracle_method(
+    truth, name: str | None = None, *, know: str = "theta", draws: int = 20_000
+) -> Method:
+    """A reference for synthetic federations, from the parameters that made the data.
 
-    Its expected log-loss is the smallest any method can reach on those rows (the
-    data's own entropy), so it bounds how much better than a baseline a method can
-    possibly be. It learns nothing from the training rows.
+    ``know="theta"`` (name ``"oracle"``): predict with each client's true
+    parameters. Its expected log-loss is the data's own entropy, the floor for
+    every method; it learns nothing from the training rows.
+
+    ``know="phi"`` (name ``"bayes-oracle"``): each client's posterior predictive
+    given its training rows and the *true population* (``b_k ~ N(mu, diag tau^2)``
+    with the true ``mu``, ``tau``, shared slopes and noise sd), by importance
+    sampling ``draws`` population draws weighted by the client's likelihood. Over
+    federations drawn from that population, no learner that sees only a client's
+    rows has a lower expected log-loss: it bounds what any method, Bayesian or
+    not, could gain over a baseline. ``Predictor.ess`` gives each client's
+    effective sample size (small for large clients, whose likelihood is narrow).
 
     Parameters
     ----------
@@ -305,9 +351,17 @@ def oracle_method(truth, name: str = "oracle") -> Method:
         ``seed -> SyntheticFederation`` when ``compare`` gets a new federation per seed.
         Its clients and features must be those of the data the harness scores;
         standardized features are mapped back with the data's stored standardization.
-    name : str
+    name : str, optional
         Table row label.
+    know : {"theta", "phi"}
+    draws : int
+        Population draws for ``know="phi"`` (the same draws for every client).
     """
+    if know not in ("theta", "phi"):
+        raise ComparisonError(f"know must be 'theta' or 'phi', got {know!r}")
+    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
+        raise ComparisonError(f"draws must be a positive integer, got {draws!r}")
+    name = name or ("oracle" if know == "theta" else "bayes-oracle")
 
     def fit_fn(data: FederatedData, seed: int) -> _OraclePredictor:
         fed = truth(seed) if callable(truth) else truth
@@ -319,7 +373,26 @@ def oracle_method(truth, name: str = "oracle") -> Method:
         unknown = sorted(set(map(str, data.clients)) - set(fed.clients))
         if unknown:
             raise ComparisonError(f"{name}: clients {unknown[:5]} are not in the federation")
-        return _OraclePredictor(fed, tuple(data.clients), data.feature_mean, data.feature_scale)
+        out = _OraclePredictor(fed, tuple(data.clients), data.feature_mean, data.feature_scale)
+        if know == "theta":
+            return out
+        rng = np.random.default_rng(seed)
+        mu, tau = np.asarray(fed.phi["mu"]), np.asarray(fed.phi["tau"])
+        out.draws = mu + tau * rng.standard_normal((draws, mu.shape[0]))
+        tr = data.train
+        x, y, mask = out._raw(tr), np.asarray(tr.y, dtype=np.float64), np.asarray(tr.mask)
+        sd = fed.phi.get("sigma_y")
+        logw = np.zeros((mask.shape[0], draws))
+        for k in range(mask.shape[0]):
+            rows = mask[k]
+            if rows.any():
+                mu_s = fed.mean_of(out.draws, x[k][rows][None])
+                logw[k] = _row_log_likelihood(fed.family, mu_s, y[k][rows][None], sd).sum(-1)
+        logw -= logw.max(axis=1, keepdims=True)
+        logw -= np.log(np.exp(logw).sum(axis=1, keepdims=True))
+        out.log_weights = logw
+        out.ess = 1.0 / np.exp(2.0 * logw).sum(axis=1)
+        return out
 
     return Method(name, fit_fn, (), None)
 

@@ -119,12 +119,22 @@ class SyntheticFederation:
         if x.ndim != 3 or x.shape[0] != len(labels) or x.shape[2] != p:
             raise ValueError(f"x must have shape ({len(labels)}, n, {p}), got {x.shape}")
         index = {c: i for i, c in enumerate(self.clients)}
-        b = self.theta["b"][[index[c] for c in labels]]
+        return self.mean_of(self.theta["b"][[index[c] for c in labels]], x)
+
+    def mean_of(self, b, x) -> np.ndarray:
+        """``E[y | x]`` for client parameters ``b`` (the rows of ``theta["b"]``).
+
+        ``b`` has shape ``(..., D)`` and ``x`` ``(..., n, P)`` (raw features); leading
+        dimensions broadcast (e.g. ``S`` draws of ``b`` against one client's rows).
+        With ``varying="intercept"`` the slopes are the true shared ``phi["beta"]``.
+        """
+        b = np.asarray(b, dtype=np.float64)
+        x = np.asarray(x, dtype=np.float64)
         if self.varying == "intercept":
-            slopes = self.phi.get("beta", np.zeros(p))
-            eta = b[:, :1] + x @ slopes
+            slopes = self.phi.get("beta", np.zeros(x.shape[-1]))
+            eta = b[..., :1] + x @ slopes
         else:
-            eta = b[:, :1] + np.einsum("knp,kp->kn", x, b[:, 1:])
+            eta = b[..., :1] + np.einsum("...np,...p->...n", x, b[..., 1:])
         if self.family == "bernoulli":
             return 1.0 / (1.0 + np.exp(-eta))
         if self.family == "poisson":

@@ -31,6 +31,7 @@ import argparse
 import time
 import warnings
 
+import jax
 import numpy as np
 from _common import machine, md_table, write_results
 
@@ -131,6 +132,9 @@ def run_seed(seed: int, n_clients: int) -> dict:
     diverged: dict[str, list] = {}
     out = {"n_small": int(small.sum()), "methods": {}, "diverged": diverged}
     for method in (*NEURAL, *BASELINES):
+        # every candidate compiles its own programs (its settings are closure constants);
+        # without this, ten seeds' worth of executables exhaust 24 GB
+        jax.clear_caches()
         grid = NEURAL_GRID if method in NEURAL else BASELINE_GRID
         best = None
         for cfg in grid:

@@ -3,6 +3,7 @@
 import hashlib
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -525,3 +526,99 @@ def test_oracle_rejects_data_of_another_federation():
         7,
     )
     assert seen == [7]
+
+
+def test_bayes_oracle_equals_the_conjugate_posterior_predictive():
+    """Normal clients with a varying intercept and known slope and noise: given the true
+    population, each client's posterior predictive is Normal in closed form. The
+    importance-sampled mixture matches it; 200,000 draws give every client an effective
+    sample size above 10,000 (25,000 here), so a log density carries a Monte Carlo error of
+    about 1/sqrt(ESS) < 1%; the bound 0.02 is three times that."""
+    from bayes_pfl.compare import oracle_method
+    from bayes_pfl.synthetic import make_federation
+
+    fed = make_federation(
+        family="normal", n_clients=6, n_features=1, varying="intercept", sizes=6, seed=5
+    )
+    data = FederatedData.from_pandas(
+        fed.data,
+        client_col="client",
+        target="y",
+        features=["x0"],
+        test_size=0.5,
+        seed=0,
+        standardize=True,
+    )
+    pred_fit = oracle_method(fed, know="phi", draws=200_000).fit_fn(data, 0)
+    assert pred_fit.ess.min() > 10_000
+    pred = pred_fit.predict(data.test)
+    mu, tau = float(fed.phi["mu"][0]), float(fed.phi["tau"][0])
+    beta, sd = float(fed.phi["beta"][0]), float(fed.phi["sigma_y"])
+    raw = lambda a: np.asarray(a.x)[..., 0] * data.feature_scale[0] + data.feature_mean[0]  # noqa: E731
+    tr, te = data.train, data.test
+    resid = np.where(tr.mask, np.asarray(tr.y) - beta * raw(tr), 0.0)
+    prec = 1 / tau**2 + np.asarray(tr.mask).sum(1) / sd**2
+    post_mean = (mu / tau**2 + resid.sum(1) / sd**2) / prec
+    m = post_mean[:, None] + beta * raw(te)
+    v = sd**2 + 1 / prec[:, None]
+    exact = -0.5 * (np.asarray(te.y) - m) ** 2 / v - 0.5 * np.log(2 * np.pi * v)
+    mask = np.asarray(te.mask)
+    np.testing.assert_allclose(np.asarray(pred.log_density)[mask], exact[mask], atol=0.02)
+    np.testing.assert_allclose(np.asarray(pred.mean)[mask], m[mask], atol=0.02 * sd)
+
+
+def test_bayes_oracle_sits_between_the_oracle_and_the_prior():
+    """On tiny Bernoulli clients the population-aware predictive is worse than knowing
+    each client's parameters and better than the population alone (no rows used)."""
+    from bayes_pfl.compare import oracle_method
+    from bayes_pfl.synthetic import make_federation
+
+    fed = make_federation(
+        family="bernoulli",
+        n_clients=300,
+        n_features=2,
+        varying="slopes",
+        median_size=12,
+        seed=8,
+        label_skew=1.0,
+    )
+    data = FederatedData.from_pandas(
+        fed.data,
+        client_col="client",
+        target="y",
+        features=list(fed.features),
+        test_size=0.3,
+        seed=0,
+    )
+    methods = [oracle_method(fed), oracle_method(fed, know="phi", draws=4000)]
+    # the population alone: the same predictor with every training row hidden
+    tr = data.train
+    empty = SimpleNamespace(
+        features=data.features,
+        clients=data.clients,
+        feature_mean=data.feature_mean,
+        feature_scale=data.feature_scale,
+        train=tr._replace(mask=np.zeros_like(np.asarray(tr.mask))),
+    )
+    prior = oracle_method(fed, know="phi", draws=4000).fit_fn(empty, 0).predict(data.test)
+    res = compare(data, methods, seeds=[0])
+    s = res.summary()["log_loss_mean"]
+    mask = np.asarray(data.test.mask)
+    prior_ll = np.nanmean(
+        [
+            -np.asarray(prior.log_density)[k][mask[k]].mean()
+            for k in range(len(mask))
+            if mask[k].any()
+        ]
+    )
+    assert s["oracle"] < s["bayes-oracle"] < prior_ll
+
+
+def test_oracle_method_rejects_bad_settings():
+    from bayes_pfl.compare import oracle_method
+
+    fed = _oracle_fed()
+    with pytest.raises(ComparisonError, match="know"):
+        oracle_method(fed, know="everything")
+    with pytest.raises(ComparisonError, match="draws"):
+        oracle_method(fed, know="phi", draws=0)
