@@ -341,8 +341,9 @@ def oracle_method(
     sampling ``draws`` population draws weighted by the client's likelihood. Over
     federations drawn from that population, no learner that sees only a client's
     rows has a lower expected log-loss: it bounds what any method, Bayesian or
-    not, could gain over a baseline. ``Predictor.ess`` gives each client's
-    effective sample size (small for large clients, whose likelihood is narrow).
+    not, could gain over a baseline. The fitted predictor's ``ess`` gives each
+    client's effective sample size (small for large clients, whose likelihood is
+    narrow: there the estimate is not to be trusted).
 
     Parameters
     ----------
