@@ -632,14 +632,28 @@ def run_heart_federated(seeds, quick, out_dir):
     return payload, "\n".join(lines) + "\n"
 
 
-def merge(quick: bool) -> None:
-    """Write ``pfl_comparison.{json,md}`` from the ``_heart`` and ``_synthetic`` outputs."""
+def merge(quick: bool, force: bool = False) -> None:
+    """Write ``pfl_comparison.{json,md}`` from the per-case outputs
+    (``pfl_comparison_<case>.{json,md}``).
+
+    Refuses, unless ``force``, when the combined file holds a case that has no per-case
+    output here (it would be dropped).
+    """
     import json
 
     suffix = "_quick" if quick else ""
     cases = ("heart", "heart_missing", "heart_federated", *SYNTHETIC)
     parts = [RESULTS / f"{STEM}_{case}{suffix}" for case in cases]
     parts = [p for p in parts if p.with_suffix(".json").exists()]
+    combined = RESULTS / f"{STEM}{suffix}.json"
+    if combined.exists() and not force:
+        have = {p.name.removeprefix(f"{STEM}_").removesuffix(suffix) for p in parts}
+        lost = [c for c in json.loads(combined.read_text()) if c in cases and c not in have]
+        if lost:
+            raise SystemExit(
+                f"--merge would drop {lost} from {combined.name}: their per-case outputs "
+                f"({STEM}_<case>{suffix}.json) are missing; run those cases first, or pass --force"
+            )
     payload: dict = {}
     md = []
     for i, part in enumerate(parts):
@@ -680,6 +694,9 @@ def main() -> None:
         action="store_true",
         help="combine the outputs of separate --case heart and --case synthetic runs",
     )
+    parser.add_argument(
+        "--force", action="store_true", help="--merge even if it drops cases without outputs"
+    )
     args = parser.parse_args()
     # repeated fits of one model on same-shaped data compile once
     jax.config.update("jax_compilation_cache_dir", str(Path.home() / ".cache/bayes-pfl/jax"))
@@ -689,7 +706,7 @@ def main() -> None:
     stem = STEM if args.case == "all" else f"{STEM}_{args.case}"
     stem = f"{stem}_quick" if args.quick else stem
     if args.merge:
-        merge(args.quick)
+        merge(args.quick, args.force)
         return
     out_dir = RESULTS / (f"{STEM}_quick" if args.quick else STEM)
     payload = {"machine": machine(), "seeds": seeds, "baseline_rounds": rounds}
