@@ -59,10 +59,12 @@ from _common import RESULTS, machine, write_results
 from bayes_pfl import metrics as M
 from bayes_pfl.compare import (
     ComparisonResult,
+    Method,
     baseline_method,
     bayesian_method,
     compare,
     oracle_method,
+    size_bucket,
     with_imputation,
 )
 from bayes_pfl.data import ClientArrays, FederatedData
@@ -479,20 +481,29 @@ def synthetic_data(seed: int, case: str = "synthetic") -> FederatedData:
     )
 
 
-def _bayes_oracle_ess(seeds, case) -> dict:
-    """Smallest effective sample size of the bayes-oracle's importance weights per
-    client-size bucket and seed, on the rows its final fit uses (train + validation)."""
-    from bayes_pfl.compare import _merge_train_val, size_bucket
+def _recording_ess(method: Method, fits: dict) -> Method:
+    """``method`` whose fits also record, per seed, the effective sample size of each
+    client's importance weights and the client's training rows (the harness fits a method
+    without a grid once per seed, on the rows its table scores)."""
 
+    def fit_fn(data, seed):
+        fit = method.fit_fn(data, seed)
+        fits[seed] = (fit.ess, data.n_rows("train"))
+        return fit
+
+    return method._replace(fit_fn=fit_fn)
+
+
+def _min_ess(fits: dict) -> dict:
+    """Smallest effective sample size per client-size bucket and seed."""
     out: dict = {}
-    for seed in seeds:
-        data = _merge_train_val(synthetic_data(seed, case))
-        fit = oracle_method(synthetic_federation(seed, case), know="phi").fit_fn(data, seed)
-        buckets = np.asarray(size_bucket(data.n_rows("train"), (10, 50)))
+    for seed in sorted(fits):
+        ess, n_train = fits[seed]
+        buckets = np.asarray(size_bucket(n_train, (10, 50)))
         for bucket in ("<=10", "11-50", ">50"):
             sel = buckets == bucket
             if sel.any():
-                out.setdefault(bucket, []).append(round(float(fit.ess[sel].min())))
+                out.setdefault(bucket, []).append(round(float(ess[sel].min())))
     return out
 
 
@@ -508,6 +519,7 @@ def run_synthetic(seeds, quick, rounds, out_dir, federated, case="synthetic"):
             bayesian_method("ep", glm, name="hb-ep", family="bernoulli", rounds=20, **kw),
             bayesian_method("one-shot", glm, name="hb-one-shot", family="bernoulli", **kw),
         ]
+    oracle_fits: dict = {}
     t0 = time.perf_counter()
     res = compare(
         lambda s: synthetic_data(s, case),
@@ -515,7 +527,12 @@ def run_synthetic(seeds, quick, rounds, out_dir, federated, case="synthetic"):
             *baselines(impute=False, rounds=rounds, quick=quick),
             *bayes,
             oracle_method(lambda s: synthetic_federation(s, case), name=ORACLE),
-            oracle_method(lambda s: synthetic_federation(s, case), name=BAYES_ORACLE, know="phi"),
+            _recording_ess(
+                oracle_method(
+                    lambda s: synthetic_federation(s, case), name=BAYES_ORACLE, know="phi"
+                ),
+                oracle_fits,
+            ),
         ],
         seeds=seeds,
         buckets=(10, 50),
@@ -526,7 +543,7 @@ def run_synthetic(seeds, quick, rounds, out_dir, federated, case="synthetic"):
     b = res.by_bucket()
     d0 = synthetic_data(seeds[0], case)
     n_train = d0.n_rows("train") + d0.n_rows("val")
-    ess = _bayes_oracle_ess(seeds, case)
+    ess = _min_ess(oracle_fits)
     checks = {}
     for bucket, rel in (("<=10", 0.10), (">50", -0.02)):
         sub = b.xs(bucket, level="bucket")["log_loss_mean"]
