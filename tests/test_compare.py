@@ -425,6 +425,14 @@ def _oracle_fed(family="bernoulli", seed=3):
     )
 
 
+def _split(fed, df=None, features=None, **kwargs):
+    """A synthetic federation's rows (or ``df``) as FederatedData, 30% test rows, seed 0."""
+    kw = {"test_size": 0.3, "seed": 0, **kwargs}
+    features = list(fed.features) if features is None else features
+    df = fed.data if df is None else df
+    return FederatedData.from_pandas(df, client_col="client", target="y", features=features, **kw)
+
+
 def _true_probability_column(fed):
     """The data frame with ``p_true``, computed row by row from the stored truth."""
     df = fed.data.copy()
@@ -440,10 +448,9 @@ def test_oracle_predicts_the_true_probabilities(standardize):
 
     fed = _oracle_fed()
     df = _true_probability_column(fed)
-    kw = dict(client_col="client", target="y", test_size=0.3, seed=0)
-    data = FederatedData.from_pandas(df, features=list(fed.features), standardize=standardize, **kw)
+    data = _split(fed, df, standardize=standardize)
     # the same split (it depends on the seed only), carrying p_true along as a raw column
-    ref = FederatedData.from_pandas(df, features=[*fed.features, "p_true"], **kw).test
+    ref = _split(fed, df, features=[*fed.features, "p_true"]).test
     test = data.test
     assert data.feature_scale is not None if standardize else data.feature_scale is None
     pred = oracle_method(fed).fit_fn(data, 0).predict(test)
@@ -465,14 +472,7 @@ def test_oracle_is_the_floor_of_expected_log_loss():
     fed = make_federation(
         family="bernoulli", n_clients=200, n_features=2, varying="slopes", median_size=30, seed=4
     )
-    data = FederatedData.from_pandas(
-        fed.data,
-        client_col="client",
-        target="y",
-        features=list(fed.features),
-        test_size=0.3,
-        seed=0,
-    )
+    data = _split(fed)
     res = compare(data, [oracle_method(fed), constant_method()], seeds=[0])
     s = res.summary()["log_loss_mean"]
     assert s["oracle"] < s["constant"] - 0.05
@@ -482,14 +482,7 @@ def test_oracle_normal_family_uses_the_true_noise():
     from bayes_pfl.compare import oracle_method
 
     fed = _oracle_fed("normal")
-    data = FederatedData.from_pandas(
-        fed.data,
-        client_col="client",
-        target="y",
-        features=list(fed.features),
-        test_size=0.3,
-        seed=0,
-    )
+    data = _split(fed)
     pred = oracle_method(fed).fit_fn(data, 0).predict(data.test)
     mask = np.asarray(data.test.mask)
     half = (np.asarray(pred.upper) - np.asarray(pred.mean))[mask]
@@ -501,30 +494,16 @@ def test_oracle_rejects_data_of_another_federation():
 
     fed = _oracle_fed()
     df = fed.data.rename(columns={"x1": "z"})
-    data = FederatedData.from_pandas(
-        df, client_col="client", target="y", features=["x0", "z"], test_size=0.3, seed=0
-    )
+    data = _split(fed, df, features=["x0", "z"])
     with pytest.raises(ComparisonError, match="features"):
         oracle_method(fed).fit_fn(data, 0)
     df = fed.data.assign(client=fed.data["client"].replace({"c000": "stranger"}))
-    data = FederatedData.from_pandas(
-        df, client_col="client", target="y", features=list(fed.features), test_size=0.3, seed=0
-    )
+    data = _split(fed, df)
     with pytest.raises(ComparisonError, match="stranger"):
         oracle_method(fed).fit_fn(data, 0)
     # a callable gets the harness's seed
     seen = []
-    oracle_method(lambda s: seen.append(s) or fed).fit_fn(
-        FederatedData.from_pandas(
-            fed.data,
-            client_col="client",
-            target="y",
-            features=list(fed.features),
-            test_size=0.3,
-            seed=0,
-        ),
-        7,
-    )
+    oracle_method(lambda s: seen.append(s) or fed).fit_fn(_split(fed), 7)
     assert seen == [7]
 
 
@@ -540,15 +519,7 @@ def test_bayes_oracle_equals_the_conjugate_posterior_predictive():
     fed = make_federation(
         family="normal", n_clients=6, n_features=1, varying="intercept", sizes=6, seed=5
     )
-    data = FederatedData.from_pandas(
-        fed.data,
-        client_col="client",
-        target="y",
-        features=["x0"],
-        test_size=0.5,
-        seed=0,
-        standardize=True,
-    )
+    data = _split(fed, test_size=0.5, standardize=True)
     pred_fit = oracle_method(fed, know="phi", draws=200_000).fit_fn(data, 0)
     assert pred_fit.ess.min() > 10_000
     pred = pred_fit.predict(data.test)
@@ -582,14 +553,7 @@ def test_bayes_oracle_sits_between_the_oracle_and_the_prior():
         seed=8,
         label_skew=1.0,
     )
-    data = FederatedData.from_pandas(
-        fed.data,
-        client_col="client",
-        target="y",
-        features=list(fed.features),
-        test_size=0.3,
-        seed=0,
-    )
+    data = _split(fed)
     methods = [oracle_method(fed), oracle_method(fed, know="phi", draws=4000)]
     # the population alone: the same predictor with every training row hidden
     tr = data.train
