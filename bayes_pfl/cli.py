@@ -44,7 +44,8 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--data",
         required=True,
-        help="a bundled dataset (radon, eight_schools, heart_disease) or a CSV file path",
+        help="a bundled dataset (see `bayes-pfl datasets`: radon, eight_schools, heart_disease, "
+        "sleepstudy, guimmun) or a CSV file path",
     )
     g.add_argument("--client-col", help="column naming each row's client (default: dataset's)")
     g.add_argument("--target", help="target column (default: dataset's)")
@@ -67,8 +68,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--varying",
         choices=("intercept", "slopes"),
-        default="intercept",
-        help="GLMs: which coefficients vary by client",
+        default=None,
+        help="GLMs: which coefficients vary by client (default: the bundled dataset's, "
+        "e.g. slopes for sleepstudy; intercept otherwise)",
     )
     g.add_argument("--centered", action="store_true", help="GLMs: centered parameterization")
 
@@ -76,7 +78,13 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 def _add_nuts_args(p: argparse.ArgumentParser, *, chains=4, warmup=1000, samples=1000) -> None:
     g = p.add_argument_group("sampling")
     g.add_argument("--chains", type=int, default=chains, help=f"NUTS chains (default {chains})")
-    g.add_argument("--warmup", type=int, default=warmup, help=f"warm-up draws (default {warmup})")
+    g.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help=f"warm-up draws (default {warmup}; 300 for the server's final draws of EP and "
+        "one-shot over client effects, whose chains start adapted)",
+    )
     g.add_argument("--samples", type=int, default=samples, help=f"draws per chain ({samples})")
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     g.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -116,20 +124,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fed = fit.add_argument_group("federated (one-shot, ep)")
     fed.add_argument("--rounds", type=int, default=10, help="EP: maximum rounds (default 10)")
-    fed.add_argument("--damping", type=float, default=0.8, help="EP: damping rate (0.8)")
+    fed.add_argument(
+        "--damping",
+        type=float,
+        default=None,
+        help="EP/VI: damping rate (default 0.5 for EP over client effects, 0.8 otherwise)",
+    )
+    fed.add_argument(
+        "--sites",
+        choices=("effects", "global"),
+        default="effects",
+        help="EP/one-shot: sites over each client's own effects, the population integrated "
+        "exactly by the server (default), or over the global parameters",
+    )
     fed.add_argument(
         "--tilted",
         choices=("laplace", "nuts"),
-        default="laplace",
-        help="clients' tilted inference: laplace (fast, default) or nuts (few clients)",
+        default=None,
+        help="--sites global: clients' tilted inference, laplace (default) or nuts",
     )
     fed.add_argument(
         "--site-fit",
         choices=("gradient", "regression", "taylor"),
-        default="gradient",
-        help="laplace clients: linear fit of the marginal likelihood's gradient over the "
-        "tilted region (default), quadratic fit of its values there, or Taylor expansion "
-        "at the tilted mode",
+        default=None,
+        help="--sites global, laplace clients: linear fit of the marginal likelihood's "
+        "gradient over the tilted region (default), quadratic fit of its values there, or "
+        "Taylor expansion at the tilted mode",
     )
     vi = fit.add_argument_group("federated VI (vi)")
     vi.add_argument(
@@ -219,12 +239,17 @@ def _load_data(args):
 
 
 def _model(args, data, default_model):
+    from bayes_pfl.datasets import DATASETS
     from bayes_pfl.models import get_model
 
     name = args.model or default_model
     if name is None:
         raise SystemExit("bayes-pfl: --model is required for a CSV (see `bayes-pfl models`)")
-    return get_model(name, data.n_features, varying=args.varying, centered=args.centered)
+    varying = args.varying
+    if varying is None:
+        info = DATASETS.get(args.data)
+        varying = info.varying if info is not None else "intercept"
+    return get_model(name, data.n_features, varying=varying, centered=args.centered)
 
 
 def _client_variable(model) -> str:
@@ -263,6 +288,9 @@ def _fit_and_save(args, data, model, out: Path, *, dataset: str):
     t0 = time.perf_counter()
     method = getattr(args, "method", "nuts")
     sampling = dict(num_chains=args.chains, num_warmup=args.warmup, seed=args.seed)
+    if args.warmup is None and method in ("nuts", "vi"):
+        sampling["num_warmup"] = 1000
+    damping = {} if getattr(args, "damping", None) is None else {"damping": args.damping}
     if method == "nuts":
         result = fit_nuts(
             model,
@@ -275,6 +303,7 @@ def _fit_and_save(args, data, model, out: Path, *, dataset: str):
         result = fit_one_shot(
             model,
             data,
+            sites=args.sites,
             tilted=args.tilted,
             site_fit=args.site_fit,
             num_samples=args.samples,
@@ -288,7 +317,7 @@ def _fit_and_save(args, data, model, out: Path, *, dataset: str):
             model,
             data,
             rounds=args.rounds,
-            damping=args.damping,
+            **damping,
             family=args.family,
             schedule=args.schedule,
             steps=args.steps,
@@ -301,7 +330,8 @@ def _fit_and_save(args, data, model, out: Path, *, dataset: str):
             model,
             data,
             rounds=args.rounds,
-            damping=args.damping,
+            sites=args.sites,
+            **damping,
             tilted=args.tilted,
             site_fit=args.site_fit,
             num_samples=args.samples,

@@ -32,11 +32,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bayes_pfl.algorithms import ep
+from bayes_pfl.algorithms import effect_ep, ep
 from bayes_pfl.algorithms.ep import gaussian_log_kernel
 from bayes_pfl.centralized import check_model_data
 from bayes_pfl.gaussian import GaussianFactor
-from bayes_pfl.local import nuts_draws, sample_conditional, sample_conditionals
+from bayes_pfl.local import nuts_draws, nuts_run, sample_conditional, sample_conditionals
+from bayes_pfl.population import gaussian_population
 from bayes_pfl.results import FitResult
 from bayes_pfl.simulation import _bucket_parts, _bucketed, run_rounds
 from bayes_pfl.spec import HierarchicalModel
@@ -48,12 +49,20 @@ __all__ = [
     "cold_start",
     "fit_ep",
     "fit_one_shot",
+    "effect_global_draws",
     "global_draws",
     "personalize",
     "personalize_client",
+    "personalize_effects",
+    "server_draws",
+    "server_summary",
 ]
 
 GLOBAL_METHODS = ("nuts", "laplace")
+SITES = ("effects", "global")
+"""Where EP's sites live: over each client's own effects (default; the population is
+integrated exactly by the server, :mod:`bayes_pfl.algorithms.effect_ep`) or over the
+global parameters (:mod:`bayes_pfl.algorithms.ep`)."""
 
 
 def global_draws(
@@ -97,6 +106,59 @@ def global_draws(
 
     draws, diverging = run(keys, inits)
     return draws, {"diverging": np.asarray(diverging)}
+
+
+def effect_global_draws(
+    rng_key: Array,
+    model: HierarchicalModel,
+    state: effect_ep.EffectServerState,
+    *,
+    num_chains: int = 4,
+    num_warmup: int = 300,
+    num_samples: int = 1000,
+) -> tuple[Array, dict[str, Array]]:
+    """NUTS draws ``[chain, draw, P]`` of ``p0(u) prod_k Z_k(u)`` (sites over client effects).
+
+    The chains start from the server's last draws with the dense mass matrices its
+    last round adapted, and adapt only their step size during ``num_warmup``.
+    """
+    pop = gaussian_population(model)
+    log_hyperprior = jax.jit(model.log_hyperprior)
+    n_prev = state.draws.shape[0]
+    pick = np.arange(num_chains) % n_prev
+    inits = jnp.asarray(state.draws[:, -1, :])[pick]
+    step = jnp.asarray(state.step_size)[pick]
+    inv_mass = jnp.asarray(state.inverse_mass)[pick]
+    keys = jax.random.split(rng_key, num_chains)
+    run = _effect_sampler(pop, log_hyperprior, num_warmup, num_samples)
+    draws, diverging = run(keys, inits, step, inv_mass, state.sites)
+    return draws, {"diverging": np.asarray(diverging)}
+
+
+@functools.lru_cache(maxsize=16)
+def _effect_sampler(pop, log_hyperprior, num_warmup: int, num_samples: int):
+    """The jitted final NUTS chains of :func:`effect_global_draws` (one compilation per setting)."""
+
+    @jax.jit
+    def run(keys, inits, step, inv_mass, sites):
+        def logp(u):
+            return effect_ep.server_log_density(pop, log_hyperprior, u, sites)
+
+        out = jax.vmap(
+            lambda k, z0, eps, m: nuts_run(
+                k,
+                logp,
+                z0,
+                num_warmup=num_warmup,
+                num_samples=num_samples,
+                step_size=eps,
+                inverse_mass_matrix=m,
+                adapt_mass_matrix=False,
+            )
+        )(keys, inits, step, inv_mass)
+        return out.draws, out.diverging
+
+    return run
 
 
 def _client_logp(model: HierarchicalModel):
@@ -192,6 +254,56 @@ def personalize(
     return _bucketed(step, _bucket_parts((x, y, mask), mask), keys, ())
 
 
+def personalize_effects(
+    rng_key: Array,
+    model: HierarchicalModel,
+    sites: GaussianFactor,
+    u_draws: Array,
+    data,
+    *,
+    mh_steps: int = 5,
+    batch_size: int | None = None,
+) -> tuple[Array, Array]:
+    """:func:`personalize` from each client's site over its effects (EP with ``sites="effects"``).
+
+    Client ``k`` draws ``theta_k^(s) ~ p(theta_k | u^(s), D_k)`` by independence
+    Metropolis-Hastings whose proposal is the population times its own site
+    (:func:`bayes_pfl.algorithms.effect_ep.personalize_client`): exact in the limit,
+    no optimization per draw. Same keys, shapes and outputs as :func:`personalize`.
+    """
+    mh_steps = _check_steps("mh_steps", mh_steps)
+    s = u_draws.shape[0]
+    x, y, mask = (jnp.asarray(a) for a in (data.x, data.y, data.mask))
+    k = x.shape[0]
+    keys = jax.random.split(rng_key, k)
+
+    def step(bucket_keys, bucket_sites, arrays):
+        n_clients, rows = arrays[0].shape[:2]
+        per_client = s * (mh_steps + 1) * rows * max(x.shape[2], 1)
+        bs = batch_size or int(max(1, min(n_clients, 2e7 // max(per_client, 1))))
+        kernel = _effect_personalize_kernel(model, mh_steps, bs)
+        return kernel(bucket_keys, bucket_sites, u_draws, *arrays)
+
+    return _bucketed(step, _bucket_parts((x, y, mask), mask), keys, (sites,))
+
+
+@functools.lru_cache(maxsize=16)
+def _effect_personalize_kernel(model: HierarchicalModel, mh_steps: int, batch: int):
+    pop = gaussian_population(model)
+
+    def one_client(u_draws, args):
+        key, site, xk, yk, mk = args
+        return effect_ep.personalize_client(key, pop, site, u_draws, xk, yk, mk, mh_steps=mh_steps)
+
+    @jax.jit
+    def run(keys, sites, u_draws, x, y, mask):
+        return jax.lax.map(
+            functools.partial(one_client, u_draws), (keys, sites, x, y, mask), batch_size=batch
+        )
+
+    return run
+
+
 def _check_steps(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
         raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
@@ -269,6 +381,12 @@ def _ep_algorithm(model: HierarchicalModel, **options) -> Any:
     return ep.build(model, **options)
 
 
+@functools.lru_cache(maxsize=16)
+def _effect_algorithm(model: HierarchicalModel, **options) -> Any:
+    """``effect_ep.build`` memoized per model and options (compiled code reused)."""
+    return effect_ep.build(model, **options)
+
+
 class _Fitted(NamedTuple):
     server_state: Any
     history: list
@@ -289,7 +407,24 @@ def _run_ep(
     resume,
     site_fit,
     site_points=None,
+    sites="global",
+    effect_options=None,
 ):
+    if sites == "effects":
+        algorithm = _effect_algorithm(model, damping=damping, tol=tol, **dict(effect_options or ()))
+        out = run_rounds(
+            algorithm,
+            data.train,
+            rounds=rounds,
+            labels=data.clients,
+            seed=seed,
+            progress=progress,
+            checkpoint=checkpoint,
+            resume=resume,
+            bucket_rows=True,
+        )
+        history = [{**h, "sites": "effects"} for h in out.history]
+        return _Fitted(out.server_state, history, out.converged)
     init, history = None, []
     if tilted == "nuts" and rounds > 1:
         # NUTS moment matching is refined from the Laplace-EP solution: its cavities are then
@@ -331,6 +466,56 @@ def _run_ep(
     return _Fitted(out.server_state, history, out.converged)
 
 
+def server_draws(
+    rng_key: Array,
+    model: HierarchicalModel,
+    state,
+    *,
+    global_method: str = "nuts",
+    num_chains: int = 4,
+    num_warmup: int = 1000,
+    num_samples: int = 1000,
+) -> tuple[Array, dict]:
+    """The global draws ``[chain, draw, P]`` after EP's rounds, from its server state.
+
+    Sites over client effects (:class:`~bayes_pfl.algorithms.effect_ep.EffectServerState`):
+    :func:`effect_global_draws`; sites over the global parameters: :func:`global_draws`.
+    Used by the in-process fits and by the Flower server alike.
+    """
+    if isinstance(state, effect_ep.EffectServerState):
+        return effect_global_draws(
+            rng_key,
+            model,
+            state,
+            num_chains=num_chains,
+            num_warmup=num_warmup,
+            num_samples=num_samples,
+        )
+    return global_draws(
+        rng_key,
+        model,
+        state.sites_product,
+        method=global_method,
+        mode=state.mode,
+        precision=state.precision,
+        num_chains=num_chains,
+        num_warmup=num_warmup,
+        num_samples=num_samples,
+    )
+
+
+def server_summary(state, u) -> dict[str, Any]:
+    """What a federated ``FitResult.state`` keeps of the server: draws and sites."""
+    if isinstance(state, effect_ep.EffectServerState):
+        return {"u_draws": np.asarray(u), "sites": state.sites}
+    return {
+        "u_draws": np.asarray(u),
+        "sites_product": state.sites_product,
+        "mode": np.asarray(state.mode),
+        "precision": np.asarray(state.precision),
+    }
+
+
 def _finish(
     method: str,
     model: HierarchicalModel,
@@ -349,13 +534,11 @@ def _finish(
     state = fitted.server_state
     key = jax.random.key(seed + 1)
     t0 = time.perf_counter()
-    u, gstats = global_draws(
+    u, gstats = server_draws(
         jax.random.fold_in(key, 1),
         model,
-        state.sites_product,
-        method=global_method,
-        mode=state.mode,
-        precision=state.precision,
+        state,
+        global_method=global_method,
         num_chains=num_chains,
         num_warmup=num_warmup,
         num_samples=num_samples,
@@ -364,9 +547,19 @@ def _finish(
     t_global = time.perf_counter() - t0
     c, s, p = u.shape
     t0 = time.perf_counter()
-    theta, acc = personalize(
-        jax.random.fold_in(key, 2), model, u.reshape(c * s, p), data.train, mh_steps=mh_steps
-    )
+    if isinstance(state, effect_ep.EffectServerState):
+        theta, acc = personalize_effects(
+            jax.random.fold_in(key, 2),
+            model,
+            state.sites,
+            u.reshape(c * s, p),
+            data.train,
+            mh_steps=mh_steps,
+        )
+    else:
+        theta, acc = personalize(
+            jax.random.fold_in(key, 2), model, u.reshape(c * s, p), data.train, mh_steps=mh_steps
+        )
     theta = jax.block_until_ready(theta)  # JAX is asynchronous: time the work, not its dispatch
     t_personal = time.perf_counter() - t0
     result = _to_result(
@@ -388,14 +581,7 @@ def _finish(
             "settings": {**settings, "global_method": global_method, "mh_steps": mh_steps},
         },
     )
-    result.state.update(
-        {
-            "u_draws": np.asarray(u),
-            "sites_product": state.sites_product,
-            "mode": np.asarray(state.mode),
-            "precision": np.asarray(state.precision),
-        }
-    )
+    result.state.update(server_summary(state, u))
     return result
 
 
@@ -404,50 +590,65 @@ def fit_ep(
     data,
     *,
     rounds: int = 10,
-    damping: float = 0.8,
-    tilted: str = "laplace",
-    site_fit: str = "gradient",
+    damping: float | None = None,
+    sites: str = "effects",
+    tilted: str | None = None,
+    site_fit: str | None = None,
     site_points: int | None = None,
     tol: float | None = None,
     seed: int = 0,
     global_method: str = "nuts",
     num_chains: int = 4,
-    num_warmup: int = 1000,
+    num_warmup: int | None = None,
     num_samples: int = 1000,
     mh_steps: int = 5,
     progress: bool = True,
     checkpoint=None,
     resume: bool = False,
+    effect_options: dict | None = None,
 ) -> FitResult:
-    """Federated EP (see :mod:`bayes_pfl.algorithms.ep`), then global and personalized draws.
+    """Federated EP, then global and personalized draws.
 
     Parameters
     ----------
     rounds : int
         Maximum number of rounds; EP stops earlier when converged.
-    damping : float
-        Damping rate of site updates.
+    damping : float, optional
+        Damping rate of site updates (default 0.5 with ``sites="effects"``, 0.8 with
+        ``"global"``).
+    sites : {"effects", "global"}
+        ``"effects"`` (default): each client's site is a Gaussian over its own effects
+        and the shared likelihood parameters, moment-matched to its tilted
+        distribution, and the server integrates the population exactly
+        (:mod:`bayes_pfl.algorithms.effect_ep`); ``"global"``: sites over the global
+        parameters (:mod:`bayes_pfl.algorithms.ep`, the earlier format).
     tilted : {"laplace", "nuts"}
-        Tilted inference of the clients. ``"nuts"`` starts from the Laplace-EP
-        solution; its Monte Carlo noise adds up over sites, so it suits few clients.
+        ``sites="global"`` only: tilted inference of the clients. ``"nuts"`` starts
+        from the Laplace-EP solution; its Monte Carlo noise adds up over sites.
     site_fit : {"gradient", "regression", "taylor"}
-        How a Laplace client turns its marginal likelihood into a site
-        (see :func:`bayes_pfl.algorithms.ep.build`).
+        ``sites="global"`` only (see :func:`bayes_pfl.algorithms.ep.build`).
     site_points : int, optional
-        Number of points of the ``"regression"``/``"gradient"`` site fit.
+        ``sites="global"`` only: points of the ``"regression"``/``"gradient"`` fit.
     tol : float, optional
-        Convergence tolerance (default ``1e-3`` for Laplace, ``0.05`` for NUTS,
-        whose moments carry Monte Carlo noise).
+        Convergence tolerance (default 0.05 for ``"effects"``, whose cavities carry the
+        server's Monte Carlo noise; ``1e-3`` for Laplace and ``0.05`` for NUTS global
+        sites).
     global_method : {"nuts", "laplace"}
-        How the server samples ``p0 * G``.
+        ``sites="global"``: how the server samples ``p0 * G`` (``"effects"``: NUTS).
     num_chains, num_warmup, num_samples
-        Server NUTS settings; the result has ``num_chains x num_samples`` draws.
+        Server NUTS settings of the final global draws; the result has ``num_chains x
+        num_samples`` draws. ``num_warmup`` defaults to 300 with ``sites="effects"``
+        (the chains start from the mass matrices the last round adapted and adapt only
+        their step size) and 1000 with ``"global"``.
     mh_steps : int
         Independence-MH steps per personalized draw (:func:`personalize`); raise it
         when ``info["min_personalize_acceptance"]`` is low (tiny clients, skewed
         conditionals).
     checkpoint, resume
         Checkpoint file prefix and whether to resume from it.
+    effect_options : dict, optional
+        Further options of :func:`bayes_pfl.algorithms.effect_ep.build` (the server's
+        per-round NUTS settings, the tilted importance-sampling points).
 
     Returns
     -------
@@ -456,7 +657,14 @@ def fit_ep(
     """
     check_model_data(model, data)
     mh_steps = _check_steps("mh_steps", mh_steps)
-    tol = (1e-3 if tilted == "laplace" else 0.05) if tol is None else tol
+    tilted, site_fit = _global_options(sites, tilted, site_fit)
+    num_warmup = default_warmup(sites, num_warmup)
+    if sites == "effects":
+        damping = 0.5 if damping is None else damping
+        tol = 0.05 if tol is None else tol
+    else:
+        damping = 0.8 if damping is None else damping
+        tol = (1e-3 if tilted == "laplace" else 0.05) if tol is None else tol
     t_start = time.perf_counter()
     fitted = _run_ep(
         model,
@@ -471,7 +679,14 @@ def fit_ep(
         progress=progress,
         checkpoint=checkpoint,
         resume=resume,
+        sites=sites,
+        effect_options=_freeze(effect_options),
     )
+    settings = {"rounds": rounds, "damping": damping, "sites": sites, "tol": tol}
+    if sites == "global":
+        settings.update(tilted=tilted, site_fit=site_fit, site_points=site_points)
+    elif effect_options:
+        settings.update(dict(effect_options))
     return _finish(
         "ep",
         model,
@@ -484,43 +699,67 @@ def fit_ep(
         num_samples=num_samples,
         t_start=t_start,
         mh_steps=mh_steps,
-        settings={
-            "rounds": rounds,
-            "damping": damping,
-            "tilted": tilted,
-            "site_fit": site_fit,
-            "site_points": site_points,
-            "tol": tol,
-        },
+        settings=settings,
     )
+
+
+def _global_options(sites: str, tilted: str | None, site_fit: str | None) -> tuple[str, str]:
+    """``tilted``/``site_fit`` belong to sites over the global parameters: defaults there,
+    a clear error when given with sites over client effects."""
+    if sites not in SITES:
+        raise ValueError(f"sites must be one of {SITES}, got {sites!r}")
+    if sites == "effects":
+        given = [n for n, v in (("tilted", tilted), ("site_fit", site_fit)) if v is not None]
+        if given:
+            raise ValueError(
+                f"{' and '.join(given)} only apply to sites='global' (sites over the global "
+                "parameters); sites='effects' moment-matches each client's tilted distribution"
+            )
+    return tilted or "laplace", site_fit or "gradient"
+
+
+def default_warmup(sites: str, num_warmup: int | None) -> int:
+    """The final global draws' NUTS warm-up: 300 with sites over effects, else 1000."""
+    if num_warmup is not None:
+        return num_warmup
+    return 300 if sites == "effects" else 1000
+
+
+def _freeze(options: dict | None) -> tuple | None:
+    """Options as a hashable tuple of items (the algorithm cache's key)."""
+    return tuple(sorted(options.items())) if options else None
 
 
 def fit_one_shot(
     model: HierarchicalModel,
     data,
     *,
-    tilted: str = "laplace",
-    site_fit: str = "gradient",
+    sites: str = "effects",
+    tilted: str | None = None,
+    site_fit: str | None = None,
     seed: int = 0,
     global_method: str = "nuts",
     num_chains: int = 4,
-    num_warmup: int = 1000,
+    num_warmup: int | None = None,
     num_samples: int = 1000,
     mh_steps: int = 5,
     progress: bool = True,
+    effect_options: dict | None = None,
 ) -> FitResult:
-    """One-shot posterior-summary exchange: one EP round from the prior, undamped.
+    """One-shot posterior-summary exchange: EP's first round, undamped.
 
-    Each client summarizes its likelihood as a Gaussian factor over the global
-    parameters at its local posterior mode (``tilted="laplace"``) or from the
-    moments of a local NUTS run with the prior's local expansion divided out
-    (``"nuts"``); the server samples ``p0 * prod_k t_k`` and each client
-    personalizes against those draws. Clients whose local posterior has no mode
-    (e.g. a one-row client whose noise scale is unidentified) send nothing.
-    Options as in :func:`fit_ep`.
+    With ``sites="effects"`` (default) each client moment-matches a Gaussian site over
+    its own effects (and the shared likelihood parameters) against the population
+    predictive under the hyper-prior, and the server integrates the population
+    exactly: the exact posterior when every client's likelihood is Gaussian in its
+    effects (eight schools). With ``sites="global"`` each client summarizes its
+    likelihood as a Gaussian over the global parameters at its local mode (Dutta,
+    Blomstedt & Kaski 2016). Options as in :func:`fit_ep`.
     """
     check_model_data(model, data)
     mh_steps = _check_steps("mh_steps", mh_steps)
+    tilted, site_fit = _global_options(sites, tilted, site_fit)
+    num_warmup = default_warmup(sites, num_warmup)
     t_start = time.perf_counter()
     fitted = _run_ep(
         model,
@@ -534,7 +773,12 @@ def fit_one_shot(
         checkpoint=None,
         resume=False,
         site_fit=site_fit,
+        sites=sites,
+        effect_options=_freeze(effect_options),
     )
+    settings = {"sites": sites}
+    if sites == "global":
+        settings.update(tilted=tilted, site_fit=site_fit)
     return _finish(
         "one-shot",
         model,
@@ -547,7 +791,7 @@ def fit_one_shot(
         num_samples=num_samples,
         t_start=t_start,
         mh_steps=mh_steps,
-        settings={"tilted": tilted, "site_fit": site_fit},
+        settings=settings,
     )
 
 

@@ -40,6 +40,7 @@ __all__ = [
     "newton_maximize",
     "newton_steps",
     "nuts_draws",
+    "nuts_run",
     "sample_conditional",
     "sample_conditionals",
 ]
@@ -349,6 +350,60 @@ def sample_conditionals(
     return theta, jnp.mean(acc)
 
 
+class NutsRun(NamedTuple):
+    """Draws of one NUTS chain and the adaptation it ended with."""
+
+    draws: Array  # [num_samples, n]
+    diverging: Array  # [num_samples]
+    step_size: Array
+    inverse_mass_matrix: Array  # [n, n]
+    num_steps: Array  # [num_samples] leapfrog steps per draw
+
+
+def nuts_run(
+    rng_key: Array,
+    logp_fn: LogDensityFn,
+    z0: Array,
+    *,
+    num_warmup: int = 500,
+    num_samples: int = 500,
+    target_accept_prob: float = 0.8,
+    max_tree_depth: int = 8,
+    step_size: Array | float = 1.0,
+    inverse_mass_matrix: Array | None = None,
+    adapt_mass_matrix: bool = True,
+) -> NutsRun:
+    """One NUTS chain on ``exp(logp_fn(z))`` with numpyro's functional core (vmappable).
+
+    A dense mass matrix is adapted during warm-up, starting from ``inverse_mass_matrix``
+    when given (e.g. the adaptation of an earlier run on a nearby density); with
+    ``adapt_mass_matrix=False`` only the step size is adapted. No Python loop, so it can
+    be ``jax.vmap``-ed (the chains then step in lockstep).
+    """
+    init_kernel, sample_kernel = hmc(potential_fn=lambda z: -logp_fn(z), algo="NUTS")
+    k_init, _ = jax.random.split(rng_key)
+    state = init_kernel(
+        ParamInfo(z0, -logp_fn(z0), -jax.grad(logp_fn)(z0)),
+        num_warmup,
+        step_size=step_size,
+        inverse_mass_matrix=inverse_mass_matrix,
+        adapt_mass_matrix=adapt_mass_matrix,
+        target_accept_prob=target_accept_prob,
+        max_tree_depth=max_tree_depth,
+        dense_mass=True,
+        rng_key=k_init,
+    )
+
+    def body(state, _):
+        state = sample_kernel(state)
+        return state, (state.z, state.diverging, state.num_steps)
+
+    state, _ = jax.lax.scan(body, state, None, length=num_warmup)
+    state, (draws, div, steps) = jax.lax.scan(body, state, None, length=num_samples)
+    adapt = state.adapt_state
+    return NutsRun(draws, div, adapt.step_size, adapt.inverse_mass_matrix, steps)
+
+
 def nuts_draws(
     rng_key: Array,
     logp_fn: LogDensityFn,
@@ -365,24 +420,16 @@ def nuts_draws(
     a dense mass matrix adapted during warm-up; no Python loop, so it can be
     ``jax.vmap``-ed over clients (all clients then step in lockstep).
     """
-    init_kernel, sample_kernel = hmc(potential_fn=lambda z: -logp_fn(z), algo="NUTS")
-    k_init, k_run = jax.random.split(rng_key)
-    state = init_kernel(
-        ParamInfo(z0, -logp_fn(z0), -jax.grad(logp_fn)(z0)),
-        num_warmup,
+    run = nuts_run(
+        rng_key,
+        logp_fn,
+        z0,
+        num_warmup=num_warmup,
+        num_samples=num_samples,
         target_accept_prob=target_accept_prob,
         max_tree_depth=max_tree_depth,
-        dense_mass=True,
-        rng_key=k_init,
     )
-
-    def body(state, _):
-        state = sample_kernel(state)
-        return state, (state.z, state.diverging)
-
-    state, _ = jax.lax.scan(body, state, None, length=num_warmup)
-    _, (draws, div) = jax.lax.scan(body, state, None, length=num_samples)
-    return draws, div
+    return run.draws, run.diverging
 
 
 def conditional_mode(

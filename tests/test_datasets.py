@@ -116,7 +116,9 @@ def test_registry_frozen():
 
 
 def test_unknown_name():
-    with pytest.raises(ValueError, match="eight_schools, heart_disease, radon"):
+    with pytest.raises(
+        ValueError, match="eight_schools, guimmun, heart_disease, radon, sleepstudy"
+    ):
         load("mnist")
 
 

@@ -447,6 +447,7 @@ def test_nuts_tilted_ep_records_chain_diagnostics(conjugate):
         normal_normal(),
         data,
         rounds=2,
+        sites="global",
         tilted="nuts",
         progress=False,
         num_samples=300,

@@ -1,14 +1,18 @@
 """Bundled real datasets that are naturally split into clients.
 
-Three small datasets ship inside the package and load without network access
+Five small datasets ship inside the package and load without network access
 (see ``PROVENANCE.md`` next to this file for sources, licences and caveats):
 
 * :func:`load_radon`: Minnesota radon, 919 homes in 85 counties (clients);
 * :func:`load_eight_schools`: Rubin's eight schools, one summary statistic per school;
-* :func:`load_heart_disease`: UCI Heart Disease, 920 patients in four hospitals.
+* :func:`load_heart_disease`: UCI Heart Disease, 920 patients in four hospitals;
+* :func:`load_sleepstudy`: lme4's sleep-deprivation reaction times, 18 subjects x 10 days;
+* :func:`load_guimmun`: mlmRev's Guatemalan child immunization, 2,159 children in
+  161 communities.
 
 :data:`DATASETS` describes each one (client column, target, features, default
-model of the zoo) and :func:`load` loads any of them by name.
+model of the zoo, which of its coefficients vary by client) and :func:`load` loads
+any of them by name.
 
 Examples
 --------
@@ -30,6 +34,7 @@ import pandas as pd
 
 __all__ = [
     "DATASETS",
+    "GUIMMUN_YES_NO",
     "HEART_DISEASE_COLUMNS",
     "HEART_DISEASE_FEATURES",
     "HEART_DISEASE_FLAMBY_FEATURES",
@@ -37,8 +42,10 @@ __all__ = [
     "DatasetInfo",
     "load",
     "load_eight_schools",
+    "load_guimmun",
     "load_heart_disease",
     "load_radon",
+    "load_sleepstudy",
 ]
 
 HEART_DISEASE_FEATURES: tuple[str, ...] = (
@@ -162,6 +169,84 @@ def load_heart_disease(target: str = "binary") -> pd.DataFrame:
     return df
 
 
+def load_sleepstudy() -> pd.DataFrame:
+    """Load lme4's ``sleepstudy`` data (Belenky et al. 2003).
+
+    Average reaction times of 18 subjects (the clients) on each of 10 days of
+    sleep deprivation (days 0 to 9; 180 rows, 10 per subject), in the file's
+    order. lme4's canonical random-slopes example fits
+    ``Reaction ~ Days + (Days | Subject)``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        180 rows and columns ``Reaction`` (float, average reaction time in ms),
+        ``Days`` (int, 0 to 9), ``Subject`` (int, subject number, 308 to 372)
+        and ``reaction_std`` (float): ``Reaction`` standardized with the mean
+        and standard deviation (``ddof=0``) of all 180 rows, so that the zoo's
+        default priors (unit-scale population sd and noise sd) fit the outcome.
+        :data:`DATASETS` uses it as the target: the raw reaction times (mean
+        about 300 ms, sd 56 ms) are far outside those priors' scale.
+    """
+    with _path("sleepstudy.csv").open("r") as fh:
+        df = pd.read_csv(fh)
+    df = df.astype({"Reaction": np.float64, "Days": np.int64, "Subject": np.int64})
+    reaction = df["Reaction"].to_numpy()
+    df["reaction_std"] = (reaction - reaction.mean()) / reaction.std()
+    return df
+
+
+GUIMMUN_YES_NO: tuple[str, ...] = ("immun", "kid2p", "mom25p", "momWork", "rural")
+"""The columns of ``guimmun`` coded ``Y``/``N`` in the data, encoded 1/0 by :func:`load_guimmun`."""
+
+
+def load_guimmun() -> pd.DataFrame:
+    """Load mlmRev's ``guImmun`` data (Rodriguez & Goldman 2001).
+
+    Complete immunization of 2,159 children of 1,595 mothers in 161 Guatemalan
+    communities (the clients; 1 to 55 children each, median 11), in the file's
+    order. The yes/no columns of :data:`GUIMMUN_YES_NO` are encoded as 0/1
+    integers (``Y`` = 1, ``N`` = 0; the encoding loses nothing); the other
+    categorical columns are kept as text.
+
+    Returns
+    -------
+    pandas.DataFrame
+        2,159 rows and the columns of mlmRev's documentation:
+
+        * ``kid``, ``mom``, ``comm`` (int): child, family and community ids;
+        * ``immun`` (int): 1 if the child received a complete set of
+          immunizations (every child here received at least one);
+        * ``kid2p`` (int): 1 if the child was 2 years or older at the survey;
+        * ``mom25p`` (int): 1 if the mother was 25 years or older;
+        * ``ord`` (str): birth order, ``"01"`` (first child), ``"23"``,
+          ``"46"``, ``"7p"`` (seventh or later);
+        * ``ethn`` (str): mother's ethnicity, ``"L"`` (Ladino), ``"N"``
+          (indigenous, not speaking Spanish), ``"S"`` (indigenous, speaking
+          Spanish);
+        * ``momEd``, ``husEd`` (str): education of the mother and of her
+          husband, ``"N"`` (primary not finished), ``"P"`` (primary finished),
+          ``"S"`` (secondary finished), ``husEd`` also ``"U"`` (unknown);
+        * ``momWork`` (int): 1 if the mother had ever worked outside the home;
+        * ``rural`` (int): 1 if the family's location is rural (constant within
+          each community);
+        * ``pcInd81`` (float): share of indigenous population in the community
+          at the 1981 census (0 to 1).
+    """
+    text = ["ord", "ethn", "momEd", "husEd"]
+    with _path("guimmun.csv").open("r") as fh:
+        df = pd.read_csv(fh, dtype={c: str for c in [*text, *GUIMMUN_YES_NO]})
+    for col in GUIMMUN_YES_NO:
+        levels = set(df[col].unique())
+        if not levels <= {"Y", "N"}:
+            raise ValueError(f"guimmun column {col!r}: expected Y/N, got {sorted(levels)}")
+        df[col] = (df[col] == "Y").astype(np.int64)
+    return df.astype(
+        {"kid": np.int64, "mom": np.int64, "comm": np.int64, "pcInd81": np.float64}
+        | {c: str for c in text}
+    )
+
+
 @dataclass(frozen=True)
 class DatasetInfo:
     """Description of a bundled dataset.
@@ -186,6 +271,9 @@ class DatasetInfo:
         Reference to cite.
     licence : str
         Licence or terms of use.
+    varying : {"intercept", "slopes"}
+        Which coefficients of a zoo GLM vary by client by default (the command
+        line's ``--varying`` when it is not given).
     """
 
     name: str
@@ -197,6 +285,7 @@ class DatasetInfo:
     description: str
     citation: str
     licence: str
+    varying: str = "intercept"
 
 
 DATASETS: dict[str, DatasetInfo] = {
@@ -242,6 +331,45 @@ DATASETS: dict[str, DatasetInfo] = {
             "Disease. UCI Machine Learning Repository. https://doi.org/10.24432/C52P4X"
         ),
         licence="CC BY 4.0",
+    ),
+    "sleepstudy": DatasetInfo(
+        name="sleepstudy",
+        loader=load_sleepstudy,
+        client_col="Subject",
+        target="reaction_std",
+        features=("Days",),
+        default_model="linear",
+        description=(
+            "Sleep deprivation: reaction times of 18 subjects over 10 days (standardized "
+            "outcome reaction_std; raw Reaction in ms)."
+        ),
+        citation=(
+            "Belenky, G. et al. (2003). Patterns of performance degradation and restoration "
+            "during sleep restriction and subsequent recovery: a sleep dose-response study. "
+            "Journal of Sleep Research, 12, 1-12. Data as in the R package lme4 "
+            "(Bates, Maechler, Bolker & Walker 2015)."
+        ),
+        licence="Distributed with the R package lme4 (GPL-2 | GPL-3).",
+        varying="slopes",
+    ),
+    "guimmun": DatasetInfo(
+        name="guimmun",
+        loader=load_guimmun,
+        client_col="comm",
+        target="immun",
+        features=("kid2p", "mom25p", "rural"),
+        default_model="logistic",
+        description=(
+            "Guatemalan child immunization: 2,159 children in 161 communities "
+            "(1 to 55 children per community)."
+        ),
+        citation=(
+            "Rodriguez, G. & Goldman, N. (1995). An assessment of estimation procedures for "
+            "multilevel models with binary responses. Journal of the Royal Statistical "
+            "Society A, 158, 73-89. Data as in the R package mlmRev (Bates, Maechler & "
+            "Bolker)."
+        ),
+        licence="Distributed with the R package mlmRev (GPL >= 2).",
     ),
 }
 """Bundled datasets by name."""

@@ -135,7 +135,7 @@ def run_from_settings(grid: Grid, settings: FlowerSettings, *, run_id: int = 0):
             phase=f"{i}:{phase.algorithm.name}",
         )
         state, converged, accepted = res.server_state, res.converged, res.accepted
-        tag = {"tilted": phase.tag} if phase.tag else {}
+        tag = dict(phase.tag)
         history += [{**h, **tag} for h in res.history]
     if settings.method not in ("ep", "one-shot"):
         _save_baseline(out, settings, federation, state, history, converged, run_id, t_start)
@@ -151,7 +151,7 @@ def run_from_settings(grid: Grid, settings: FlowerSettings, *, run_id: int = 0):
         seed=settings.seed,
         global_method=settings.global_method,
         num_chains=settings.num_chains,
-        num_warmup=settings.num_warmup,
+        num_warmup=settings.final_warmup,
         num_samples=settings.num_samples,
         t_start=t_start,
         settings=settings.settings_record(),

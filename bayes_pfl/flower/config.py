@@ -69,12 +69,14 @@ class FlowerSettings:
         ``"ep"``, ``"one-shot"`` or a baseline module name in ``bayes_pfl.baselines``.
     method_options : str
         JSON object of extra keyword arguments for a baseline's ``build``.
-    rounds, damping, tilted, site_fit, tol
-        As in :func:`bayes_pfl.federated.fit_ep` (``tol < 0``: its default).
+    rounds, sites, damping, tilted, site_fit, tol
+        As in :func:`bayes_pfl.federated.fit_ep` (``damping < 0``, ``tol < 0``: its
+        defaults).
     seed : int
         Seed of every random key (the same keys as the in-process run).
     global_method, num_chains, num_warmup, num_samples
-        How the server samples the global posterior after the rounds.
+        How the server samples the global posterior after the rounds (``num_warmup < 0``:
+        :func:`bayes_pfl.federated.default_warmup`).
     num_clients : int
         Nodes to wait for (0: as many as have registered once their number settles).
     node_wait_s, round_timeout_s, poll_interval_s : float
@@ -106,14 +108,15 @@ class FlowerSettings:
     method: str = "ep"
     method_options: str = ""
     rounds: int = 10
-    damping: float = 0.8
+    sites: str = "effects"
+    damping: float = -1.0
     tilted: str = "laplace"
     site_fit: str = "gradient"
     tol: float = -1.0
     seed: int = 0
     global_method: str = "nuts"
     num_chains: int = 4
-    num_warmup: int = 1000
+    num_warmup: int = -1
     num_samples: int = 1000
     num_clients: int = 0
     node_wait_s: float = 120.0
@@ -154,6 +157,10 @@ class FlowerSettings:
             raise ValueError(f"missing must be error, drop or keep, got {self.missing!r}")
         if self.method in METHODS:
             from bayes_pfl.algorithms.ep import SITE_FITS, TILTED
+            from bayes_pfl.federated import SITES
+
+            if self.sites not in SITES:
+                raise ValueError(f"sites must be one of {SITES}, got {self.sites!r}")
 
             if self.tilted not in TILTED:
                 raise ValueError(f"tilted must be one of {TILTED}, got {self.tilted!r}")
@@ -204,7 +211,21 @@ class FlowerSettings:
     def ep_tol(self) -> float:
         if self.tol >= 0:
             return self.tol
+        if self.sites == "effects":
+            return 0.05
         return 1e-3 if self.tilted == "laplace" else 0.05
+
+    @property
+    def final_warmup(self) -> int:
+        from bayes_pfl.federated import default_warmup
+
+        return default_warmup(self.sites, self.num_warmup if self.num_warmup >= 0 else None)
+
+    @property
+    def ep_damping(self) -> float:
+        if self.damping >= 0:
+            return self.damping
+        return 0.5 if self.sites == "effects" else 0.8
 
     def step_identity(self) -> str:
         """What decides the clients' steps: every setting but the server's and the I/O ones.
@@ -224,15 +245,19 @@ class FlowerSettings:
     def settings_record(self) -> dict[str, Any]:
         """The settings ``fit_ep``/``fit_one_shot`` write into ``run.json``."""
         if self.method == "one-shot":
-            return {"tilted": self.tilted, "site_fit": self.site_fit}
+            if self.sites == "effects":
+                return {"sites": "effects"}
+            return {"sites": "global", "tilted": self.tilted, "site_fit": self.site_fit}
         if self.method == "ep":
-            return {
+            out = {
                 "rounds": self.rounds,
-                "damping": self.damping,
-                "tilted": self.tilted,
-                "site_fit": self.site_fit,
+                "damping": self.ep_damping,
+                "sites": self.sites,
                 "tol": self.ep_tol,
             }
+            if self.sites == "global":
+                out.update(tilted=self.tilted, site_fit=self.site_fit, site_points=None)
+            return out
         return {"rounds": self.rounds, "method_options": self.method_options}
 
     def out_dir(self, run_id: int) -> Path:
@@ -245,7 +270,7 @@ class FlowerSettings:
 class Phase(NamedTuple):
     """One stretch of rounds with one algorithm (``run_rounds`` call of the in-process fit)."""
 
-    tag: str  # history entries get {"tilted": tag} for EP, as fit_ep records them
+    tag: dict  # what fit_ep adds to each history entry ({"tilted": ...} or {"sites": ...})
     algorithm: Any  # bayes_pfl.algorithms.Algorithm
     rounds: int
     warm_start: bool  # start from the previous phase's server and client states
@@ -262,32 +287,41 @@ def build_phases(settings: FlowerSettings) -> tuple[Phase, ...]:
     Cached per settings, so a process builds (and compiles) each algorithm once.
     """
     from bayes_pfl.algorithms import ep
+    from bayes_pfl.federated import _effect_algorithm
 
     model = settings.hierarchical_model
+    if settings.method in METHODS and settings.sites == "effects":
+        one = settings.method == "one-shot"
+        alg = _effect_algorithm(
+            model,
+            damping=1.0 if one else settings.ep_damping,
+            tol=0.0 if one else settings.ep_tol,
+        )
+        return (Phase({"sites": "effects"}, alg, 1 if one else settings.rounds, False),)
     if settings.method == "one-shot":
         alg = ep.build(
             model, tilted=settings.tilted, damping=1.0, tol=0.0, site_fit=settings.site_fit
         )
-        return (Phase(settings.tilted, alg, 1, False),)
+        return (Phase({"tilted": settings.tilted}, alg, 1, False),)
     if settings.method == "ep":
         phases = []
         if settings.tilted == "nuts" and settings.rounds > 1:
             warm = ep.build(
                 model,
                 tilted="laplace",
-                damping=settings.damping,
+                damping=settings.ep_damping,
                 tol=1e-3,
                 site_fit=settings.site_fit,
             )
-            phases.append(Phase("laplace", warm, settings.rounds, False))
+            phases.append(Phase({"tilted": "laplace"}, warm, settings.rounds, False))
         alg = ep.build(
             model,
             tilted=settings.tilted,
-            damping=settings.damping,
+            damping=settings.ep_damping,
             tol=settings.ep_tol,
             site_fit=settings.site_fit,
         )
-        phases.append(Phase(settings.tilted, alg, settings.rounds, bool(phases)))
+        phases.append(Phase({"tilted": settings.tilted}, alg, settings.rounds, bool(phases)))
         return tuple(phases)
     from bayes_pfl.baselines import BASELINE_NAMES
     from bayes_pfl.baselines.fit import baseline_algorithm
@@ -302,7 +336,7 @@ def build_phases(settings: FlowerSettings) -> tuple[Phase, ...]:
     family = _BASELINE_FAMILY.get(name.split("_")[0], "bernoulli")
     options = {"family": family, "seed": settings.seed, **options}
     alg = baseline_algorithm(settings.method, settings.n_features, **options).algorithm
-    return (Phase("", alg, settings.rounds, False),)
+    return (Phase({}, alg, settings.rounds, False),)
 
 
 def configure_jax(settings: FlowerSettings) -> None:

@@ -549,17 +549,15 @@ def finish(
     sees a row: node ``k`` receives the global draws and returns its ``theta`` draws.
     Nodes that do not answer are left out of the result (``info["left_out"]``).
     """
-    from bayes_pfl.federated import _to_result, global_draws
+    from bayes_pfl.federated import _to_result, server_draws, server_summary
 
     key = jax.random.key(seed + 1)
     t0 = time.perf_counter()
-    u, gstats = global_draws(
+    u, gstats = server_draws(
         jax.random.fold_in(key, 1),
         model,
-        server_state.sites_product,
-        method=global_method,
-        mode=server_state.mode,
-        precision=server_state.precision,
+        server_state,
+        global_method=global_method,
         num_chains=num_chains,
         num_warmup=num_warmup,
         num_samples=num_samples,
@@ -636,12 +634,5 @@ def finish(
             "left_out": left_out,
         },
     )
-    result.state.update(
-        {
-            "u_draws": np.asarray(u),
-            "sites_product": server_state.sites_product,
-            "mode": np.asarray(server_state.mode),
-            "precision": np.asarray(server_state.precision),
-        }
-    )
+    result.state.update(server_summary(server_state, u))
     return result

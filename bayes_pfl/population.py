@@ -1,0 +1,352 @@
+r"""A model's client likelihood as a function of the client's own effects, and its Gaussian population.
+
+The federated methods summarize each client's likelihood over what the client's
+rows actually inform: its own *effects* ``e_k`` (the client-prior sites that the
+likelihood reads, e.g. ``b`` of the zoo GLMs, radon's ``alpha``, eight schools'
+``theta``) jointly with the *shared* global parameters that enter the likelihood
+directly (radon's ``beta`` and ``sigma_y``; in unconstrained coordinates ``u_s``).
+A site is a function of ``z_k = (e_k, u_s)``.
+
+The server combines sites with the population *exactly*: when the client prior
+is Gaussian in the effects, ``e_k | phi ~ N(m(phi), C(phi))``, the integral
+
+.. math::
+
+    Z_k(\phi) = \int \mathcal N(e \mid m(\phi), C(\phi))\, t_k(e, u_s)\, de
+
+is closed form for a Gaussian site ``t_k`` (:meth:`Population.log_z`), so the
+server's ``p(phi | D) ∝ p0(phi) Π_k Z_k(phi)`` has the right dependence on the
+population scales (Lunn et al. 2013's two-stage scheme, with EP-refined sites;
+Hall et al. 2020 for EP over random effects).
+
+:class:`Population` derives all of this from a
+:class:`~bayes_pfl.spec.HierarchicalModel` without extra declarations:
+
+* the effects are the client-prior sites the likelihood reads (found by tracing
+  the likelihood with recording dicts);
+* the shared parameters are the hyper-prior sample sites the likelihood reads;
+* ``m(phi)`` and ``C(phi) = L L^T`` come from the client prior: every latent
+  client site must be Normal, and the effects must be affine in them (centered
+  ``b ~ N(mu, tau)`` or non-centered ``b = mu + tau * b_raw``), which is checked
+  numerically at construction. ``L = J diag(s)`` with ``J`` the Jacobian of the
+  effects in the Normal sites and ``s`` their scales, so ``C`` may be singular.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import cached_property
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from numpyro import distributions as dist
+from numpyro.distributions import constraints
+
+from bayes_pfl.gaussian import GaussianFactor
+from bayes_pfl.spec import HierarchicalModel, ModelSpecError, _run, _values
+
+Array = jax.Array
+
+__all__ = ["Population", "gaussian_population", "small_cholesky"]
+
+
+class _Recorder(dict):
+    """A dict that records which keys are read (to find what a likelihood uses)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.read: set[str] = set()
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key, default=None):
+        self.read.add(key)
+        return super().get(key, default)
+
+
+def _normal_base(fn):
+    """The Normal distribution under Independent/Expanded wrappers, or None."""
+    while isinstance(fn, dist.Independent | dist.ExpandedDistribution):
+        fn = fn.base_dist
+    return fn if isinstance(fn, dist.Normal) else None
+
+
+class Population:
+    """The effects, shared parameters and Gaussian population of a model (see module docstring).
+
+    Attributes
+    ----------
+    diagonal_root : bool
+        ``L`` is diagonal (each effect is one Normal site, centered or scaled): the
+        server's integral then needs no matrix products.
+    effect_sites : tuple of (name, shape)
+        Client-prior sites the likelihood reads, in client-prior order.
+    e_dim : int
+        Number of effect coordinates ``E``.
+    shared_index : numpy.ndarray
+        Indices into the unconstrained global vector ``u_phi`` of the shared
+        parameters ``u_s`` (hyper-prior sites the likelihood reads).
+    z_dim : int
+        Dimension of a site, ``E + len(shared_index)``.
+    """
+
+    def __init__(self, model: HierarchicalModel):
+        self.model = model
+        theta0 = _values(model._client_trace)
+        phi0 = _values(model._hyper_trace)
+        th_rec, phi_rec = _Recorder(theta0), _Recorder(phi0)
+        n = 3
+        x = jnp.ones((n, model.n_features or 1))
+        _run(model.likelihood, th_rec, phi_rec, x, jnp.zeros(n))
+        order = list(model._client_trace)
+        self.effect_sites = tuple(
+            (name, tuple(jnp.shape(theta0[name]))) for name in order if name in th_rec.read
+        )
+        if not self.effect_sites:
+            raise ModelSpecError(f"model {model.name!r}: the likelihood reads no client parameter")
+        self.e_dim = sum(math.prod(s) for _, s in self.effect_sites)
+        phi_sample = set(model.phi_space.names)
+        det_read = sorted(phi_rec.read - phi_sample)
+        if det_read:
+            raise ModelSpecError(
+                f"model {model.name!r}: the likelihood reads deterministic global site(s) "
+                f"{det_read}; declare what it needs as hyper-prior sample sites"
+            )
+        index, start = [], 0
+        for s in model.phi_space.sites:
+            if s.name in phi_rec.read:
+                index.extend(range(start, start + s.size))
+            start += s.size
+        self.shared_index = np.asarray(index, dtype=int)
+        self.q_dim = len(index)
+        self.z_dim = self.e_dim + self.q_dim
+        self.theta_dim = model.theta_dim
+        self._check_gaussian()
+
+    # ------------------------------------------------------------------ population
+    def _normal_sites(self, phi):
+        """``(loc, scale)`` of the client prior's Normal sites, flat in unconstrained order."""
+        tr = _run(self.model.client_prior, phi, rng_key=jax.random.key(0))
+        locs, scales = [], []
+        for s in self.model.theta_space.sites:
+            base = _normal_base(tr[s.name]["fn"])
+            shape = s.unconstrained_shape
+            locs.append(jnp.broadcast_to(base.loc, shape).reshape(-1))
+            scales.append(jnp.broadcast_to(base.scale, shape).reshape(-1))
+        return jnp.concatenate(locs), jnp.concatenate(scales)
+
+    def _effects_at(self, u_theta: Array, phi) -> Array:
+        vals = self.model.theta_values(u_theta, phi)
+        return jnp.concatenate([jnp.reshape(vals[n], (-1,)) for n, _ in self.effect_sites])
+
+    def moments(self, u_phi: Array) -> tuple[Array, Array]:
+        """Population mean ``m [E]`` and a square root ``L [E, D]`` of ``C = L L^T`` at ``u_phi``."""
+        phi = self.model.phi_values(u_phi)
+        loc, scale = self._normal_sites(phi)
+        m = self._effects_at(loc, phi)
+        jac = jax.jacfwd(self._effects_at)(loc, phi)
+        return m, jac * scale
+
+    def prior_sites(self, u_phi: Array) -> tuple[Array, Array]:
+        """``(loc, scale)`` of the client prior's Normal sites at ``u_phi`` (unconstrained order).
+
+        A client's unconstrained parameters are ``u_theta = loc + scale * w`` with
+        ``w ~ N(0, I)`` a priori, and its effects ``e = m + L w`` (:meth:`moments`).
+        """
+        return self._normal_sites(self.model.phi_values(u_phi))
+
+    def _check_gaussian(self) -> None:
+        model = self.model
+        tr = model._client_trace
+        for s in model.theta_space.sites:
+            fn = tr[s.name]["fn"]
+            support = fn.support
+            while isinstance(support, constraints.independent):
+                support = support.base_constraint
+            if _normal_base(fn) is None or support is not constraints.real:
+                raise ModelSpecError(
+                    f"model {model.name!r}: client site {s.name!r} is "
+                    f"{type(fn).__name__}, not Normal; the federated methods need a "
+                    "Gaussian population (client effects Normal given phi, centered or "
+                    "non-centered)"
+                )
+        rng = np.random.default_rng(0)
+        self.diagonal_root = self.e_dim == model.theta_dim
+        for _ in range(2):
+            u_phi = jnp.asarray(0.5 * rng.standard_normal(model.phi_dim))
+            phi = model.phi_values(u_phi)
+            loc, scale = self._normal_sites(phi)
+            m, root = self.moments(u_phi)
+            root = np.asarray(root)
+            if self.diagonal_root and np.any(root != np.diag(np.diagonal(root))):
+                self.diagonal_root = False
+            v = jnp.asarray(rng.standard_normal(model.theta_dim))
+            got = self._effects_at(loc + scale * v, phi)
+            want = m + root @ v
+            if not np.allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-8):
+                raise ModelSpecError(
+                    f"model {model.name!r}: the client effects "
+                    f"{[n for n, _ in self.effect_sites]} are not affine in the client "
+                    "prior's Normal sites; the federated methods need a Gaussian population"
+                )
+
+    # ------------------------------------------------------------------ likelihood in z
+    def split(self, z: Array) -> tuple[Array, Array]:
+        """``(e, u_s)`` of a site coordinate vector ``z``."""
+        return z[: self.e_dim], z[self.e_dim :]
+
+    def theta_dict(self, e: Array) -> dict[str, Array]:
+        out, start = {}, 0
+        for name, shape in self.effect_sites:
+            size = math.prod(shape)
+            out[name] = jnp.reshape(e[start : start + size], shape)
+            start += size
+        return out
+
+    def phi_dict(self, u_s: Array) -> dict[str, Array]:
+        """Global values for the likelihood: the shared sites at ``u_s`` (others at zero)."""
+        u_phi = jnp.zeros(self.model.phi_dim, dtype=jnp.result_type(u_s, float))
+        if self.q_dim:
+            u_phi = u_phi.at[self.shared_index].set(u_s)
+        return self.model.phi_values(u_phi)
+
+    def loglik(self, z: Array, x: Array, y: Array, mask: Array) -> Array:
+        """``log p(y_k | e_k, u_s, x_k)`` of one client, padded rows masked out."""
+        e, u_s = self.split(z)
+        ll = self.model.pointwise_loglik_values(self.theta_dict(e), self.phi_dict(u_s), x, y)
+        return jnp.sum(jnp.where(mask, ll, 0.0))
+
+    def z_of(self, u_theta: Array, u_phi: Array) -> Array:
+        """The site coordinates ``z`` of unconstrained ``(u_theta, u_phi)``."""
+        phi = self.model.phi_values(u_phi)
+        return jnp.concatenate([self._effects_at(u_theta, phi), u_phi[self.shared_index]])
+
+    # ------------------------------------------------------------------ population integral
+    def log_z(self, u_phi: Array, site: GaussianFactor) -> Array:
+        r"""``log ∫ N(e | m(phi), C(phi)) t(e, u_s) de`` for one full site over ``z`` (exact).
+
+        With ``e = m + L w``, ``w ~ N(0, I)``, and the site's blocks ``A`` (``e, e``),
+        ``B`` (``e, s``), ``S`` (``s, s``) and shift ``(h_e, h_s)``:
+        ``h = h_e - B u_s``, ``M = I + L^T A L``, ``r = L^T (h - A m)`` and
+
+        ``log Z = -m^T A m / 2 + h^T m - log|M| / 2 + r^T M^{-1} r / 2 - u_s^T S u_s / 2 + h_s^T u_s``,
+
+        stable as ``C`` degenerates (``L -> 0`` gives ``log t(m, u_s)``). Needs ``A``
+        positive semi-definite (the sites are projected so by the clients).
+        """
+        m, root = self.moments(u_phi)
+        return self.log_z_at(m, root, u_phi[self.shared_index], site)
+
+    def log_z_at(self, m: Array, root: Array, u_s: Array, site: GaussianFactor) -> Array:
+        """:meth:`log_z` from the population moments, for one site or a batch ``[K]`` of sites.
+
+        A batch is evaluated with batched products and an unrolled Cholesky factorization
+        (:func:`small_cholesky`): the server evaluates it for every client at every step
+        of its sampler, where a batched LAPACK call per client would dominate.
+        """
+        E = self.e_dim
+        prec, shift = site.precision, site.shift
+        a = prec[..., :E, :E]
+        h = shift[..., :E]
+        c = jnp.zeros(shift.shape[:-1], dtype=shift.dtype)
+        # products written as broadcasts and sums: XLA's batched dot of tiny matrices
+        # (and its transpose in the gradient) costs far more on CPU than the arithmetic
+        if self.q_dim:
+            h = h - jnp.sum(prec[..., :E, E:] * u_s, -1)
+            c = -0.5 * jnp.sum(jnp.sum(prec[..., E:, E:] * u_s, -1) * u_s, -1) + jnp.sum(
+                shift[..., E:] * u_s, -1
+            )
+        am = jnp.sum(a * m, -1)
+        if self.diagonal_root:
+            t = jnp.diagonal(root)
+            mat = jnp.eye(E, dtype=a.dtype) + a * t[:, None] * t[None, :]
+            r = t * (h - am)
+        else:
+            la = jnp.sum(root.T[:, :, None] * a[..., None, :, :], -2)  # [..., D, E] = L^T A
+            mat = jnp.eye(root.shape[1], dtype=root.dtype) + jnp.sum(
+                la[..., :, :, None] * root[None, :, :], -2
+            )
+            r = jnp.sum(root.T * (h - am)[..., None, :], -1)
+        chol_diag, sol = _cholesky_solve(0.5 * (mat + jnp.swapaxes(mat, -1, -2)), r)
+        return (
+            -0.5 * jnp.sum(am * m, -1)
+            + jnp.sum(h * m, -1)
+            - jnp.sum(jnp.log(chol_diag), -1)
+            + 0.5 * jnp.sum(sol**2, -1)
+            + c
+        )
+
+    def conditional(self, m: Array, root: Array, u_s: Array, site: GaussianFactor):
+        """Mean and covariance of ``e | phi`` under ``N(e | m, L L^T) t(e, u_s)``."""
+        E = self.e_dim
+        a = site.precision[:E, :E]
+        h = site.shift[:E]
+        if self.q_dim:
+            h = h - site.precision[:E, E:] @ u_s
+        mat = jnp.eye(root.shape[1], dtype=root.dtype) + root.T @ a @ root
+        # covariance C - C A (I + ...) form: L (I + L'AL)^{-1} L'
+        cov = root @ jnp.linalg.solve(mat, root.T)
+        mean = m + cov @ (h - a @ m)
+        return mean, cov
+
+    @cached_property
+    def labels(self) -> list[str]:
+        """One label per site coordinate (``b[0]``, ``beta[1]``, ``log(sigma_y)``)."""
+        out = []
+        for name, shape in self.effect_sites:
+            for idx in np.ndindex(*shape) if shape else [()]:
+                out.append(name + ("[" + ",".join(map(str, idx)) + "]" if idx else ""))
+        phi_labels = self.model.phi_space.labels()
+        out += [phi_labels[i] for i in self.shared_index]
+        return out
+
+
+def _cholesky_solve(mat: Array, r: Array) -> tuple[Array, Array]:
+    """Diagonal of the lower Cholesky factor ``L`` of ``mat [..., n, n]`` and ``L^{-1} r``.
+
+    Unrolled over the (small, static) dimension and vectorized over the leading axes:
+    a few vector operations per column instead of one LAPACK call per matrix. NaN where
+    a matrix is not positive definite.
+    """
+    n = mat.shape[-1]
+    idx = jnp.arange(n)
+    cols: list[Array] = []  # cols[k][..., i] = L[i, k]
+    diag, sol = [], []
+    for j in range(n):
+        col = mat[..., :, j]
+        for k in range(j):
+            col = col - cols[k] * cols[k][..., j : j + 1]
+        d = jnp.sqrt(col[..., j])
+        cols.append(jnp.where(idx > j, col / d[..., None], jnp.where(idx == j, d[..., None], 0.0)))
+        diag.append(d)
+    for i in range(n):
+        v = r[..., i]
+        for k in range(i):
+            v = v - cols[k][..., i] * sol[k]
+        sol.append(v / diag[i])
+    return jnp.stack(diag, -1), jnp.stack(sol, -1)
+
+
+def small_cholesky(mat: Array) -> Array:
+    """Lower Cholesky factor of small matrices ``[..., n, n]`` (see :func:`_cholesky_solve`)."""
+    n = mat.shape[-1]
+    chol = jnp.zeros_like(mat)
+    for j in range(n):
+        col = mat[..., :, j] - jnp.einsum("...ik,...k->...i", chol, chol[..., j, :])
+        d = jnp.sqrt(col[..., j])
+        below = jnp.arange(n) > j
+        new = jnp.where(below, col / d[..., None], jnp.where(jnp.arange(n) == j, d[..., None], 0))
+        chol = chol.at[..., :, j].set(new)
+    return chol
+
+
+def gaussian_population(model: HierarchicalModel) -> Population:
+    """The :class:`Population` of ``model`` (cached on the model object)."""
+    pop = model.__dict__.get("_population")
+    if pop is None:
+        pop = Population(model)
+        model.__dict__["_population"] = pop
+    return pop
