@@ -128,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--damping",
         type=float,
         default=None,
-        help="EP/VI: damping rate (default 0.5 for EP over client effects, 0.8 otherwise)",
+        help="EP/VI: damping rate (default 1 for EP over client effects, halved after an "
+        "oscillating round; 0.8 otherwise)",
     )
     fed.add_argument(
         "--sites",
@@ -155,16 +156,22 @@ def build_parser() -> argparse.ArgumentParser:
     vi.add_argument(
         "--family",
         choices=("full", "meanfield", "lowrank"),
-        default="full",
-        help="Gaussian family of the clients' q(u, theta_k) (default full)",
+        default=None,
+        help="--sites global: Gaussian family of the clients' q(u, theta_k) (default full)",
     )
     vi.add_argument(
         "--schedule",
         choices=("synchronous", "sequential"),
-        default="synchronous",
-        help="all clients per round, or groups of clients one after another",
+        default=None,
+        help="--sites global: all clients per round (default), or groups of clients one "
+        "after another",
     )
-    vi.add_argument("--steps", type=int, default=200, help="Adam steps per client per round")
+    vi.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="--sites global: Adam steps per client per round (default 200)",
+    )
     fit.add_argument("--out", required=True, help="output folder")
     fit.add_argument(
         "--report", action="store_true", help="also write OUT/report.html (see `bayes-pfl report`)"
@@ -288,7 +295,7 @@ def _fit_and_save(args, data, model, out: Path, *, dataset: str):
     t0 = time.perf_counter()
     method = getattr(args, "method", "nuts")
     sampling = dict(num_chains=args.chains, num_warmup=args.warmup, seed=args.seed)
-    if args.warmup is None and method in ("nuts", "vi"):
+    if args.warmup is None and method == "nuts":
         sampling["num_warmup"] = 1000
     damping = {} if getattr(args, "damping", None) is None else {"damping": args.damping}
     if method == "nuts":
@@ -313,14 +320,22 @@ def _fit_and_save(args, data, model, out: Path, *, dataset: str):
     elif method == "vi":
         from bayes_pfl.federated_vi import fit_vi
 
+        vi_global = {
+            k: v
+            for k, v in (
+                ("family", args.family),
+                ("schedule", args.schedule),
+                ("steps", args.steps),
+            )
+            if v is not None
+        }
         result = fit_vi(
             model,
             data,
+            sites=args.sites,
             rounds=args.rounds,
             **damping,
-            family=args.family,
-            schedule=args.schedule,
-            steps=args.steps,
+            **vi_global,
             num_samples=args.samples,
             progress=not args.no_progress,
             **sampling,

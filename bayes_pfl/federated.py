@@ -614,7 +614,8 @@ def fit_ep(
     rounds : int
         Maximum number of rounds; EP stops earlier when converged.
     damping : float, optional
-        Damping rate of site updates (default 0.5 with ``sites="effects"``, 0.8 with
+        Damping rate of site updates (default 1 with ``sites="effects"``, whose first
+        exchange is undamped and whose rate halves after an oscillating round; 0.8 with
         ``"global"``).
     sites : {"effects", "global"}
         ``"effects"`` (default): each client's site is a Gaussian over its own effects
@@ -660,7 +661,7 @@ def fit_ep(
     tilted, site_fit = _global_options(sites, tilted, site_fit)
     num_warmup = default_warmup(sites, num_warmup)
     if sites == "effects":
-        damping = 0.5 if damping is None else damping
+        damping = 1.0 if damping is None else damping
         tol = 0.05 if tol is None else tol
     else:
         damping = 0.8 if damping is None else damping

@@ -55,7 +55,14 @@ from bayes_pfl.spec import HierarchicalModel
 
 Array = jax.Array
 
-__all__ = ["GLOBAL_METHODS", "PERSONALIZATION", "SCHEDULES", "VIClientError", "fit_vi"]
+__all__ = [
+    "GLOBAL_METHODS",
+    "PERSONALIZATION",
+    "SCHEDULES",
+    "VIClientError",
+    "fit_vi",
+    "fit_vi_global",
+]
 
 SCHEDULES = ("synchronous", "sequential")
 GLOBAL_METHODS = ("vi", "nuts", "laplace")
@@ -245,6 +252,122 @@ def fit_vi(
     model: HierarchicalModel,
     data,
     *,
+    sites: str = "effects",
+    rounds: int | None = None,
+    damping: float | None = None,
+    tol: float | None = None,
+    vi_iterations: int = 10,
+    seed: int = 0,
+    num_chains: int = 4,
+    num_warmup: int | None = None,
+    num_samples: int = 1000,
+    mh_steps: int = 5,
+    progress: bool = True,
+    checkpoint=None,
+    resume: bool = False,
+    **global_options,
+) -> FitResult:
+    """Federated (partitioned) variational inference, then global and personalized draws.
+
+    With ``sites="effects"`` (default) VI shares EP's message format and exact server
+    (:mod:`bayes_pfl.algorithms.effect_ep` with ``local="vi"``): each client's factor is
+    a Gaussian over its own effects and the shared likelihood parameters, chosen so that
+    ``q_k = c_k t_k`` is the Gaussian maximizing ``E_q[log L_k] - KL(q_k || c_k)``
+    against its cavity ``c_k`` (Ashman et al. 2022); the server integrates the population
+    exactly and samples ``p0 prod_k Z_k`` with NUTS; personalization is exact given the
+    global draws. With ``sites="global"`` the factors live over the global parameters
+    and are fitted by stochastic optimization (:func:`fit_vi_global`, whose options
+    ``family``, ``schedule``, ``steps``, ... are passed through ``global_options``).
+
+    Parameters
+    ----------
+    rounds : int, optional
+        Maximum rounds (default 10 for ``"effects"``, 20 for ``"global"``).
+    damping, tol : float, optional
+        As in :func:`bayes_pfl.federated.fit_ep` (``"global"``: 0.8 and 1e-3).
+    vi_iterations : int
+        ``"effects"``: fixed-point iterations of each client's Gaussian VI per round.
+    num_chains, num_warmup, num_samples, mh_steps, checkpoint, resume
+        As in :func:`bayes_pfl.federated.fit_ep`.
+
+    Returns
+    -------
+    FitResult
+        ``method="vi"``, the same layout as :func:`~bayes_pfl.federated.fit_ep`.
+    """
+    if sites == "global":
+        return fit_vi_global(
+            model,
+            data,
+            rounds=20 if rounds is None else rounds,
+            damping=0.8 if damping is None else damping,
+            tol=1e-3 if tol is None else tol,
+            seed=seed,
+            num_chains=num_chains,
+            num_warmup=1000 if num_warmup is None else num_warmup,
+            num_samples=num_samples,
+            progress=progress,
+            checkpoint=checkpoint,
+            resume=resume,
+            **global_options,
+        )
+    from bayes_pfl import federated
+
+    if sites != "effects":
+        raise ValueError(f"sites must be one of {federated.SITES}, got {sites!r}")
+    if global_options:
+        raise ValueError(
+            f"option(s) {sorted(global_options)} only apply to sites='global' (VI factors "
+            "over the global parameters); sites='effects' has a closed-form client update"
+        )
+    check_model_data(model, data)
+    mh_steps = federated._check_steps("mh_steps", mh_steps)
+    vi_iterations = federated._check_steps("vi_iterations", vi_iterations)
+    rounds = 10 if rounds is None else rounds
+    damping = 1.0 if damping is None else damping
+    tol = 0.05 if tol is None else tol
+    t_start = time.perf_counter()
+    fitted = federated._run_ep(
+        model,
+        data,
+        rounds=rounds,
+        damping=damping,
+        tilted="laplace",
+        tol=tol,
+        seed=seed,
+        progress=progress,
+        checkpoint=checkpoint,
+        resume=resume,
+        site_fit="gradient",
+        sites="effects",
+        effect_options=(("local", "vi"), ("vi_iterations", vi_iterations)),
+    )
+    return federated._finish(
+        "vi",
+        model,
+        data,
+        fitted,
+        seed=seed,
+        global_method="nuts",
+        num_chains=num_chains,
+        num_warmup=federated.default_warmup("effects", num_warmup),
+        num_samples=num_samples,
+        t_start=t_start,
+        mh_steps=mh_steps,
+        settings={
+            "rounds": rounds,
+            "damping": damping,
+            "sites": "effects",
+            "tol": tol,
+            "vi_iterations": vi_iterations,
+        },
+    )
+
+
+def fit_vi_global(
+    model: HierarchicalModel,
+    data,
+    *,
     rounds: int = 20,
     family: str = "full",
     rank: int = 2,
@@ -268,7 +391,7 @@ def fit_vi(
     checkpoint=None,
     resume: bool = False,
 ) -> FitResult:
-    """Federated VI (see :mod:`bayes_pfl.algorithms.vi`), then global and personalized draws.
+    """Federated VI with factors over the global parameters (:mod:`bayes_pfl.algorithms.vi`).
 
     Parameters
     ----------

@@ -109,7 +109,7 @@ def run_case(name: str, case: Case, quick: bool, cache: Path | None, methods: di
             kwargs.update(num_warmup=300, num_samples=300, rounds=3)
         t0 = time.perf_counter()
         try:
-            fit = fit_vi(model, data, **kwargs)
+            fit = fit_vi(model, data, sites="global", **kwargs)
         except Exception as err:  # a failing method is a result, not a crash of the benchmark
             out[label] = {"error": f"{type(err).__name__}: {err}"}
             traceback.print_exc()

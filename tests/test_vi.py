@@ -122,7 +122,14 @@ def test_fit_vi_exact_and_layout(conjugate):
     """fit_vi: server q* and personalized draws match the closed form; fit_ep's layout."""
     data, exact = conjugate
     fit = fit_vi(
-        normal_normal(), data, rounds=4, damping=1.0, num_samples=2000, progress=False, **FAST
+        normal_normal(),
+        data,
+        sites="global",
+        rounds=4,
+        damping=1.0,
+        num_samples=2000,
+        progress=False,
+        **FAST,
     )
     np.testing.assert_allclose(fit.state["q_mean"][0], exact["mu_mean"], rtol=2e-3)
     np.testing.assert_allclose(fit.state["q_cov"][0, 0], exact["mu_var"], rtol=2e-3)
@@ -189,7 +196,7 @@ def test_message_shapes_do_not_depend_on_data_size(family):
 def test_nan_loss_raises_naming_the_client():
     _, data = _data([3, 4, 5], x=1000.0)  # client k0's feature makes its likelihood NaN
     with pytest.raises(VIClientError, match=r"client 'k0'.*ELBO is not finite") as err:
-        fit_vi(normal_normal(bad_x=100.0), data, rounds=2, progress=False, **FAST)
+        fit_vi(normal_normal(bad_x=100.0), data, sites="global", rounds=2, progress=False, **FAST)
     assert list(err.value.clients) == ["k0"] and err.value.round == 1
 
 
@@ -242,9 +249,9 @@ def test_invalid_arguments():
         vi.build(model, num_particles=3)
     _, data = _data([2, 3])
     with pytest.raises(ValueError, match="schedule"):
-        fit_vi(model, data, schedule="async", progress=False)
+        fit_vi(model, data, sites="global", schedule="async", progress=False)
     with pytest.raises(ValueError, match="global_method"):
-        fit_vi(model, data, global_method="exact", progress=False)
+        fit_vi(model, data, sites="global", global_method="exact", progress=False)
 
 
 def test_local_personalization_conditional_and_empty_clients():

@@ -74,6 +74,10 @@ class EffectServerState(NamedTuple):
     inverse_mass: Array  # [C, P, P] and their dense inverse mass matrices
     cavity: GaussianFactor  # [K] the cavities of the next round
     loo_ess: Array  # [K] effective sample size of each client's leave-one-out weights
+    damping: Array  # the damping rate of the next round
+    last_change: Array  # the last round's mean change (to detect oscillation)
+    mode: Array  # [P] mode of the server's density p0 prod_k Z_k
+    precision: Array  # [P, P] its negative Hessian there (a deterministic summary)
     round: Array
 
 
@@ -101,6 +105,8 @@ class EffectClientInfo(NamedTuple):
 class EffectServerInfo(NamedTuple):
     mean_change: Array  # max over clients of |Δ mean| / sd of cavity x site
     sd_change: Array  # max over clients of |log(sd_new / sd_old)|
+    global_mean_change: Array  # max |Δ mode| / sd of the server density's Laplace summary
+    global_sd_change: Array  # max |log(sd_new / sd_old)| of that summary
     n_accepted: Array
     server_divergences: Array
     min_loo_ess: Array
@@ -226,8 +232,10 @@ def cavities(pop: Population, draws: Array, sites: GaussianFactor):
 def build(
     model: HierarchicalModel,
     *,
-    damping: float = 0.5,
+    damping: float = 1.0,
     tol: float = 0.05,
+    local: str = "ep",
+    vi_iterations: int = 10,
     tilted_points: int | None = None,
     min_ess_fraction: float = 0.1,
     newton_iter: int = 50,
@@ -243,7 +251,8 @@ def build(
         A model with a Gaussian population (:class:`~bayes_pfl.population.Population`).
     damping : float
         Damping rate of the site updates after the first exchange (which is undamped),
-        in ``(0, 1]``.
+        in ``(0, 1]``; halved (down to 0.1) after any round whose change exceeds the
+        previous round's (an oscillation).
     tol : float
         Converged when no client's ``cavity x site`` moves its mean by more than
         ``tol`` sds or its sds by more than a factor ``exp(tol)``.
@@ -252,6 +261,15 @@ def build(
     min_ess_fraction : float
         Below this fraction of effective points the tilted moments fall back to the
         Laplace approximation (reported per round).
+    local : {"ep", "vi"}
+        ``"ep"``: the site moment-matches the tilted distribution ``c_k L_k`` (expectations
+        by importance sampling); ``"vi"``: the site is the client's optimal Gaussian
+        variational factor, ``q = c_k t_k`` maximizing ``E_q[log L_k] - KL(q || c_k)``
+        (partitioned VI, Ashman et al. 2022), found by ``vi_iterations`` fixed-point
+        (natural-gradient, unit step) updates ``Λ_t = -E_q[∇² log L_k]``,
+        ``η_t = Λ_t m_q + E_q[∇ log L_k]`` from the Laplace approximation.
+    vi_iterations : int
+        Fixed-point iterations of ``local="vi"``.
     newton_iter : int
         Newton iterations of the tilted mode.
     server_chains, server_warmup, server_samples : int
@@ -259,6 +277,8 @@ def build(
     """
     if not 0.0 < damping <= 1.0:
         raise ValueError(f"damping must be in (0, 1], got {damping!r}")
+    if local not in ("ep", "vi"):
+        raise ValueError(f"local must be 'ep' or 'vi', got {local!r}")
     pop = gaussian_population(model)
     J, P = pop.z_dim, model.phi_dim
     log_hyperprior = jax.jit(model.log_hyperprior)
@@ -287,14 +307,32 @@ def build(
             )
         )(keys, starts, step_size, inverse_mass)
 
+    def summary(sites, start):
+        """Mode and negative Hessian of the server's density (deterministic, exact sites)."""
+        res = newton_maximize(
+            lambda u: server_log_density(pop, log_hyperprior, u, sites), start, max_iter=100
+        )
+        return res.mode, 0.5 * (res.neg_hessian + res.neg_hessian.T)
+
     @jax.jit
     def _init(rng_key, sites):
         starts = 0.1 * jax.random.normal(jax.random.fold_in(rng_key, 1), (server_chains, P))
         eye = jnp.broadcast_to(jnp.eye(P, dtype=starts.dtype), (server_chains, P, P))
         run = sample_server(rng_key, sites, starts, jnp.ones(server_chains), eye)
         cav, ess = cavities(pop, run.draws.reshape(-1, P), sites)
+        mode, prec = summary(sites, jnp.mean(run.draws.reshape(-1, P), axis=0))
         return EffectServerState(
-            sites, run.draws, run.step_size, run.inverse_mass_matrix, cav, ess, jnp.asarray(0)
+            sites,
+            run.draws,
+            run.step_size,
+            run.inverse_mass_matrix,
+            cav,
+            ess,
+            jnp.asarray(damping, dtype=starts.dtype),
+            jnp.asarray(jnp.inf, dtype=starts.dtype),
+            mode,
+            prec,
+            jnp.asarray(0),
         )
 
     def server_init(rng_key: Array, n_clients: int) -> EffectServerState:
@@ -335,18 +373,43 @@ def build(
             _, g, hz = value_grad_hessian(lambda v: loglik(v, x, y, mask), z)
             return g, hz
 
-        grads, hessians = jax.vmap(lik_derivatives)(points)
-        # Stein: E_t[∇ log L] sets the tilted mean exactly (m_t = m_c + Σ_c E_t[∇ log L]);
-        # the site's precision is the tilted expectation of the likelihood's curvature
-        # (equal to moment matching when L is Gaussian; no difference of two nearly equal
-        # precisions, so no Monte Carlo noise amplified for parameters shared by all clients)
-        good = jnp.all(jnp.isfinite(grads), axis=1) & jnp.all(jnp.isfinite(hessians), axis=(1, 2))
-        wg = jnp.where(good, w, 0.0)
-        wg = wg / jnp.sum(wg)
-        grad_mean = wg @ jnp.where(good[:, None], grads, 0.0)
-        curv = jnp.einsum("s,sij->ij", wg, jnp.where(good[:, None, None], hessians, 0.0))
-        prec = _psd(-curv)
-        mean = w @ points
+        def expectations(pts, weights):
+            grads, hessians = jax.vmap(lik_derivatives)(pts)
+            good = jnp.all(jnp.isfinite(grads), axis=1) & jnp.all(
+                jnp.isfinite(hessians), axis=(1, 2)
+            )
+            wg = jnp.where(good, weights, 0.0)
+            wg = wg / jnp.sum(wg)
+            g_mean = wg @ jnp.where(good[:, None], grads, 0.0)
+            curv = jnp.einsum("s,sij->ij", wg, jnp.where(good[:, None, None], hessians, 0.0))
+            return g_mean, _psd(-curv)
+
+        if local == "ep":
+            # Stein: E_t[∇ log L] sets the tilted mean exactly (m_t = m_c + Σ_c E_t[∇ log L]);
+            # the site's precision is the tilted expectation of the likelihood's curvature
+            # (moment matching when L is Gaussian, and no difference of two nearly equal
+            # precisions, so no Monte Carlo noise amplified for shared parameters)
+            grad_mean, prec = expectations(points, w)
+            mean = w @ points
+        else:
+            uniform = jnp.full(base.shape[0], 1.0 / base.shape[0], dtype=base.dtype)
+
+            def vi_step(carry, _):
+                m_q, chol_q = carry
+                g_mean, prec_t = expectations(m_q + base @ chol_q.T, uniform)
+                q = GaussianFactor(cav.precision + prec_t, cav.shift + prec_t @ m_q + g_mean)
+                m_new, c_new = gf.to_moments(q)
+                ok_step = jnp.all(jnp.isfinite(m_new)) & jnp.all(jnp.isfinite(c_new))
+                chol_new = jnp.linalg.cholesky(0.5 * (c_new + c_new.T))
+                ok_step = ok_step & jnp.all(jnp.isfinite(chol_new))
+                return (
+                    jnp.where(ok_step, m_new, m_q),
+                    jnp.where(ok_step, chol_new, chol_q),
+                ), None
+
+            (m_q, chol_q), _ = jax.lax.scan(vi_step, (res.mode, chol), None, length=vi_iterations)
+            grad_mean, prec = expectations(m_q + base @ chol_q.T, uniform)
+            mean = m_q
         site = GaussianFactor(prec, prec @ mean + grad_mean)
         finite = jnp.all(jnp.isfinite(site.precision)) & jnp.all(jnp.isfinite(site.shift))
         ok = res.converged & finite & jnp.all(jnp.isfinite(chol))
@@ -358,7 +421,7 @@ def build(
         accept = accept & messages.ok
         # the first exchange is undamped (one-shot; exact sites for Gaussian likelihoods),
         # later ones damped
-        rate = jnp.where(state.round == 0, 1.0, damping)
+        rate = jnp.where(state.round == 0, 1.0, state.damping)
         sites = gf.damp(state.sites, messages.site, rate)
         sites = select_clients(accept, sites, state.sites)
         starts = state.draws[:, -1, :]
@@ -372,15 +435,46 @@ def build(
         new_sd = jnp.sqrt(jnp.diagonal(new_c, axis1=-2, axis2=-1))
         mean_change = jnp.nanmax(jnp.abs(new_m - old_m) / old_sd)
         sd_change = jnp.nanmax(jnp.abs(jnp.log(new_sd / old_sd)))
-        converged = (mean_change < tol) & (sd_change < tol)
+        mode, prec = summary(sites, state.mode)
+        sd_old = jnp.sqrt(jnp.diagonal(jnp.linalg.inv(state.precision)))
+        sd_new = jnp.sqrt(jnp.diagonal(jnp.linalg.inv(prec)))
+        g_mean_change = jnp.max(jnp.abs(mode - state.mode) / sd_old)
+        g_sd_change = jnp.max(jnp.abs(jnp.log(sd_new / sd_old)))
+        # every client's marginal and the global posterior (shared parameters: each site
+        # moves a client's marginal by 1/K of what all of them move the global one)
+        converged = (
+            (mean_change < tol) & (sd_change < tol) & (g_mean_change < tol) & (g_sd_change < tol)
+        )
+        # a change larger than the last one is an oscillation: halve the damping rate
+        next_rate = jnp.where(
+            (state.round > 0) & (mean_change > state.last_change),
+            jnp.maximum(0.5 * state.damping, 0.1),
+            state.damping,
+        )
         new_state = EffectServerState(
-            sites, draws, run.step_size, run.inverse_mass_matrix, cav, ess, state.round + 1
+            sites,
+            draws,
+            run.step_size,
+            run.inverse_mass_matrix,
+            cav,
+            ess,
+            next_rate,
+            mean_change,
+            mode,
+            prec,
+            state.round + 1,
         )
         info = EffectServerInfo(
-            mean_change, sd_change, jnp.sum(accept), jnp.sum(div), jnp.min(ess), converged
+            mean_change,
+            sd_change,
+            g_mean_change,
+            g_sd_change,
+            jnp.sum(accept),
+            jnp.sum(div),
+            jnp.min(ess),
+            converged,
         )
         return new_state, info
 
-    return Algorithm(
-        server_init, client_init, client_update, server_update, broadcast, name="ep-effects"
-    )
+    name = "ep-effects" if local == "ep" else "vi-effects"
+    return Algorithm(server_init, client_init, client_update, server_update, broadcast, name=name)

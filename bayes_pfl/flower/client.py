@@ -34,7 +34,12 @@ from flwr.clientapp import ClientApp
 
 from bayes_pfl.flower.config import ClientData, standardization_stats
 
-__all__ = ["make_client_app", "personalize_client", "prepare_arrays"]
+__all__ = [
+    "make_client_app",
+    "personalize_client",
+    "personalize_effects_client",
+    "prepare_arrays",
+]
 
 AlgorithmsFn = Callable[[Context], dict[str, Any]]
 DataFn = Callable[[Context], ClientData]
@@ -76,6 +81,27 @@ def _personalize_fn(model):
     import jax
 
     return jax.jit(lambda key, u, x, y, mask: personalize_client(key, model, u, x, y, mask))
+
+
+def personalize_effects_client(rng_key, model, site, u_draws, x, y, mask):
+    """Personalization from the node's own site over its effects (EP with sites over effects):
+    :func:`bayes_pfl.algorithms.effect_ep.personalize_client`, as the in-process fit runs it."""
+    from bayes_pfl.algorithms.effect_ep import personalize_client as body
+    from bayes_pfl.population import gaussian_population
+
+    return body(rng_key, gaussian_population(model), site, u_draws, x, y, mask)
+
+
+@functools.cache
+def _personalize_effects_fn(model):
+    import jax
+
+    from bayes_pfl.gaussian import GaussianFactor
+
+    def fn(key, prec, shift, u, x, y, mask):
+        return personalize_effects_client(key, model, GaussianFactor(prec, shift), u, x, y, mask)
+
+    return jax.jit(fn)
 
 
 def _key_data(record: ArrayRecord, name: str) -> np.ndarray:
@@ -137,20 +163,27 @@ def _update_builder(algorithms_fn, context, name, key, arrays, n_clients):
     return build
 
 
-def _personalize_builder(model_fn, context, key, arrays, u):
+def _personalize_builder(model_fn, context, key, arrays, u, site=None):
     """``build()`` of :meth:`StepCache.call` for personalization (run only on a miss)."""
 
     def build():
         import jax
 
+        from bayes_pfl.gaussian import GaussianFactor
+
         model = model_fn(context)
+        draws_tmpl = {"u": jax.ShapeDtypeStruct(u.shape, u.dtype)}
+        if site is not None:
+            draws_tmpl.update({k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in site.items()})
 
         def fn(key, draws, a):
-            return personalize_client(
-                jax.random.wrap_key_data(key["key"]), model, draws["u"], a.x, a.y, a.mask
-            )
+            k = jax.random.wrap_key_data(key["key"])
+            if site is None:
+                return personalize_client(k, model, draws["u"], a.x, a.y, a.mask)
+            factor = GaussianFactor(draws["precision"], draws["shift"])
+            return personalize_effects_client(k, model, factor, draws["u"], a.x, a.y, a.mask)
 
-        return fn, [_key_template(key), {"u": jax.ShapeDtypeStruct(u.shape, u.dtype)}, arrays]
+        return fn, [_key_template(key), draws_tmpl, arrays]
 
     return build
 
@@ -313,19 +346,26 @@ def make_client_app(
         data = data_fn(context)
         arrays = prepare_arrays(data, int(cfg["n-max"]), *_standardization(msg))
         u = named_arrays(msg.content.array_records["draws"], ("u",))["u"]
+        site = None
+        if "site" in msg.content.array_records:  # EP over client effects: its own site
+            site = named_arrays(msg.content.array_records["site"], ("precision", "shift"))
         steps = steps_fn(context) if steps_fn is not None else None
         if steps is None:
             key = _key(msg.content.array_records["keys"], "personalize")
-            theta, acc = _personalize_fn(model_fn(context))(
-                key, u, *(np.asarray(a) for a in arrays)
-            )
+            rows = tuple(np.asarray(a) for a in arrays)
+            if site is None:
+                theta, acc = _personalize_fn(model_fn(context))(key, u, *rows)
+            else:
+                theta, acc = _personalize_effects_fn(model_fn(context))(
+                    key, site["precision"], site["shift"], u, *rows
+                )
             theta = jax.block_until_ready(theta)
         else:
             key = _key_flat(msg.content.array_records["keys"], "personalize")
             theta_flat, acc_flat = steps.call(
-                "personalize",
-                _personalize_builder(model_fn, context, key, arrays, u),
-                [key, encode({"u": u}), encode(arrays)],
+                "personalize" if site is None else "personalize-effects",
+                _personalize_builder(model_fn, context, key, arrays, u, site),
+                [key, encode({"u": u, **(site or {})}), encode(arrays)],
             )
             theta, acc = theta_flat[""], acc_flat[""]
         content = RecordDict(

@@ -225,7 +225,7 @@ class FlowerSettings:
     def ep_damping(self) -> float:
         if self.damping >= 0:
             return self.damping
-        return 0.5 if self.sites == "effects" else 0.8
+        return 1.0 if self.sites == "effects" else 0.8
 
     def step_identity(self) -> str:
         """What decides the clients' steps: every setting but the server's and the I/O ones.

@@ -569,12 +569,24 @@ def finish(
     pkeys = jax.random.key_data(jax.random.split(jax.random.fold_in(key, 2), k))
     draws = named_record({"u": u_flat})
     data_records = federation.data_records()
+    from bayes_pfl.algorithms.effect_ep import EffectServerState
+
+    # EP over client effects: each node personalizes from its own site
+    sites = server_state.sites if isinstance(server_state, EffectServerState) else None
+
+    def site_record(i):
+        if sites is None:
+            return {}
+        own = {"precision": np.asarray(sites.precision[i]), "shift": np.asarray(sites.shift[i])}
+        return {"site": named_record(own)}
+
     contents = {
         node: RecordDict(
             {
                 "config": config_record({"n-max": federation.n_max, "position": i}),
                 "draws": draws,
                 "keys": named_record({"personalize": pkeys[i]}),
+                **site_record(i),
                 **data_records,
             }
         )
