@@ -107,7 +107,7 @@ __all__ = [
 ]
 
 FAMILIES = ("bernoulli", "categorical", "normal", "poisson")
-BAYESIAN_METHODS = ("nuts", "ep", "one-shot")
+BAYESIAN_METHODS = ("nuts", "ep", "one-shot", "vi")
 DEFAULT_BUCKETS = (10, 50)
 INTERVAL_PROB = 0.9
 _Z90 = 1.6448536269514722  # standard normal 95% quantile: a central 90% interval
@@ -489,10 +489,11 @@ def bayesian_method(
 
     Parameters
     ----------
-    fit : {"nuts", "ep", "one-shot"}
+    fit : {"nuts", "ep", "one-shot", "vi"}
         Centralized NUTS (:func:`~bayes_pfl.centralized.fit_nuts`), federated EP
-        (:func:`~bayes_pfl.federated.fit_ep`) or one-shot summary exchange
-        (:func:`~bayes_pfl.federated.fit_one_shot`).
+        (:func:`~bayes_pfl.federated.fit_ep`), one-shot summary exchange
+        (:func:`~bayes_pfl.federated.fit_one_shot`) or federated VI
+        (:func:`~bayes_pfl.federated_vi.fit_vi`).
     model : HierarchicalModel or callable, optional
         The model, or ``model(data) -> HierarchicalModel`` to build it from the
         data (e.g. its number of features). Default: the zoo's hierarchical GLM
@@ -530,8 +531,10 @@ def bayesian_method(
             kw.setdefault("progress_bar", False)
             result = fit_nuts(m, data, seed=seed, **kw)
         else:
+            from bayes_pfl.federated_vi import fit_vi
+
             kw.setdefault("progress", False)
-            fn = fit_ep if fit == "ep" else fit_one_shot
+            fn = {"ep": fit_ep, "one-shot": fit_one_shot, "vi": fit_vi}[fit]
             result = fn(m, data, seed=seed, **kw)
         return PosteriorPredictor(result, fam, seed)
 

@@ -148,6 +148,7 @@ def heart_bayes(quick: bool, *, missing: bool, federated: bool) -> list:
         out += [
             bayesian_method("ep", model, name="hb-ep", family="bernoulli", rounds=20, **ep_kw),
             bayesian_method("one-shot", model, name="hb-one-shot", family="bernoulli", **ep_kw),
+            bayesian_method("vi", model, name="hb-vi", family="bernoulli", rounds=20, **ep_kw),
         ]
     if not missing:
         out.append(bayesian_method("nuts", glm, name="glm-slopes-nuts", family="bernoulli", **kw))
@@ -518,6 +519,7 @@ def run_synthetic(seeds, quick, rounds, out_dir, federated, case="synthetic"):
         bayes += [
             bayesian_method("ep", glm, name="hb-ep", family="bernoulli", rounds=20, **kw),
             bayesian_method("one-shot", glm, name="hb-one-shot", family="bernoulli", **kw),
+            bayesian_method("vi", glm, name="hb-vi", family="bernoulli", rounds=20, **kw),
         ]
     oracle_fits: dict = {}
     t0 = time.perf_counter()

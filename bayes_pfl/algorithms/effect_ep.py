@@ -49,7 +49,7 @@ from bayes_pfl.algorithms import Algorithm, select_clients
 from bayes_pfl.gaussian import GaussianFactor
 from bayes_pfl.local import newton_maximize, nuts_run, value_grad_hessian
 from bayes_pfl.population import Population, gaussian_population, small_cholesky
-from bayes_pfl.spec import HierarchicalModel
+from bayes_pfl.spec import HierarchicalModel, _run
 
 Array = jax.Array
 
@@ -136,11 +136,12 @@ def personalize_client(
     In standardized coordinates ``w`` (``u_theta = loc + scale * w``, ``w ~ N(0, I)`` a
     priori, effects ``e = m + L w``) the conditional is ``N(w | 0, I) L_k(m + L w, u_s)``.
     The Gaussian ``N(w | 0, I) t_k(m + L w, u_s)`` (the population times the client's
-    site, closed form: precision ``M = I + L^T A L``) is the proposal of ``mh_steps``
-    independence Metropolis-Hastings steps that the exact likelihood corrects, so the
-    draws are exact in the limit and the acceptance rate (returned) says how good the
-    site is. No optimization per draw: one batched likelihood evaluation of
-    ``mh_steps + 1`` proposals per draw.
+    site, closed form: precision ``M = I + L^T A L``) gives a start, one Newton step on
+    the exact conditional from there gives the proposal of ``mh_steps`` independence
+    Metropolis-Hastings steps that the exact likelihood corrects: exact for a Gaussian
+    conditional (every step accepted) and in the limit otherwise; the acceptance rate
+    (returned) says how close the proposal is. Per draw: one Hessian of the client's
+    likelihood in its effects and one batched evaluation of ``mh_steps + 1`` proposals.
 
     Returns ``(u_theta [S, D], mean acceptance)``.
     """
@@ -160,13 +161,23 @@ def personalize_client(
     eps = jax.random.normal(k_eps, (n_draws, mh_steps + 1, dim), dtype=a.dtype)
 
     def one_draw(chol_s, rhs_s, m_s, root_s, us_s, eps_s):
-        mean_w = jax.scipy.linalg.cho_solve((chol_s, True), rhs_s)
-        # w = mean + L_M^{-T} eps has covariance M^{-1}
-        w = mean_w + jax.scipy.linalg.solve_triangular(chol_s.T, eps_s.T, lower=False).T
-        e = m_s + w @ root_s.T
-        z = jnp.concatenate([e, jnp.broadcast_to(us_s, (w.shape[0], us_s.shape[0]))], 1)
-        ll = jax.vmap(pop.loglik, in_axes=(0, None, None, None))(z, x, y, mask)
-        lw = ll - 0.5 * jnp.sum(w**2, 1) + 0.5 * jnp.sum(eps_s**2, 1)
+        def logp(w):
+            z = jnp.concatenate([m_s + root_s @ w, us_s])
+            return -0.5 * w @ w + pop.loglik(z, x, y, mask)
+
+        # the site's conditional mean, then one Newton step on the exact conditional from
+        # there: exact for a Gaussian conditional whatever the site, and it corrects a site
+        # fitted far from where this draw's population puts the client
+        w0 = jax.scipy.linalg.cho_solve((chol_s, True), rhs_s)
+        _, g, hess = value_grad_hessian(logp, w0)
+        chol_n = jnp.linalg.cholesky(-0.5 * (hess + hess.T))
+        w1 = w0 + jax.scipy.linalg.cho_solve((chol_n, True), g)
+        newton_ok = jnp.all(jnp.isfinite(chol_n)) & jnp.all(jnp.isfinite(w1))
+        centre = jnp.where(newton_ok, w1, w0)
+        ch = jnp.where(newton_ok, chol_n, chol_s)
+        # w = centre + L^{-T} eps has covariance (L L^T)^{-1}
+        w = centre + jax.scipy.linalg.solve_triangular(ch.T, eps_s.T, lower=False).T
+        lw = jax.vmap(logp)(w) + 0.5 * jnp.sum(eps_s**2, 1)
         return w, jnp.where(jnp.isfinite(lw), lw, -jnp.inf)
 
     w, lws = jax.vmap(one_draw)(chol, rhs, m, root, u_s, eps)  # [S, n, D], [S, n]
@@ -314,24 +325,34 @@ def build(
         )
         return res.mode, 0.5 * (res.neg_hessian + res.neg_hessian.T)
 
+    def prior_draw(key):
+        tr = _run(model.hyperprior, rng_key=key)
+        return model.phi_space.flatten({n: tr[n]["value"] for n in model.phi_space.names})
+
     @jax.jit
     def _init(rng_key, sites):
-        starts = 0.1 * jax.random.normal(jax.random.fold_in(rng_key, 1), (server_chains, P))
-        eye = jnp.broadcast_to(jnp.eye(P, dtype=starts.dtype), (server_chains, P, P))
-        run = sample_server(rng_key, sites, starts, jnp.ones(server_chains), eye)
-        cav, ess = cavities(pop, run.draws.reshape(-1, P), sites)
-        mode, prec = summary(sites, jnp.mean(run.draws.reshape(-1, P), axis=0))
+        # the first cavities come from exact draws of the hyper-prior (no sampler to
+        # compile twice: the server's NUTS runs from the first update on, adapting from
+        # scratch)
+        n_draws = server_chains * server_samples
+        draws = jax.vmap(prior_draw)(jax.random.split(rng_key, n_draws))
+        draws = draws.reshape(server_chains, server_samples, P)
+        flat_draws = draws.reshape(-1, P)
+        cav, ess = cavities(pop, flat_draws, sites)
+        mean = jnp.mean(flat_draws, axis=0)
+        cov = jnp.cov(flat_draws, rowvar=False).reshape(P, P)
+        eye = jnp.broadcast_to(jnp.eye(P, dtype=draws.dtype), (server_chains, P, P))
         return EffectServerState(
             sites,
-            run.draws,
-            run.step_size,
-            run.inverse_mass_matrix,
+            draws,
+            jnp.ones(server_chains, dtype=draws.dtype),
+            eye,
             cav,
             ess,
-            jnp.asarray(damping, dtype=starts.dtype),
-            jnp.asarray(jnp.inf, dtype=starts.dtype),
-            mode,
-            prec,
+            jnp.asarray(damping, dtype=draws.dtype),
+            jnp.asarray(jnp.inf, dtype=draws.dtype),
+            mean,
+            jnp.linalg.inv(cov + 1e-9 * jnp.eye(P, dtype=draws.dtype)),
             jnp.asarray(0),
         )
 
@@ -424,7 +445,13 @@ def build(
         rate = jnp.where(state.round == 0, 1.0, state.damping)
         sites = gf.damp(state.sites, messages.site, rate)
         sites = select_clients(accept, sites, state.sites)
-        starts = state.draws[:, -1, :]
+        # the first update starts its chains at the prior draws' mean (prior draws can sit
+        # far out in a heavy tail); later ones where the last run ended
+        starts = jnp.where(
+            state.round == 0,
+            jnp.broadcast_to(state.mode, state.draws[:, -1, :].shape),
+            state.draws[:, -1, :],
+        )
         run = sample_server(rng_key, sites, starts, state.step_size, state.inverse_mass)
         draws, div = run.draws, run.diverging
         cav, ess = cavities(pop, draws.reshape(-1, P), sites)
