@@ -640,9 +640,10 @@ def run_heart_federated(seeds, quick, out_dir):
         "## Heart disease (FLamby setting): federated fits of the hierarchical model",
         "",
         f"Seeds {list(seeds)} (the first seeds of the table above, same splits); hb-ep: "
-        "federated EP (Laplace tilted, 20 rounds at most), hb-one-shot: one round of "
-        "posterior-summary exchange; both then sample the server posterior with NUTS and "
-        "personalize each hospital. Mean fit time: "
+        "federated EP (sites over each hospital's own effects, the population integrated "
+        "exactly by the server; 20 rounds at most), hb-one-shot: its first exchange, "
+        "hb-vi: federated VI on the same messages and server; all then sample the server "
+        "posterior with NUTS and personalize each hospital. Mean fit time: "
         + ", ".join(f"{k} {v:.0f}s" for k, v in payload["fit_time_s"].items())
         + ".",
         "",
@@ -738,8 +739,8 @@ def main() -> None:
         f"{rounds} rounds x 5 local steps of SGD at lr 0.5, weight decay {{0, 0.01}} "
         "(and mu / lam for fedprox, ditto, pfedme) chosen on validation log-loss. Bayesian: "
         "hb-nuts = centralized NUTS (reference, not federated), hb-ep = federated EP, "
-        "hb-one-shot = one-shot posterior-summary exchange; predictions average the "
-        "likelihood over posterior draws.",
+        "hb-one-shot = one-shot posterior-summary exchange, hb-vi = federated VI; "
+        "predictions average the likelihood over posterior draws.",
     )
     md.append("")
     if args.case in ("heart", "all"):
