@@ -83,13 +83,23 @@ def _personalize_fn(model):
     return jax.jit(lambda key, u, x, y, mask: personalize_client(key, model, u, x, y, mask))
 
 
-def personalize_effects_client(rng_key, model, site, u_draws, x, y, mask):
-    """Personalization from the node's own site over its effects (EP with sites over effects):
-    :func:`bayes_pfl.algorithms.effect_ep.personalize_client`, as the in-process fit runs it."""
-    from bayes_pfl.algorithms.effect_ep import personalize_client as body
+def _population(model):
+    """The model's Gaussian population, built eagerly: its construction checks the model
+    with concrete values, so it must not first happen inside a trace (``jit``, export)."""
     from bayes_pfl.population import gaussian_population
 
-    return body(rng_key, gaussian_population(model), site, u_draws, x, y, mask)
+    return gaussian_population(model)
+
+
+def personalize_effects_client(rng_key, model, site, u_draws, x, y, mask):
+    """Personalization from the node's own site over its effects (EP with sites over effects):
+    :func:`bayes_pfl.algorithms.effect_ep.personalize_client`, as the in-process fit runs it.
+
+    Under ``jit`` call it on a model whose population was built outside the trace
+    (:func:`bayes_pfl.population.gaussian_population` caches it on the model)."""
+    from bayes_pfl.algorithms.effect_ep import personalize_client as body
+
+    return body(rng_key, _population(model), site, u_draws, x, y, mask)
 
 
 @functools.cache
@@ -97,6 +107,8 @@ def _personalize_effects_fn(model):
     import jax
 
     from bayes_pfl.gaussian import GaussianFactor
+
+    _population(model)  # outside the trace
 
     def fn(key, prec, shift, u, x, y, mask):
         return personalize_effects_client(key, model, GaussianFactor(prec, shift), u, x, y, mask)
@@ -174,6 +186,7 @@ def _personalize_builder(model_fn, context, key, arrays, u, site=None):
         model = model_fn(context)
         draws_tmpl = {"u": jax.ShapeDtypeStruct(u.shape, u.dtype)}
         if site is not None:
+            _population(model)  # outside the trace
             draws_tmpl.update({k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in site.items()})
 
         def fn(key, draws, a):
