@@ -60,11 +60,14 @@ def dt2(data):
 
 @pytest.fixture(scope="module")
 def ep(data):
-    # the server draws from its Laplace summary: the same rounds, a faster test
+    # EP over the global parameters, whose history records the damping and which does not
+    # converge (tol 1e-3) in 3 rounds; the server draws from its Laplace summary: the same
+    # rounds, a faster test
     return fit_ep(
         eight_schools(),
         data,
         rounds=3,
+        sites="global",
         progress=False,
         num_chains=2,
         num_samples=300,
@@ -270,6 +273,28 @@ def test_convergence_from_history_and_datatree(ep, tmp_path):
     from_tree = plot_convergence(ep.to_datatree(log_likelihood=False))
     pd.testing.assert_frame_equal(from_tree.data, res.data)
     pd.testing.assert_frame_equal(plot_convergence(ep).data, res.data)
+
+
+def test_convergence_of_an_effect_sites_history(tmp_path):
+    """EP over client effects records no damping: NaN there, the changes plotted."""
+    history = [
+        {
+            "round": r,
+            "sites": "effects",
+            "mean_change": m,
+            "sd_change": sd,
+            "global_mean_change": m / 2,
+            "global_sd_change": sd / 2,
+            "converged": r == 3,
+        }
+        for r, m, sd in ((1, 2.0, 1.0), (2, 0.3, 0.1), (3, 0.01, 0.02))
+    ]
+    res = plot_convergence(history, tol=0.05, path=tmp_path / "conv.png")
+    _check_png(res, tmp_path / "conv.png")
+    assert list(res.data["round"]) == [1, 2, 3]
+    np.testing.assert_allclose(res.data["mean_change"], [2.0, 0.3, 0.01])
+    np.testing.assert_allclose(res.data["sd_change"], [1.0, 0.1, 0.02])
+    assert res.data["damping"].isna().all()
 
 
 def test_convergence_bad_input(dt):
