@@ -533,6 +533,41 @@ def _finite_max(values) -> float:
 TILTED_ESS_MIN = 100
 
 
+def _effect_sites(keys) -> bool:
+    """Whether a history (its keys) is EP's or VI's over client effects."""
+    return "global_mean_change" in keys
+
+
+def _effect_summary(rounds: int, col) -> dict[str, Any]:
+    """What an effects history adds: the global posterior's changes, the tilted importance
+    sampling's effective sizes and Laplace fallbacks, the server's leave-one-out weights
+    and divergences (``col(name)``: a per-round array, NaN where not recorded)."""
+    fallback = col("client_laplace_fallback_count")
+    div = col("server_divergences")
+    rnums = np.arange(1, rounds + 1)
+    return {
+        "sites": "effects",
+        "last_global_mean_change": float(col("global_mean_change")[-1]) if rounds else np.nan,
+        "last_global_sd_change": float(col("global_sd_change")[-1]) if rounds else np.nan,
+        "tilted_is_ess_min": -_finite_max(-col("client_ess_min")),
+        "laplace_fallbacks": {
+            int(r): int(n) for r, n in zip(rnums, fallback, strict=True) if np.isfinite(n) and n
+        },
+        "min_loo_ess": -_finite_max(-col("min_loo_ess")),
+        "server_divergences": int(np.nansum(div)) if np.isfinite(div).any() else None,
+        # no NUTS runs on the clients
+        "tilted_rhat_max": float("nan"),
+        "tilted_ess_min": float("nan"),
+    }
+
+
+def _float(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
 def _history_from_result(history: list[dict[str, Any]], n_clients: int) -> dict[str, Any]:
     rounds = len(history)
     failed: dict[str, list[int]] = {}
@@ -545,7 +580,8 @@ def _history_from_result(history: list[dict[str, Any]], n_clients: int) -> dict[
     last = history[-1]
     rhat = [h.get("client_rhat_max", np.nan) for h in history]
     ess = [h.get("client_ess_min", np.nan) for h in history]
-    return {
+    out = {
+        "sites": "global",
         "tilted_rhat_max": _finite_max(rhat),
         "tilted_ess_min": -_finite_max(-np.asarray(ess, float)),
         "rounds": rounds,
@@ -557,6 +593,13 @@ def _history_from_result(history: list[dict[str, Any]], n_clients: int) -> dict[
         "rejected_clients": rejected,
         "failed_clients": failed,
     }
+    if any(h.get("sites") == "effects" or _effect_sites(h) for h in history):
+
+        def col(name):
+            return np.asarray([_float(h.get(name)) for h in history], float)
+
+        out.update(_effect_summary(rounds, col))
+    return out
 
 
 def _history_from_group(ds: xr.Dataset, n_clients: int) -> dict[str, Any]:
@@ -568,7 +611,8 @@ def _history_from_group(ds: xr.Dataset, n_clients: int) -> dict[str, Any]:
     n_rej = col("n_rejected")
     ok = col("client_ok_count")
     rnums = np.arange(1, rounds + 1)
-    return {
+    out = {
+        "sites": "global",
         "tilted_rhat_max": _finite_max(col("client_rhat_max")),
         "tilted_ess_min": -_finite_max(-col("client_ess_min")),
         "rounds": rounds,
@@ -582,6 +626,9 @@ def _history_from_group(ds: xr.Dataset, n_clients: int) -> dict[str, Any]:
         "rejected_clients": {},
         "failed_clients": {},
     }
+    if _effect_sites(ds.data_vars):
+        out.update(_effect_summary(rounds, col))
+    return out
 
 
 def diagnostics(fit, *, r_hat_max: float = 1.01, ess_min: float = 400) -> dict[str, Any]:
@@ -607,19 +654,29 @@ def diagnostics(fit, *, r_hat_max: float = 1.01, ess_min: float = 400) -> dict[s
         without rounds): ``rounds``, ``last_mean_change``, ``last_sd_change``,
         ``converged``, ``rounds_with_rejected``, ``rounds_with_failed``,
         ``tilted_rhat_max`` and ``tilted_ess_min`` (the worst split R-hat and ESS of the
-        clients' tilted NUTS runs over all rounds; NaN for Laplace), and (from a
-        FitResult) ``rejected_clients`` and ``failed_clients``, each
-        ``{label: [rounds]}`` (rounds numbered 1, 2, ... over the whole history);
-        ``ok``: whether nothing was flagged.
+        clients' tilted NUTS runs over all rounds; NaN for Laplace), ``sites``
+        (``"effects"`` or ``"global"``), and (from a FitResult) ``rejected_clients`` and
+        ``failed_clients``, each ``{label: [rounds]}`` (rounds numbered 1, 2, ... over
+        the whole history). With sites over client effects, also
+        ``last_global_mean_change`` and ``last_global_sd_change`` (the global
+        posterior's; ``last_mean_change``/``last_sd_change`` are the clients'
+        marginals'), ``tilted_is_ess_min`` (the smallest effective size of the clients'
+        tilted importance sampling), ``laplace_fallbacks`` (``{round: clients}`` whose
+        tilted moments fell back to the Laplace approximation), ``min_loo_ess`` (of the
+        server's leave-one-client-out weights) and ``server_divergences`` (of the
+        server's NUTS runs over the rounds); ``ok``: whether nothing was flagged.
 
     Warns
     -----
     DiagnosticsWarning
         Naming the failing parameters; the number of divergent transitions; EP
-        that did not converge; clients whose messages were rejected; clients whose
-        local inference failed in a round after the first, or in every round (a
-        failure in round 1 alone is expected of clients without a local mode, e.g.
-        a single row, and is then made good by later rounds).
+        (or VI over client effects) that did not converge; clients whose messages
+        were rejected; clients whose local inference failed in a round after the
+        first, or in every round (a failure in round 1 alone is expected of clients
+        without a local mode, e.g. a single row, and is then made good by later
+        rounds); with sites over client effects, divergent transitions of the
+        server's NUTS runs, and clients whose tilted moments fell back to the
+        Laplace approximation in the last round.
     """
     import arviz as az
 
@@ -676,10 +733,33 @@ def diagnostics(fit, *, r_hat_max: float = 1.01, ess_min: float = 400) -> dict[s
         )
     if history is not None:
         method = str(dt.attrs.get("method", ""))
-        if method == "ep" and not history["converged"]:
+        effects = history["sites"] == "effects"
+        if effects and method in ("ep", "vi") and not history["converged"]:
+            messages.append(
+                f"{method.upper()} did not converge in {history['rounds']} round(s) (last "
+                f"change of the clients' marginals: mean {history['last_mean_change']:.3g} "
+                f"sd, log sd {history['last_sd_change']:.3g}; of the global posterior: "
+                f"mean {history['last_global_mean_change']:.3g} sd, log sd "
+                f"{history['last_global_sd_change']:.3g}); raise rounds or lower damping"
+            )
+        elif method == "ep" and not history["converged"]:
             messages.append(
                 f"EP did not converge in {history['rounds']} round(s) (last mean change "
                 f"{history['last_mean_change']:.3g}); raise rounds or lower damping"
+            )
+        if effects and history["server_divergences"]:
+            messages.append(
+                f"{history['server_divergences']} divergent transition(s) in the server's "
+                "NUTS runs over the rounds: the cavities may be off; raise its warm-up "
+                "(fit_ep's effect_options={'server_warmup': ...})"
+            )
+        last_fallbacks = history.get("laplace_fallbacks", {}).get(history["rounds"], 0)
+        if effects and method != "vi" and last_fallbacks:
+            messages.append(
+                f"the tilted moments of {last_fallbacks} client(s) fell back to the Laplace "
+                f"approximation in the last round (importance weights too uneven: smallest "
+                f"effective size {history['tilted_is_ess_min']:.0f}); raise the points "
+                "(fit_ep's effect_options={'tilted_points': ...})"
             )
         if history["tilted_rhat_max"] > r_hat_max or history["tilted_ess_min"] < TILTED_ESS_MIN:
             messages.append(

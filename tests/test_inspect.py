@@ -362,6 +362,76 @@ def test_diagnostics_history_names_clients(schools_fit):
         diagnostics(stuck)
 
 
+def _effect_history(entries):
+    """Rounds of EP over client effects (the keys ``run_rounds`` records for it)."""
+    base = {
+        "sites": "effects",
+        "global_mean_change": 0.4,
+        "global_sd_change": 0.2,
+        "n_accepted": 8,
+        "server_divergences": 0,
+        "min_loo_ess": 150.0,
+        "client_converged_count": 8,
+        "client_iterations_max": 6.0,
+        "client_ess_min": 60.0,  # importance sampling, not NUTS: no "tilted NUTS" warning
+        "client_laplace_fallback_count": 0,
+    }
+    return _history([{**base, **e} for e in entries])
+
+
+def test_diagnostics_effect_sites_history(schools_fit):
+    """EP over client effects: convergence of the clients' marginals and of the global
+    posterior, failed clients named, server divergences and Laplace fallbacks reported."""
+    history = _effect_history(
+        [
+            {"failed": ["A"], "client_ok_count": 7, "client_laplace_fallback_count": 2},
+            {"failed": ["B"], "client_ok_count": 7, "server_divergences": 3},
+            {"mean_change": 0.2, "global_mean_change": 0.01, "client_laplace_fallback_count": 1},
+        ]
+    )
+    ep_fit = dataclasses.replace(schools_fit, method="ep", history=history)
+    with pytest.warns(DiagnosticsWarning) as rec:
+        diag = diagnostics(ep_fit)
+    msgs = [str(w.message) for w in rec]
+    assert not any("tilted NUTS" in m for m in msgs)
+    assert any("local inference failed" in m and "'B'" in m and "'A'" not in m for m in msgs)
+    stuck = [m for m in msgs if "did not converge in 3 round" in m]
+    assert len(stuck) == 1 and "mean 0.2 sd" in stuck[0] and "mean 0.01 sd" in stuck[0]
+    assert any("3 divergent transition(s) in the server's NUTS runs" in m for m in msgs)
+    assert any("1 client(s) fell back to the Laplace" in m and "size 60" in m for m in msgs)
+    h = diag["history"]
+    assert h["sites"] == "effects" and h["rounds"] == 3 and not h["converged"]
+    assert h["last_mean_change"] == 0.2 and h["last_global_mean_change"] == 0.01
+    assert h["last_global_sd_change"] == 0.2 and h["min_loo_ess"] == 150.0
+    assert h["laplace_fallbacks"] == {1: 2, 3: 1} and h["server_divergences"] == 3
+    assert h["tilted_is_ess_min"] == 60.0 and np.isnan(h["tilted_ess_min"])
+    assert h["failed_clients"] == {"A": [1], "B": [2]}
+
+    # the DataTree keeps the numeric columns: the same summary, clients by round only
+    with pytest.warns(DiagnosticsWarning) as rec:
+        diag_dt = diagnostics(ep_fit.to_datatree())
+    msgs = [str(w.message) for w in rec]
+    assert any("did not converge in 3 round" in m and "mean 0.01 sd" in m for m in msgs)
+    h_dt = diag_dt["history"]
+    assert h_dt["sites"] == "effects" and h_dt["rounds_with_failed"] == [1, 2]
+    for key in ("laplace_fallbacks", "server_divergences", "min_loo_ess", "tilted_is_ess_min"):
+        assert h_dt[key] == h[key], key
+
+    # converged, no fallback in the last round, no divergences: nothing about the rounds
+    fine = _effect_history([{"client_laplace_fallback_count": 2}, {"converged": True}])
+    ok_fit = dataclasses.replace(schools_fit, method="ep", history=fine)
+    diag, caught = _record(diagnostics, ok_fit)
+    assert not [w for w in caught if issubclass(w.category, DiagnosticsWarning)]
+    assert diag["ok"] and diag["history"]["converged"]
+    # VI over client effects reports its convergence too; its sites use no importance weights
+    vi = dataclasses.replace(schools_fit, method="vi", history=history)
+    with pytest.warns(DiagnosticsWarning) as rec:
+        diagnostics(vi)
+    msgs = [str(w.message) for w in rec]
+    assert any("VI did not converge in 3 round" in m for m in msgs)
+    assert not any("fell back" in m for m in msgs)
+
+
 # ---------------------------------------------------------------------------
 # LOO by client
 
