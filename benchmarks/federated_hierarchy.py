@@ -213,7 +213,7 @@ def markdown(results: dict, meta: dict) -> str:
         "",
         f"{meta['date']}, {meta['platform']}, {meta['cpu_count']} cores, jax "
         f"{meta['versions'].get('jax')}. Command: `.venv/bin/python "
-        "benchmarks/federated_hierarchy.py` (run alone). References: clean centralized NUTS "
+        "benchmarks/federated_hierarchy.py`. References: clean centralized NUTS "
         "(0 divergences, R-hat <= 1.01, ESS >= 400), `benchmarks/results/references/`.",
         "",
         "Bounds: eight schools z <= 0.05, sd ratio in [0.95, 1.05] against the exact "
