@@ -327,8 +327,9 @@ def test_bayesian_nuts_method_runs_in_the_harness():
     assert np.isfinite(s["log_loss_mean"]).all()
     # the data follow a logistic model in x: the model must beat the featureless rate
     assert s.loc["nuts", "log_loss_mean"] < s.loc["constant", "log_loss_mean"]
+    assert bayesian_method("vi").name == "vi"  # federated VI is one (fit_vi)
     with pytest.raises(ComparisonError, match="unknown Bayesian fit"):
-        bayesian_method("vi")
+        bayesian_method("gibbs")
 
 
 def test_make_method_knows_bayesian_names():
