@@ -217,8 +217,10 @@ def main(argv=None) -> int:
             if case in results:
                 res["methods"] = {**results[case].get("methods", {}), **res["methods"]}
             results[case] = res
-    meta = machine()
-    write_results("cli_speed", jsonable({"meta": meta, "cases": results}), markdown(results, meta))
+            meta = machine()  # written after every case: a long run keeps what it measured
+            write_results(
+                "cli_speed", jsonable({"meta": meta, "cases": results}), markdown(results, meta)
+            )
     return 0
 
 
