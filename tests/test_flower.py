@@ -31,7 +31,7 @@ from bayes_pfl.flower.config import (  # noqa: E402
 )
 from bayes_pfl.flower.launch import LocalFederation  # noqa: E402
 from bayes_pfl.flower.server import discover, run_server  # noqa: E402
-from bayes_pfl.simulation import run_rounds  # noqa: E402
+from bayes_pfl.simulation import row_buckets, run_rounds  # noqa: E402
 from bayes_pfl.synthetic import make_federation  # noqa: E402
 
 APP_DIR = Path(__file__).resolve().parents[1] / "examples" / "flower_app"
@@ -144,17 +144,45 @@ def small(tmp_path_factory):
     return settings, run_config, data
 
 
-# In-process references compute the client step client by client (``client_batch=1``), as
-# a node does: the vectorized step over all clients is compiled differently by XLA and
-# differs in the last bits, which EP over client effects, whose server samples its density
-# with NUTS every round, turns into different draws and cavities.
+@pytest.fixture
+def node_like_steps(monkeypatch):
+    """In-process references (``run_rounds``) whose client step runs client by client, each
+    the single-client jitted step a node runs.
+
+    EP over client effects samples the server's density with NUTS every round, and NUTS
+    turns a last-bit difference in the clients' sites into other draws (and so other
+    cavities). The vectorized step over all clients (``vmap``, or ``lax.map`` in chunks)
+    is compiled differently from a node's step and differs from it in the last bits, so a
+    reference of the Flower run must compute each client as a node does.
+    """
+    import jax.numpy as jnp
+
+    from bayes_pfl import simulation
+    from bayes_pfl.flower.client import _jit  # the nodes' jitted steps
+
+    def per_client(client_update, batch):
+        one = _jit(client_update)
+
+        def step(keys, broadcast, states, data):
+            outs = [
+                one(
+                    keys[i],
+                    *(jax.tree.map(lambda a, i=i: a[i], t) for t in (broadcast, states, data)),
+                )
+                for i in range(keys.shape[0])
+            ]
+            return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+
+        return step
+
+    monkeypatch.setattr(simulation, "_compiled_client_step", per_client)
 
 
 def _grid(run_config, n, **kw):
     return FakeGrid(client_app(), [{"partition-id": i} for i in range(n)], run_config, **kw)
 
 
-def test_faults_left_out_like_in_process_nonparticipants(small, caplog):
+def test_faults_left_out_like_in_process_nonparticipants(small, caplog, node_like_steps):
     """A silent node and a node sending NaN are left out every round (and logged by node id);
     the result equals the in-process run in which those two clients do not participate."""
     settings, run_config, data = small
@@ -186,7 +214,6 @@ def test_faults_left_out_like_in_process_nonparticipants(small, caplog):
         participating=participating,
         stop_when_converged=False,
         progress=False,
-        client_batch=1,  # client by client, as the nodes compute (see above _grid)
     )
     assert set(ref.history[0]) <= set(res.history[0])
     pairs = zip(jax.tree.leaves(res.server_state), jax.tree.leaves(ref.server_state), strict=True)
@@ -194,6 +221,44 @@ def test_faults_left_out_like_in_process_nonparticipants(small, caplog):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-9)
     # the left-out clients keep their initial (flat) sites
     np.testing.assert_array_equal(np.asarray(res.server_state.sites.precision)[[2, 4]], 0.0)
+
+
+def test_nodes_pad_rows_like_the_in_process_row_buckets(small, tmp_path, node_like_steps):
+    """With ``bucket_rows`` (EP's phases) each node pads its rows to its in-process row
+    bucket: a round over a ragged federation equals ``run_rounds(bucket_rows=True)``."""
+    settings, run_config, _ = small
+    fed = make_federation(
+        family="normal", n_clients=5, n_features=1, sizes=np.array([40, 5, 6, 7, 8]), seed=3
+    )
+    path = tmp_path / "ragged.csv"
+    fed.data.to_csv(path, index=False)
+    config = {**run_config, "data": str(path)}
+    data = FederatedData.from_pandas(
+        fed.data, client_col="client", target="y", features=["x0"], seed=0
+    )
+    grid = _grid(config, 5)
+    federation = discover(grid, n_clients=5, node_wait_s=5, timeout_s=5)
+    buckets = row_buckets(data.train.mask)
+    assert len(buckets) == 2  # [40 rows], [the four small clients, 10 rows]
+    expected = np.zeros(5, int)
+    for idx, rows in buckets:
+        expected[idx] = rows
+    np.testing.assert_array_equal(federation.padded_rows(bucket_rows=True), expected)
+    np.testing.assert_array_equal(federation.padded_rows(), 40)
+    (phase,) = build_phases(settings)  # the small federation's model: the same algorithm
+    assert phase.bucket_rows
+    res = run_server(grid, phase.algorithm, federation, rounds=1, timeout_s=30, bucket_rows=True)
+    ref = run_rounds(
+        phase.algorithm,
+        data.train,
+        rounds=1,
+        labels=data.clients,
+        progress=False,
+        bucket_rows=True,
+    )
+    pairs = zip(jax.tree.leaves(res.server_state), jax.tree.leaves(ref.server_state), strict=True)
+    for a, b in pairs:
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-9)
 
 
 def test_baseline_runs_over_flower_like_in_process(small, tmp_path):
@@ -248,7 +313,7 @@ def test_baseline_runs_over_flower_like_in_process(small, tmp_path):
     assert run["clients"] == list(data.clients) and len(run["history"]) == 3
 
 
-def test_checkpoint_resume_continues_the_run(small, tmp_path):
+def test_checkpoint_resume_continues_the_run(small, tmp_path, node_like_steps):
     settings, run_config, data = small
     (phase,) = build_phases(settings)
     ckpt = tmp_path / "ckpt"
@@ -278,7 +343,6 @@ def test_checkpoint_resume_continues_the_run(small, tmp_path):
         labels=data.clients,
         stop_when_converged=False,
         progress=False,
-        client_batch=1,  # client by client, as the nodes compute (see above _grid)
     )
     # resumed clients restart their Newton solver from client_init: same answer to its tolerance
     np.testing.assert_allclose(resumed.server_state.mode, ref.server_state.mode, atol=1e-6)

@@ -133,6 +133,7 @@ def run_from_settings(grid: Grid, settings: FlowerSettings, *, run_id: int = 0):
             checkpoint=out / f"checkpoint-{i}" if settings.checkpoint else None,
             resume=settings.resume,
             phase=f"{i}:{phase.algorithm.name}",
+            bucket_rows=phase.bucket_rows,
         )
         state, converged, accepted = res.server_state, res.converged, res.accepted
         tag = dict(phase.tag)

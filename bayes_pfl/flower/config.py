@@ -274,6 +274,7 @@ class Phase(NamedTuple):
     algorithm: Any  # bayes_pfl.algorithms.Algorithm
     rounds: int
     warm_start: bool  # start from the previous phase's server and client states
+    bucket_rows: bool = False  # nodes pad their rows as run_rounds(bucket_rows=True) does
 
 
 # the GLM family a zoo model's name stands for, for baselines run on its data
@@ -297,12 +298,12 @@ def build_phases(settings: FlowerSettings) -> tuple[Phase, ...]:
             damping=1.0 if one else settings.ep_damping,
             tol=0.0 if one else settings.ep_tol,
         )
-        return (Phase({"sites": "effects"}, alg, 1 if one else settings.rounds, False),)
+        return (Phase({"sites": "effects"}, alg, 1 if one else settings.rounds, False, True),)
     if settings.method == "one-shot":
         alg = ep.build(
             model, tilted=settings.tilted, damping=1.0, tol=0.0, site_fit=settings.site_fit
         )
-        return (Phase({"tilted": settings.tilted}, alg, 1, False),)
+        return (Phase({"tilted": settings.tilted}, alg, 1, False, True),)
     if settings.method == "ep":
         phases = []
         if settings.tilted == "nuts" and settings.rounds > 1:
@@ -313,7 +314,7 @@ def build_phases(settings: FlowerSettings) -> tuple[Phase, ...]:
                 tol=1e-3,
                 site_fit=settings.site_fit,
             )
-            phases.append(Phase({"tilted": "laplace"}, warm, settings.rounds, False))
+            phases.append(Phase({"tilted": "laplace"}, warm, settings.rounds, False, True))
         alg = ep.build(
             model,
             tilted=settings.tilted,
@@ -321,7 +322,8 @@ def build_phases(settings: FlowerSettings) -> tuple[Phase, ...]:
             tol=settings.ep_tol,
             site_fit=settings.site_fit,
         )
-        phases.append(Phase({"tilted": settings.tilted}, alg, settings.rounds, bool(phases)))
+        tag = {"tilted": settings.tilted}
+        phases.append(Phase(tag, alg, settings.rounds, bool(phases), True))
         return tuple(phases)
     from bayes_pfl.baselines import BASELINE_NAMES
     from bayes_pfl.baselines.fit import baseline_algorithm

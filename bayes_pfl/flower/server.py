@@ -46,7 +46,13 @@ from bayes_pfl.flower.records import (
     record_nbytes,
     to_array_record,
 )
-from bayes_pfl.simulation import _compiled, _scalars, check_messages, message_nbytes
+from bayes_pfl.simulation import (
+    _compiled,
+    _scalars,
+    check_messages,
+    message_nbytes,
+    row_buckets,
+)
 
 __all__ = [
     "Federation",
@@ -78,6 +84,19 @@ class Federation(NamedTuple):
     @property
     def n_max(self) -> int:
         return int(np.max(self.n_rows))
+
+    def padded_rows(self, bucket_rows: bool = False) -> np.ndarray:
+        """The rows each node pads its arrays to, by position: the largest client's, or
+        with ``bucket_rows`` those of its group of :func:`bayes_pfl.simulation.row_buckets`
+        (as ``run_rounds(bucket_rows=True)`` pads it in process). A client's step
+        depends on its padding in the last bits; the same padding keeps a node's
+        computation the in-process one."""
+        rows = np.full(self.n_clients, self.n_max, dtype=int)
+        if bucket_rows and self.n_clients:
+            mask = np.arange(self.n_max)[None, :] < np.asarray(self.n_rows)[:, None]
+            for idx, r in row_buckets(mask):
+                rows[idx] = r
+        return rows
 
     def data_template(self, dtype=None):
         from bayes_pfl.data import ClientArrays
@@ -329,6 +348,7 @@ def run_server(
     checkpoint: str | Path | None = None,
     resume: bool = False,
     phase: str = "",
+    bucket_rows: bool = False,
 ) -> ServerResult:
     """Run ``algorithm`` over the nodes of ``federation`` for up to ``rounds`` rounds.
 
@@ -362,6 +382,10 @@ def run_server(
         After every round write ``checkpoint.npz``/``.json``; with ``resume`` continue
         from an existing checkpoint of the same ``phase``. Client states live on the
         nodes; a node that lost its state (a new run) starts from ``client_init``.
+    bucket_rows : bool
+        As in ``run_rounds``: each node pads its rows to its row bucket's
+        (:meth:`Federation.padded_rows`) instead of the largest client's, as the
+        in-process driver does (``fit_ep`` buckets its rounds).
     """
     labels = list(federation.labels)
     k = federation.n_clients
@@ -401,6 +425,7 @@ def run_server(
         data_tmpl,
     )
     data_records = federation.data_records()
+    padded = federation.padded_rows(bucket_rows)
     converged = bool(history and history[-1].get("converged", False))
     for r in range(start_round, rounds):
         if converged and stop_when_converged:
@@ -420,7 +445,7 @@ def run_server(
                             "round": r + 1,
                             "position": int(i),
                             "n-clients": k,
-                            "n-max": federation.n_max,
+                            "n-max": int(padded[i]),
                             "fresh": bool(fresh_clients and r == start_round),
                             "accepted": bool(accepted_last[i]),
                         }
