@@ -39,6 +39,7 @@ __all__ = [
     "laplace_marginal",
     "newton_maximize",
     "newton_steps",
+    "independence_chain",
     "nuts_draws",
     "nuts_run",
     "sample_conditional",
@@ -268,7 +269,20 @@ def _independence_mh(
     log_unif = jnp.log(jax.random.uniform(k_u, (mh_steps,)))
     xs = jax.vmap(to_theta)(eps)
     lws = jax.vmap(logp_fn)(xs) + 0.5 * jnp.sum(eps**2, axis=1)
-    lws = jnp.where(jnp.isfinite(lws), lws, -jnp.inf)
+    i, acceptance = independence_chain(lws, log_unif)
+    return xs[i], acceptance, half_logdet
+
+
+def independence_chain(log_weights: Array, log_unif: Array) -> tuple[Array, Array]:
+    """An independence Metropolis-Hastings chain over proposals already evaluated.
+
+    ``log_weights [n]`` are ``log target - log proposal`` of ``n`` proposals (the first is
+    the chain's start), ``log_unif [n - 1]`` the logs of uniform draws. Returns the index
+    of the proposal the chain ends on and the acceptance rate. Non-finite weights are
+    never accepted.
+    """
+    lws = jnp.where(jnp.isfinite(log_weights), log_weights, -jnp.inf)
+    n_steps = lws.shape[0] - 1
 
     def mh(carry, step):
         i, lw, acc = carry
@@ -276,9 +290,9 @@ def _independence_mh(
         accept = lu < lw_new - lw
         return (jnp.where(accept, j, i), jnp.where(accept, lw_new, lw), acc + accept), None
 
-    steps = (jnp.arange(1, mh_steps + 1), lws[1:], log_unif)
+    steps = (jnp.arange(1, n_steps + 1), lws[1:], log_unif)
     (i, _, acc), _ = jax.lax.scan(mh, (jnp.asarray(0), lws[0], jnp.asarray(0.0)), steps)
-    return xs[i], acc / max(mh_steps, 1), half_logdet
+    return i, acc / max(n_steps, 1)
 
 
 def newton_steps(logp_fn: LogDensityFn, x0: Array, steps: int, *, floor: float = 1e-8):

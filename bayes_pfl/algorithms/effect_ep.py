@@ -47,7 +47,7 @@ import jax.numpy as jnp
 from bayes_pfl import gaussian as gf
 from bayes_pfl.algorithms import Algorithm, select_clients
 from bayes_pfl.gaussian import GaussianFactor
-from bayes_pfl.local import newton_maximize, nuts_run, value_grad_hessian
+from bayes_pfl.local import independence_chain, newton_maximize, nuts_run, value_grad_hessian
 from bayes_pfl.population import Population, gaussian_population, small_cholesky
 from bayes_pfl.spec import HierarchicalModel, _run
 
@@ -177,24 +177,11 @@ def personalize_client(
         ch = jnp.where(newton_ok, chol_n, chol_s)
         # w = centre + L^{-T} eps has covariance (L L^T)^{-1}
         w = centre + jax.scipy.linalg.solve_triangular(ch.T, eps_s.T, lower=False).T
-        lw = jax.vmap(logp)(w) + 0.5 * jnp.sum(eps_s**2, 1)
-        return w, jnp.where(jnp.isfinite(lw), lw, -jnp.inf)
+        return w, jax.vmap(logp)(w) + 0.5 * jnp.sum(eps_s**2, 1)
 
     w, lws = jax.vmap(one_draw)(chol, rhs, m, root, u_s, eps)  # [S, n, D], [S, n]
     log_unif = jnp.log(jax.random.uniform(k_u, (n_draws, mh_steps), dtype=a.dtype))
-
-    def chain(lw, lu):
-        def mh(carry, step):
-            i, cur, acc = carry
-            j, new, u = step
-            accept = u < new - cur
-            return (jnp.where(accept, j, i), jnp.where(accept, new, cur), acc + accept), None
-
-        steps = (jnp.arange(1, mh_steps + 1), lw[1:], lu)
-        (i, _, acc), _ = jax.lax.scan(mh, (jnp.asarray(0), lw[0], jnp.asarray(0.0)), steps)
-        return i, acc / max(mh_steps, 1)
-
-    idx, acc = jax.vmap(chain)(lws, log_unif)
+    idx, acc = jax.vmap(independence_chain)(lws, log_unif)
     w_pick = jnp.take_along_axis(w, idx[:, None, None], axis=1)[:, 0]
     return loc + scale * w_pick, jnp.mean(acc)
 
