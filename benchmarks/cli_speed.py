@@ -160,8 +160,10 @@ def markdown(results: dict, meta: dict) -> str:
     lines = [
         "# Speed as a user meets it: `bayes-pfl fit --method ep` vs `--method nuts`",
         "",
-        f"{meta['date']}, {meta['platform']}, {meta['cpu_count']} cores. Command: "
-        "`.venv/bin/python benchmarks/cli_speed.py`, run alone. Fresh processes of the "
+        f"{meta['date']}, {meta['platform']}, {meta['cpu_count']} cores, load average "
+        f"{meta.get('load_average', 'n/a')} when written (run alone for timings; a higher "
+        "load makes the times upper bounds). Command: "
+        "`.venv/bin/python benchmarks/cli_speed.py`. Fresh processes of the "
         "command line (start-up, imports, data, compilation, inference and writing the "
         "result folder included); `cold`: empty JAX compilation cache, `cached`: a second "
         "process with the cache the first left; `warm`: the second fit in one Python "
@@ -198,7 +200,8 @@ def markdown(results: dict, meta: dict) -> str:
         def f(x):
             return "n/a" if x is None else f"{x:.2f}x"
 
-        rows.append([case, f(cold), f(cached), f(warm), f"{t[0]}x, {t[1]}x"])
+        target = ", ".join("-" if x is None else f"{x:g}x" for x in t)
+        rows.append([case, f(cold), f(cached), f(warm), target])
     lines += ["", md_table(header, rows)]
     return "\n".join(lines) + "\n"
 
@@ -217,7 +220,8 @@ def main(argv=None) -> int:
             if case in results:
                 res["methods"] = {**results[case].get("methods", {}), **res["methods"]}
             results[case] = res
-            meta = machine()  # written after every case: a long run keeps what it measured
+            # written after every case: a long run keeps what it measured
+            meta = {**machine(), "load_average": [round(x, 1) for x in os.getloadavg()]}
             write_results(
                 "cli_speed", jsonable({"meta": meta, "cases": results}), markdown(results, meta)
             )
