@@ -349,10 +349,18 @@ def test_checkpoint_resume_continues_the_run(small, tmp_path, node_like_steps):
 
 
 def one_shot_config(run_config, **extra):
-    """The small federation's run config for one-shot with a cheap Laplace global posterior."""
+    """The small federation's run config for one-shot with a cheap Laplace global posterior.
+
+    Sites over the global parameters: their global draws (Laplace) are a deterministic
+    function of the sites, so the Flower run must equal the in-process one to the last
+    bits. Over client effects the server samples its density with NUTS, which turns the
+    last-bit differences between a node's single-client step and the vectorized
+    in-process step into other draws (see the ``node_like_steps`` tests for that format).
+    """
     return {
         **run_config,
         "method": "one-shot",
+        "sites": "global",
         "global-method": "laplace",
         "num-chains": 2,
         "num-samples": 50,
@@ -367,6 +375,7 @@ def one_shot_reference(settings, data):
     return fit_one_shot(
         settings.hierarchical_model,
         data,
+        sites=settings.sites,
         global_method=settings.global_method,
         num_chains=settings.num_chains,
         num_samples=settings.num_samples,

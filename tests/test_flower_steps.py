@@ -129,12 +129,8 @@ def test_app_with_exported_steps_equals_in_process_and_reuses_them(small, tmp_pa
     first = run("first")
     stored = sorted((tmp_path / "jax-cache" / "bayes-pfl-steps").glob("*.json"))
     names = {json.loads(p.read_text())["name"] for p in stored}
-    # one-shot over client effects: its client steps, personalization from the node's site
-    assert names == {
-        "client_init:ep-effects",
-        "client_update:ep-effects",
-        "personalize-effects",
-    }
+    # one_shot_config: sites over the global parameters (see its docstring)
+    assert names == {"client_init:ep-laplace", "client_update:ep-laplace", "personalize"}
 
     steps_mod._LOADED.clear()
 
