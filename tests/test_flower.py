@@ -456,10 +456,14 @@ def _check_result(out: Path):
 
 @pytest.mark.slow
 def test_flower_simulation_equals_in_process(tmp_path, jax_cache):
-    """``flwr run`` in Flower's simulation runtime gives the in-process fit_ep's posteriors."""
+    """``flwr run`` in Flower's simulation runtime gives the in-process fit_ep's posteriors.
+
+    Sites over the global parameters with Laplace global draws: a deterministic function of
+    the sites, so equal to the last bits (see :func:`one_shot_config`)."""
     out = tmp_path / "fit"
     run_config = {
         "rounds": 2,
+        "sites": "global",
         "global-method": "laplace",
         "num-chains": 2,
         "num-samples": 100,
@@ -480,6 +484,7 @@ def test_flower_simulation_equals_in_process(tmp_path, jax_cache):
         settings.hierarchical_model,
         data,
         rounds=2,
+        sites="global",
         global_method="laplace",
         num_chains=2,
         num_samples=100,
