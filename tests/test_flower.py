@@ -401,6 +401,60 @@ def test_one_shot_end_to_end_equals_fit_one_shot(small, tmp_path):
     assert run["method"] == "one-shot" and run["runtime"] == "flower" and run["rounds"] == 1
 
 
+def test_one_shot_over_effects_end_to_end_equals_fit_one_shot(small, tmp_path, node_like_steps):
+    """The default format (sites over client effects) through the ServerApp's whole path: each
+    node personalizes from its own site; fit_one_shot's posteriors when its client step runs
+    as the nodes' (``node_like_steps``)."""
+    from bayes_pfl.results import load_posterior
+
+    _, run_config, data = small
+    run_config = one_shot_config(run_config, sites="effects", out=str(tmp_path / "fit"))
+    settings = FlowerSettings.from_run_config(run_config)
+    result = run_from_settings(_grid(run_config, 5), settings)
+    ref = one_shot_reference(settings, data)
+    assert result.clients == ref.clients and result.history[0]["sites"] == "effects"
+    post = load_posterior(tmp_path / "fit" / "posterior.nc").posterior
+    for name, v in {**ref.phi, **ref.theta}.items():
+        np.testing.assert_allclose(post[name].values, v, rtol=1e-6, atol=1e-9, err_msg=name)
+    run = json.loads((tmp_path / "fit" / "run.json").read_text())
+    assert run["runtime"] == "flower" and run["min_personalize_acceptance"] > 0.5
+
+
+def test_effects_personalization_steps_trace_on_a_fresh_model():
+    """A node's personalization from its site traces (jit, and the exported step's build)
+    on a model whose population was never built: the population's check needs concrete
+    values, so it is built before tracing."""
+    from bayes_pfl.data import ClientArrays
+    from bayes_pfl.flower import client as client_mod
+    from bayes_pfl.models import get_model
+
+    def fresh():
+        return get_model("linear", 1)
+
+    rows, draws, j = 6, 4, 3
+    x, y, mask = np.zeros((rows, 1)), np.zeros(rows), np.arange(rows) < 4
+    u = np.zeros((draws, fresh().phi_dim))
+    site = {"precision": np.eye(j), "shift": np.zeros(j)}
+    key = jax.random.key_data(jax.random.key(0))
+    theta, acc = jax.eval_shape(
+        client_mod._personalize_effects_fn(fresh()),
+        key,
+        site["precision"],
+        site["shift"],
+        u,
+        x,
+        y,
+        mask,
+    )
+    assert theta.shape[0] == draws and acc.shape == ()
+    arrays = ClientArrays(x, y, mask)
+    flat_key = {"['key']": np.asarray(key)}
+    build = client_mod._personalize_builder(lambda ctx: fresh(), None, flat_key, arrays, u, site)
+    fn, templates = build()
+    theta, acc = jax.eval_shape(fn, *templates)
+    assert theta.shape[0] == draws and acc.shape == ()
+
+
 # ------------------------------------------------------------- real Flower processes
 
 
