@@ -36,7 +36,13 @@ from bayes_pfl.algorithms import effect_ep, ep
 from bayes_pfl.algorithms.ep import gaussian_log_kernel
 from bayes_pfl.centralized import check_model_data
 from bayes_pfl.gaussian import GaussianFactor
-from bayes_pfl.local import nuts_draws, nuts_run, sample_conditional, sample_conditionals
+from bayes_pfl.local import (
+    map_chains,
+    nuts_draws,
+    nuts_run,
+    sample_conditional,
+    sample_conditionals,
+)
 from bayes_pfl.population import gaussian_population
 from bayes_pfl.results import FitResult
 from bayes_pfl.simulation import _bucket_parts, _bucketed, run_rounds
@@ -126,36 +132,36 @@ def effect_global_draws(
     log_hyperprior = jax.jit(model.log_hyperprior)
     n_prev = state.draws.shape[0]
     pick = np.arange(num_chains) % n_prev
-    inits = jnp.asarray(state.draws[:, -1, :])[pick]
-    step = jnp.asarray(state.step_size)[pick]
-    inv_mass = jnp.asarray(state.inverse_mass)[pick]
+    # host copies: the rounds' chains may have left these on other devices than these
+    # chains run on (see ``local.map_chains``)
+    inits = np.asarray(state.draws[:, -1, :])[pick]
+    step = np.asarray(state.step_size)[pick]
+    inv_mass = np.asarray(state.inverse_mass)[pick]
     keys = jax.random.split(rng_key, num_chains)
     run = _effect_sampler(pop, log_hyperprior, num_warmup, num_samples)
-    draws, diverging = run(keys, inits, step, inv_mass, state.sites)
-    return draws, {"diverging": np.asarray(diverging)}
+    draws, diverging = run(keys, inits, step, inv_mass, jax.device_get(state.sites))
+    return np.asarray(draws), {"diverging": np.asarray(diverging)}
 
 
 @functools.lru_cache(maxsize=16)
 def _effect_sampler(pop, log_hyperprior, num_warmup: int, num_samples: int):
     """The jitted final NUTS chains of :func:`effect_global_draws` (one compilation per setting)."""
 
+    def chain(k, z0, eps, m, sites):
+        return nuts_run(
+            k,
+            lambda u: effect_ep.server_log_density(pop, log_hyperprior, u, sites),
+            z0,
+            num_warmup=num_warmup,
+            num_samples=num_samples,
+            step_size=eps,
+            inverse_mass_matrix=m,
+            adapt_mass_matrix=False,
+        )
+
     @jax.jit
     def run(keys, inits, step, inv_mass, sites):
-        def logp(u):
-            return effect_ep.server_log_density(pop, log_hyperprior, u, sites)
-
-        out = jax.vmap(
-            lambda k, z0, eps, m: nuts_run(
-                k,
-                logp,
-                z0,
-                num_warmup=num_warmup,
-                num_samples=num_samples,
-                step_size=eps,
-                inverse_mass_matrix=m,
-                adapt_mass_matrix=False,
-            )
-        )(keys, inits, step, inv_mass)
+        out = map_chains(chain, (keys, inits, step, inv_mass), (sites,))
         return out.draws, out.diverging
 
     return run

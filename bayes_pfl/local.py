@@ -26,6 +26,9 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 from numpyro.infer.hmc import hmc
 from numpyro.infer.util import ParamInfo
 
@@ -37,6 +40,8 @@ __all__ = [
     "LaplaceResult",
     "NewtonResult",
     "laplace_marginal",
+    "map_chains",
+    "off_devices",
     "newton_maximize",
     "newton_steps",
     "independence_chain",
@@ -425,6 +430,45 @@ def nuts_run(
     state, (draws, div, steps) = jax.lax.scan(body, state, None, length=num_samples)
     adapt = state.adapt_state
     return NutsRun(draws, div, adapt.step_size, adapt.inverse_mass_matrix, steps)
+
+
+def map_chains(fn: Callable, per_chain: tuple, shared: tuple = ()):
+    """``fn(*chain_args, *shared)`` for every chain: ``per_chain`` leaves carry a leading
+    chain axis, ``shared`` leaves are the same for all chains.
+
+    With at least as many local devices as chains (an entry point set the host device
+    count, as ``bayes-pfl`` does) each chain runs on its own device (``jax.shard_map``):
+    chains step independently, each its own trajectory lengths, in parallel threads.
+    Otherwise ``jax.vmap``: the chains step in lockstep, every step as long as the
+    longest chain's. Usable inside ``jax.jit``.
+    """
+    n = jax.tree.leaves(per_chain)[0].shape[0]
+    in_axes = (0,) * len(per_chain) + (None,) * len(shared)
+    mapped = jax.vmap(fn, in_axes=in_axes)
+    devices = jax.local_devices()
+    if n < 2 or len(devices) < n:
+        return mapped(*per_chain, *shared)
+    mesh = Mesh(np.asarray(devices[:n]), ("chain",))
+    specs = (P("chain"),) * len(per_chain) + (P(),) * len(shared)
+    return jax.shard_map(mapped, mesh=mesh, in_specs=specs, out_specs=P("chain"), check_vma=False)(
+        *per_chain, *shared
+    )
+
+
+def off_devices(tree):
+    """Host copies of the leaves a :func:`map_chains` computation left on several devices.
+
+    A jitted function's outputs live on the devices it ran on; fed to a computation on
+    another device set (the next run's chains, a per-client step) they would be rejected,
+    or make it run replicated. Other leaves (typed keys included) are returned as they are.
+    """
+
+    def one(a):
+        if isinstance(a, jax.Array) and len(a.sharding.device_set) > 1:
+            return np.asarray(a)
+        return a
+
+    return jax.tree.map(one, tree)
 
 
 def nuts_draws(

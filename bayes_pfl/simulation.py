@@ -22,6 +22,7 @@ import numpy as np
 
 from bayes_pfl.algorithms import Algorithm, select_clients
 from bayes_pfl.codec import decode, encode
+from bayes_pfl.local import off_devices
 
 __all__ = [
     "SimulationResult",
@@ -268,6 +269,7 @@ def run_rounds(
         server_state, sinfo = server_step(
             jax.random.fold_in(rkey, 2), server_state, messages, accept
         )
+        server_state = off_devices(server_state)  # chains on several devices: back to one
         broadcast = jax.block_until_ready(broadcast_step(server_state))
         entry = {
             "round": r + 1,

@@ -155,3 +155,32 @@ def test_newton_converged_by_its_decrement_in_float32():
 def test_newton_with_zero_tolerance_converges_by_its_decrement():
     res = newton_maximize(_quadratic, jnp.zeros(2), tol=0.0)
     assert bool(res.converged)
+
+
+def _collatz_steps(x0, scale):
+    """A loop whose trip count differs per input (chains of different lengths)."""
+
+    def body(c):
+        x, n = c
+        return jnp.where(x % 2 == 0, x // 2, 3 * x + 1), n + 1
+
+    _, n = jax.lax.while_loop(lambda c: c[0] != 1, body, (x0, 0))
+    return n * scale
+
+
+def test_map_chains_runs_each_chain_on_its_own_device_with_the_per_chain_results():
+    from bayes_pfl.local import map_chains, off_devices
+
+    assert jax.local_device_count() >= 4  # conftest: 4 host devices
+    starts = jnp.array([27, 6, 97, 1])
+    out = jax.jit(lambda s, c: map_chains(_collatz_steps, (s,), (c,)))(starts, 2)
+    expected = [2 * int(_collatz_steps(s, 1)) for s in starts]
+    np.testing.assert_array_equal(out, expected)
+    assert len(out.sharding.device_set) == 4  # one chain per device
+    host = off_devices({"n": out, "key": jax.random.key(0)})
+    assert isinstance(host["n"], np.ndarray) and host["key"].dtype == jax.random.key(0).dtype
+    # more chains than devices: vmap, on one device, the same numbers
+    many = jnp.arange(2, 8)
+    out6 = map_chains(_collatz_steps, (many,), (1,))
+    np.testing.assert_array_equal(out6, [int(_collatz_steps(s, 1)) for s in many])
+    assert len(out6.sharding.device_set) == 1

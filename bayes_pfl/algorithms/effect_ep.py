@@ -47,7 +47,13 @@ import jax.numpy as jnp
 from bayes_pfl import gaussian as gf
 from bayes_pfl.algorithms import Algorithm, select_clients
 from bayes_pfl.gaussian import GaussianFactor
-from bayes_pfl.local import independence_chain, newton_maximize, nuts_run, value_grad_hessian
+from bayes_pfl.local import (
+    independence_chain,
+    map_chains,
+    newton_maximize,
+    nuts_run,
+    value_grad_hessian,
+)
 from bayes_pfl.population import Population, gaussian_population, small_cholesky
 from bayes_pfl.spec import HierarchicalModel, _run
 
@@ -289,21 +295,19 @@ def build(
     base = jax.scipy.linalg.solve_triangular(chol_b, base.T, lower=True).T
 
     def sample_server(rng_key, sites, starts, step_size, inverse_mass):
-        def logp(u):
-            return server_log_density(pop, log_hyperprior, u, sites)
-
-        keys = jax.random.split(rng_key, starts.shape[0])
-        return jax.vmap(
-            lambda k, z0, eps, inv_m: nuts_run(
+        def chain(k, z0, eps, inv_m, sites):
+            return nuts_run(
                 k,
-                logp,
+                lambda u: server_log_density(pop, log_hyperprior, u, sites),
                 z0,
                 num_warmup=server_warmup,
                 num_samples=server_samples,
                 step_size=eps,
                 inverse_mass_matrix=inv_m,
             )
-        )(keys, starts, step_size, inverse_mass)
+
+        keys = jax.random.split(rng_key, starts.shape[0])
+        return map_chains(chain, (keys, starts, step_size, inverse_mass), (sites,))
 
     def summary(sites, start):
         """Mode and negative Hessian of the server's density (deterministic, exact sites)."""
