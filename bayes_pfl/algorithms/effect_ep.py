@@ -344,7 +344,7 @@ def build(
             jnp.asarray(jnp.inf, dtype=draws.dtype),
             mean,
             jnp.linalg.inv(cov + 1e-9 * jnp.eye(P, dtype=draws.dtype)),
-            jnp.asarray(0),
+            jnp.zeros((), jnp.int32),  # not weakly typed: the next rounds see the same type
         )
 
     def server_init(rng_key: Array, n_clients: int) -> EffectServerState:
