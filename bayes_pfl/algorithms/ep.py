@@ -273,7 +273,9 @@ def build(
         del rng_key
         G = gf.flat(P)
         mode, h, _ = global_summary(G, jnp.zeros(P))
-        return EPServerState(gf.flat(P, batch_shape=(n_clients,)), G, mode, h, jnp.zeros((), jnp.int32))
+        return EPServerState(
+            gf.flat(P, batch_shape=(n_clients,)), G, mode, h, jnp.zeros((), jnp.int32)
+        )
 
     def broadcast(state: EPServerState) -> EPBroadcast:
         k = state.sites.shift.shape[0]
