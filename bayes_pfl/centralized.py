@@ -23,7 +23,13 @@ _EXTRA_FIELDS = ("diverging", "num_steps", "accept_prob", "energy", "potential_e
 
 
 def check_model_data(model: HierarchicalModel, data) -> None:
-    """Raise :class:`~bayes_pfl.spec.ModelSpecError` when ``data``'s features do not fit ``model``."""
+    """Raise :class:`~bayes_pfl.spec.ModelSpecError` when ``data`` does not fit ``model``:
+    other features, or target values outside the support of the likelihood (a 1/2-coded
+    outcome for a Bernoulli likelihood, negative counts for a Poisson one).
+
+    Without this check such a target gives a finite, wrong log-likelihood: inference
+    "succeeds" on data the model cannot have produced.
+    """
     if model.feature_names is not None and tuple(data.features) != model.feature_names:
         raise ModelSpecError(
             f"model {model.name!r} expects features {list(model.feature_names)} in that order, "
@@ -34,6 +40,55 @@ def check_model_data(model: HierarchicalModel, data) -> None:
             f"model {model.name!r} expects {model.n_features} feature(s), "
             f"the data has {data.n_features}: {list(data.features)}"
         )
+    _check_target_support(model, data)
+
+
+def _check_target_support(model: HierarchicalModel, data) -> None:
+    for split in ("train", "val", "test"):
+        arrays = data.arrays(split) if getattr(data, split, None) is not None else None
+        if arrays is None:
+            continue
+        mask = np.asarray(arrays.mask, bool)
+        if not mask.any():
+            continue
+        x = np.asarray(arrays.x)[mask]
+        y = np.asarray(arrays.y)[mask]
+        for name, support in model.observed_supports(x, y).items():
+            ok = np.asarray(support.check(jnp.asarray(y)), bool)
+            if ok.all():
+                continue
+            bad_rows = np.broadcast_to(~ok, y.shape)
+            values = np.unique(y[bad_rows])
+            client_idx = np.nonzero(mask)[0][bad_rows]
+            clients = [data.clients[k] for k in dict.fromkeys(client_idx.tolist())]
+            shown = ", ".join(repr(c) for c in clients[:5]) + (" ..." if len(clients) > 5 else "")
+            raise ModelSpecError(
+                f"target {data.target!r} has values that model {model.name!r} cannot produce: "
+                f"its observed site {name!r} has support {_support_name(support)}, the "
+                f"{split} rows hold {', '.join(f'{v:g}' for v in values[:10])} "
+                f"({int(bad_rows.sum())} row(s), client(s) {shown}); recode the target "
+                "(e.g. 0/1 for a Bernoulli likelihood) or choose another model"
+            )
+
+
+def _support_name(support) -> str:
+    cls = type(support).__name__
+    named = {
+        "_Boolean": "{0, 1}",
+        "_IntegerNonnegative": "the non-negative integers",
+        "_IntegerPositive": "the positive integers",
+        "_Real": "the finite reals",
+        "_Positive": "the positive reals",
+        "_UnitInterval": "[0, 1]",
+    }
+    if cls in named:
+        return named[cls]
+    lower, upper = getattr(support, "lower_bound", None), getattr(support, "upper_bound", None)
+    if lower is not None and upper is not None:
+        return f"{cls.strip('_')} [{lower}, {upper}]"
+    if lower is not None:
+        return f"{cls.strip('_')} above {lower}"
+    return str(support)
 
 
 def fit_nuts(

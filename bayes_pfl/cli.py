@@ -39,6 +39,24 @@ def _configure_jax(num_devices: int) -> None:
         jax.config.update("jax_compilation_cache_dir", str(cache))
 
 
+def _count(minimum: int):
+    """An argparse type: an integer of at least ``minimum`` (a count of rounds, chains,
+    draws or steps), with an error naming the bound instead of a fit that silently runs
+    zero rounds."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    parse.__name__ = "count"
+    return parse
+
+
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     g.add_argument(
@@ -77,15 +95,19 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 def _add_nuts_args(p: argparse.ArgumentParser, *, chains=4, warmup=1000, samples=1000) -> None:
     g = p.add_argument_group("sampling")
-    g.add_argument("--chains", type=int, default=chains, help=f"NUTS chains (default {chains})")
+    g.add_argument(
+        "--chains", type=_count(1), default=chains, help=f"NUTS chains (default {chains})"
+    )
     g.add_argument(
         "--warmup",
-        type=int,
+        type=_count(0),
         default=None,
         help=f"warm-up draws (default {warmup}; 300 for the server's final draws of EP and "
         "one-shot over client effects, whose chains start adapted)",
     )
-    g.add_argument("--samples", type=int, default=samples, help=f"draws per chain ({samples})")
+    g.add_argument(
+        "--samples", type=_count(1), default=samples, help=f"draws per chain ({samples})"
+    )
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     g.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -123,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(partitioned) variational inference",
     )
     fed = fit.add_argument_group("federated (one-shot, ep)")
-    fed.add_argument("--rounds", type=int, default=10, help="EP: maximum rounds (default 10)")
+    fed.add_argument("--rounds", type=_count(1), default=10, help="EP: maximum rounds (default 10)")
     fed.add_argument(
         "--damping",
         type=float,
@@ -168,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     vi.add_argument(
         "--steps",
-        type=int,
+        type=_count(1),
         default=None,
         help="--sites global: Adam steps per client per round (default 200)",
     )
@@ -505,6 +527,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_jax(getattr(args, "chains", 1))
     from bayes_pfl.data import DataError
+    from bayes_pfl.simulation import NoClientContributed
     from bayes_pfl.spec import ModelSpecError
 
     try:
@@ -520,6 +543,9 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, ModelSpecError) as exc:
         print(f"bayes-pfl: error: {exc}", file=sys.stderr)
         return 2
+    except NoClientContributed as exc:
+        print(f"bayes-pfl: inference failed: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

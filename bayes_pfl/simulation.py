@@ -25,12 +25,18 @@ from bayes_pfl.codec import decode, encode
 from bayes_pfl.local import off_devices
 
 __all__ = [
+    "NoClientContributed",
     "SimulationResult",
     "check_messages",
     "message_nbytes",
     "row_buckets",
     "run_rounds",
 ]
+
+
+class NoClientContributed(RuntimeError):
+    """No participating client's local inference succeeded in any round: the server's
+    posterior would be its prior, so no result is returned."""
 
 
 class SimulationResult(NamedTuple):
@@ -237,6 +243,7 @@ def run_rounds(
         initial=start_round,
         total=rounds,
     )
+    contributed = np.zeros(k, bool)
     for r in bar:
         if converged and stop_when_converged:
             break
@@ -263,6 +270,7 @@ def run_rounds(
                 "previous contribution is kept: " + ", ".join(repr(lab) for lab in failed[:20]),
                 stacklevel=2,
             )
+        contributed |= ok & local_ok & participating
         accept = jnp.asarray(ok & participating)
         client_states = select_clients(accept, client_states_new, client_states)
         bytes_down = message_nbytes(broadcast, k)
@@ -295,6 +303,25 @@ def run_rounds(
         if ckpt is not None:
             _save_checkpoint(ckpt, server_state, client_states, history)
     bar.close()
+    ran = start_round == 0 and len(history) > 0  # a resumed run saw only its own rounds
+    if ran and participating.any() and not contributed.any():
+        failed_all = [labels[i] for i in np.flatnonzero(participating)]
+        raise NoClientContributed(
+            f"{algorithm.name}: local inference failed on every client in every round "
+            f"({len(failed_all)} client(s): "
+            + ", ".join(repr(lab) for lab in failed_all[:10])
+            + (" ..." if len(failed_all) > 10 else "")
+            + "); the posterior would be the prior. Check the target's coding and the "
+            "model (see the round history's 'failed' entries)"
+        )
+    never = [labels[i] for i in np.flatnonzero(participating & ~contributed)] if ran else []
+    if never:
+        warnings.warn(
+            f"{len(never)} client(s) never contributed (local inference failed in every "
+            "round), their data are not in the posterior: "
+            + ", ".join(repr(lab) for lab in never[:20]),
+            stacklevel=2,
+        )
     return SimulationResult(server_state, client_states, history, converged, len(history))
 
 

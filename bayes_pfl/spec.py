@@ -393,6 +393,20 @@ class HierarchicalModel:
                 )
         _ = self._observed
 
+    def observed_supports(self, x: Array, y: Array) -> dict[str, Any]:
+        """``{observed site: support constraint}`` of the likelihood on rows ``(x, y)``.
+
+        The likelihood is run once at a draw of the priors; the supports of the usual
+        families do not depend on the parameters (``Bernoulli``: 0/1, ``Poisson``:
+        non-negative integers, ``Normal``: finite reals).
+        """
+        theta = _values(self._client_trace)
+        phi = _values(self._hyper_trace)
+        tr = handlers.trace(handlers.seed(self.likelihood, 0)).get_trace(
+            theta, phi, jnp.asarray(x), jnp.asarray(y)
+        )
+        return {name: tr[name]["fn"].support for name in _observed_sites(tr)}
+
     # ------------------------------------------------------------------ values
     def phi_values(self, u_phi: Array) -> Params:
         """All hyper-prior sites (sample and deterministic) at unconstrained ``u_phi``."""

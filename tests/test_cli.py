@@ -162,3 +162,72 @@ def test_compare_subcommand_dispatches_to_the_harness(capsys):
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "--methods" in out
+
+
+def _hospital_csv(tmp_path, outcome):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    n = 60
+    df = pd.DataFrame(
+        {
+            "hospital": np.repeat(["H1", "H2", "H3"], n // 3),
+            "age": rng.normal(size=n),
+            "outcome": outcome(rng, n),
+        }
+    )
+    csv = tmp_path / "hospitals.csv"
+    df.to_csv(csv, index=False)
+    return csv
+
+
+@pytest.mark.parametrize("method", ["nuts", "ep", "one-shot", "vi"])
+def test_outcome_outside_the_likelihood_support_is_a_clear_error(tmp_path, method):
+    """A 1/2-coded outcome for a Bernoulli likelihood: every method stops with an error
+    naming the column, the values and the support (EP reported 'converged' over a prior;
+    NUTS a 30-line numpyro traceback)."""
+    csv = _hospital_csv(tmp_path, lambda rng, n: rng.integers(1, 3, n))
+    r = run_cli(
+        "fit",
+        "--data",
+        str(csv),
+        "--client-col",
+        "hospital",
+        "--target",
+        "outcome",
+        "--features",
+        "age",
+        "--model",
+        "logistic",
+        "--method",
+        method,
+        "--out",
+        str(tmp_path / "out"),
+        "--no-progress",
+    )
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "'outcome'" in r.stderr and "{0, 1}" in r.stderr and "2" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "out" / "posterior.nc").exists()
+
+
+@pytest.mark.parametrize(
+    "option, value",
+    [
+        ("--rounds", "0"),
+        ("--rounds", "-3"),
+        ("--chains", "0"),
+        ("--samples", "0"),
+        ("--warmup", "-1"),
+        ("--steps", "0"),
+        ("--rounds", "two"),
+    ],
+)
+def test_counts_are_validated(tmp_path, option, value):
+    r = run_cli(
+        "fit", "--data", "eight_schools", "--method", "ep", option, value,
+        "--out", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert r.returncode == 2 and option in r.stderr, r.stderr
+    assert ("at least" in r.stderr) or ("integer" in r.stderr)
+    assert not (tmp_path / "out").exists()

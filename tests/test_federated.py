@@ -1,5 +1,6 @@
 """Federated EP and one-shot exchange: exact answers, invariances, faults, cold start."""
 
+import typing
 import warnings
 
 import jax
@@ -558,3 +559,49 @@ def test_ragged_clients_bucketed_equal_padded():
     padded = _personalize_kernel(GLM, 5, 1, 10)(keys, u, *arrays)
     np.testing.assert_allclose(theta, padded[0], rtol=1e-7, atol=1e-9)
     np.testing.assert_allclose(acc, padded[1], rtol=1e-7, atol=1e-9)
+
+
+class _Msg(typing.NamedTuple):
+    value: jax.Array
+    ok: jax.Array
+
+
+class _Info(typing.NamedTuple):
+    converged: jax.Array
+
+
+def _failing_algorithm(min_rows):
+    """Clients with fewer than ``min_rows`` rows report a failed local inference."""
+    from bayes_pfl.algorithms import Algorithm
+
+    def client_update(key, bcast, state, data):
+        ok = jnp.sum(data[2]) >= min_rows
+        return state, _Msg(jnp.sum(data[1] * data[2]), ok), _Info(jnp.asarray(False))
+
+    def server_update(key, state, messages, accept):
+        return state + jnp.where(accept & messages.ok, messages.value, 0.0), _Info(jnp.asarray(False))
+
+    return Algorithm(
+        lambda key, k: jnp.zeros(k),
+        lambda key, data: jnp.zeros(()),
+        client_update,
+        server_update,
+        lambda state: state,
+        name="toy",
+    )
+
+
+def test_a_run_where_no_client_ever_contributes_is_an_error_and_others_are_named():
+    from bayes_pfl.simulation import NoClientContributed
+
+    df = pd.DataFrame({"c": list("aabbbccc"), "x": np.arange(8.0), "y": np.ones(8)})
+    data = FederatedData.from_pandas(df, client_col="c", target="y", features=["x"])
+    with pytest.raises(NoClientContributed, match=r"every client in every round.*'a', 'b', 'c'"):
+        run_rounds(
+            _failing_algorithm(10), data.train, rounds=2, labels=data.clients, progress=False
+        )
+    with pytest.warns(UserWarning, match=r"1 client\(s\) never contributed.*'a'"):
+        out = run_rounds(
+            _failing_algorithm(3), data.train, rounds=2, labels=data.clients, progress=False
+        )
+    np.testing.assert_allclose(out.server_state, [0.0, 6.0, 6.0])  # a's rows never counted

@@ -203,3 +203,27 @@ def test_sample_likelihood_draws_target():
     y = model.sample_likelihood(jax.random.key(0), theta, phi, jnp.zeros((50, 1)))
     assert y.shape == (50,)
     assert set(np.unique(np.asarray(y))) <= {0, 1}
+
+
+def test_target_outside_the_observed_support_is_rejected_with_the_clients_named():
+    import pandas as pd
+
+    from bayes_pfl.centralized import check_model_data
+    from bayes_pfl.data import FederatedData
+    from bayes_pfl.models import get_model
+    from bayes_pfl.spec import ModelSpecError
+
+    df = pd.DataFrame(
+        {"site": ["a"] * 3 + ["b"] * 3, "x": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6],
+         "y": [0, 1, 1, 0, 2, 1]}
+    )  # fmt: skip
+    data = FederatedData.from_pandas(df, client_col="site", target="y", features=["x"])
+    logistic = get_model("logistic", 1)
+    with pytest.raises(ModelSpecError, match=r"'y'.*\{0, 1\}.*2 \(1 row\(s\), client\(s\) 'b'\)"):
+        check_model_data(logistic, data)
+    # the same target is fine for a Normal likelihood, and 0/1 for the Bernoulli one
+    check_model_data(get_model("linear", 1), data)
+    ok = FederatedData.from_pandas(
+        df.assign(y=[0, 1, 1, 0, 1, 1]), client_col="site", target="y", features=["x"]
+    )
+    check_model_data(logistic, ok)
