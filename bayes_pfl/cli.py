@@ -198,6 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--report", action="store_true", help="also write OUT/report.html (see `bayes-pfl report`)"
     )
+    fit.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit with status 3 when any diagnostic warns (r_hat > 1.01, ess_bulk < 400, "
+        "divergences, EP/VI not converged, clients that failed); the fit is still written",
+    )
     _add_nuts_args(fit)
 
     report = sub.add_parser(
@@ -439,18 +445,23 @@ def cmd_fit(args, *, dataset=None) -> int:
         print(table.round(3).to_string())
     summary = pd.read_csv(paths["summary"], index_col=0)
     div = int(result.sample_stats["diverging"].sum()) if result.sample_stats else 0
+    chains = int(dt.posterior.sizes.get("chain", 1))
+    r_hat = f"{summary['r_hat'].max():.4f}" if chains > 1 else "n/a (1 chain)"
     print(
-        f"\n{result.method}: max r_hat {summary['r_hat'].max():.4f}, "
+        f"\n{result.method}: max r_hat {r_hat}, "
         f"min ess_bulk {summary['ess_bulk'].min():.0f}, divergences {div}, "
         f"wall time {result.info['wall_time_s']:.1f} s"
     )
     if result.history:
         last = result.history[-1]
+        rounds = f"{len(result.history)} round(s)"
+        if result.method != "one-shot":  # one exchange: nothing to converge
+            rounds += f", converged: {result.info.get('converged')}"
         print(
-            f"{len(result.history)} round(s), converged: {result.info.get('converged')}, "
-            f"bytes per client per round: up {last['bytes_up_per_client']}, "
+            f"{rounds}, bytes per client per round: up {last['bytes_up_per_client']}, "
             f"down {last['bytes_down_per_client']}"
         )
+    problems = _diagnose(result, chains)
     from bayes_pfl.report import shrinkage_for_fit, write_report
 
     shrink = shrinkage_for_fit(dt, data)
@@ -463,7 +474,39 @@ def cmd_fit(args, *, dataset=None) -> int:
     if args.command == "demo" or getattr(args, "report", False):
         paths["report"] = write_report(out)
     print("\nwrote " + ", ".join(str(p) for p in paths.values()))
+    if problems and getattr(args, "strict", False):
+        print(
+            f"bayes-pfl: --strict: {len(problems)} diagnostic warning(s), see above",
+            file=sys.stderr,
+        )
+        return 3
     return 0
+
+
+def _diagnose(result, chains: int) -> list[str]:
+    """Print every :func:`bayes_pfl.inspect.diagnostics` warning of the fit (any method:
+    r_hat, ESS, divergences, EP/VI convergence, failed or rejected clients) to stderr and
+    return them; one line saying so when there is none."""
+    import warnings
+
+    from bayes_pfl.inspect import DiagnosticsWarning, diagnostics
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if chains < 2:  # split R-hat of one chain: numpy's warning on an empty reduction
+            warnings.filterwarnings("ignore", category=RuntimeWarning)
+        diagnostics(result)
+    problems = [str(w.message) for w in caught if issubclass(w.category, DiagnosticsWarning)]
+    if chains < 2:
+        problems.insert(0, "one chain: r_hat cannot be computed; run --chains 2 or more")
+    for message in problems:
+        print(f"bayes-pfl: warning: {message}", file=sys.stderr)
+    if not problems:
+        print(
+            "diagnostics: no warnings (r_hat <= 1.01, ess_bulk >= 400, no divergences"
+            + (", converged, every client contributed)" if result.history else ")")
+        )
+    return problems
 
 
 def cmd_demo(args) -> int:

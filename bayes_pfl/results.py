@@ -287,7 +287,9 @@ def save_fit(result: FitResult, data, out_dir: str | Path, **run_info) -> dict[s
     summary.to_csv(paths["summary"])
     diag = {}
     if "r_hat" in summary:
-        diag["max_r_hat"] = float(np.nanmax(summary["r_hat"]))
+        r_hat = summary["r_hat"].to_numpy(float)
+        # one chain: no split R-hat (None in run.json, not NaN nor an all-NaN warning)
+        diag["max_r_hat"] = float(np.nanmax(r_hat)) if np.isfinite(r_hat).any() else None
         diag["min_ess_bulk"] = float(np.nanmin(summary["ess_bulk"]))
     if result.sample_stats and "diverging" in result.sample_stats:
         diag["divergences"] = int(np.sum(result.sample_stats["diverging"]))

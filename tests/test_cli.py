@@ -231,3 +231,24 @@ def test_counts_are_validated(tmp_path, option, value):
     assert r.returncode == 2 and option in r.stderr, r.stderr
     assert ("at least" in r.stderr) or ("integer" in r.stderr)
     assert not (tmp_path / "out").exists()
+
+
+def test_diagnostics_warn_on_the_console_and_strict_fails(tmp_path):
+    """Every method's diagnostics reach the console; ``--strict`` turns them into exit 3.
+    One chain: r_hat is 'n/a', one warning line, no numpy RuntimeWarning."""
+    r = run_cli(
+        "fit", "--data", "eight_schools", "--chains", "1", "--warmup", "100", "--samples", "100",
+        "--out", str(tmp_path / "one"), "--no-progress", "--strict",
+    )  # fmt: skip
+    assert r.returncode == 3, r.stderr
+    assert "n/a (1 chain)" in r.stdout and "one chain: r_hat cannot be computed" in r.stderr
+    assert "RuntimeWarning" not in r.stderr and "--strict" in r.stderr
+    assert (tmp_path / "one" / "posterior.nc").exists()  # the fit is still written
+
+    args = ["fit", "--data", "eight_schools", "--method", "vi", "--rounds", "1", "--chains", "2",
+            "--samples", "300", "--no-progress"]  # fmt: skip
+    r = run_cli(*args, "--out", str(tmp_path / "vi"))
+    assert r.returncode == 0, r.stderr
+    assert "warning: VI did not converge in 1 round(s)" in r.stderr
+    r = run_cli(*args, "--out", str(tmp_path / "vi2"), "--strict")
+    assert r.returncode == 3 and "VI did not converge" in r.stderr

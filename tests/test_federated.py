@@ -579,7 +579,9 @@ def _failing_algorithm(min_rows):
         return state, _Msg(jnp.sum(data[1] * data[2]), ok), _Info(jnp.asarray(False))
 
     def server_update(key, state, messages, accept):
-        return state + jnp.where(accept & messages.ok, messages.value, 0.0), _Info(jnp.asarray(False))
+        return state + jnp.where(accept & messages.ok, messages.value, 0.0), _Info(
+            jnp.asarray(False)
+        )
 
     return Algorithm(
         lambda key, k: jnp.zeros(k),
