@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="bayes-pfl",
         description="Hierarchical Bayesian personalized federated learning.",
     )
+    from importlib.metadata import version
+
+    parser.add_argument("--version", action="version", version=f"bayes-pfl {version('bayes-pfl')}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser(
@@ -228,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _load_data(args):
     import pandas as pd
 
-    from bayes_pfl.data import FederatedData
+    from bayes_pfl.data import DataError, FederatedData
     from bayes_pfl.datasets import DATASETS
 
     if args.data in DATASETS:
@@ -240,11 +243,13 @@ def _load_data(args):
         default_model = info.default_model
     else:
         path = Path(args.data)
-        if not path.is_file():
-            raise SystemExit(
-                f"bayes-pfl: --data {args.data!r} is neither a bundled dataset "
-                f"({', '.join(DATASETS)}) nor a CSV file"
+        if not path.exists():
+            raise DataError(
+                f"--data {args.data!r}: file not found (and not a bundled dataset: "
+                f"{', '.join(DATASETS)})"
             )
+        if not path.is_file():
+            raise DataError(f"--data {args.data!r} is not a CSV file")
         missing = [
             n
             for n, v in (
@@ -255,7 +260,7 @@ def _load_data(args):
             if not v
         ]
         if missing:
-            raise SystemExit(f"bayes-pfl: a CSV needs {', '.join(missing)}")
+            raise DataError(f"a CSV needs {', '.join(missing)}")
         df = pd.read_csv(path)
         client_col, target = args.client_col, args.target
         features = args.features.split(",")
@@ -279,7 +284,9 @@ def _model(args, data, default_model):
 
     name = args.model or default_model
     if name is None:
-        raise SystemExit("bayes-pfl: --model is required for a CSV (see `bayes-pfl models`)")
+        from bayes_pfl.data import DataError
+
+        raise DataError("--model is required for a CSV (see `bayes-pfl models`)")
     varying = args.varying
     if varying is None:
         info = DATASETS.get(args.data)
@@ -561,6 +568,12 @@ def cmd_models() -> int:
     return 0
 
 
+def _cli_hint(message: str) -> str:
+    """The library's hints in command-line syntax (``missing='drop'`` -> ``--missing drop``)."""
+    message = message.replace(" or missing='keep' to keep NaN in x", "")
+    return message.replace("pass missing='drop'", "pass --missing drop")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["compare"]:  # parses its own options and configures JAX itself
@@ -584,7 +597,7 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_report(args)
         return cmd_models()
     except (DataError, ModelSpecError) as exc:
-        print(f"bayes-pfl: error: {exc}", file=sys.stderr)
+        print(f"bayes-pfl: error: {_cli_hint(str(exc))}", file=sys.stderr)
         return 2
     except NoClientContributed as exc:
         print(f"bayes-pfl: inference failed: {exc}", file=sys.stderr)

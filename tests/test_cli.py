@@ -108,7 +108,20 @@ def test_fit_csv_and_clear_errors(tmp_path):
     assert r.returncode == 2 and "nope" in r.stderr
 
     r = run_cli("fit", "--data", "no_such_thing", "--out", str(out))
-    assert r.returncode != 0 and "neither a bundled dataset" in r.stderr
+    assert r.returncode == 2 and "'no_such_thing': file not found" in r.stderr
+
+    r = run_cli("fit", "--data", str(csv), "--client-col", "school", "--target", "y",
+                "--features", "sigma", "--out", str(out))  # fmt: skip
+    assert r.returncode == 2 and "--model is required for a CSV" in r.stderr
+
+    bad = tmp_path / "gaps.csv"
+    df.assign(sigma=df["sigma"].where(df["school"] != "A")).to_csv(bad, index=False)
+    r = run_cli("fit", "--data", str(bad), "--client-col", "school", "--target", "y",
+                "--features", "sigma", "--model", "eight_schools", "--out", str(out))  # fmt: skip
+    assert r.returncode == 2 and "pass --missing drop" in r.stderr and "missing=" not in r.stderr
+
+    r = run_cli("--version")
+    assert r.returncode == 0 and r.stdout.startswith("bayes-pfl 0.")
 
     r = run_cli("fit", "--data", "radon", "--model", "eight_schools", "--out", str(out))
     assert r.returncode == 2 and "sigma" in r.stderr
