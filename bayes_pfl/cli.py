@@ -57,6 +57,29 @@ def _count(minimum: int):
     return parse
 
 
+def _add_overwrite_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a non-empty output folder (by default it is refused: an earlier fit's "
+        "report and figures would sit beside the new fit)",
+    )
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    from bayes_pfl.data import DataError
+
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {str(out)!r} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        held = sorted(p.name for p in out.iterdir())
+        shown = ", ".join(held[:5]) + (", ..." if len(held) > 5 else "")
+        raise DataError(
+            f"output folder {str(out)!r} is not empty ({shown}); pass --overwrite to replace "
+            "it, or choose another --out"
+        )
+
+
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     g.add_argument(
@@ -130,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
         "posterior.nc, summary.csv, run.json and plots.",
     )
     demo.add_argument("--out", default="demo-out", help="output folder (default demo-out)")
+    _add_overwrite_arg(demo)
     _add_nuts_args(demo)
 
     fit = sub.add_parser(
@@ -198,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="--sites global: Adam steps per client per round (default 200)",
     )
     fit.add_argument("--out", required=True, help="output folder")
+    _add_overwrite_arg(fit)
     fit.add_argument(
         "--report", action="store_true", help="also write OUT/report.html (see `bayes-pfl report`)"
     )
@@ -436,13 +461,37 @@ def _plots(dt, var: str, table, out: Path) -> list[Path]:
 
 
 def cmd_fit(args, *, dataset=None) -> int:
+    import shutil
+    import tempfile
+
+    final = Path(args.out)
+    data, default_model = _load_data(args)
+    model = _model(args, data, default_model)
+    from bayes_pfl.centralized import check_model_data
+
+    check_model_data(model, data)  # input errors before the output folder's
+    _check_out(final, getattr(args, "overwrite", False))
+    # everything is written to a temporary folder beside the target and moved into place
+    # at the end: an interrupted or failed run leaves no half-written or mixed folder
+    final.parent.mkdir(parents=True, exist_ok=True)
+    out = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+    try:
+        code = _fit_into(args, data, model, out, dataset)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    if final.exists():
+        shutil.rmtree(final)
+    out.rename(final)
+    print(f"\nwrote {final}/: " + ", ".join(sorted(p.name for p in final.iterdir())))
+    return code
+
+
+def _fit_into(args, data, model, out: Path, dataset) -> int:
     import pandas as pd
 
     from bayes_pfl.results import load_posterior
 
-    data, default_model = _load_data(args)
-    model = _model(args, data, default_model)
-    out = Path(args.out)
     result, paths = _fit_and_save(args, data, model, out, dataset=dataset or args.data)
     dt = load_posterior(paths["posterior"])
     var = _client_variable(model)
@@ -480,7 +529,6 @@ def cmd_fit(args, *, dataset=None) -> int:
             paths[p.stem] = p
     if args.command == "demo" or getattr(args, "report", False):
         paths["report"] = write_report(out)
-    print("\nwrote " + ", ".join(str(p) for p in paths.values()))
     if problems and getattr(args, "strict", False):
         print(
             f"bayes-pfl: --strict: {len(problems)} diagnostic warning(s), see above",
@@ -602,6 +650,9 @@ def main(argv: list[str] | None = None) -> int:
     except NoClientContributed as exc:
         print(f"bayes-pfl: inference failed: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("bayes-pfl: interrupted; nothing was written", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -265,3 +265,45 @@ def test_diagnostics_warn_on_the_console_and_strict_fails(tmp_path):
     assert "warning: VI did not converge in 1 round(s)" in r.stderr
     r = run_cli(*args, "--out", str(tmp_path / "vi2"), "--strict")
     assert r.returncode == 3 and "VI did not converge" in r.stderr
+
+
+def test_output_folder_is_refused_when_not_empty_and_replaced_whole(tmp_path):
+    out = tmp_path / "fit"
+    out.mkdir()
+    (out / "report.html").write_text("an earlier fit's report")
+    args = ["fit", "--data", "eight_schools", "--chains", "2", "--warmup", "100",
+            "--samples", "100", "--no-progress", "--out", str(out)]  # fmt: skip
+    r = run_cli(*args)
+    assert (
+        r.returncode == 2 and "is not empty (report.html)" in r.stderr and "--overwrite" in r.stderr
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["report.html"]  # untouched
+    r = run_cli(*args, "--overwrite")
+    assert r.returncode == 0, r.stderr
+    names = sorted(p.name for p in out.iterdir())
+    assert "report.html" not in names and "posterior.nc" in names  # replaced, not mixed
+    assert [p.name for p in tmp_path.iterdir()] == ["fit"]  # no temporary folder left
+
+
+def test_an_interrupted_fit_leaves_nothing_behind(tmp_path):
+    """Ctrl-C during sampling: one line, exit 130, no output folder, no partial folder."""
+    import signal
+    import time
+
+    out = tmp_path / "fit"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("XLA_FLAGS", None)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "bayes_pfl.cli", "fit", "--data", "radon", "--samples", "100000",
+         "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(tmp_path.iterdir()):
+        time.sleep(0.5)  # the temporary folder appears once the data and model are loaded
+    time.sleep(3)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    assert "interrupted; nothing was written" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
