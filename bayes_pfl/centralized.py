@@ -41,6 +41,44 @@ def check_model_data(model: HierarchicalModel, data) -> None:
             f"the data has {data.n_features}: {list(data.features)}"
         )
     _check_target_support(model, data)
+    _warn_degenerate_features(data)
+
+
+def _warn_degenerate_features(data) -> None:
+    """Warn about a feature constant over all training rows (it trades off with the
+    intercept: unidentified but for the prior) or features that are exactly collinear."""
+    import warnings
+
+    arrays = data.arrays("train")
+    x = np.asarray(arrays.x)[np.asarray(arrays.mask, bool)]
+    if x.shape[0] < 2 or x.shape[1] == 0:
+        return
+    x = x[np.all(np.isfinite(x), axis=1)]  # rows with a kept missing value do not count
+    if x.shape[0] < 2:
+        return
+    names = [str(f) for f in data.features]
+    sd = x.std(axis=0)
+    const = [n for n, s in zip(names, sd, strict=True) if s == 0]
+    if const:
+        warnings.warn(
+            f"feature(s) {const} are constant over all training rows: each trades off with "
+            "the intercept (identified by the prior alone); drop them",
+            UserWarning,
+            stacklevel=3,
+        )
+        return
+    z = (x - x.mean(axis=0)) / sd
+    sv = np.linalg.svd(z, compute_uv=False)
+    if x.shape[1] > 1 and sv[-1] < 1e-8 * sv[0]:
+        _, _, vt = np.linalg.svd(z, full_matrices=False)
+        involved = [n for n, w in zip(names, vt[-1], strict=True) if abs(w) > 1e-6]
+        warnings.warn(
+            f"features {involved} are exactly collinear over the training rows (one is a "
+            "linear combination of the others): their coefficients are identified by the "
+            "prior alone; drop one",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _check_target_support(model: HierarchicalModel, data) -> None:

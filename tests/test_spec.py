@@ -227,3 +227,32 @@ def test_target_outside_the_observed_support_is_rejected_with_the_clients_named(
         df.assign(y=[0, 1, 1, 0, 1, 1]), client_col="site", target="y", features=["x"]
     )
     check_model_data(logistic, ok)
+
+
+def test_constant_and_collinear_features_are_warned_about():
+    import warnings
+
+    import pandas as pd
+
+    from bayes_pfl.centralized import check_model_data
+    from bayes_pfl.data import FederatedData
+    from bayes_pfl.models import get_model
+
+    rng = np.random.default_rng(0)
+    n = 12
+    df = pd.DataFrame(
+        {"site": ["a", "b", "c"] * 4, "x1": rng.normal(size=n), "x2": rng.normal(size=n),
+         "y": rng.normal(size=n)}
+    )  # fmt: skip
+
+    def fed(frame, features):
+        return FederatedData.from_pandas(frame, client_col="site", target="y", features=features)
+
+    with pytest.warns(UserWarning, match=r"\['k'\] are constant"):
+        check_model_data(get_model("linear", 2), fed(df.assign(k=3.0), ["x1", "k"]))
+    with pytest.warns(UserWarning, match=r"\['x1', 'x2', 'x3'\] are exactly collinear"):
+        frame = df.assign(x3=2 * df.x1 - df.x2)
+        check_model_data(get_model("linear", 3), fed(frame, ["x1", "x2", "x3"]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_model_data(get_model("linear", 2), fed(df, ["x1", "x2"]))
