@@ -132,7 +132,7 @@ def _add_nuts_args(p: argparse.ArgumentParser, *, chains=4, warmup=1000, samples
         "--samples", type=_count(1), default=samples, help=f"draws per chain ({samples})"
     )
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    g.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    g.add_argument("--no-progress", action="store_true", help="hide progress bars (they are shown only when stderr is a terminal)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -363,7 +363,7 @@ def _fit_and_save(args, data, model, out: Path, *, dataset: str):
             model,
             data,
             num_samples=args.samples,
-            progress_bar=not args.no_progress,
+            progress_bar=_progress(args),
             **sampling,
         )
     elif method == "one-shot":
@@ -374,7 +374,7 @@ def _fit_and_save(args, data, model, out: Path, *, dataset: str):
             tilted=args.tilted,
             site_fit=args.site_fit,
             num_samples=args.samples,
-            progress=not args.no_progress,
+            progress=_progress(args),
             **sampling,
         )
     elif method == "vi":
@@ -397,7 +397,7 @@ def _fit_and_save(args, data, model, out: Path, *, dataset: str):
             **damping,
             **vi_global,
             num_samples=args.samples,
-            progress=not args.no_progress,
+            progress=_progress(args),
             **sampling,
         )
     else:
@@ -410,7 +410,7 @@ def _fit_and_save(args, data, model, out: Path, *, dataset: str):
             tilted=args.tilted,
             site_fit=args.site_fit,
             num_samples=args.samples,
-            progress=not args.no_progress,
+            progress=_progress(args),
             **sampling,
         )
     paths = save_fit(
@@ -574,6 +574,10 @@ def cmd_demo(args) -> int:
     return cmd_fit(args, dataset="radon")
 
 
+REPORT_ROWS = 20
+"""Rows of the shrinkage table ``bayes-pfl report`` prints (the rest is in the files)."""
+
+
 def cmd_report(args) -> int:
     import pandas as pd
 
@@ -587,8 +591,11 @@ def cmd_report(args) -> int:
         return 2
     shrink = out / "shrinkage.csv"
     if shrink.is_file():
-        with pd.option_context("display.max_rows", 200, "display.width", 140):
-            print(pd.read_csv(shrink, index_col=0).round(3).to_string())
+        table = pd.read_csv(shrink, index_col=0)
+        with pd.option_context("display.width", 140):
+            print(table.head(REPORT_ROWS).round(3).to_string())
+        if len(table) > REPORT_ROWS:
+            print(f"... {len(table) - REPORT_ROWS} more row(s) in {shrink} and the report")
     print(f"\nwrote {path}")
     return 0
 
@@ -614,6 +621,11 @@ def cmd_models() -> int:
         print(f"{name:16s} phi={list(m.phi_space.names)} theta={list(m.theta_space.names)}")
         print(f"{'':16s} {m.description}")
     return 0
+
+
+def _progress(args) -> bool:
+    """Progress bars only on a terminal: redrawn bars would fill a log file with escape codes."""
+    return not args.no_progress and sys.stderr.isatty()
 
 
 def _cli_hint(message: str) -> str:

@@ -307,3 +307,11 @@ def test_an_interrupted_fit_leaves_nothing_behind(tmp_path):
     assert p.returncode == 130, err
     assert "interrupted; nothing was written" in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_no_progress_bar_escape_codes_in_a_log_file(tmp_path):
+    """stderr is a pipe here (as in a log file): no bar is drawn, without --no-progress."""
+    r = run_cli("fit", "--data", "eight_schools", "--method", "one-shot", "--chains", "2",
+                "--samples", "200", "--out", str(tmp_path / "fit"))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "\r" not in r.stderr and "it/s" not in r.stderr and "round/s" not in r.stderr

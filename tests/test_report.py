@@ -97,3 +97,22 @@ def test_report_opens_in_headless_chromium(schools_dir, tmp_path):
     assert "<h1>bayes-pfl report: eight_schools (nuts)</h1>" in dom
     assert dom.count("<img") == 2
     assert "ERR_" not in r.stderr  # no failed loads: the page is self-contained
+
+
+def test_cli_report_prints_a_short_table(schools_dir, tmp_path, capsys):
+    """A long shrinkage table: ``bayes-pfl report`` prints its first rows and says where the
+    rest is (it printed every row: 320 for a school-data fit)."""
+    import pandas as pd
+
+    from bayes_pfl.cli import REPORT_ROWS
+
+    folder = tmp_path / "fit"
+    shutil.copytree(schools_dir, folder)
+    table = pd.read_csv(folder / "shrinkage.csv", index_col=0)
+    long = pd.concat([table] * 5, keys=range(5)).reset_index(level=0, drop=True)
+    long.index = [f"c{i}" for i in range(len(long))]
+    long.to_csv(folder / "shrinkage.csv")
+    assert main(["report", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert f"c{REPORT_ROWS - 1} " in out and f"c{REPORT_ROWS} " not in out
+    assert f"{len(long) - REPORT_ROWS} more row(s)" in out
