@@ -132,7 +132,11 @@ def _add_nuts_args(p: argparse.ArgumentParser, *, chains=4, warmup=1000, samples
         "--samples", type=_count(1), default=samples, help=f"draws per chain ({samples})"
     )
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    g.add_argument("--no-progress", action="store_true", help="hide progress bars (they are shown only when stderr is a terminal)")
+    g.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="hide progress bars (they are shown only when stderr is a terminal)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -179,6 +183,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="EP/VI: damping rate (default 1 for EP over client effects, halved after an "
         "oscillating round; 0.8 otherwise)",
+    )
+    fed.add_argument(
+        "--checkpoint",
+        metavar="PATH",
+        help="EP/VI: write the round states to PATH.npz/PATH.json after every round",
+    )
+    fed.add_argument(
+        "--resume",
+        action="store_true",
+        help="EP/VI: continue from --checkpoint's last round (same data and options)",
     )
     fed.add_argument(
         "--sites",
@@ -358,6 +372,9 @@ def _fit_and_save(args, data, model, out: Path, *, dataset: str):
     if args.warmup is None and method == "nuts":
         sampling["num_warmup"] = 1000
     damping = {} if getattr(args, "damping", None) is None else {"damping": args.damping}
+    rounds_state = {}
+    if getattr(args, "checkpoint", None):
+        rounds_state = {"checkpoint": args.checkpoint, "resume": args.resume}
     if method == "nuts":
         result = fit_nuts(
             model,
@@ -395,6 +412,7 @@ def _fit_and_save(args, data, model, out: Path, *, dataset: str):
             sites=args.sites,
             rounds=args.rounds,
             **damping,
+            **rounds_state,
             **vi_global,
             num_samples=args.samples,
             progress=_progress(args),
@@ -407,6 +425,7 @@ def _fit_and_save(args, data, model, out: Path, *, dataset: str):
             rounds=args.rounds,
             sites=args.sites,
             **damping,
+            **rounds_state,
             tilted=args.tilted,
             site_fit=args.site_fit,
             num_samples=args.samples,
@@ -465,6 +484,12 @@ def cmd_fit(args, *, dataset=None) -> int:
     import tempfile
 
     final = Path(args.out)
+    from bayes_pfl.data import DataError
+
+    if getattr(args, "resume", False) and not getattr(args, "checkpoint", None):
+        raise DataError("--resume needs --checkpoint PATH (the checkpoint to continue)")
+    if getattr(args, "checkpoint", None) and args.method not in ("ep", "vi"):
+        raise DataError(f"--checkpoint applies to --method ep or vi, not {args.method}")
     data, default_model = _load_data(args)
     model = _model(args, data, default_model)
     from bayes_pfl.centralized import check_model_data

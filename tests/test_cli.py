@@ -315,3 +315,21 @@ def test_no_progress_bar_escape_codes_in_a_log_file(tmp_path):
                 "--samples", "200", "--out", str(tmp_path / "fit"))  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "\r" not in r.stderr and "it/s" not in r.stderr and "round/s" not in r.stderr
+
+
+def test_checkpoint_and_resume_from_the_command_line(tmp_path):
+    ck = tmp_path / "ck" / "rounds"
+    ck.parent.mkdir()
+    args = ["fit", "--data", "radon", "--method", "ep", "--chains", "2", "--samples", "200",
+            "--checkpoint", str(ck)]  # fmt: skip
+    r = run_cli(*args, "--rounds", "1", "--out", str(tmp_path / "a"))
+    assert r.returncode == 0, r.stderr
+    first = json.loads(ck.with_suffix(".json").read_text())
+    r = run_cli(*args, "--rounds", "3", "--resume", "--out", str(tmp_path / "b"))
+    assert r.returncode == 0, r.stderr
+    resumed = json.loads(ck.with_suffix(".json").read_text())
+    h0, h1 = first, resumed
+    assert len(h0) == 1 and len(h1) >= 2
+    assert h1[0]["wall_time_s"] == h0[0]["wall_time_s"]  # continued, not restarted
+    r = run_cli("fit", "--data", "radon", "--resume", "--out", str(tmp_path / "c"))
+    assert r.returncode == 2 and "--resume needs --checkpoint" in r.stderr
