@@ -150,7 +150,7 @@ def _effect_sampler(pop, log_hyperprior, num_warmup: int, num_samples: int):
     def chain(k, z0, eps, m, sites):
         return nuts_run(
             k,
-            lambda u: effect_ep.server_log_density(pop, log_hyperprior, u, sites),
+            effect_ep.server_density(pop, log_hyperprior, sites),
             z0,
             num_warmup=num_warmup,
             num_samples=num_samples,

@@ -240,12 +240,17 @@ class Population:
         m, root = self.moments(u_phi)
         return self.log_z_at(m, root, u_phi[self.shared_index], site)
 
-    def log_z_at(self, m: Array, root: Array, u_s: Array, site: GaussianFactor) -> Array:
+    def log_z_at(
+        self, m: Array, root: Array, u_s: Array, site: GaussianFactor, *, shared_terms: bool = True
+    ) -> Array:
         """:meth:`log_z` from the population moments, for one site or a batch ``[K]`` of sites.
 
         A batch is evaluated with batched products and an unrolled Cholesky factorization
         (:func:`small_cholesky`): the server evaluates it for every client at every step
         of its sampler, where a batched LAPACK call per client would dominate.
+        ``shared_terms=False`` leaves out the terms in the shared parameters alone,
+        ``-u_s' P_ss u_s / 2 + s_s' u_s``, which a sum over clients takes from the summed
+        blocks once (:func:`bayes_pfl.algorithms.effect_ep.server_density`).
         """
         E = self.e_dim
         prec, shift = site.precision, site.shift
@@ -256,6 +261,7 @@ class Population:
         # (and its transpose in the gradient) costs far more on CPU than the arithmetic
         if self.q_dim:
             h = h - jnp.sum(prec[..., :E, E:] * u_s, -1)
+        if self.q_dim and shared_terms:
             c = -0.5 * jnp.sum(jnp.sum(prec[..., E:, E:] * u_s, -1) * u_s, -1) + jnp.sum(
                 shift[..., E:] * u_s, -1
             )

@@ -235,3 +235,20 @@ def test_vi_site_satisfies_the_gaussian_vi_stationarity_conditions():
     np.testing.assert_allclose(prec_q[0, 0] - prec_c[0, 0], -hess, rtol=2e-2)
     # EP's site is another Gaussian (tilted moments, not the VI optimum)
     assert abs(float(sites["vi"].precision[0, 0, 0] - sites["ep"].precision[0, 0, 0])) > 1e-4
+
+
+def test_server_density_sums_the_shared_blocks_once_with_the_same_value():
+    """radon: three shared parameters; the summed-blocks density equals the per-client sum."""
+    model = radon_intercept()
+    pop = gaussian_population(model)
+    rng = np.random.default_rng(3)
+    k, j = 7, pop.z_dim
+    a = rng.normal(size=(k, j, j))
+    prec = jnp.asarray(a @ np.swapaxes(a, 1, 2) + np.eye(j))
+    sites = GaussianFactor(prec, jnp.asarray(rng.normal(size=(k, j))))
+    fast = jax.jit(effect_ep.server_density(pop, model.log_hyperprior, sites))
+    for _ in range(3):
+        u = jnp.asarray(rng.normal(size=model.phi_dim))
+        m, root = pop.moments(u)
+        slow = model.log_hyperprior(u) + jnp.sum(pop.log_z_at(m, root, u[pop.shared_index], sites))
+        np.testing.assert_allclose(fast(u), slow, rtol=1e-12)

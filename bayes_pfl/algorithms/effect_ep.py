@@ -69,6 +69,7 @@ __all__ = [
     "build",
     "cavities",
     "personalize_client",
+    "server_density",
     "server_log_density",
 ]
 
@@ -119,11 +120,34 @@ class EffectServerInfo(NamedTuple):
     converged: Array
 
 
+def server_density(pop: Population, log_hyperprior, sites: GaussianFactor):
+    """``u_phi -> log p0(u_phi) + Σ_k log Z_k(u_phi)``, the server's exact population
+    integral, for a sampler's inner loop.
+
+    The sites' blocks in the shared parameters alone enter ``Σ_k log Z_k`` as one quadratic
+    form: they are summed over clients here, once, instead of per client at every
+    evaluation (``K Q^2`` products per evaluation become ``Q^2``; radon's 85 counties and
+    three shared parameters, 1,000 clients sharing ten slopes).
+    """
+    E = pop.e_dim
+    if pop.q_dim:
+        p_ss = jnp.sum(sites.precision[:, E:, E:], axis=0)
+        s_s = jnp.sum(sites.shift[:, E:], axis=0)
+
+    def logp(u_phi):
+        m, root = pop.moments(u_phi)
+        u_s = u_phi[pop.shared_index]
+        out = log_hyperprior(u_phi) + jnp.sum(pop.log_z_at(m, root, u_s, sites, shared_terms=False))
+        if pop.q_dim:
+            out = out - 0.5 * u_s @ (p_ss @ u_s) + s_s @ u_s
+        return out
+
+    return logp
+
+
 def server_log_density(pop: Population, log_hyperprior, u_phi: Array, sites: GaussianFactor):
     """``log p0(u_phi) + Σ_k log Z_k(u_phi)``: the server's exact population integral."""
-    m, root = pop.moments(u_phi)
-    u_s = u_phi[pop.shared_index]
-    return log_hyperprior(u_phi) + jnp.sum(pop.log_z_at(m, root, u_s, sites))
+    return server_density(pop, log_hyperprior, sites)(u_phi)
 
 
 def personalize_client(
@@ -298,7 +322,7 @@ def build(
         def chain(k, z0, eps, inv_m, sites):
             return nuts_run(
                 k,
-                lambda u: server_log_density(pop, log_hyperprior, u, sites),
+                server_density(pop, log_hyperprior, sites),
                 z0,
                 num_warmup=server_warmup,
                 num_samples=server_samples,
@@ -311,9 +335,7 @@ def build(
 
     def summary(sites, start):
         """Mode and negative Hessian of the server's density (deterministic, exact sites)."""
-        res = newton_maximize(
-            lambda u: server_log_density(pop, log_hyperprior, u, sites), start, max_iter=100
-        )
+        res = newton_maximize(server_density(pop, log_hyperprior, sites), start, max_iter=100)
         return res.mode, 0.5 * (res.neg_hessian + res.neg_hessian.T)
 
     def prior_draw(key):
