@@ -267,7 +267,7 @@ def build(
     tilted_points: int | None = None,
     min_ess_fraction: float = 0.1,
     newton_iter: int = 50,
-    server_chains: int = 2,
+    server_chains: int = 4,
     server_warmup: int = 300,
     server_samples: int = 300,
 ) -> Algorithm:
@@ -301,7 +301,11 @@ def build(
     newton_iter : int
         Newton iterations of the tilted mode.
     server_chains, server_warmup, server_samples : int
-        The server's NUTS run per round (its draws give the next cavities).
+        The server's NUTS run per round (its draws give the next cavities). The cavities'
+        Monte Carlo noise passes into the sites, which damping 1 does not average away:
+        on guimmun (161 communities) 2 chains x 300 draws left ``tau`` 0.17 sds from the
+        reference at one seed (0.07-0.08 at two others), 4 chains 0.10. The chains run
+        on separate devices when there are enough (:func:`bayes_pfl.local.map_chains`).
     """
     if not 0.0 < damping <= 1.0:
         raise ValueError(f"damping must be in (0, 1], got {damping!r}")
