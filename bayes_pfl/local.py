@@ -41,7 +41,6 @@ __all__ = [
     "NewtonResult",
     "laplace_marginal",
     "map_chains",
-    "off_devices",
     "newton_maximize",
     "newton_steps",
     "independence_chain",
@@ -453,22 +452,6 @@ def map_chains(fn: Callable, per_chain: tuple, shared: tuple = ()):
     return jax.shard_map(mapped, mesh=mesh, in_specs=specs, out_specs=P("chain"), check_vma=False)(
         *per_chain, *shared
     )
-
-
-def off_devices(tree):
-    """Host copies of the leaves a :func:`map_chains` computation left on several devices.
-
-    A jitted function's outputs live on the devices it ran on; fed to a computation on
-    another device set (the next run's chains, a per-client step) they would be rejected,
-    or make it run replicated. Other leaves (typed keys included) are returned as they are.
-    """
-
-    def one(a):
-        if isinstance(a, jax.Array) and len(a.sharding.device_set) > 1:
-            return np.asarray(a)
-        return a
-
-    return jax.tree.map(one, tree)
 
 
 def nuts_draws(

@@ -22,7 +22,6 @@ import numpy as np
 
 from bayes_pfl.algorithms import Algorithm, select_clients
 from bayes_pfl.codec import decode, encode
-from bayes_pfl.local import off_devices
 
 __all__ = [
     "NoClientContributed",
@@ -32,6 +31,22 @@ __all__ = [
     "row_buckets",
     "run_rounds",
 ]
+
+
+def off_devices(tree):
+    """Host copies of the leaves a :func:`bayes_pfl.local.map_chains` computation left on several devices.
+
+    A jitted function's outputs live on the devices it ran on; fed to a computation on
+    another device set (the next run's chains, a per-client step) they would be rejected,
+    or make it run replicated. Other leaves (typed keys included) are returned as they are.
+    """
+
+    def one(a):
+        if isinstance(a, jax.Array) and len(a.sharding.device_set) > 1:
+            return np.asarray(a)
+        return a
+
+    return jax.tree.map(one, tree)
 
 
 class NoClientContributed(RuntimeError):

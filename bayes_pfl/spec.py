@@ -402,9 +402,12 @@ class HierarchicalModel:
         """
         theta = _values(self._client_trace)
         phi = _values(self._hyper_trace)
-        tr = handlers.trace(handlers.seed(self.likelihood, 0)).get_trace(
-            theta, phi, jnp.asarray(x), jnp.asarray(y)
-        )
+        # the supports are read, not the values checked: a likelihood whose parameters are
+        # invalid at this draw (NaN, with validation on) is the fit's to report
+        with numpyro.validation_enabled(False):
+            tr = handlers.trace(handlers.seed(self.likelihood, 0)).get_trace(
+                theta, phi, jnp.asarray(x), jnp.asarray(y)
+            )
         return {name: tr[name]["fn"].support for name in _observed_sites(tr)}
 
     # ------------------------------------------------------------------ values

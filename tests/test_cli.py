@@ -246,6 +246,7 @@ def test_counts_are_validated(tmp_path, option, value):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_diagnostics_warn_on_the_console_and_strict_fails(tmp_path):
     """Every method's diagnostics reach the console; ``--strict`` turns them into exit 3.
     One chain: r_hat is 'n/a', one warning line, no numpy RuntimeWarning."""
@@ -285,6 +286,7 @@ def test_output_folder_is_refused_when_not_empty_and_replaced_whole(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["fit"]  # no temporary folder left
 
 
+@pytest.mark.slow
 def test_an_interrupted_fit_leaves_nothing_behind(tmp_path):
     """Ctrl-C during sampling: one line, exit 130, no output folder, no partial folder."""
     import signal
@@ -317,6 +319,7 @@ def test_no_progress_bar_escape_codes_in_a_log_file(tmp_path):
     assert "\r" not in r.stderr and "it/s" not in r.stderr and "round/s" not in r.stderr
 
 
+@pytest.mark.slow
 def test_checkpoint_and_resume_from_the_command_line(tmp_path):
     ck = tmp_path / "ck" / "rounds"
     ck.parent.mkdir()

@@ -169,7 +169,8 @@ def _collatz_steps(x0, scale):
 
 
 def test_map_chains_runs_each_chain_on_its_own_device_with_the_per_chain_results():
-    from bayes_pfl.local import map_chains, off_devices
+    from bayes_pfl.local import map_chains
+    from bayes_pfl.simulation import off_devices
 
     assert jax.local_device_count() >= 4  # conftest: 4 host devices
     starts = jnp.array([27, 6, 97, 1])
