@@ -492,9 +492,13 @@ def cmd_fit(args, *, dataset=None) -> int:
         raise DataError(f"--checkpoint applies to --method ep or vi, not {args.method}")
     data, default_model = _load_data(args)
     model = _model(args, data, default_model)
+    import warnings
+
     from bayes_pfl.centralized import check_model_data
 
-    check_model_data(model, data)  # input errors before the output folder's
+    with warnings.catch_warnings():  # the fit runs the check again and shows its warnings
+        warnings.simplefilter("ignore")
+        check_model_data(model, data)  # input errors before the output folder's
     _check_out(final, getattr(args, "overwrite", False))
     # everything is written to a temporary folder beside the target and moved into place
     # at the end: an interrupted or failed run leaves no half-written or mixed folder

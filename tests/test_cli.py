@@ -336,3 +336,16 @@ def test_checkpoint_and_resume_from_the_command_line(tmp_path):
     assert h1[0]["wall_time_s"] == h0[0]["wall_time_s"]  # continued, not restarted
     r = run_cli("fit", "--data", "radon", "--resume", "--out", str(tmp_path / "c"))
     assert r.returncode == 2 and "--resume needs --checkpoint" in r.stderr
+
+
+def test_a_feature_warning_is_shown_once(tmp_path):
+    """The command line checks the data before refusing or writing the output folder and
+    the fit checks it again: the constant-feature warning still appears once."""
+    df = load("eight_schools").assign(const=1.0)
+    csv = tmp_path / "schools.csv"
+    df.to_csv(csv, index=False)
+    r = run_cli("fit", "--data", str(csv), "--client-col", "school", "--target", "y",
+                "--features", "sigma,const", "--model", "linear", "--method", "one-shot",
+                "--chains", "2", "--samples", "200", "--out", str(tmp_path / "fit"))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("['const'] are constant") == 1, r.stderr
