@@ -67,10 +67,10 @@ def _warn_degenerate_features(data) -> None:
             stacklevel=3,
         )
         return
-    z = (x - x.mean(axis=0)) / sd
-    sv = np.linalg.svd(z, compute_uv=False)
-    if x.shape[1] > 1 and sv[-1] < 1e-8 * sv[0]:
-        _, _, vt = np.linalg.svd(z, full_matrices=False)
+    if x.shape[1] < 2:
+        return
+    _, sv, vt = np.linalg.svd((x - x.mean(axis=0)) / sd, full_matrices=False)
+    if sv[-1] < 1e-8 * sv[0]:
         involved = [n for n, w in zip(names, vt[-1], strict=True) if abs(w) > 1e-6]
         warnings.warn(
             f"features {involved} are exactly collinear over the training rows (one is a "
