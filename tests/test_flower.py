@@ -182,6 +182,13 @@ def _grid(run_config, n, **kw):
     return FakeGrid(client_app(), [{"partition-id": i} for i in range(n)], run_config, **kw)
 
 
+def _assert_same_states(flower_state, in_process_state):
+    """Every leaf of the Flower server's state equals the in-process driver's (last bits)."""
+    pairs = zip(jax.tree.leaves(flower_state), jax.tree.leaves(in_process_state), strict=True)
+    for a, b in pairs:
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-9)
+
+
 def test_faults_left_out_like_in_process_nonparticipants(small, caplog, node_like_steps):
     """A silent node and a node sending NaN are left out every round (and logged by node id);
     the result equals the in-process run in which those two clients do not participate."""
@@ -216,9 +223,7 @@ def test_faults_left_out_like_in_process_nonparticipants(small, caplog, node_lik
         progress=False,
     )
     assert set(ref.history[0]) <= set(res.history[0])
-    pairs = zip(jax.tree.leaves(res.server_state), jax.tree.leaves(ref.server_state), strict=True)
-    for a, b in pairs:
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-9)
+    _assert_same_states(res.server_state, ref.server_state)
     # the left-out clients keep their initial (flat) sites
     np.testing.assert_array_equal(np.asarray(res.server_state.sites.precision)[[2, 4]], 0.0)
 
@@ -256,9 +261,7 @@ def test_nodes_pad_rows_like_the_in_process_row_buckets(small, tmp_path, node_li
         progress=False,
         bucket_rows=True,
     )
-    pairs = zip(jax.tree.leaves(res.server_state), jax.tree.leaves(ref.server_state), strict=True)
-    for a, b in pairs:
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-9)
+    _assert_same_states(res.server_state, ref.server_state)
 
 
 def test_baseline_runs_over_flower_like_in_process(small, tmp_path):
@@ -287,9 +290,7 @@ def test_baseline_runs_over_flower_like_in_process(small, tmp_path):
         stop_when_converged=False,
         progress=False,
     )
-    pairs = zip(jax.tree.leaves(res.server_state), jax.tree.leaves(ref.server_state), strict=True)
-    for a, b in pairs:
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-9)
+    _assert_same_states(res.server_state, ref.server_state)
     # the same functions fit_baseline drives: same global model after 3 rounds
     fit = fit_baseline("fedprox", data, family="normal", rounds=3, seed=0, **options)
     base = baseline_algorithm("fedprox", 1, family="normal", seed=0, **options)
