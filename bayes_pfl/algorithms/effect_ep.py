@@ -304,7 +304,8 @@ def build(
         The server's NUTS run per round (its draws give the next cavities). The cavities'
         Monte Carlo noise passes into the sites, which damping 1 does not average away:
         on guimmun (161 communities) 2 chains x 300 draws left ``tau`` 0.17 sds from the
-        reference at one seed (0.07-0.08 at two others), 4 chains 0.10. The chains run
+        reference at seed 0 (2 x 1000: 0.11), 4 chains 0.10, 0.07, 0.08 at seeds 0, 1, 2
+        (``benchmarks/ep_seed_spread.py``). The chains run
         on separate devices when there are enough (:func:`bayes_pfl.local.map_chains`).
     """
     if not 0.0 < damping <= 1.0:
