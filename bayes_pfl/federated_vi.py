@@ -27,9 +27,8 @@ in a round, as in EP. ``schedule="sequential"``: the clients (with rows) are spl
 ``groups`` consecutive blocks; in a *sweep* the blocks update one after another and
 the server updates after each block, so later blocks see earlier blocks' new factors
 (``groups`` equal to the number of clients is PVI's fully sequential schedule). Both
-run as a loop in :func:`fit_vi` over one-round calls of the driver,
-``run_rounds(..., rounds=1, participating=block, init=states)``: the driver's
-``participating`` mask keeps the factors of the clients outside the block. In the
+are the driver's client schedule (:func:`~bayes_pfl.simulation.run_rounds` with
+``blocks=groups``): the factors of the clients outside the block are kept. In the
 in-process simulation the vmapped client step still computes every client (and
 discards the others), so a sweep costs ``groups`` synchronous rounds of compute; a
 Flower deployment would only ask the block's clients.
@@ -38,8 +37,6 @@ Flower deployment would only ask the block's clients.
 from __future__ import annotations
 
 import time
-import warnings
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -48,9 +45,9 @@ import numpy as np
 from bayes_pfl.algorithms import vi
 from bayes_pfl.algorithms.ep import gaussian_log_kernel
 from bayes_pfl.centralized import check_model_data
-from bayes_pfl.federated import _to_result, global_draws, personalize
+from bayes_pfl.posterior import check_steps, global_draws, personalize, readout, to_result
 from bayes_pfl.results import FitResult
-from bayes_pfl.simulation import _load_checkpoint, _save_checkpoint, run_rounds
+from bayes_pfl.simulation import ClientError, run_rounds
 from bayes_pfl.spec import HierarchicalModel
 
 Array = jax.Array
@@ -70,124 +67,9 @@ PERSONALIZATION = ("local", "exact")
 ON_CLIENT_ERROR = ("raise", "keep")
 
 
-class VIClientError(FloatingPointError):
-    """A client's local VI failed (NaN loss, non-finite or exploding factor).
-
-    Attributes
-    ----------
-    clients : dict
-        ``{client label: reason}`` of the failing clients.
-    round : int
-        The round (sweep) in which they failed.
-    """
-
-    def __init__(self, message: str, *, clients: dict, round: int):
-        super().__init__(message)
-        self.clients = dict(clients)
-        self.round = int(round)
-
-
-def _failures(states, labels, participating) -> dict:
-    status = np.asarray(states.status)
-    bad = np.flatnonzero(participating & (status > 0))
-    return {labels[i]: vi.STATUS[int(status[i])] for i in bad}
-
-
-def _groups(participating: np.ndarray, schedule: str, groups: int) -> list[np.ndarray]:
-    if schedule == "synchronous":
-        return [participating]
-    idx = np.flatnonzero(participating)
-    blocks = np.array_split(idx, min(groups, max(len(idx), 1)))
-    out = []
-    for b in blocks:
-        mask = np.zeros_like(participating)
-        mask[b] = True
-        out.append(mask)
-    return out
-
-
-def run_vi_rounds(
-    algorithm,
-    data,
-    *,
-    rounds: int,
-    labels,
-    seed: int,
-    schedule: str = "synchronous",
-    groups: int = 4,
-    on_client_error: str = "raise",
-    progress: bool = True,
-    checkpoint=None,
-    resume: bool = False,
-):
-    """Rounds (sweeps) of federated VI; returns ``(server_state, client_states, history, converged)``.
-
-    Every server update is one call of :func:`~bayes_pfl.simulation.run_rounds` with
-    ``rounds=1``; between calls the clients' status is checked, and a failing client
-    raises :class:`VIClientError` (``on_client_error="raise"``) or is warned about and
-    keeps its previous factor (``"keep"``). History entries carry ``round`` (the sweep)
-    and ``group`` (the block, 0 for synchronous rounds).
-    """
-    from tqdm.auto import tqdm
-
-    labels = list(labels)
-    k = len(labels)
-    arrays = jax.tree.map(jnp.asarray, tuple(data))
-    has_rows = np.asarray(data.mask).sum(axis=1) > 0
-    key = jax.random.key(seed)
-    server_state = algorithm.server_init(jax.random.fold_in(key, 0), k)
-    client_states = jax.vmap(algorithm.client_init)(jax.random.split(key, k), arrays)
-    history: list[dict] = []
-    ckpt = Path(checkpoint) if checkpoint is not None else None
-    if ckpt is not None and resume and ckpt.with_suffix(".npz").exists():
-        server_state, client_states, history = _load_checkpoint(ckpt, server_state, client_states)
-    start = max((h["round"] for h in history), default=0)
-    converged = bool(history) and bool(history[-1].get("sweep_converged", False))
-    blocks = _groups(has_rows, schedule, groups)
-    bar = tqdm(
-        range(start, rounds),
-        disable=not progress,
-        desc=f"{algorithm.name} {'sweeps' if schedule == 'sequential' else 'rounds'}",
-        unit="round",
-        initial=start,
-        total=rounds,
-    )
-    for r in bar:
-        if converged:
-            break
-        sweep_ok = True
-        for g, block in enumerate(blocks):
-            out = run_rounds(
-                algorithm,
-                data,
-                rounds=1,
-                labels=labels,
-                seed=seed + 7919 * (r * len(blocks) + g + 1),
-                participating=block,
-                stop_when_converged=False,
-                progress=False,
-                init=(server_state, client_states),
-            )
-            server_state, client_states = out.server_state, out.client_states
-            failed = _failures(client_states, labels, block)
-            entry = {**out.history[0], "round": r + 1, "group": g}
-            entry["failed"] = [str(c) for c in failed]
-            history.append(entry)
-            if failed:
-                lines = "; ".join(f"client {c!r}: {why}" for c, why in failed.items())
-                msg = f"federated VI, round {r + 1}: local VI failed on {len(failed)} client(s): "
-                if on_client_error == "raise":
-                    raise VIClientError(msg + lines, clients=failed, round=r + 1)
-                warnings.warn(msg + lines + " (their previous factor is kept)", stacklevel=2)
-            sweep_ok &= bool(entry.get("converged", False))
-        history[-1]["sweep_converged"] = sweep_ok
-        converged = sweep_ok
-        if progress:
-            bar.set_postfix({"mean_change": f"{history[-1].get('mean_change', np.nan):.2g}"})
-        if ckpt is not None:
-            _save_checkpoint(ckpt, server_state, client_states, history)
-    bar.close()
-    return server_state, client_states, history, converged
+VIClientError = ClientError
+"""A client's local VI failed (NaN ELBO, non-finite or exploding factor): the driver's
+:class:`~bayes_pfl.simulation.ClientError` (``clients``, ``reasons``, ``round``)."""
 
 
 def _server_q(model, fam, state, *, steps, lr, num_particles, seed):
@@ -321,13 +203,14 @@ def fit_vi(
             "over the global parameters); sites='effects' has a closed-form client update"
         )
     check_model_data(model, data)
-    mh_steps = federated._check_steps("mh_steps", mh_steps)
-    vi_iterations = federated._check_steps("vi_iterations", vi_iterations)
+    mh_steps = check_steps("mh_steps", mh_steps)
+    vi_iterations = check_steps("vi_iterations", vi_iterations)
     rounds = 10 if rounds is None else rounds
-    damping = 1.0 if damping is None else damping
-    tol = 0.05 if tol is None else tol
+    given = federated.ep_defaults("effects")
+    damping = given["damping"] if damping is None else damping
+    tol = given["tol"] if tol is None else tol
     t_start = time.perf_counter()
-    fitted = federated._run_ep(
+    fitted = federated.ep_rounds(
         model,
         data,
         rounds=rounds,
@@ -342,7 +225,7 @@ def fit_vi(
         sites="effects",
         effect_options=(("local", "vi"), ("vi_iterations", vi_iterations)),
     )
-    return federated._finish(
+    return readout(
         "vi",
         model,
         data,
@@ -471,19 +354,21 @@ def fit_vi_global(
         tol=tol,
         max_site_precision=max_site_precision,
     )
-    state, client_states, history, converged = run_vi_rounds(
+    out = run_rounds(
         algorithm,
         data.train,
         rounds=rounds,
         labels=data.clients,
         seed=seed,
-        schedule=schedule,
-        groups=groups,
-        on_client_error=on_client_error,
+        blocks=1 if schedule == "synchronous" else groups,
+        on_rejected="raise" if on_client_error == "raise" else "skip",
+        on_failed=on_client_error,
         progress=progress,
         checkpoint=checkpoint,
         resume=resume,
     )
+    state, client_states, history = out.server_state, out.client_states, out.history
+    converged = out.converged
     t_rounds = time.perf_counter() - t_start
     key = jax.random.key(seed + 1)
     t0 = time.perf_counter()
@@ -524,7 +409,7 @@ def fit_vi_global(
         theta, acc = personalize(jax.random.fold_in(key, 2), model, flat_u, data.train)
         info_extra["min_personalize_acceptance"] = float(np.min(np.asarray(acc)))
     t_personal = time.perf_counter() - t0
-    result = _to_result(
+    result = to_result(
         "vi",
         model,
         data.clients,

@@ -85,7 +85,6 @@ Examples
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, NamedTuple
 
 import jax
@@ -107,6 +106,7 @@ from bayes_pfl.baselines.networks import (
 from bayes_pfl.baselines.training import accuracy_of, make_optimizer, weighted_average
 from bayes_pfl.data import DataError, FederatedData
 from bayes_pfl.gaussian import GaussianFactor
+from bayes_pfl.simulation import ClientError, run_rounds
 
 __all__ = [
     "VARIANTS",
@@ -122,7 +122,6 @@ __all__ = [
     "NeuralTrainingError",
     "build",
     "fit_neural",
-    "run_checked",
 ]
 
 Array = jax.Array
@@ -136,15 +135,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
 (besides the Bayesian head)."""
 
 
-class NeuralTrainingError(RuntimeError):
-    """A client's local training produced a NaN loss or an exploding factor.
-
-    ``clients`` holds the offending client labels.
-    """
-
-    def __init__(self, message: str, clients: tuple = ()):
-        super().__init__(message)
-        self.clients = tuple(clients)
+NeuralTrainingError = ClientError
+_REASONS = (
+    (".check.loss", "NaN or infinite local loss"),
+    (".check.factor_bound", "exploding factor over w_global"),
+)
+"""A client's local training produced a NaN loss or an exploding factor: the driver's
+:class:`~bayes_pfl.simulation.ClientError` (``clients`` holds the offending labels)."""
 
 
 class NeuralServerState(NamedTuple):
@@ -528,7 +525,9 @@ def build(
         stats = {**weighted_average(own_s, clients.n, zero_s), **state.stats}
         return params, stats, mean, var + jnp.exp(2.0 * state.log_tau)
 
-    algorithm = Algorithm(server_init, client_init, client_update, server_update, broadcast, name)
+    algorithm = Algorithm(
+        server_init, client_init, client_update, server_update, broadcast, name, reasons=_REASONS
+    )
     return HierarchicalNetwork(
         algorithm, network, family, head_keys, unravel, personal_fn, population_fn
     )
@@ -763,40 +762,14 @@ def fit_neural(
         init_sd=init_sd,
         seed=seed,
     )
-    result = run_checked(
-        hn.algorithm, train, rounds=rounds, labels=data.clients, seed=seed, progress=progress
+    result = run_rounds(
+        hn.algorithm,
+        train,
+        rounds=rounds,
+        labels=data.clients,
+        seed=seed,
+        on_rejected="raise",
+        stop_when_converged=False,
+        progress=progress,
     )
     return NeuralFit(hn, variant, hparams, result, data.clients, data.n_features)
-
-
-_REASONS = {
-    ".check.loss": "NaN or infinite local loss",
-    ".check.factor_bound": "exploding factor over w_global",
-}
-
-
-def run_checked(algorithm: Algorithm, data, *, rounds: int, labels, seed: int = 0, **kwargs):
-    """:func:`~bayes_pfl.simulation.run_rounds`, raising :class:`NeuralTrainingError`
-    at the first round where a client's message is rejected (NaN loss, exploding factor or
-    any non-finite value); the error names the client(s) and why."""
-    from bayes_pfl.simulation import run_rounds
-
-    labels = list(labels)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("error", message=r"round \d+: rejected messages")
-        try:
-            return run_rounds(
-                algorithm,
-                data,
-                rounds=rounds,
-                labels=labels,
-                seed=seed,
-                stop_when_converged=False,
-                **kwargs,
-            )
-        except UserWarning as warn:
-            text = str(warn)
-            for field, why in _REASONS.items():
-                text = text.replace(f"non-finite values in {field}", why)
-            bad = tuple(lab for lab in labels if repr(lab) in str(warn))
-            raise NeuralTrainingError(f"{algorithm.name}: {text}", clients=bad) from None

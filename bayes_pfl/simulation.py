@@ -24,12 +24,19 @@ from bayes_pfl.algorithms import Algorithm, select_clients
 from bayes_pfl.codec import decode, encode
 
 __all__ = [
+    "ClientError",
     "NoClientContributed",
+    "Phase",
+    "Screened",
     "SimulationResult",
     "check_messages",
+    "client_blocks",
     "message_nbytes",
+    "round_entry",
     "row_buckets",
+    "run_phases",
     "run_rounds",
+    "screen",
 ]
 
 
@@ -52,6 +59,21 @@ def off_devices(tree):
 class NoClientContributed(RuntimeError):
     """No participating client's local inference succeeded in any round: the server's
     posterior would be its prior, so no result is returned."""
+
+
+class Phase(NamedTuple):
+    """One stretch of rounds with one algorithm: what a method's rounds are made of.
+
+    A method is a tuple of phases (:func:`run_phases` in process; the Flower server runs
+    the same tuple over the network): e.g. EP with NUTS tilted moments is a Laplace-EP
+    phase, then a NUTS phase started from its states.
+    """
+
+    tag: dict  # added to each history entry of the phase ({"sites": "effects"}, {"tilted": ...})
+    algorithm: Algorithm
+    rounds: int
+    warm_start: bool  # start from the previous phase's server and client states
+    bucket_rows: bool = False  # the client step may run on row buckets (see run_rounds)
 
 
 class SimulationResult(NamedTuple):
@@ -100,7 +122,7 @@ def _take(tree: Any, idx: np.ndarray, rows: int | None = None) -> Any:
     return jax.tree.map(lambda a: a[idx] if rows is None else a[idx, :rows], tree)
 
 
-def _bucket_parts(data: tuple, mask, bucket: bool = True) -> list[tuple[np.ndarray, tuple]]:
+def bucket_parts(data: tuple, mask, bucket: bool = True) -> list[tuple[np.ndarray, tuple]]:
     """``[(client indices, their arrays trimmed to the bucket's rows), ...]``.
 
     One part holding every client, arrays untouched, unless ``bucket`` and
@@ -112,7 +134,7 @@ def _bucket_parts(data: tuple, mask, bucket: bool = True) -> list[tuple[np.ndarr
     return [(idx, tuple(_take(a, idx, rows) for a in data)) for idx, rows in buckets]
 
 
-def _bucketed(step, parts: list[tuple[np.ndarray, tuple]], keys, per_client: tuple):
+def bucketed(step, parts: list[tuple[np.ndarray, tuple]], keys, per_client: tuple):
     """``step`` over each bucket of clients, results put back in client order."""
     if len(parts) == 1:
         return step(keys, *per_client, parts[0][1])
@@ -163,6 +185,153 @@ def _scalars(info: Any, prefix: str = "") -> dict[str, float]:
 CLIENT_BATCH = 1024
 """Clients per vectorized chunk of the in-process client step (see ``run_rounds``)."""
 
+ON_REJECTED = ("skip", "raise")
+ON_FAILED = ("keep", "raise")
+
+
+class ClientError(RuntimeError):
+    """Clients were left out of a round and the run's policy says to stop.
+
+    Raised by :func:`run_rounds` with ``on_rejected="raise"`` (a message failed the
+    server's check: non-finite values) or ``on_failed="raise"`` (a client's local
+    inference failed), before the server uses the round's messages.
+
+    Attributes
+    ----------
+    clients : tuple
+        The labels of the clients, in client order.
+    reasons : dict
+        ``{label: why}``.
+    round : int
+        The round (1-based) in which they were left out.
+    """
+
+    def __init__(self, message: str, *, reasons: dict, round: int):
+        super().__init__(message)
+        self.reasons = dict(reasons)
+        self.clients = tuple(self.reasons)
+        self.round = int(round)
+
+
+class Screened(NamedTuple):
+    """What the server takes of a round's messages (:func:`screen`)."""
+
+    accept: np.ndarray  # bool [K]: messages the server uses
+    rejected: dict  # {label: why} messages refused at the boundary (non-finite, malformed)
+    failed: dict  # {label: why} clients whose local inference failed (previous site kept)
+
+
+def _check_policy(name: str, value: str, allowed: tuple) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    return value
+
+
+def screen(
+    algorithm: Algorithm,
+    messages: Any,
+    cinfo: Any,
+    labels: list,
+    participating: np.ndarray,
+    *,
+    round: int,
+    on_rejected: str = "skip",
+    on_failed: str = "keep",
+    answered: np.ndarray | None = None,
+    rejected: dict | None = None,
+    stacklevel: int = 3,
+) -> Screened:
+    """The server boundary of one round, shared by the in-process driver and Flower.
+
+    Checks the stacked ``messages`` (:func:`check_messages`), reads local failures from
+    the messages' ``ok`` flag (reasons from the info's ``status`` through
+    ``algorithm.reasons``), applies the policies (``"skip"``/``"keep"``: warn naming the
+    clients; ``"raise"``: :class:`ClientError`) and returns the acceptance mask.
+    Failures in round 1 are not warned about under ``"keep"`` (a client may lack a local
+    mode before it has a cavity: one row, an unidentified scale); they still raise.
+    ``answered``/``rejected`` carry what a transport already knows (clients that did not
+    reply, malformed replies).
+    """
+    k = len(labels)
+    words = dict(algorithm.reasons)
+    ok, bad = check_messages(messages, labels)
+    answered = np.ones(k, bool) if answered is None else np.asarray(answered, bool)
+    reasons = dict(rejected or {})
+    position = {lab: i for i, lab in enumerate(labels)}
+    for lab, why in bad.items():
+        if answered[position[lab]] and participating[position[lab]]:
+            field = why.removeprefix("non-finite values in ")
+            reasons.setdefault(lab, words.get(field, why))
+    own = {lab: why for lab, why in reasons.items() if answered[position[lab]]}
+    if own:
+        text = (
+            f"{algorithm.name}, round {round}: rejected messages from {len(own)} client(s): "
+            + "; ".join(f"client {lab!r}: {why}" for lab, why in own.items())
+        )
+        if on_rejected == "raise":
+            raise ClientError(text, reasons=own, round=round)
+        warnings.warn(text, stacklevel=stacklevel)
+    accept = ok & answered & participating
+    local_ok = np.asarray(getattr(messages, "ok", np.ones(k, bool)), bool)
+    status = getattr(cinfo, "status", None) if cinfo is not None else None
+    status = None if status is None else np.asarray(status).reshape(-1)
+    failed = {}
+    for i in np.flatnonzero(~local_ok & accept):
+        why = "local inference failed"
+        if status is not None and len(status) == k:
+            why = words.get(int(status[i]), why)
+        failed[labels[i]] = why
+    if failed and on_failed == "raise":
+        raise ClientError(
+            f"{algorithm.name}, round {round}: local inference failed on {len(failed)} "
+            "client(s): " + "; ".join(f"client {lab!r}: {why}" for lab, why in failed.items()),
+            reasons=failed,
+            round=round,
+        )
+    if failed and round > 1:
+        warnings.warn(
+            f"round {round}: local inference failed on {len(failed)} client(s), their "
+            "previous contribution is kept: "
+            + ", ".join(f"{lab!r} ({why})" for lab, why in list(failed.items())[:20]),
+            stacklevel=stacklevel,
+        )
+    return Screened(accept, reasons, failed)
+
+
+def round_entry(
+    round: int,
+    seconds: float,
+    messages: Any,
+    broadcast: Any,
+    screened: Screened,
+    sinfo: Any,
+    cinfo: Any,
+    n_clients: int,
+) -> dict[str, Any]:
+    """One history entry (the keys every runtime records; a transport adds its own)."""
+    return {
+        "round": round,
+        "wall_time_s": seconds,
+        "bytes_up_per_client": message_nbytes(messages, n_clients),
+        "bytes_down_per_client": message_nbytes(broadcast, n_clients),
+        "n_rejected": len(screened.rejected),
+        "rejected": [str(lab) for lab in screened.rejected],
+        "failed": [str(lab) for lab in screened.failed],
+        **_scalars(sinfo),
+        **(_scalars(cinfo, "client_") if cinfo is not None else {}),
+    }
+
+
+def client_blocks(participating: np.ndarray, blocks: int) -> list[np.ndarray]:
+    """The participating clients split into ``blocks`` consecutive blocks (masks)."""
+    idx = np.flatnonzero(participating)
+    out = []
+    for b in np.array_split(idx, min(blocks, max(len(idx), 1))):
+        mask = np.zeros_like(participating)
+        mask[b] = True
+        out.append(mask)
+    return out
+
 
 def run_rounds(
     algorithm: Algorithm,
@@ -172,6 +341,9 @@ def run_rounds(
     labels,
     seed: int = 0,
     participating: np.ndarray | None = None,
+    blocks: int = 1,
+    on_rejected: str = "skip",
+    on_failed: str = "keep",
     stop_when_converged: bool = True,
     progress: bool = True,
     checkpoint: str | Path | None = None,
@@ -197,6 +369,22 @@ def run_rounds(
     participating : bool array, optional
         Clients taking part (default: every client with at least one row).
         Others keep their initial contribution.
+    blocks : int
+        The client schedule. 1 (default): every participating client updates from the
+        same broadcast, then the server updates. ``blocks > 1``: a round is a *sweep*
+        over that many consecutive blocks of the participating clients, with a server
+        update after each block, so later blocks see earlier blocks' new messages (the
+        sequential schedule of partitioned VI; blocks equal to the clients is fully
+        sequential). History entries then carry ``group`` (the block) and the last
+        entry of a sweep ``sweep_converged``; the run converges when every block of a
+        sweep does. In-process, the vectorized client step still computes every client
+        (the others are discarded), so a sweep costs ``blocks`` rounds of compute.
+    on_rejected : {"skip", "raise"}
+        A message that fails the server's check (non-finite values) is left out with a
+        warning naming the client, or raises :class:`ClientError`.
+    on_failed : {"keep", "raise"}
+        A client whose local inference failed (``message.ok`` False) keeps its previous
+        contribution (with a warning from round 2), or :class:`ClientError` is raised.
     stop_when_converged : bool
         Stop after the first round whose server info says ``converged``.
     progress : bool
@@ -225,6 +413,10 @@ def run_rounds(
         or client_batch < 1
     ):
         raise ValueError(f"client_batch must be a positive integer, got {client_batch!r}")
+    if isinstance(blocks, bool) or not isinstance(blocks, int | np.integer) or blocks < 1:
+        raise ValueError(f"blocks must be a positive integer, got {blocks!r}")
+    _check_policy("on_rejected", on_rejected, ON_REJECTED)
+    _check_policy("on_failed", on_failed, ON_FAILED)
 
     labels = list(labels)
     k = len(labels)
@@ -242,18 +434,21 @@ def run_rounds(
     ckpt = Path(checkpoint) if checkpoint is not None else None
     if ckpt is not None and resume and ckpt.with_suffix(".npz").exists():
         server_state, client_states, history = _load_checkpoint(ckpt, server_state, client_states)
-        start_round = len(history)
-    broadcast_step = _compiled(algorithm.broadcast)
+        start_round = max((h["round"] for h in history), default=0)
+    broadcast_step = compiled(algorithm.broadcast)
     broadcast = broadcast_step(server_state)
 
     client_step = _compiled_client_step(algorithm.client_update, int(client_batch))
-    parts = _bucket_parts(arrays, data.mask, bucket_rows)  # trimmed once per run
-    server_step = _compiled(algorithm.server_update)
-    converged = bool(history and history[-1].get("converged", False))
+    parts = bucket_parts(arrays, data.mask, bucket_rows)  # trimmed once per run
+    server_step = compiled(algorithm.server_update)
+    schedule = [participating] if blocks == 1 else client_blocks(participating, int(blocks))
+    converged = bool(history) and bool(
+        history[-1].get("sweep_converged", history[-1].get("converged", False))
+    )
     bar = tqdm(
         range(start_round, rounds),
         disable=not progress,
-        desc=f"{algorithm.name} rounds",
+        desc=f"{algorithm.name} {'sweeps' if len(schedule) > 1 else 'rounds'}",
         unit="round",
         initial=start_round,
         total=rounds,
@@ -262,57 +457,49 @@ def run_rounds(
     for r in bar:
         if converged and stop_when_converged:
             break
-        t0 = time.perf_counter()
-        rkey = jax.random.fold_in(key, r + 1)
-        ckeys = jax.random.split(jax.random.fold_in(rkey, 1), k)
-        client_states_new, messages, cinfo = _bucketed(
-            client_step, parts, ckeys, (broadcast, client_states)
-        )
-        messages = jax.block_until_ready(messages)
-        ok, reasons = check_messages(messages, labels)
-        if reasons:
-            warnings.warn(
-                f"round {r + 1}: rejected messages from {len(reasons)} client(s): "
-                + "; ".join(f"{lab!r}: {why}" for lab, why in reasons.items()),
-                stacklevel=2,
+        sweep_converged = True
+        for g, block in enumerate(schedule):
+            t0 = time.perf_counter()
+            rkey = jax.random.fold_in(key, r * len(schedule) + g + 1)
+            ckeys = jax.random.split(jax.random.fold_in(rkey, 1), k)
+            client_states_new, messages, cinfo = bucketed(
+                client_step, parts, ckeys, (broadcast, client_states)
             )
-        local_ok = np.asarray(getattr(messages, "ok", np.ones(k, bool)), bool)
-        failed = [labels[i] for i in np.flatnonzero(~local_ok & ok & participating)]
-        if failed and r > 0:
-            # in round 1 clients may lack a local mode (e.g. one row, unidentified scale)
-            warnings.warn(
-                f"round {r + 1}: local inference failed on {len(failed)} client(s), their "
-                "previous contribution is kept: " + ", ".join(repr(lab) for lab in failed[:20]),
-                stacklevel=2,
+            messages = jax.block_until_ready(messages)
+            screened = screen(
+                algorithm,
+                messages,
+                cinfo,
+                labels,
+                block,
+                round=r + 1,
+                on_rejected=on_rejected,
+                on_failed=on_failed,
             )
-        contributed |= ok & local_ok & participating
-        accept = jnp.asarray(ok & participating)
-        client_states = select_clients(accept, client_states_new, client_states)
-        bytes_down = message_nbytes(broadcast, k)
-        server_state, sinfo = server_step(
-            jax.random.fold_in(rkey, 2), server_state, messages, accept
-        )
-        server_state = off_devices(server_state)  # chains on several devices: back to one
-        broadcast = jax.block_until_ready(broadcast_step(server_state))
-        entry = {
-            "round": r + 1,
-            "wall_time_s": time.perf_counter() - t0,
-            "bytes_up_per_client": message_nbytes(messages, k),
-            "bytes_down_per_client": bytes_down,
-            "n_rejected": len(reasons),
-            "rejected": [str(lab) for lab in reasons],
-            "failed": [str(lab) for lab in failed],
-            **_scalars(sinfo),
-            **_scalars(cinfo, "client_"),
-        }
-        history.append(entry)
-        converged = bool(entry.get("converged", False))
+            local_ok = np.asarray(getattr(messages, "ok", np.ones(k, bool)), bool)
+            contributed |= screened.accept & local_ok
+            accept = jnp.asarray(screened.accept)
+            client_states = select_clients(accept, client_states_new, client_states)
+            server_state, sinfo = server_step(
+                jax.random.fold_in(rkey, 2), server_state, messages, accept
+            )
+            server_state = off_devices(server_state)  # chains on several devices: back to one
+            entry = round_entry(r + 1, 0.0, messages, broadcast, screened, sinfo, cinfo, k)
+            broadcast = jax.block_until_ready(broadcast_step(server_state))
+            entry["wall_time_s"] = time.perf_counter() - t0
+            if len(schedule) > 1:
+                entry["group"] = g
+            history.append(entry)
+            sweep_converged &= bool(entry.get("converged", False))
+        if len(schedule) > 1:
+            history[-1]["sweep_converged"] = sweep_converged
+        converged = sweep_converged
         if progress:
             bar.set_postfix(
                 {
-                    key_: f"{entry[key_]:.2g}"
+                    key_: f"{history[-1][key_]:.2g}"
                     for key_ in ("mean_change", "sd_change")
-                    if key_ in entry
+                    if key_ in history[-1]
                 }
             )
         if ckpt is not None:
@@ -337,7 +524,49 @@ def run_rounds(
             + ", ".join(repr(lab) for lab in never[:20]),
             stacklevel=2,
         )
-    return SimulationResult(server_state, client_states, history, converged, len(history))
+    rounds_run = max((h["round"] for h in history), default=0)
+    return SimulationResult(server_state, client_states, history, converged, rounds_run)
+
+
+def run_phases(
+    phases: tuple[Phase, ...],
+    data,
+    *,
+    labels,
+    seed: int = 0,
+    progress: bool = True,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+    **options,
+) -> SimulationResult:
+    """Run a method's phases one after another with :func:`run_rounds`.
+
+    Each phase's history entries carry its ``tag``; a ``warm_start`` phase starts from
+    the previous phase's states. The checkpoint (and resume) applies to the last phase,
+    the one whose states the readout uses. ``options`` go to every ``run_rounds`` call.
+    Returns the last phase's result with the history of all phases.
+    """
+    history: list[dict[str, Any]] = []
+    out = None
+    for i, phase in enumerate(phases):
+        last = i == len(phases) - 1
+        out = run_rounds(
+            phase.algorithm,
+            data,
+            rounds=phase.rounds,
+            labels=labels,
+            seed=seed,
+            progress=progress,
+            checkpoint=checkpoint if last else None,
+            resume=resume and last,
+            init=(out.server_state, out.client_states) if phase.warm_start and out else None,
+            bucket_rows=phase.bucket_rows,
+            **options,
+        )
+        history += [{**h, **phase.tag} for h in out.history]
+    if out is None:
+        raise ValueError("a method needs at least one phase")
+    return out._replace(history=history)
 
 
 @functools.cache
@@ -360,7 +589,7 @@ def _compiled_client_step(client_update, batch: int = CLIENT_BATCH):
 
 
 @functools.cache
-def _compiled(fn):
+def compiled(fn):
     return jax.jit(fn)
 
 

@@ -276,7 +276,8 @@ def timing(sizes=(25, 50, 100), rounds: int = 5) -> dict:
 
     from bayes_pfl.baselines.networks import build_network, get_family
     from bayes_pfl.data import ClientArrays
-    from bayes_pfl.neural import build, run_checked
+    from bayes_pfl.neural import build
+    from bayes_pfl.simulation import run_rounds
 
     base = make_digits_federation(n_clients=20, seed=0).arrays("train")
     net = build_network("mlp", 64, 10, hidden=(32,))
@@ -285,7 +286,15 @@ def timing(sizes=(25, 50, 100), rounds: int = 5) -> dict:
         idx = np.arange(k) % 20
         arrays = ClientArrays(*(jnp.asarray(np.asarray(a)[idx]) for a in base))
         hn = build(net, get_family("categorical", 10), net.init(0), local_steps=LOCAL_STEPS)
-        res = run_checked(hn.algorithm, arrays, rounds=rounds, labels=range(k), progress=False)
+        res = run_rounds(
+            hn.algorithm,
+            arrays,
+            rounds=rounds,
+            labels=range(k),
+            on_rejected="raise",
+            stop_when_converged=False,
+            progress=False,
+        )
         walls = [h["wall_time_s"] for h in res.history[1:]]
         out[k] = {"per_round_s": float(np.median(walls)), "n_max": int(base.mask.shape[1])}
         print(f"timing {k} clients: {out[k]}", flush=True)

@@ -519,7 +519,7 @@ def test_ragged_clients_bucketed_equal_padded():
     """The driver's client steps and personalization on clients grouped by size equal the
     padded run, each client's result in its place; so do client steps run in chunks of
     3 clients (``client_batch``: 10 clients = 3 + 3 + 3 + 1, and per bucket)."""
-    from bayes_pfl.federated import _personalize_kernel
+    from bayes_pfl.posterior import _personalize_kernel
 
     fed = make_federation(family="normal", n_clients=10, n_features=1, sizes=SIZES, seed=4)
     data = FederatedData.from_pandas(

@@ -634,9 +634,9 @@ def test_deployment_four_hospitals_with_a_node_stopped(tmp_path, jax_cache):
     post = load_posterior(out / "posterior.nc").posterior
     kept = [hospitals.index(c) for c in post["client"].values]
     assert kept == [i for i in range(4) if i != victim]
-    from bayes_pfl.federated import _to_result
+    from bayes_pfl.posterior import to_result
 
-    ref = _to_result(
+    ref = to_result(
         "ep",
         settings.hierarchical_model,
         [data.clients[i] for i in kept],

@@ -12,8 +12,8 @@ from bayes_pfl.neural import (
     NeuralTrainingError,
     build,
     fit_neural,
-    run_checked,
 )
+from bayes_pfl.simulation import run_rounds
 
 N_FEATURES, N_CLASSES, HIDDEN = 5, 3, 4
 
@@ -84,7 +84,9 @@ def test_federated_limits_shared_vs_independent_heads():
     spread = {}
     for tau in (1e-3, 10.0):
         hn = _net(tau=tau, local_steps=15, learning_rate=0.05, damping=1.0)
-        res = run_checked(hn.algorithm, data, rounds=5, labels=list("abcd"), progress=False)
+        res = run_rounds(
+            hn.algorithm, data, rounds=5, labels=list("abcd"), on_rejected="raise", progress=False
+        )
         means = np.asarray(res.client_states.head_mean)
         spread[tau] = float(np.mean(np.std(means, axis=0)))
     assert spread[1e-3] < 0.5 * spread[10.0]
@@ -106,7 +108,9 @@ def test_nan_loss_is_caught_naming_the_client():
     x[1, 0, 0] = np.nan
     bad = ClientArrays(jnp.asarray(x), data.y, data.mask)
     with pytest.raises(NeuralTrainingError, match=r"'b'.*NaN or infinite local loss") as err:
-        run_checked(_net(local_steps=2).algorithm, bad, rounds=2, labels=list("abc"))
+        run_rounds(
+            _net(local_steps=2).algorithm, bad, rounds=2, labels=list("abc"), on_rejected="raise"
+        )
     assert err.value.clients == ("b",)
 
 
@@ -114,7 +118,15 @@ def test_exploding_factor_is_caught_naming_the_client():
     data = _federation(k=2)
     hn = _net(local_steps=2, max_precision=1e-6)
     with pytest.raises(NeuralTrainingError, match="exploding factor") as err:
-        run_checked(hn.algorithm, data, rounds=2, labels=["x1", "x2"], progress=False)
+        run_rounds(
+            hn.algorithm,
+            data,
+            rounds=2,
+            labels=["x1", "x2"],
+            progress=False,
+            on_rejected="raise",
+            stop_when_converged=False,
+        )
     assert set(err.value.clients) == {"x1", "x2"}
 
 

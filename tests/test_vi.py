@@ -13,7 +13,8 @@ import pytest
 from bayes_pfl import FederatedData
 from bayes_pfl.algorithms import vi
 from bayes_pfl.data import ClientArrays
-from bayes_pfl.federated_vi import VIClientError, fit_vi, run_vi_rounds
+from bayes_pfl.federated_vi import VIClientError, fit_vi
+from bayes_pfl.simulation import run_rounds
 from bayes_pfl.spec import HierarchicalModel
 
 M0, S0, TAU, SIGMA = 0.5, 3.0, 0.7, 1.0
@@ -95,14 +96,15 @@ def test_full_rank_converges_to_exact_posterior(conjugate, full_algorithm, sched
     deterministic objective (relative error ~3e-4 with 100 warm steps, asserted at 2e-3).
     """
     data, exact = conjugate
-    state, clients, history, converged = run_vi_rounds(
+    state, clients, history, converged, _ = run_rounds(
         full_algorithm,
         data.train,
         rounds=6,
         labels=data.clients,
         seed=0,
-        schedule=schedule,
-        groups=3,
+        blocks=3 if schedule == "sequential" else 1,
+        on_rejected="raise",
+        on_failed="raise",
         progress=False,
     )
     assert converged
@@ -161,7 +163,7 @@ def test_meanfield_converges_to_meanfield_optimum(conjugate):
     """
     data, exact = conjugate
     alg = vi.build(normal_normal(), family="meanfield", damping=1.0, **FAST)
-    state, clients, history, _ = run_vi_rounds(
+    state, clients, history, _, _ = run_rounds(
         alg, data.train, rounds=12, labels=data.clients, seed=0, progress=False
     )
     assert history[-1]["bytes_up_per_client"] < 64  # diagonal factor: 2 floats (+ flag)
@@ -206,10 +208,10 @@ def test_exploding_factor_raises_or_is_kept():
     alg = vi.build(normal_normal(), max_site_precision=1.9, **FAST)
     kw = dict(rounds=2, labels=data.clients, seed=0, progress=False)
     with pytest.raises(VIClientError, match=r"client 'k2'.*exploded"):
-        run_vi_rounds(alg, data.train, **kw)
+        run_rounds(alg, data.train, on_failed="raise", **kw)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        state, clients, _, _ = run_vi_rounds(alg, data.train, on_client_error="keep", **kw)
+        state, clients, _, _, _ = run_rounds(alg, data.train, on_failed="keep", **kw)
     assert any("'k2'" in str(w.message) and "exploded" in str(w.message) for w in caught)
     assert float(state.sites.precision[2, 0, 0]) == 0.0  # its factor stays flat
     assert np.all(np.asarray(state.sites.precision[:2, 0, 0]) > 0)
@@ -219,9 +221,9 @@ def test_exploding_factor_raises_or_is_kept():
 def test_checkpoint_resume_matches_a_straight_run(conjugate, full_algorithm, tmp_path):
     data, _ = conjugate
     kw = dict(labels=data.clients, seed=0, progress=False, checkpoint=tmp_path / "ck")
-    run_vi_rounds(full_algorithm, data.train, rounds=1, **kw)
-    s1, c1, h1, _ = run_vi_rounds(full_algorithm, data.train, rounds=3, resume=True, **kw)
-    s2, c2, h2, _ = run_vi_rounds(
+    run_rounds(full_algorithm, data.train, rounds=1, **kw)
+    s1, c1, h1, _, _ = run_rounds(full_algorithm, data.train, rounds=3, resume=True, **kw)
+    s2, c2, h2, _, _ = run_rounds(
         full_algorithm, data.train, rounds=3, labels=data.clients, seed=0, progress=False
     )
     assert [h["round"] for h in h1] == [h["round"] for h in h2]

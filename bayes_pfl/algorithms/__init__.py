@@ -19,6 +19,13 @@ in a Flower deployment.
     ``messages`` are stacked on a leading client axis; ``accept`` (bool, one per
     client) is False for clients that did not answer, sent an invalid message
     or hold no rows: their previous contribution is kept.
+
+A message may carry ``ok`` (bool): False when the client's local inference failed (it
+then resends its previous contribution). ``Algorithm.reasons`` puts into words what the
+driver sees, for the errors and warnings that name clients: pairs ``(key, words)``, a
+message field's key path (``".check.loss"``) for why that field is non-finite, a value
+of the client info's ``status`` (int) for why local inference failed (a tuple, so that
+an ``Algorithm`` stays hashable).
 """
 
 from collections.abc import Callable
@@ -34,6 +41,7 @@ class Algorithm(NamedTuple):
     server_update: Callable[..., Any]
     broadcast: Callable[..., Any]
     name: str = "algorithm"
+    reasons: tuple[tuple[str | int, str], ...] = ()
 
 
 def select_clients(mask, new: Any, old: Any) -> Any:

@@ -517,5 +517,11 @@ def build(
 
     name = f"vi-{fam.name}" + (f"{rank}" if fam.name == "lowrank" else "")
     return Algorithm(
-        server.server_init, client_init, client_update, server.server_update, broadcast, name=name
+        server.server_init,
+        client_init,
+        client_update,
+        server.server_update,
+        broadcast,
+        name=name,
+        reasons=tuple(STATUS.items()),
     )

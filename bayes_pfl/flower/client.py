@@ -64,7 +64,7 @@ def prepare_arrays(data: ClientData, n_max: int, mean=None, scale=None):
 
 def personalize_client(rng_key, model, u_draws, x, y, mask, **kwargs):
     """:func:`bayes_pfl.federated.personalize_client` (imported lazily: JAX loads on first use)."""
-    from bayes_pfl.federated import personalize_client as body
+    from bayes_pfl.posterior import personalize_client as body
 
     return body(rng_key, model, u_draws, x, y, mask, **kwargs)
 

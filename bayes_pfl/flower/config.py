@@ -288,12 +288,12 @@ def build_phases(settings: FlowerSettings) -> tuple[Phase, ...]:
     Cached per settings, so a process builds (and compiles) each algorithm once.
     """
     from bayes_pfl.algorithms import ep
-    from bayes_pfl.federated import _effect_algorithm
+    from bayes_pfl.federated import effect_algorithm
 
     model = settings.hierarchical_model
     if settings.method in METHODS and settings.sites == "effects":
         one = settings.method == "one-shot"
-        alg = _effect_algorithm(
+        alg = effect_algorithm(
             model,
             damping=1.0 if one else settings.ep_damping,
             tol=0.0 if one else settings.ep_tol,

@@ -47,9 +47,9 @@ from bayes_pfl.flower.records import (
     to_array_record,
 )
 from bayes_pfl.simulation import (
-    _compiled,
     _scalars,
     check_messages,
+    compiled,
     message_nbytes,
     row_buckets,
 )
@@ -412,8 +412,8 @@ def run_server(
             log.info("resuming %s from round %d (%s)", algorithm.name, start_round, ckpt)
 
     data_tmpl = federation.data_template()
-    broadcast_step = _compiled(algorithm.broadcast)
-    server_step = _compiled(algorithm.server_update)
+    broadcast_step = compiled(algorithm.broadcast)
+    server_step = compiled(algorithm.server_update)
     broadcast = broadcast_step(server_state)
     row_tmpl = jax.eval_shape(lambda b: jax.tree.map(lambda a: a[0], b), broadcast)
     state_tmpl = jax.eval_shape(algorithm.client_init, jax.random.key(0), data_tmpl)
@@ -570,11 +570,11 @@ def finish(
 ):
     """Global draws on the server, personalized draws on each node: a ``FitResult``.
 
-    Mirrors :func:`bayes_pfl.federated._finish` with the same keys; the server never
+    Mirrors :func:`bayes_pfl.posterior.readout` with the same keys; the server never
     sees a row: node ``k`` receives the global draws and returns its ``theta`` draws.
     Nodes that do not answer are left out of the result (``info["left_out"]``).
     """
-    from bayes_pfl.federated import _to_result, server_draws, server_summary
+    from bayes_pfl.posterior import server_draws, server_summary, to_result
 
     key = jax.random.key(seed + 1)
     t0 = time.perf_counter()
@@ -650,7 +650,7 @@ def finish(
     if not keep:
         raise RuntimeError("no node returned personalized draws: " + json.dumps(left_out))
     theta = jnp.asarray(np.stack(thetas))
-    result = _to_result(
+    result = to_result(
         method,
         model,
         keep,

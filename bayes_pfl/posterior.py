@@ -1,0 +1,573 @@
+r"""The readout after the rounds: global draws, personalized draws, cold start, the result.
+
+Every federated method (EP, one-shot, VI; in process or over Flower) ends the same way,
+and this module is that end:
+
+* :func:`server_draws`: the server samples the global parameters from its state after
+  the rounds: sites over client effects (:func:`effect_global_draws`, the population
+  integrated exactly) or over the global parameters (:func:`global_draws`: NUTS on
+  :math:`q(u) \propto p_0(u) G(u)`, exact hyper-prior times the product of Gaussian
+  sites, or its Laplace approximation);
+* :func:`personalize` / :func:`personalize_effects`: each client draws
+  :math:`\theta_k^{(s)} \sim p(\theta_k \mid u^{(s)}, D_k)` for every global draw
+  :math:`u^{(s)}`, so :math:`p(\theta_k \mid D) = \int p(\theta_k \mid D_k, u)\,
+  p(u \mid D)\, du` is sampled exactly given the global draws (a Gaussian proposal
+  refined by independence Metropolis-Hastings). Draw ``s`` of every client shares the
+  global draw ``s``, so the joint ``(phi, theta_1, ..., theta_K)`` draws are coherent;
+* :func:`readout`: both, timed, into a :class:`~bayes_pfl.results.FitResult`
+  (:func:`to_result` converts flat draws to the user's constrained parameters);
+* :func:`cold_start`: a new client with no rows gets the population predictive
+  :math:`p(\theta_{new} \mid D)`; with a few rows, its personalized posterior from the
+  current global draws, reweighted by its Laplace evidence :math:`\hat L_{new}(u^{(s)})`
+  (importance resampling, no new federation round).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bayes_pfl.algorithms import effect_ep
+from bayes_pfl.algorithms.ep import gaussian_log_kernel
+from bayes_pfl.gaussian import GaussianFactor
+from bayes_pfl.local import (
+    map_chains,
+    nuts_draws,
+    nuts_run,
+    sample_conditional,
+    sample_conditionals,
+)
+from bayes_pfl.population import gaussian_population
+from bayes_pfl.results import FitResult
+from bayes_pfl.simulation import bucket_parts, bucketed
+from bayes_pfl.spec import HierarchicalModel
+
+Array = jax.Array
+
+__all__ = [
+    "GLOBAL_METHODS",
+    "ColdStart",
+    "Rounds",
+    "check_steps",
+    "cold_start",
+    "effect_global_draws",
+    "global_draws",
+    "personalize",
+    "personalize_client",
+    "personalize_effects",
+    "readout",
+    "server_draws",
+    "server_summary",
+    "to_result",
+]
+
+GLOBAL_METHODS = ("nuts", "laplace")
+"""How the server samples the product of sites over the global parameters."""
+
+
+def global_draws(
+    rng_key: Array,
+    model: HierarchicalModel,
+    sites_product: GaussianFactor,
+    *,
+    method: str = "nuts",
+    mode: Array | None = None,
+    precision: Array | None = None,
+    num_chains: int = 4,
+    num_warmup: int = 1000,
+    num_samples: int = 1000,
+) -> tuple[Array, dict[str, Array]]:
+    """Draws of the unconstrained global parameters from ``p0(u) * G(u)``.
+
+    Returns ``(u [chain, draw, P], sample_stats)``. ``method="nuts"`` samples the
+    small server model with NUTS (chains vectorized); ``"laplace"`` draws from the
+    Gaussian at ``mode`` with ``precision`` (the server's Laplace summary).
+    """
+    if method not in GLOBAL_METHODS:
+        raise ValueError(f"global method must be one of {GLOBAL_METHODS}, got {method!r}")
+    P = model.phi_dim
+    if method == "laplace":
+        chol = jnp.linalg.cholesky(jnp.linalg.inv(precision))
+        eps = jax.random.normal(rng_key, (num_chains, num_samples, P))
+        return mode + eps @ chol.T, {}
+
+    def logp(u):
+        return model.log_hyperprior(u) + gaussian_log_kernel(sites_product, u)
+
+    start = jnp.zeros(P) if mode is None else mode
+    keys = jax.random.split(rng_key, num_chains)
+    inits = start + 0.1 * jax.random.normal(jax.random.fold_in(rng_key, 1), (num_chains, P))
+
+    @jax.jit
+    def run(keys, inits):
+        return jax.vmap(
+            lambda k, z0: nuts_draws(k, logp, z0, num_warmup=num_warmup, num_samples=num_samples)
+        )(keys, inits)
+
+    draws, diverging = run(keys, inits)
+    return draws, {"diverging": np.asarray(diverging)}
+
+
+def effect_global_draws(
+    rng_key: Array,
+    model: HierarchicalModel,
+    state: effect_ep.EffectServerState,
+    *,
+    num_chains: int = 4,
+    num_warmup: int = 300,
+    num_samples: int = 1000,
+) -> tuple[Array, dict[str, Array]]:
+    """NUTS draws ``[chain, draw, P]`` of ``p0(u) prod_k Z_k(u)`` (sites over client effects).
+
+    The chains start from the server's last draws with the dense mass matrices its
+    last round adapted, and adapt only their step size during ``num_warmup``.
+    """
+    pop = gaussian_population(model)
+    log_hyperprior = jax.jit(model.log_hyperprior)
+    n_prev = state.draws.shape[0]
+    pick = np.arange(num_chains) % n_prev
+    # host copies: the rounds' chains may have left these on other devices than these
+    # chains run on (see ``local.map_chains``)
+    inits = np.asarray(state.draws[:, -1, :])[pick]
+    step = np.asarray(state.step_size)[pick]
+    inv_mass = np.asarray(state.inverse_mass)[pick]
+    keys = jax.random.split(rng_key, num_chains)
+    run = _effect_sampler(pop, log_hyperprior, num_warmup, num_samples)
+    draws, diverging = run(keys, inits, step, inv_mass, jax.device_get(state.sites))
+    return np.asarray(draws), {"diverging": np.asarray(diverging)}
+
+
+@functools.lru_cache(maxsize=16)
+def _effect_sampler(pop, log_hyperprior, num_warmup: int, num_samples: int):
+    """The jitted final NUTS chains of :func:`effect_global_draws` (one compilation per setting)."""
+
+    def chain(k, z0, eps, m, sites):
+        return nuts_run(
+            k,
+            effect_ep.server_density(pop, log_hyperprior, sites),
+            z0,
+            num_warmup=num_warmup,
+            num_samples=num_samples,
+            step_size=eps,
+            inverse_mass_matrix=m,
+            adapt_mass_matrix=False,
+        )
+
+    @jax.jit
+    def run(keys, inits, step, inv_mass, sites):
+        out = map_chains(chain, (keys, inits, step, inv_mass), (sites,))
+        return out.draws, out.diverging
+
+    return run
+
+
+def _client_logp(model: HierarchicalModel):
+    def logp(th, u, x, y, mask):
+        return model.client_log_joint(th, u, x, y, mask)
+
+    return logp
+
+
+def personalize_client(
+    rng_key: Array,
+    model: HierarchicalModel,
+    u_draws: Array,
+    x: Array,
+    y: Array,
+    mask: Array,
+    *,
+    mh_steps: int = 5,
+    newton_iter: int = 1,
+) -> tuple[Array, Array]:
+    """``theta^(s) ~ p(theta | u^(s), D_k)`` for one client: ``([S, D] draws, mean acceptance)``.
+
+    The body of :func:`personalize` for the client whose key is ``rng_key``
+    (``jax.random.split(key, K)[k]`` there); the Flower client calls it, so a
+    deployment draws the same values as the in-process run.
+    """
+    logp = _client_logp(model)
+    return sample_conditionals(
+        rng_key,
+        lambda th, u: logp(th, u, x, y, mask),
+        u_draws,
+        jnp.zeros(model.theta_dim),
+        mh_steps=mh_steps,
+        newton_iter=newton_iter,
+    )
+
+
+def personalize(
+    rng_key: Array,
+    model: HierarchicalModel,
+    u_draws: Array,
+    data,
+    *,
+    mh_steps: int = 5,
+    newton_iter: int = 1,
+    batch_size: int | None = None,
+) -> tuple[Array, Array]:
+    """Each client's ``theta`` for every global draw: ``theta_k^(s) ~ p(theta_k | u^(s), D_k)``.
+
+    Each draw is an independence Metropolis-Hastings chain of ``mh_steps`` steps
+    whose proposal is the Laplace approximation of the conditional, reached by
+    ``newton_iter`` Newton iterations from a linear prediction of the draw's mode
+    (:func:`bayes_pfl.local.sample_conditionals`). The draws are exact when the
+    conditional is Gaussian; otherwise the chain's acceptance rate (returned per
+    client) says how close the proposal is (0.99 on the 50-row logistic clients
+    of ``benchmarks/federated_speed.py``).
+
+    Parameters
+    ----------
+    u_draws : Array
+        ``[S, P]`` unconstrained global draws.
+    data : ClientArrays
+        Stacked client arrays.
+    mh_steps, newton_iter : int
+        MH steps per draw and Newton iterations per draw's proposal.
+    batch_size : int, optional
+        Clients per vectorized batch (default: about 2e7 rows-by-draws numbers). Clients
+        are grouped by size first (:func:`bayes_pfl.simulation.row_buckets`).
+
+    Returns
+    -------
+    (theta [K, S, D], acceptance [K])
+        Unconstrained client draws and each client's mean independence-MH
+        acceptance rate (1.0 when its conditional is Gaussian).
+    """
+    mh_steps = check_steps("mh_steps", mh_steps)
+    newton_iter = check_steps("newton_iter", newton_iter)
+    s = u_draws.shape[0]
+    x, y, mask = (jnp.asarray(a) for a in (data.x, data.y, data.mask))
+    k = x.shape[0]
+    keys = jax.random.split(rng_key, k)
+    # Clients are padded to fewer rows where sizes are ragged (simulation.row_buckets, one
+    # compiled shape per bucket); every client keeps its own key, so the draws do not
+    # depend on the grouping. Batches of clients (lax.map) keep one batch's
+    # rows-by-draws work around 2e7 numbers.
+
+    def step(bucket_keys, arrays):
+        n_clients, rows = arrays[0].shape[:2]
+        per_client = s * rows * max(x.shape[2], 1)
+        bs = batch_size or int(max(1, min(n_clients, 2e7 // max(per_client, 1))))
+        return _personalize_kernel(model, mh_steps, newton_iter, bs)(bucket_keys, u_draws, *arrays)
+
+    return bucketed(step, bucket_parts((x, y, mask), mask), keys, ())
+
+
+def personalize_effects(
+    rng_key: Array,
+    model: HierarchicalModel,
+    sites: GaussianFactor,
+    u_draws: Array,
+    data,
+    *,
+    mh_steps: int = 5,
+    batch_size: int | None = None,
+) -> tuple[Array, Array]:
+    """:func:`personalize` from each client's site over its effects (EP with ``sites="effects"``).
+
+    Client ``k`` draws ``theta_k^(s) ~ p(theta_k | u^(s), D_k)`` by independence
+    Metropolis-Hastings whose proposal is the population times its own site
+    (:func:`bayes_pfl.algorithms.effect_ep.personalize_client`): exact in the limit,
+    no optimization per draw. Same keys, shapes and outputs as :func:`personalize`.
+    """
+    mh_steps = check_steps("mh_steps", mh_steps)
+    s = u_draws.shape[0]
+    x, y, mask = (jnp.asarray(a) for a in (data.x, data.y, data.mask))
+    k = x.shape[0]
+    keys = jax.random.split(rng_key, k)
+
+    def step(bucket_keys, bucket_sites, arrays):
+        n_clients, rows = arrays[0].shape[:2]
+        per_client = s * (mh_steps + 1) * rows * max(x.shape[2], 1)
+        bs = batch_size or int(max(1, min(n_clients, 2e7 // max(per_client, 1))))
+        kernel = _effect_personalize_kernel(model, mh_steps, bs)
+        return kernel(bucket_keys, bucket_sites, u_draws, *arrays)
+
+    return bucketed(step, bucket_parts((x, y, mask), mask), keys, (sites,))
+
+
+@functools.lru_cache(maxsize=16)
+def _effect_personalize_kernel(model: HierarchicalModel, mh_steps: int, batch: int):
+    pop = gaussian_population(model)
+
+    def one_client(u_draws, args):
+        key, site, xk, yk, mk = args
+        return effect_ep.personalize_client(key, pop, site, u_draws, xk, yk, mk, mh_steps=mh_steps)
+
+    @jax.jit
+    def run(keys, sites, u_draws, x, y, mask):
+        return jax.lax.map(
+            functools.partial(one_client, u_draws), (keys, sites, x, y, mask), batch_size=batch
+        )
+
+    return run
+
+
+def check_steps(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+@functools.lru_cache(maxsize=16)
+def _personalize_kernel(model: HierarchicalModel, mh_steps: int, newton_iter: int, batch: int):
+    """The jitted, client-batched personalization (cached: one compilation per setting)."""
+
+    def one_client(u_draws, args):
+        key, xk, yk, mk = args
+        return personalize_client(
+            key, model, u_draws, xk, yk, mk, mh_steps=mh_steps, newton_iter=newton_iter
+        )
+
+    @jax.jit
+    def run(keys, u_draws, x, y, mask):
+        return jax.lax.map(
+            functools.partial(one_client, u_draws), (keys, x, y, mask), batch_size=batch
+        )
+
+    return run
+
+
+def _constrain(model: HierarchicalModel, u: Array, theta: Array | None):
+    """Constrained phi (and theta) dicts from flat draws: u [N, P], theta [K, N, D]."""
+    phi = jax.jit(jax.vmap(model.phi_values))(u)
+    if theta is None:
+        return phi, None
+
+    def per_client(th):
+        return jax.vmap(model.theta_values)(th, phi)
+
+    theta_vals = jax.jit(jax.vmap(per_client))(theta)
+    return phi, theta_vals
+
+
+def to_result(
+    method: str,
+    model: HierarchicalModel,
+    clients,
+    u: Array,
+    theta: Array,
+    *,
+    sample_stats: dict | None,
+    history: list,
+    info: dict,
+) -> FitResult:
+    c, s, _ = u.shape
+    flat_u = u.reshape(c * s, -1)
+    phi, theta_vals = _constrain(model, flat_u, theta)
+    phi = {k: np.asarray(v).reshape((c, s) + v.shape[1:]) for k, v in phi.items()}
+    # theta_vals: [K, C*S, ...] -> [C, S, K, ...]
+    th = {}
+    for name, v in theta_vals.items():
+        v = np.moveaxis(np.asarray(v), 0, 1)
+        th[name] = v.reshape((c, s) + v.shape[1:])
+    return FitResult(
+        method=method,
+        model=model,
+        clients=tuple(clients),
+        phi=phi,
+        theta=th,
+        sample_stats=sample_stats or None,
+        history=history,
+        info=info,
+    )
+
+
+class Rounds(NamedTuple):
+    """What the rounds leave for the readout: the server state, the history, convergence."""
+
+    server_state: Any
+    history: list
+    converged: bool
+
+
+def server_draws(
+    rng_key: Array,
+    model: HierarchicalModel,
+    state,
+    *,
+    global_method: str = "nuts",
+    num_chains: int = 4,
+    num_warmup: int = 1000,
+    num_samples: int = 1000,
+) -> tuple[Array, dict]:
+    """The global draws ``[chain, draw, P]`` after EP's rounds, from its server state.
+
+    Sites over client effects (:class:`~bayes_pfl.algorithms.effect_ep.EffectServerState`):
+    :func:`effect_global_draws`; sites over the global parameters: :func:`global_draws`.
+    Used by the in-process fits and by the Flower server alike.
+    """
+    if isinstance(state, effect_ep.EffectServerState):
+        return effect_global_draws(
+            rng_key,
+            model,
+            state,
+            num_chains=num_chains,
+            num_warmup=num_warmup,
+            num_samples=num_samples,
+        )
+    return global_draws(
+        rng_key,
+        model,
+        state.sites_product,
+        method=global_method,
+        mode=state.mode,
+        precision=state.precision,
+        num_chains=num_chains,
+        num_warmup=num_warmup,
+        num_samples=num_samples,
+    )
+
+
+def server_summary(state, u) -> dict[str, Any]:
+    """What a federated ``FitResult.state`` keeps of the server: draws and sites."""
+    if isinstance(state, effect_ep.EffectServerState):
+        return {"u_draws": np.asarray(u), "sites": state.sites}
+    return {
+        "u_draws": np.asarray(u),
+        "sites_product": state.sites_product,
+        "mode": np.asarray(state.mode),
+        "precision": np.asarray(state.precision),
+    }
+
+
+def readout(
+    method: str,
+    model: HierarchicalModel,
+    data,
+    fitted: Rounds,
+    *,
+    seed: int,
+    global_method: str,
+    num_chains: int,
+    num_warmup: int,
+    num_samples: int,
+    t_start: float,
+    settings: dict,
+    mh_steps: int = 5,
+) -> FitResult:
+    state = fitted.server_state
+    key = jax.random.key(seed + 1)
+    t0 = time.perf_counter()
+    u, gstats = server_draws(
+        jax.random.fold_in(key, 1),
+        model,
+        state,
+        global_method=global_method,
+        num_chains=num_chains,
+        num_warmup=num_warmup,
+        num_samples=num_samples,
+    )
+    u = jax.block_until_ready(u)
+    t_global = time.perf_counter() - t0
+    c, s, p = u.shape
+    t0 = time.perf_counter()
+    if isinstance(state, effect_ep.EffectServerState):
+        theta, acc = personalize_effects(
+            jax.random.fold_in(key, 2),
+            model,
+            state.sites,
+            u.reshape(c * s, p),
+            data.train,
+            mh_steps=mh_steps,
+        )
+    else:
+        theta, acc = personalize(
+            jax.random.fold_in(key, 2), model, u.reshape(c * s, p), data.train, mh_steps=mh_steps
+        )
+    theta = jax.block_until_ready(theta)  # JAX is asynchronous: time the work, not its dispatch
+    t_personal = time.perf_counter() - t0
+    result = to_result(
+        method,
+        model,
+        data.clients,
+        u,
+        theta,
+        sample_stats=gstats,
+        history=fitted.history,
+        info={
+            "seed": seed,
+            "rounds": len(fitted.history),
+            "converged": fitted.converged,
+            "wall_time_s": time.perf_counter() - t_start,
+            "global_time_s": t_global,
+            "personalize_time_s": t_personal,
+            "min_personalize_acceptance": float(np.min(np.asarray(acc))),
+            "settings": {**settings, "global_method": global_method, "mh_steps": mh_steps},
+        },
+    )
+    result.state.update(server_summary(state, u))
+    return result
+
+
+class ColdStart(NamedTuple):
+    """Personalized draws for a new client."""
+
+    theta: dict[str, np.ndarray]  # constrained, each [draw, ...]
+    phi: dict[str, np.ndarray]  # the global draws each theta draw goes with
+    ess: float  # effective sample size of the importance weights (all draws when no rows)
+
+
+def cold_start(
+    result: FitResult,
+    x=None,
+    y=None,
+    *,
+    seed: int = 0,
+    mh_steps: int = 10,
+) -> ColdStart:
+    """Posterior of a new client's ``theta`` without re-running the federation.
+
+    With no rows (``x is None``): draws from ``p(theta_new | D) = ∫ p(theta | u) p(u | D) du``
+    using the fit's global draws. With rows ``x [n, P]``, ``y [n]``: global draws
+    are reweighted by the new client's Laplace evidence ``L_new(u)`` and
+    resampled, and ``theta`` is drawn from ``p(theta | u, D_new)`` for each.
+    """
+    state = getattr(result, "state", None)
+    if not state or "u_draws" not in state:
+        raise ValueError("cold_start needs a federated FitResult (from fit_ep or fit_one_shot)")
+    model = result.model
+    u = jnp.asarray(state["u_draws"]).reshape(-1, model.phi_dim)
+    key = jax.random.key(seed)
+    n = u.shape[0]
+    if x is None:
+
+        def one(k, uu):
+            phi = model.phi_values(uu)
+            return model.sample_theta(k, phi)
+
+        theta = jax.jit(jax.vmap(one))(jax.random.split(key, n), u)
+        ess = float(n)
+    else:
+        x = jnp.asarray(x, dtype=u.dtype)
+        y = jnp.asarray(y, dtype=u.dtype)
+        if x.ndim != 2 or y.shape != (x.shape[0],):
+            raise ValueError(f"x must be [n, features] and y [n], got {x.shape} and {y.shape}")
+        mask = jnp.ones(y.shape[0], bool)
+        logp = _client_logp(model)
+        d = model.theta_dim
+
+        def one(k, uu):
+            res = sample_conditional(
+                k, lambda th: logp(th, uu, x, y, mask), jnp.zeros(d), mh_steps=mh_steps
+            )
+            return res.theta, res.log_evidence
+
+        k1, k2 = jax.random.split(key)
+        theta_all, log_w = jax.jit(jax.vmap(one))(jax.random.split(k1, n), u)
+        w = jax.nn.softmax(log_w)
+        ess = float(1.0 / jnp.sum(w**2))
+        idx = jax.random.choice(k2, n, (n,), p=w)
+        theta, u = theta_all[idx], u[idx]
+    phi, theta_vals = _constrain(model, u, theta[None])
+    return ColdStart(
+        theta={k: np.asarray(v[0]) for k, v in theta_vals.items()},
+        phi={k: np.asarray(v) for k, v in phi.items()},
+        ess=ess,
+    )
