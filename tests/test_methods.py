@@ -1,0 +1,90 @@
+"""The method registry: one name, one entry, read by every front end."""
+
+import inspect
+from pathlib import Path
+
+import pytest
+
+from bayes_pfl.baselines import BASELINE_NAMES
+from bayes_pfl.federated import effect_algorithm, ep_algorithm, fit_ep
+from bayes_pfl.methods import (
+    FRONT_ENDS,
+    KINDS,
+    UnknownMethod,
+    get_method,
+    method_names,
+    method_table,
+)
+from bayes_pfl.models import eight_schools
+from bayes_pfl.neural import VARIANTS
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "methods.md"
+
+
+def test_every_method_has_one_entry():
+    names = method_names()
+    assert len(names) == len(set(names))
+    expected = {"nuts", "one-shot", "ep", "vi", "constant", *BASELINE_NAMES, *VARIANTS}
+    assert set(names) == expected
+    for name in names:
+        info = get_method(name)
+        assert info.name == name and info.kind in KINDS
+        assert set(info.front_ends) <= set(FRONT_ENDS)
+        # a front end a method does not run on says why
+        assert {end for end, _ in info.not_in} == set(FRONT_ENDS) - set(info.front_ends)
+        # a method that runs on Flower has rounds to run
+        assert (info.phases is not None) == ("flower" in info.front_ends)
+
+
+def test_unknown_method_names_the_known_ones():
+    with pytest.raises(UnknownMethod, match=r"unknown method 'nope'.*ep.*fedavg.*bayes_head"):
+        get_method("nope")
+    with pytest.raises(UnknownMethod, match="does not run on flower: pools every"):
+        get_method("nuts", "flower")
+    with pytest.raises(ValueError, match="front_end must be one of"):
+        get_method("ep", "web")
+
+
+def test_options_are_the_fit_functions_defaults():
+    """A default is written once: the registry reads it from the fit function."""
+    ep = get_method("ep").options
+    params = inspect.signature(fit_ep).parameters
+    assert ep["rounds"] == params["rounds"].default == 10
+    assert ep["num_chains"] == params["num_chains"].default
+    assert "model" not in ep and "data" not in ep and "seed" not in ep
+    assert get_method("nuts").options["num_warmup"] == 1000
+    assert get_method("fedavg").options["rounds"] == 50
+
+
+def test_ep_phases_are_the_in_process_ones():
+    """Flower runs the phases fit_ep runs: the same (memoized) algorithm objects."""
+    model = eight_schools()
+    ep = get_method("ep")
+    (phase,) = ep.phases(model=model, **ep.options)
+    assert phase.algorithm is effect_algorithm(model, damping=1.0, tol=0.05)
+    assert phase.rounds == 10 and phase.tag == {"sites": "effects"}
+    (shot,) = get_method("one-shot").phases(model=model, **get_method("one-shot").options)
+    assert shot.rounds == 1 and shot.algorithm is effect_algorithm(model, damping=1.0, tol=0.0)
+    nuts_tilted = ep.phases(model=model, **{**ep.options, "sites": "global", "tilted": "nuts"})
+    assert [p.tag for p in nuts_tilted] == [{"tilted": "laplace"}, {"tilted": "nuts"}]
+    assert nuts_tilted[1].warm_start and not nuts_tilted[0].warm_start
+    assert nuts_tilted[1].algorithm is ep_algorithm(
+        model, tilted="nuts", damping=0.8, tol=0.05, site_fit="gradient", site_points=None
+    )
+    vi = get_method("vi")
+    (vphase,) = vi.phases(model=model, **vi.options)
+    assert vphase.algorithm is effect_algorithm(
+        model, damping=1.0, tol=0.05, local="vi", vi_iterations=10
+    )
+    with pytest.raises(UnknownMethod, match="sites='global' VI runs in process only"):
+        vi.phases(model=model, **{**vi.options, "sites": "global"})
+
+
+def test_docs_table_is_generated_from_the_registry():
+    table = method_table()
+    for name in method_names():
+        assert f"| `{name}` |" in table
+    assert table in DOCS.read_text(), (
+        "docs/methods.md is out of date: regenerate it with "
+        "`python -c 'from bayes_pfl.methods import method_table; print(method_table())'`"
+    )
