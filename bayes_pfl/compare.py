@@ -1557,9 +1557,9 @@ def compare_main(argv: Sequence[str] | None = None) -> int:
     JAX is configured here (an entry point): float64 and one host device per chain.
     """
     args = _build_parser().parse_args(argv)
-    from bayes_pfl.cli import _configure_jax
+    from bayes_pfl.cli.common import configure_jax
 
-    _configure_jax(args.chains)
+    configure_jax(args.chains)
     from bayes_pfl.data import DataError
     from bayes_pfl.spec import ModelSpecError
 
