@@ -99,8 +99,8 @@ __all__ = [
     "make_method",
     "neural_method",
     "oracle_method",
-    "plot_comparison",
-    "plot_method_calibration",
+    "plot_comparison",  # noqa: F822 (on first use: __getattr__ below)
+    "plot_method_calibration",  # noqa: F822
     "prediction_from_mean",
     "size_bucket",
     "with_imputation",
@@ -1345,121 +1345,25 @@ def compare(
 
 
 # ---------------------------------------------------------------------------
-# plots
+# plots: in bayes_pfl.plots.comparison, re-exported on first use (PEP 562) so that
+# importing the comparison does not import the plotting code; that module imports
+# the comparison only inside its functions
+
+_PLOTS = ("plot_comparison", "plot_method_calibration")
 
 
-def plot_comparison(
-    result: ComparisonResult,
-    metric: str | None = None,
-    *,
-    by: str = "method",
-    ax=None,
-    path=None,
-):
-    """Mean per-client ``metric`` of every method, with ± one sd across seeds.
+def __getattr__(name: str):
+    if name in _PLOTS:
+        from bayes_pfl.plots import comparison
 
-    Parameters
-    ----------
-    result : ComparisonResult
-    metric : str, optional
-        A metric column (default: ``log_loss`` for classifiers, else ``lpd``).
-    by : {"method", "bucket"}
-        One point per method, or one group of points per client-size bucket.
-    ax, path
-        As in :mod:`bayes_pfl.plots`.
-
-    Returns
-    -------
-    bayes_pfl.plots.PlotResult
-        ``data``: the plotted means and sds (``method``, ``bucket`` with
-        ``by="bucket"``, ``mean``, ``sd``); ``extra``: ``metric``, ``best``.
-    """
-    from bayes_pfl.plots import PlotResult, _axes, _finish
-
-    metric = metric or result.main_metric()
-    if metric not in result.metrics:
-        raise ComparisonError(f"unknown metric {metric!r}; have {list(result.metrics)}")
-    if by not in ("method", "bucket"):
-        raise ComparisonError(f"by must be 'method' or 'bucket', got {by!r}")
-    fig, (axis,), created = _axes(ax, 1, (6.5, 0.4 * len(result.methods) + 2.0))
-    methods = list(result.methods)
-    ypos = np.arange(len(methods))[::-1]
-    if by == "method":
-        s = result.summary()
-        data = pd.DataFrame(
-            {
-                "method": methods,
-                "mean": s[f"{metric}_mean"].to_numpy(),
-                "sd": s[f"{metric}_sd"].fillna(0.0).to_numpy(),
-            }
-        )
-        axis.errorbar(data["mean"], ypos, xerr=data["sd"], fmt="o", color="C0", capsize=3)
-    else:
-        b = result.by_bucket().reset_index()
-        data = pd.DataFrame(
-            {
-                "method": b["method"],
-                "bucket": b["bucket"].astype(str),
-                "mean": b[f"{metric}_mean"],
-                "sd": b[f"{metric}_sd"].fillna(0.0),
-            }
-        )
-        buckets = list(dict.fromkeys(data["bucket"]))
-        width = 0.7 / max(len(buckets), 1)
-        for i, bk in enumerate(buckets):
-            sub = data[data["bucket"] == bk]
-            pos = [
-                ypos[methods.index(mm)] + (i - (len(buckets) - 1) / 2) * width
-                for mm in sub["method"]
-            ]
-            axis.errorbar(
-                sub["mean"], pos, xerr=sub["sd"], fmt="o", color=f"C{i}", capsize=3, label=bk
-            )
-        axis.legend(title="training rows", fontsize=7)
-    axis.set_yticks(ypos)
-    axis.set_yticklabels(methods)
-    axis.set_xlabel(f"mean per-client {metric} (± sd across seeds)")
-    better = "higher" if METRICS[metric] else "lower"
-    axis.set_title(f"{metric} ({better} is better), {len(result.seeds)} seed(s)")
-    axis.grid(axis="x", alpha=0.3)
-    res = PlotResult(fig, (axis,), data, {"metric": metric, "best": result.best(metric)})
-    return _finish(res, path, created=created)
+        value = getattr(comparison, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def plot_method_calibration(
-    result: ComparisonResult,
-    method: str,
-    *,
-    n_bins: int | None = None,
-    ax=None,
-    path=None,
-):
-    """Reliability diagram of one binary method's test predictions, all clients and seeds pooled.
-
-    Draws with :func:`bayes_pfl.plots.plot_calibration` (its ``extra["ece"]`` is
-    the pooled ECE, not the mean per-client ECE of the tables).
-    """
-    from bayes_pfl.plots import plot_calibration
-
-    if result.family != "bernoulli":
-        raise ComparisonError("calibration plots need binary (bernoulli) predictions")
-    if method not in result.methods:
-        raise ComparisonError(f"unknown method {method!r}; have {list(result.methods)}")
-    ps, ys = [], []
-    for seed in result.seeds:
-        pred, arr = result.predictions[(method, seed)]
-        mask = np.asarray(arr.mask)
-        ps.append(np.asarray(pred.mean)[mask])
-        ys.append(np.asarray(arr.y)[mask])
-    p, y = np.concatenate(ps), np.concatenate(ys)
-    return plot_calibration(
-        p,
-        y,
-        n_bins=n_bins or result.info.get("n_bins", 10),
-        title=f"{method}: calibration on test rows ({len(result.seeds)} seed(s) pooled)",
-        ax=ax,
-        path=path,
-    )
+def __dir__():
+    return sorted(set(globals()) | set(_PLOTS))
 
 
 # ---------------------------------------------------------------------------
@@ -1600,6 +1504,8 @@ def compare_main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     paths = result.to_csv(out, title=f"Method comparison: {args.data}")
     if not args.no_plots:
+        from bayes_pfl.plots import plot_comparison
+
         metric = result.main_metric()
         plot_comparison(result, metric, path=out / f"{metric}.png")
         plot_comparison(result, metric, by="bucket", path=out / f"{metric}_by_bucket.png")
