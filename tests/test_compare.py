@@ -17,7 +17,6 @@ from bayes_pfl.compare import (
     Prediction,
     bayesian_method,
     compare,
-    compare_main,
     constant_method,
     make_method,
     plot_comparison,
@@ -374,6 +373,8 @@ def test_baseline_adapter_runs():
 
 
 def test_compare_main_writes_outputs(tmp_path, monkeypatch, capsys):
+    from bayes_pfl.cli.compare import compare_main  # the command line's, since issue #17
+
     monkeypatch.setenv("BAYES_PFL_NO_COMPILATION_CACHE", "1")
     csv = tmp_path / "toy.csv"
     _frame().to_csv(csv, index=False)

@@ -11,13 +11,14 @@
     list what is bundled;
 ``bayes-pfl compare``
     compare Bayesian and optimization-based methods on the same splits
-    (:func:`bayes_pfl.compare.compare_main`; also ``python -m bayes_pfl.compare``).
+    (:mod:`bayes_pfl.cli.compare`; also ``python -m bayes_pfl.compare``).
 
 JAX is configured here, in the entry point (64-bit floats, one host device per
 chain), never at import of the library (:func:`~bayes_pfl.cli.common.configure_jax`).
 
 Modules: :mod:`~bayes_pfl.cli.common` (what the commands share),
-:mod:`~bayes_pfl.cli.fit` (the parser and the commands on fits).
+:mod:`~bayes_pfl.cli.fit` (the parser and the commands on fits),
+:mod:`~bayes_pfl.cli.compare` (``bayes-pfl compare``, loaded only when it runs).
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def _cli_hint(message: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["compare"]:  # parses its own options and configures JAX itself
-        from bayes_pfl.compare import compare_main
+        from bayes_pfl.cli.compare import compare_main
 
         return compare_main(argv[1:])
     args = build_parser().parse_args(argv)

@@ -1,7 +1,7 @@
 """The ``bayes-pfl`` commands on fits: ``demo``, ``fit``, ``report``, ``datasets``, ``models``.
 
 :func:`build_parser` is the ``bayes-pfl`` parser (``compare`` parses its own options:
-:func:`bayes_pfl.compare.compare_main`); the ``cmd_*`` functions run the commands.
+:mod:`bayes_pfl.cli.compare`); the ``cmd_*`` functions run the commands.
 """
 
 from __future__ import annotations
@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "compare",
         help="compare Bayesian and optimization-based methods on the same splits",
-        description="See `bayes-pfl compare --help` (bayes_pfl.compare.compare_main).",
+        description="See `bayes-pfl compare --help` (bayes_pfl.cli.compare.compare_main).",
         add_help=False,
     )
     return parser
