@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from bayes_pfl.compare.families import FAMILIES, ComparisonError, check_family, infer_family
+from bayes_pfl.compare.families import ComparisonError, check_family, infer_family
 from bayes_pfl.compare.predictions import (
     PosteriorPredictor,
     Prediction,
@@ -244,10 +244,9 @@ def constant_method(
 
 
 def _model_family(model) -> str | None:
-    name = getattr(model, "name", "") or ""
-    for fam in FAMILIES:
-        if name.startswith(fam):
-            return fam
+    """The likelihood family the model declares (:attr:`HierarchicalModel.family
+    <bayes_pfl.spec.HierarchicalModel>`), ``None`` when it declares none; never read from
+    its name."""
     return getattr(model, "family", None)
 
 
@@ -275,8 +274,9 @@ def bayesian_method(
     name : str, optional
         Method name (default ``fit``).
     family : str, optional
-        The family the model predicts (default: from the zoo model's name,
-        e.g. ``bernoulli_slopes_noncentered``, or the comparison's).
+        The family the model predicts (default: the family the model declares,
+        ``model.family``, as every zoo model does; for a model that declares none,
+        or a model factory, the comparison's).
     **fit_kwargs
         Passed to the fit function (``num_chains``, ``num_warmup``, ``rounds``...).
         Progress bars are off unless asked for.
