@@ -65,7 +65,11 @@ from numpyro.distributions import biject_to, constraints
 Array = jax.Array
 Params = dict[str, Array]
 
-__all__ = ["HierarchicalModel", "ModelSpecError", "ParamSpace", "ParamSite"]
+__all__ = ["LIKELIHOOD_FAMILIES", "HierarchicalModel", "ModelSpecError", "ParamSpace", "ParamSite"]
+
+LIKELIHOOD_FAMILIES = ("bernoulli", "categorical", "normal", "poisson")
+"""The outcome families a model may declare (``HierarchicalModel(..., family=)``): the
+families :mod:`bayes_pfl.compare` scores predictions through."""
 
 
 class ModelSpecError(ValueError):
@@ -236,6 +240,10 @@ class HierarchicalModel:
         Expected feature names, in order, for models tied to a dataset (radon).
     description : str, optional
         One paragraph for ``--help`` and reports.
+    family : {"bernoulli", "categorical", "normal", "poisson"}, optional
+        The outcome family of the likelihood, declared by the model (every zoo model
+        does); :mod:`bayes_pfl.compare` reads it to score the model's predictions.
+        ``None`` (default): not declared; nothing reads it from ``name``.
 
     Notes
     -----
@@ -255,7 +263,13 @@ class HierarchicalModel:
         n_features: int | None = None,
         feature_names: tuple[str, ...] | None = None,
         description: str = "",
+        family: str | None = None,
     ):
+        if family is not None and family not in LIKELIHOOD_FAMILIES:
+            raise ModelSpecError(
+                f"unknown likelihood family {family!r}; choose one of "
+                f"{', '.join(LIKELIHOOD_FAMILIES)} (or None)"
+            )
         self.hyperprior = hyperprior
         self.client_prior = client_prior
         self.likelihood = likelihood
@@ -263,6 +277,7 @@ class HierarchicalModel:
         self.n_features = n_features if feature_names is None else len(feature_names)
         self.feature_names = tuple(feature_names) if feature_names is not None else None
         self.description = description
+        self.family = family
         self._check()
 
     def __repr__(self) -> str:

@@ -56,11 +56,11 @@ print("@@" + json.dumps({"rc": rc, "seconds_in_python": time.perf_counter() - t0
 
 WARM = """
 import json, sys, time
-from bayes_pfl.cli import _configure_jax, _load_data, _model, build_parser
-_configure_jax(4)
+from bayes_pfl.cli import build_parser, configure_jax, load_data, load_model
+configure_jax(4)
 args = build_parser().parse_args(["fit", *sys.argv[2:], "--method", sys.argv[1], "--out", "x"])
-data, default_model = _load_data(args)
-model = _model(args, data, default_model)
+data, default_model = load_data(args)
+model = load_model(args, data, default_model)
 from bayes_pfl import fit_nuts
 from bayes_pfl.federated import fit_ep
 from bayes_pfl.federated_vi import fit_vi

@@ -111,6 +111,7 @@ def hierarchical_glm(
         likelihood,
         name=name or f"{family}_{varying}_{param}",
         n_features=p,
+        family=family,
         description=(
             f"Hierarchical {family} GLM, client-varying {varying}, {param} parameterization."
         ),

@@ -106,6 +106,7 @@ def missing_logistic(
         likelihood,
         name=name or f"bernoulli_missing{len(miss)}_slopes",
         n_features=p,
+        family="bernoulli",
         description=(
             "Hierarchical logistic regression with client-varying intercepts, slopes and "
             f"effects of missingness for {len(miss)} feature(s); missing values imputed by 0."

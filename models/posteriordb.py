@@ -48,6 +48,7 @@ def radon_intercept() -> HierarchicalModel:
         likelihood,
         name="radon_intercept",
         feature_names=("log_uppm", "floor"),
+        family="normal",
         description="posteriordb radon_mn-radon_hierarchical_intercept_noncentered",
     )
 
@@ -81,5 +82,6 @@ def eight_schools() -> HierarchicalModel:
         likelihood,
         name="eight_schools",
         feature_names=("sigma",),
+        family="normal",
         description="posteriordb eight_schools-eight_schools_noncentered",
     )

@@ -17,7 +17,6 @@ from bayes_pfl.compare import (
     Prediction,
     bayesian_method,
     compare,
-    compare_main,
     constant_method,
     make_method,
     plot_comparison,
@@ -332,6 +331,41 @@ def test_bayesian_nuts_method_runs_in_the_harness():
         bayesian_method("gibbs")
 
 
+def test_bayesian_method_takes_the_family_the_model_declares():
+    """Issue #17: the family comes from ``model.family``, never from the model's name."""
+    import numpyro
+    import numpyro.distributions as dist
+
+    from bayes_pfl.compare import FAMILIES
+    from bayes_pfl.models import linear, radon_intercept
+    from bayes_pfl.spec import LIKELIHOOD_FAMILIES, HierarchicalModel
+
+    assert LIKELIHOOD_FAMILIES == FAMILIES
+    assert bayesian_method("nuts", radon_intercept()).family == "normal"  # not in its name
+    assert bayesian_method("ep", linear(1)).family == "normal"
+    assert bayesian_method("nuts", linear(1), family="bernoulli").family == "bernoulli"
+    # the harness holds a model's family against the comparison's
+    with pytest.raises(ComparisonError, match="'nuts' predicts family 'normal'.*'bernoulli'"):
+        compare(_make(_frame(), 0), [bayesian_method("nuts", linear(1))])
+
+    # a model that declares none: the name is not read, the data decide (as for a factory)
+    def hyper():
+        numpyro.sample("mu", dist.Normal(0, 1))
+
+    def prior(phi):
+        numpyro.sample("theta", dist.Normal(phi["mu"], 1))
+
+    def lik(theta, phi, x, y):
+        numpyro.sample("y", dist.Normal(theta["theta"] + x[:, 0], 1), obs=y)
+
+    undeclared = HierarchicalModel(hyper, prior, lik, name="poisson_lookalike", n_features=1)
+    method = bayesian_method("nuts", undeclared)
+    assert method.family is None
+    cont = _make(_frame(binary=False), 0)
+    with pytest.raises(ComparisonError, match="'nuts'.*pass family= to bayesian_method"):
+        compare(cont, [method], family="normal")
+
+
 def test_make_method_knows_bayesian_names():
     assert make_method("ep").name == "ep"
     assert make_method("one-shot", family="bernoulli").fit_fn is not None
@@ -374,6 +408,8 @@ def test_baseline_adapter_runs():
 
 
 def test_compare_main_writes_outputs(tmp_path, monkeypatch, capsys):
+    from bayes_pfl.cli.compare import compare_main  # the command line's, since issue #17
+
     monkeypatch.setenv("BAYES_PFL_NO_COMPILATION_CACHE", "1")
     csv = tmp_path / "toy.csv"
     _frame().to_csv(csv, index=False)

@@ -118,7 +118,7 @@ def test_other_datasets_vary_the_intercept():
     [("sleepstudy", None, 2), ("sleepstudy", "intercept", 1), ("guimmun", None, 1)],
 )
 def test_cli_model_uses_the_dataset_varying(data, varying, expected_theta_dim):
-    from bayes_pfl.cli import _load_data, _model
+    from bayes_pfl.cli import load_data, load_model
 
     args = argparse.Namespace(
         data=data,
@@ -133,8 +133,8 @@ def test_cli_model_uses_the_dataset_varying(data, varying, expected_theta_dim):
         varying=varying,
         centered=False,
     )
-    fed, default_model = _load_data(args)
-    model = _model(args, fed, default_model)
+    fed, default_model = load_data(args)
+    model = load_model(args, fed, default_model)
     assert model.theta_dim == expected_theta_dim
     assert model.name.startswith({"sleepstudy": "normal", "guimmun": "bernoulli"}[data])
 

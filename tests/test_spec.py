@@ -196,6 +196,56 @@ def test_spec_errors_are_clear():
         hierarchical_glm("gamma", 2)
 
 
+def _zoo():
+    """Every model factory of the zoo, each GLM family with both parameterizations."""
+    from bayes_pfl.models.glm import FAMILIES as GLM_FAMILIES
+    from bayes_pfl.models.heart import missing_logistic
+
+    models = [get_model(name, 2) for name in MODEL_NAMES]
+    models += [hierarchical_glm(f, 2, varying="slopes", centered=True) for f in GLM_FAMILIES]
+    models.append(missing_logistic(2, missing=[1]))
+    return models
+
+
+def test_every_zoo_model_declares_its_likelihood_family():
+    """The family a model declares is the one its likelihood observes (its support):
+    nothing needs to read it from the model's name (radon, eight schools: no family in it)."""
+    from numpyro.distributions import constraints
+
+    from bayes_pfl.spec import LIKELIHOOD_FAMILIES
+
+    support = {
+        "bernoulli": constraints.boolean,
+        "normal": constraints.real,
+        "poisson": constraints.nonnegative_integer,
+    }
+    seen = set()
+    for model in _zoo():
+        assert model.family in LIKELIHOOD_FAMILIES, model.name
+        x = jnp.ones((3, model.n_features))
+        supports = model.observed_supports(x, jnp.zeros(3))
+        assert list(supports.values()) == [support[model.family]], model.name
+        seen.add(model.family)
+    assert seen == {"bernoulli", "normal", "poisson"}
+    assert radon_intercept().family == eight_schools().family == "normal"
+
+
+def test_a_declared_family_is_checked_and_optional():
+    def hyper():
+        numpyro.sample("mu", dist.Normal(0, 1))
+
+    def prior(phi):
+        numpyro.sample("theta", dist.Normal(phi["mu"], 1))
+
+    def lik(theta, phi, x, y):
+        numpyro.sample("y", dist.Normal(theta["theta"], 1), obs=y)
+
+    assert HierarchicalModel(hyper, prior, lik, name="bernoulli_like").family is None
+    assert HierarchicalModel(hyper, prior, lik, name="m", family="normal").family == "normal"
+    with pytest.raises(ModelSpecError, match="unknown likelihood family 'gaussian'.*bernoulli"):
+        HierarchicalModel(hyper, prior, lik, name="m", family="gaussian")
+
+
 def test_sample_likelihood_draws_target():
     model = hierarchical_glm("bernoulli", 1)
     phi = model.phi_values(jnp.zeros(model.phi_dim))

@@ -1,42 +1,17 @@
-"""The ``bayes-pfl`` command line.
+"""The ``bayes-pfl`` commands on fits: ``demo``, ``fit``, ``report``, ``datasets``, ``models``.
 
-``bayes-pfl demo``
-    fit the radon model on the bundled Minnesota data, print a per-county table
-    and write the result folder with plots;
-``bayes-pfl fit``
-    fit any zoo model to a bundled dataset or a CSV, with any method;
-``bayes-pfl datasets`` / ``bayes-pfl models``
-    list what is bundled.
-
-JAX is configured here, in the entry point (64-bit floats, one host device per
-chain), never at import of the library.
+:func:`build_parser` is the ``bayes-pfl`` parser (``compare`` parses its own options:
+:mod:`bayes_pfl.cli.compare`); the ``cmd_*`` functions run the commands.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
 METHODS = ("nuts", "one-shot", "ep", "vi")
-
-
-def _configure_jax(num_devices: int) -> None:
-    """Entry-point-only JAX set-up: host devices for parallel chains and float64."""
-    flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_force_host_platform_device_count" not in flags:
-        os.environ["XLA_FLAGS"] = (
-            f"{flags} --xla_force_host_platform_device_count={max(1, num_devices)}".strip()
-        )
-    import jax
-
-    jax.config.update("jax_enable_x64", True)
-    # a persistent compilation cache makes repeated runs skip XLA compilation
-    if not os.environ.get("BAYES_PFL_NO_COMPILATION_CACHE"):
-        cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bayes-pfl" / "jax"
-        jax.config.update("jax_compilation_cache_dir", str(cache))
 
 
 def _count(minimum: int):
@@ -261,13 +236,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "compare",
         help="compare Bayesian and optimization-based methods on the same splits",
-        description="See `bayes-pfl compare --help` (bayes_pfl.compare.compare_main).",
+        description="See `bayes-pfl compare --help` (bayes_pfl.cli.compare.compare_main).",
         add_help=False,
     )
     return parser
 
 
-def _load_data(args):
+def load_data(args):
+    """``(FederatedData, the bundled dataset's default model name or None)`` of the data options."""
     import pandas as pd
 
     from bayes_pfl.data import DataError, FederatedData
@@ -317,7 +293,8 @@ def _load_data(args):
     return data, default_model
 
 
-def _model(args, data, default_model):
+def load_model(args, data, default_model):
+    """The zoo model of ``--model`` (default: the dataset's) for ``data``."""
     from bayes_pfl.datasets import DATASETS
     from bayes_pfl.models import get_model
 
@@ -490,8 +467,8 @@ def cmd_fit(args, *, dataset=None) -> int:
         raise DataError("--resume needs --checkpoint PATH (the checkpoint to continue)")
     if getattr(args, "checkpoint", None) and args.method not in ("ep", "vi"):
         raise DataError(f"--checkpoint applies to --method ep or vi, not {args.method}")
-    data, default_model = _load_data(args)
-    model = _model(args, data, default_model)
+    data, default_model = load_data(args)
+    model = load_model(args, data, default_model)
     import warnings
 
     from bayes_pfl.centralized import check_model_data
@@ -655,46 +632,3 @@ def cmd_models() -> int:
 def _progress(args) -> bool:
     """Progress bars only on a terminal: redrawn bars would fill a log file with escape codes."""
     return not args.no_progress and sys.stderr.isatty()
-
-
-def _cli_hint(message: str) -> str:
-    """The library's hints in command-line syntax (``missing='drop'`` -> ``--missing drop``)."""
-    message = message.replace(" or missing='keep' to keep NaN in x", "")
-    return message.replace("pass missing='drop'", "pass --missing drop")
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["compare"]:  # parses its own options and configures JAX itself
-        from bayes_pfl.compare import compare_main
-
-        return compare_main(argv[1:])
-    args = build_parser().parse_args(argv)
-    _configure_jax(getattr(args, "chains", 1))
-    from bayes_pfl.data import DataError
-    from bayes_pfl.simulation import NoClientContributed
-    from bayes_pfl.spec import ModelSpecError
-
-    try:
-        if args.command == "demo":
-            return cmd_demo(args)
-        if args.command == "fit":
-            return cmd_fit(args)
-        if args.command == "datasets":
-            return cmd_datasets()
-        if args.command == "report":
-            return cmd_report(args)
-        return cmd_models()
-    except (DataError, ModelSpecError) as exc:
-        print(f"bayes-pfl: error: {_cli_hint(str(exc))}", file=sys.stderr)
-        return 2
-    except NoClientContributed as exc:
-        print(f"bayes-pfl: inference failed: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("bayes-pfl: interrupted; nothing was written", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

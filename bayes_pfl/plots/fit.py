@@ -1,30 +1,8 @@
-"""Figures of a hierarchical fit: shrinkage, forest, fit-vs-fit, EP rounds, calibration.
-
-Every function has the same shape, ``plot_xxx(..., *, ax=None, path=None)``, and
-returns a :class:`PlotResult`: the figure, its axes, and a
-:class:`pandas.DataFrame` of exactly what was drawn (so a result can be checked,
-or re-plotted elsewhere, without looking at pixels). With ``path`` the figure is
-also written as a PNG (120 dpi, tight bounding box).
-
-Figures are made without pyplot's global state (:class:`matplotlib.figure.Figure`),
-so they work headless and leak nothing; the forest plot, drawn by ArviZ, closes
-its figure from pyplot once drawn. Pass ``ax`` (an Axes, or a sequence of two
-Axes for the two-panel figures) to draw into a figure of your own.
-
-* :func:`plot_shrinkage`: each client's arrow from its local (no-pooling) estimate
-  to its personalized (partially pooled) one, toward the population mean;
-* :func:`plot_forest`: per-client posterior intervals, sorted, over the population
-  distribution;
-* :func:`plot_compare`: the same client variable from two fits (EP against NUTS);
-* :func:`plot_convergence`: the per-round changes and damping of a federated fit;
-* :func:`plot_calibration`: reliability diagram of predicted probabilities, with ECE.
-"""
+"""Figures of a hierarchical fit: shrinkage, forest, fit against fit, federated rounds."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from statistics import NormalDist
 from typing import Any
 
@@ -33,88 +11,27 @@ import pandas as pd
 import xarray as xr
 
 from bayes_pfl.inspect import _as_datatree, _client_vars, _posterior
+from bayes_pfl.plots.base import PlotResult, finish_plot, make_axes
 
 __all__ = [
-    "PlotResult",
-    "plot_calibration",
+    "CLIENT_DIM",
+    "HISTORY_COLUMNS",
+    "SAMPLE_DIMS",
+    "SHRINKAGE_COLUMNS",
     "plot_compare",
     "plot_convergence",
     "plot_forest",
     "plot_shrinkage",
 ]
 
-DPI = 120
 CLIENT_DIM = "client"
 SAMPLE_DIMS = ("chain", "draw")
 _MAX_LABELLED = 30  # clients named next to the shrinkage arrows up to this many
 _REF_COLOR, _OTHER_COLOR = "C0", "C1"
 
 
-@dataclass
-class PlotResult:
-    """A drawn figure and the numbers it shows.
-
-    Attributes
-    ----------
-    fig : matplotlib.figure.Figure
-    axes : tuple of matplotlib.axes.Axes
-        The panels drawn into (a twin axis included), in a fixed order given by
-        each function.
-    data : pandas.DataFrame
-        Exactly what was drawn, one row per drawn item (client, round or bin).
-    extra : dict
-        Further drawn or computed values (the population band, the ECE, ...).
-    path : pathlib.Path or None
-        The PNG written, when ``path`` was given.
-    """
-
-    fig: Any
-    axes: tuple
-    data: pd.DataFrame
-    extra: dict[str, Any] = field(default_factory=dict)
-    path: Path | None = None
-
-
 # ---------------------------------------------------------------------------
 # helpers
-
-
-def _new_figure(nrows: int, ncols: int, figsize, **kw):
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize)
-    axes = fig.subplots(nrows, ncols, squeeze=False, **kw)
-    return fig, tuple(axes.ravel())
-
-
-def _axes(ax, n: int, figsize, **kw):
-    """``(fig, axes, created)``: ``n`` new panels, or the ``n`` Axes the caller gave."""
-    if ax is None:
-        fig, axes = _new_figure(1, n, figsize, **kw)
-        return fig, axes, True
-    if n == 1 and not isinstance(ax, Sequence | np.ndarray):
-        axes = (ax,)
-    else:
-        axes = tuple(np.ravel(np.asarray(ax, dtype=object)))
-    if len(axes) != n or not all(hasattr(a, "figure") for a in axes):
-        what = "an Axes" if n == 1 else f"a sequence of {n} Axes"
-        raise ValueError(f"ax must be {what}, got {ax!r}")
-    fig = axes[0].figure
-    if any(a.figure is not fig for a in axes):
-        raise ValueError("all Axes given in ax must belong to one figure")
-    return fig, axes, False
-
-
-def _finish(result: PlotResult, path, *, created: bool) -> PlotResult:
-    fig = result.fig
-    if created and fig.get_layout_engine() is None:
-        fig.tight_layout()
-    if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=DPI, bbox_inches="tight")
-        result.path = path
-    return result
 
 
 def _check_prob(ci_prob: float) -> float:
@@ -305,7 +222,7 @@ def plot_shrinkage(
     pooled_line = float(np.nanmean(df["pooled"]))
 
     n_clients = len(df)
-    fig, (axis,), created = _axes(ax, 1, (5.5, 4.5 if n_clients <= 20 else 6.0))
+    fig, (axis,), created = make_axes(ax, 1, (5.5, 4.5 if n_clients <= 20 else 6.0))
     alpha = 0.9 if n_clients <= 20 else 0.45
     for row in df.itertuples(index=False):
         axis.annotate(
@@ -353,7 +270,7 @@ def plot_shrinkage(
     axis.set_title(title)
     axis.legend(fontsize=7, loc="best")
     res = PlotResult(fig, (axis,), df, {"pooled_line": pooled_line, "skipped": skipped})
-    return _finish(res, path, created=created)
+    return finish_plot(res, path, created=created)
 
 
 # ---------------------------------------------------------------------------
@@ -446,7 +363,7 @@ def plot_forest(
         extra["plot_collection"] = pc
         created = True
     else:
-        fig, axes, created = _axes(ax, 1, None)
+        fig, axes, created = make_axes(ax, 1, None)
         n = len(table)
         data = table.assign(y=np.arange(n)[::-1].astype(float))
         _draw_intervals(axes[0], data["y"], data, "C0", label=f"{pct} interval")
@@ -466,7 +383,7 @@ def plot_forest(
     else:
         forest_ax.set_title(title)
     res = PlotResult(fig, axes, data, extra)
-    _finish(res, path, created=created)
+    finish_plot(res, path, created=created)
     if created:  # ArviZ made it with pyplot: release it from pyplot's registry
         import matplotlib.pyplot as plt
 
@@ -597,7 +514,7 @@ def plot_compare(
     n = len(data)
     data["y"] = np.arange(n)[::-1].astype(float)
 
-    fig, (a_int, a_sc), created = _axes(ax, 2, (10.0, max(3.5, 0.3 * n + 1.5)))
+    fig, (a_int, a_sc), created = make_axes(ax, 2, (10.0, max(3.5, 0.3 * n + 1.5)))
     dodge = 0.15
     for suffix, color, lab, dy in (
         ("_ref", _REF_COLOR, labels[0], dodge),
@@ -638,7 +555,7 @@ def plot_compare(
         a_int.set_title(title)
     diff = float(np.max(np.abs(data["mean_other"] - data["mean_ref"])))
     res = PlotResult(fig, (a_int, a_sc), data, {"labels": tuple(labels), "max_abs_diff": diff})
-    return _finish(res, path, created=created)
+    return finish_plot(res, path, created=created)
 
 
 # ---------------------------------------------------------------------------
@@ -723,7 +640,7 @@ def plot_convergence(
             ),
         }
     )
-    fig, (a_ch, a_d), created = _axes(ax, 2, (9.0, 3.6))
+    fig, (a_ch, a_d), created = make_axes(ax, 2, (9.0, 3.6))
     a_ch.plot(data["round"], data["mean_change"], "o-", label="mean change (sd units)")
     a_ch.plot(data["round"], data["sd_change"], "s-", label="sd change (log ratio)")
     a_ch.set_yscale("log")
@@ -749,107 +666,4 @@ def plot_convergence(
     else:
         a_ch.set_title(title)
     res = PlotResult(fig, (a_ch, a_d), data, {"tol": tol})
-    return _finish(res, path, created=created)
-
-
-# ---------------------------------------------------------------------------
-# calibration
-
-
-def plot_calibration(
-    p, y, *, n_bins: int = 10, title: str | None = None, ax=None, path=None
-) -> PlotResult:
-    """Reliability diagram of binary predictions, with the expected calibration error.
-
-    Predictions are binned on ``n_bins`` equal-width bins of [0, 1] (each
-    ``[lo, hi)``, the last one closed); for each non-empty bin the observed
-    frequency of ``y = 1`` is drawn against the mean predicted probability, over
-    the diagonal of perfect calibration, with the bin counts as bars (right axis).
-
-    ``ECE = sum_b (count_b / N) * |frac_pos_b - mean_pred_b|``.
-
-    Parameters
-    ----------
-    p : array-like
-        Predicted probabilities of ``y = 1``, in [0, 1].
-    y : array-like
-        Observed outcomes, 0/1 or bool, same length.
-    n_bins : int
-    title : str, optional
-    ax : matplotlib Axes, optional
-    path : str or Path, optional
-
-    Returns
-    -------
-    PlotResult
-        ``data``: one row per non-empty bin, columns ``bin`` (0-based),
-        ``bin_lo``, ``bin_hi``, ``mean_pred``, ``frac_pos`` and ``count``.
-        ``extra``: ``ece`` and ``n``. ``axes``: (reliability, counts twin axis).
-
-    Raises
-    ------
-    ValueError
-        Lengths differ, no predictions, ``p`` outside [0, 1] or not finite,
-        ``y`` not binary, ``n_bins < 1``.
-    """
-    p = np.asarray(p, dtype=float).ravel()
-    y_arr = np.asarray(y).ravel()
-    if p.size == 0:
-        raise ValueError("no predictions")
-    if p.shape != y_arr.shape:
-        raise ValueError(f"p and y differ in length: {p.size} and {y_arr.size}")
-    if not np.all(np.isfinite(p)) or p.min() < 0 or p.max() > 1:
-        raise ValueError("p must be finite probabilities in [0, 1]")
-    try:
-        y_f = y_arr.astype(float)
-    except (TypeError, ValueError) as err:
-        raise ValueError("y must be binary (0/1 or bool)") from err
-    if not np.all((y_f == 0) | (y_f == 1)):
-        raise ValueError(f"y must be binary (0/1 or bool), got values {np.unique(y_arr)[:5]}")
-    if int(n_bins) != n_bins or n_bins < 1:
-        raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}")
-    n_bins = int(n_bins)
-
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    idx = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, n_bins - 1)
-    count = np.bincount(idx, minlength=n_bins)
-    used = np.flatnonzero(count)
-    sum_p = np.bincount(idx, weights=p, minlength=n_bins)
-    sum_y = np.bincount(idx, weights=y_f, minlength=n_bins)
-    data = pd.DataFrame(
-        {
-            "bin": used,
-            "bin_lo": edges[used],
-            "bin_hi": edges[used + 1],
-            "mean_pred": sum_p[used] / count[used],
-            "frac_pos": sum_y[used] / count[used],
-            "count": count[used],
-        }
-    )
-    n = int(p.size)
-    ece = float(np.sum(data["count"] / n * np.abs(data["frac_pos"] - data["mean_pred"])))
-
-    fig, (axis,), created = _axes(ax, 1, (5.5, 4.5))
-    a_cnt = axis.twinx()
-    a_cnt.bar(
-        (data["bin_lo"] + data["bin_hi"]) / 2,
-        data["count"],
-        width=1.0 / n_bins,
-        color="0.8",
-        edgecolor="0.6",
-        lw=0.5,
-    )
-    a_cnt.set_ylabel("count")
-    a_cnt.set_ylim(0, 1.1 * float(data["count"].max()) * 3)  # bars in the lower third
-    axis.set_zorder(a_cnt.get_zorder() + 1)
-    axis.patch.set_visible(False)
-    axis.plot([0, 1], [0, 1], ls="--", color="k", lw=1, label="perfect calibration")
-    axis.plot(data["mean_pred"], data["frac_pos"], "o-", color="C0", label="observed")
-    axis.set_xlim(0, 1)
-    axis.set_ylim(-0.02, 1.02)
-    axis.set_xlabel("predicted probability (bin mean)")
-    axis.set_ylabel("observed frequency of y = 1")
-    axis.legend(fontsize=7, loc="upper left")
-    axis.set_title(title if title is not None else f"Calibration (ECE = {ece:.3f}, N = {n})")
-    res = PlotResult(fig, (axis, a_cnt), data, {"ece": ece, "n": n})
-    return _finish(res, path, created=created)
+    return finish_plot(res, path, created=created)
