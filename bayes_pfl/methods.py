@@ -87,7 +87,8 @@ def _nuts_fit() -> Callable[..., Any]:
     from bayes_pfl.centralized import fit_nuts
 
     def fit(data, *, model, seed: int = 0, progress: bool = False, **options):
-        return fit_nuts(model, data, seed=seed, progress_bar=progress, **options)
+        options.setdefault("progress_bar", progress)
+        return fit_nuts(model, data, seed=seed, **options)
 
     fit.__signature__ = inspect.signature(fit_nuts)
     return fit

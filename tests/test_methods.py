@@ -88,3 +88,13 @@ def test_docs_table_is_generated_from_the_registry():
         "docs/methods.md is out of date: regenerate it with "
         "`python -c 'from bayes_pfl.methods import method_table; print(method_table())'`"
     )
+
+
+def test_front_ends_list_the_registry():
+    """The command line's and compare's method lists are the registry's."""
+    from bayes_pfl.cli.fit import METHODS as FIT_METHODS
+    from bayes_pfl.compare import BAYESIAN_METHODS
+
+    posterior = (*method_names(kind="reference"), *method_names(kind="federated"))
+    assert set(FIT_METHODS) == set(posterior) == set(BAYESIAN_METHODS)
+    assert set(method_names("compare")) == set(method_names())

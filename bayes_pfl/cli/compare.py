@@ -27,6 +27,7 @@ from bayes_pfl.compare import (
 )
 from bayes_pfl.compare.families import infer_family
 from bayes_pfl.data import FederatedData
+from bayes_pfl.methods import method_names
 
 __all__ = ["compare_main"]
 
@@ -48,9 +49,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--methods",
         default="local,pooled,fedavg,nuts",
-        help="comma-separated methods: nuts, ep, one-shot, constant, the baselines and "
-        "the network variants bayes_head, bayes_head_bn, bayes_head_adapters "
-        "(default local,pooled,fedavg,nuts)",
+        help="comma-separated methods, any of: "
+        + ", ".join(method_names("cli"))
+        + " (default local,pooled,fedavg,nuts; docs/methods.md)",
     )
     p.add_argument("--seeds", type=int, default=3, help="number of seeds 0..N-1 (default 3)")
     p.add_argument("--test-size", type=float, default=0.3, help="test fraction per client")
@@ -133,7 +134,7 @@ def compare_main(argv: Sequence[str] | None = None) -> int:
         fam = family or infer_family(make_data(0))
         methods = []
         for n in names:
-            if n in BAYESIAN_METHODS:
+            if n in BAYESIAN_METHODS:  # a posterior method: the zoo's GLM of the family
                 kw: dict[str, Any] = {"num_warmup": args.warmup, "num_samples": args.samples}
                 kw["num_chains"] = args.chains
                 glm_family = fam

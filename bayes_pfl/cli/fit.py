@@ -12,6 +12,9 @@ import time
 from pathlib import Path
 
 METHODS = ("nuts", "one-shot", "ep", "vi")
+"""The methods ``fit`` runs: those of the registry (:mod:`bayes_pfl.methods`) that end in a
+posterior (``reference`` and ``federated`` kinds); a test checks the two agree. The
+baselines and networks run through ``bayes-pfl compare --methods``."""
 
 
 def _count(minimum: int):
@@ -339,76 +342,31 @@ def client_table(dt, var: str, data) -> pd.DataFrame:  # noqa: F821
 
 
 def _fit_and_save(args, data, model, out: Path, *, dataset: str):
-    from bayes_pfl.centralized import fit_nuts
-    from bayes_pfl.federated import fit_ep, fit_one_shot
+    """Fit ``args.method`` (read from the method registry) and save every output file.
+
+    The command line's flags map to the fit's options of the same meaning; an option the
+    method does not take is not passed (``--rounds`` with NUTS), and one left unset takes
+    the fit function's default (the registry reads it from there).
+    """
+    from bayes_pfl.methods import get_method
     from bayes_pfl.results import save_fit
 
     t0 = time.perf_counter()
-    method = getattr(args, "method", "nuts")
-    sampling = dict(num_chains=args.chains, num_warmup=args.warmup, seed=args.seed)
-    if args.warmup is None and method == "nuts":
-        sampling["num_warmup"] = 1000
-    damping = {} if getattr(args, "damping", None) is None else {"damping": args.damping}
-    rounds_state = {}
+    info = get_method(getattr(args, "method", "nuts"), "cli")
+    given = {
+        "num_chains": args.chains,
+        "num_warmup": args.warmup,
+        "num_samples": args.samples,
+        **{k: getattr(args, k, None) for k in ("rounds", "damping", "sites", "tilted", "site_fit")},
+    }
     if getattr(args, "checkpoint", None):
-        rounds_state = {"checkpoint": args.checkpoint, "resume": args.resume}
-    if method == "nuts":
-        result = fit_nuts(
-            model,
-            data,
-            num_samples=args.samples,
-            progress_bar=_progress(args),
-            **sampling,
+        given.update(checkpoint=args.checkpoint, resume=args.resume)
+    options = {k: v for k, v in given.items() if v is not None and k in info.options}
+    if info.name == "vi":  # VI over the global parameters: fit_vi passes these through
+        options.update(
+            {k: v for k in ("family", "schedule", "steps") if (v := getattr(args, k, None))}
         )
-    elif method == "one-shot":
-        result = fit_one_shot(
-            model,
-            data,
-            sites=args.sites,
-            tilted=args.tilted,
-            site_fit=args.site_fit,
-            num_samples=args.samples,
-            progress=_progress(args),
-            **sampling,
-        )
-    elif method == "vi":
-        from bayes_pfl.federated_vi import fit_vi
-
-        vi_global = {
-            k: v
-            for k, v in (
-                ("family", args.family),
-                ("schedule", args.schedule),
-                ("steps", args.steps),
-            )
-            if v is not None
-        }
-        result = fit_vi(
-            model,
-            data,
-            sites=args.sites,
-            rounds=args.rounds,
-            **damping,
-            **rounds_state,
-            **vi_global,
-            num_samples=args.samples,
-            progress=_progress(args),
-            **sampling,
-        )
-    else:
-        result = fit_ep(
-            model,
-            data,
-            rounds=args.rounds,
-            sites=args.sites,
-            **damping,
-            **rounds_state,
-            tilted=args.tilted,
-            site_fit=args.site_fit,
-            num_samples=args.samples,
-            progress=_progress(args),
-            **sampling,
-        )
+    result = info.fit(data, model=model, seed=args.seed, progress=_progress(args), **options)
     paths = save_fit(
         result, data, out, dataset=dataset, seed=args.seed, total_time_s=time.perf_counter() - t0
     )

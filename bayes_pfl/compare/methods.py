@@ -27,6 +27,7 @@ from bayes_pfl.compare.predictions import (
     prediction_from_mean,
 )
 from bayes_pfl.data import ClientArrays, FederatedData
+from bayes_pfl.methods import UnknownMethod, get_method
 
 __all__ = [
     "BAYESIAN_METHODS",
@@ -290,9 +291,6 @@ def bayesian_method(
     family = None if family is None else check_family(family)
 
     def fit_fn(data: FederatedData, seed: int, **hparams) -> PosteriorPredictor:
-        from bayes_pfl.centralized import fit_nuts
-        from bayes_pfl.federated import fit_ep, fit_one_shot
-
         try:
             fam = family or infer_family(data)
         except ComparisonError:
@@ -300,16 +298,7 @@ def bayesian_method(
                 f"method {name or fit!r}: the target is not 0/1; pass family= to bayesian_method"
             ) from None
         m = _build_model(model, data, fam)
-        kw = {**fit_kwargs, **hparams}
-        if fit == "nuts":
-            kw.setdefault("progress_bar", False)
-            result = fit_nuts(m, data, seed=seed, **kw)
-        else:
-            from bayes_pfl.federated_vi import fit_vi
-
-            kw.setdefault("progress", False)
-            fn = {"ep": fit_ep, "one-shot": fit_one_shot, "vi": fit_vi}[fit]
-            result = fn(m, data, seed=seed, **kw)
+        result = get_method(fit, "compare").fit(data, model=m, seed=seed, **fit_kwargs, **hparams)
         return PosteriorPredictor(result, fam, seed)
 
     return Method(name or fit, fit_fn, (), family)
@@ -372,7 +361,7 @@ def baseline_method(
         Passed to ``fit_baseline`` (``network``, ``rounds``, ``lr``, ...).
     """
     family = check_family(family)
-    from bayes_pfl.baselines import BASELINE_NAMES, fit_baseline
+    from bayes_pfl.baselines import BASELINE_NAMES
 
     if method not in BASELINE_NAMES:
         raise ComparisonError(
@@ -380,8 +369,9 @@ def baseline_method(
         )
 
     def fit_fn(data: FederatedData, seed: int, **hparams) -> _BaselinePredictor:
-        kw = {"progress": False, **kwargs, **hparams}
-        fit = fit_baseline(method, data, family=family, seed=seed, **kw)
+        fit = get_method(method, "compare").fit(
+            data, family=family, seed=seed, **{**kwargs, **hparams}
+        )
         return _BaselinePredictor(fit, family)
 
     return Method(name or method, fit_fn, tuple(dict(g) for g in grid), family)
@@ -438,7 +428,7 @@ def neural_method(
     family = check_family(family)
     if family not in ("categorical", "bernoulli"):
         raise ComparisonError(f"the neural networks classify; family {family!r} is not supported")
-    from bayes_pfl.neural import VARIANTS, fit_neural
+    from bayes_pfl.neural import VARIANTS
 
     if variant not in VARIANTS:
         raise ComparisonError(
@@ -446,10 +436,10 @@ def neural_method(
         )
 
     def fit_fn(data: FederatedData, seed: int, **hparams) -> _NeuralPredictor:
-        kw = {"progress": False, **kwargs, **hparams}
+        kw = {**kwargs, **hparams}
         if family == "bernoulli":
             kw.setdefault("n_classes", 2)
-        fit = fit_neural(data, variant=variant, seed=seed, **kw)
+        fit = get_method(variant, "compare").fit(data, seed=seed, **kw)
         return _NeuralPredictor(fit, family, int(n_draws), seed)
 
     return Method(name or variant, fit_fn, tuple(dict(g) for g in grid), family)
@@ -477,22 +467,17 @@ def make_method(
     """
     if not isinstance(name, str):
         raise ComparisonError(f"a method name must be a string, got {name!r}")
-    if name in BAYESIAN_METHODS:
-        return bayesian_method(name, model, family=family, **kwargs)
-    if name == "constant":
-        return constant_method(family=family, grid=grid)
     try:
-        from bayes_pfl.baselines import BASELINE_NAMES
-    except ImportError:  # pragma: no cover - baselines not installed
-        BASELINE_NAMES = ()
-    if name in BASELINE_NAMES:
+        kind = get_method(name, "compare").kind
+    except UnknownMethod as exc:
+        raise ComparisonError(str(exc)) from None
+    if kind in ("reference", "federated"):
+        return bayesian_method(name, model, family=family, **kwargs)
+    if kind == "constant":
+        return constant_method(family=family, grid=grid)
+    if kind == "baseline":
         return baseline_method(name, family=family, grid=grid, **kwargs)
-    from bayes_pfl.neural import VARIANTS
-
-    if name in VARIANTS:
-        return neural_method(name, family=family, grid=grid, **kwargs)
-    known = [*BAYESIAN_METHODS, "constant", *BASELINE_NAMES, *VARIANTS]
-    raise ComparisonError(f"unknown method {name!r}; known methods: {', '.join(known)}")
+    return neural_method(name, family=family, grid=grid, **kwargs)
 
 
 # ---------------------------------------------------------------------------
