@@ -44,7 +44,7 @@ from numpyro import distributions as dist
 from numpyro.distributions import constraints
 
 from bayes_pfl.gaussian import GaussianFactor
-from bayes_pfl.spec import HierarchicalModel, ModelSpecError, _run, _values
+from bayes_pfl.spec import HierarchicalModel, ModelSpecError, isolated_trace, trace_values
 
 Array = jax.Array
 
@@ -95,13 +95,13 @@ class Population:
 
     def __init__(self, model: HierarchicalModel):
         self.model = model
-        theta0 = _values(model._client_trace)
-        phi0 = _values(model._hyper_trace)
+        theta0 = trace_values(model.client_trace)
+        phi0 = trace_values(model.hyper_trace)
         th_rec, phi_rec = _Recorder(theta0), _Recorder(phi0)
         n = 3
         x = jnp.ones((n, model.n_features or 1))
-        _run(model.likelihood, th_rec, phi_rec, x, jnp.zeros(n))
-        order = list(model._client_trace)
+        isolated_trace(model.likelihood, th_rec, phi_rec, x, jnp.zeros(n))
+        order = list(model.client_trace)
         self.effect_sites = tuple(
             (name, tuple(jnp.shape(theta0[name]))) for name in order if name in th_rec.read
         )
@@ -129,7 +129,7 @@ class Population:
     # ------------------------------------------------------------------ population
     def _normal_sites(self, phi):
         """``(loc, scale)`` of the client prior's Normal sites, flat in unconstrained order."""
-        tr = _run(self.model.client_prior, phi, rng_key=jax.random.key(0))
+        tr = isolated_trace(self.model.client_prior, phi, rng_key=jax.random.key(0))
         locs, scales = [], []
         for s in self.model.theta_space.sites:
             base = _normal_base(tr[s.name]["fn"])
@@ -160,7 +160,7 @@ class Population:
 
     def _check_gaussian(self) -> None:
         model = self.model
-        tr = model._client_trace
+        tr = model.client_trace
         for s in model.theta_space.sites:
             fn = tr[s.name]["fn"]
             support = fn.support

@@ -65,7 +65,15 @@ from numpyro.distributions import biject_to, constraints
 Array = jax.Array
 Params = dict[str, Array]
 
-__all__ = ["LIKELIHOOD_FAMILIES", "HierarchicalModel", "ModelSpecError", "ParamSpace", "ParamSite"]
+__all__ = [
+    "LIKELIHOOD_FAMILIES",
+    "HierarchicalModel",
+    "ModelSpecError",
+    "ParamSpace",
+    "ParamSite",
+    "isolated_trace",
+    "trace_values",
+]
 
 LIKELIHOOD_FAMILIES = ("bernoulli", "categorical", "normal", "poisson")
 """The outcome families a model may declare (``HierarchicalModel(..., family=)``): the
@@ -184,7 +192,7 @@ def _latent_sites(trace) -> tuple[ParamSite, ...]:
     return tuple(sites)
 
 
-def _values(trace) -> Params:
+def trace_values(trace) -> Params:
     """Sample and deterministic values of a trace, by site name."""
     return {
         name: site["value"]
@@ -193,7 +201,7 @@ def _values(trace) -> Params:
     }
 
 
-def _run(fn, *args, data=None, rng_key=None):
+def isolated_trace(fn, *args, data=None, rng_key=None):
     """Trace ``fn(*args)`` in isolation: values substituted from ``data``; nothing leaks out.
 
     ``handlers.block`` keeps the sites from reaching handlers of an enclosing model
@@ -291,7 +299,8 @@ class HierarchicalModel:
         return handlers.trace(handlers.seed(fn, 0)).get_trace(*args)
 
     @cached_property
-    def _hyper_trace(self):
+    def hyper_trace(self):
+        """One run of ``hyperprior()`` (seed 0): the sites, shapes and supports of phi."""
         try:
             return self._trace(self.hyperprior)
         except Exception as exc:  # user code
@@ -300,8 +309,9 @@ class HierarchicalModel:
             ) from exc
 
     @cached_property
-    def _client_trace(self):
-        phi = _values(self._hyper_trace)
+    def client_trace(self):
+        """One run of ``client_prior(phi)`` (seed 0): the sites of a client's theta."""
+        phi = trace_values(self.hyper_trace)
         try:
             return self._trace(self.client_prior, phi)
         except Exception as exc:
@@ -312,12 +322,12 @@ class HierarchicalModel:
     @cached_property
     def phi_space(self) -> ParamSpace:
         """The global parameters ``phi`` as one unconstrained vector."""
-        return ParamSpace(_latent_sites(self._hyper_trace))
+        return ParamSpace(_latent_sites(self.hyper_trace))
 
     @cached_property
     def theta_space(self) -> ParamSpace:
         """One client's parameters ``theta_k`` as one unconstrained vector."""
-        return ParamSpace(_latent_sites(self._client_trace))
+        return ParamSpace(_latent_sites(self.client_trace))
 
     @property
     def phi_dim(self) -> int:
@@ -329,11 +339,11 @@ class HierarchicalModel:
 
     @cached_property
     def phi_deterministic(self) -> tuple[str, ...]:
-        return tuple(n for n, s in self._hyper_trace.items() if s["type"] == "deterministic")
+        return tuple(n for n, s in self.hyper_trace.items() if s["type"] == "deterministic")
 
     @cached_property
     def theta_deterministic(self) -> tuple[str, ...]:
-        return tuple(n for n, s in self._client_trace.items() if s["type"] == "deterministic")
+        return tuple(n for n, s in self.client_trace.items() if s["type"] == "deterministic")
 
     @cached_property
     def observed_name(self) -> str:
@@ -342,8 +352,8 @@ class HierarchicalModel:
 
     @cached_property
     def _observed(self) -> list[str]:
-        theta = _values(self._client_trace)
-        phi = _values(self._hyper_trace)
+        theta = trace_values(self.client_trace)
+        phi = trace_values(self.hyper_trace)
         n = 3
         p = self.n_features or 1
         x = jnp.ones((n, p))
@@ -378,8 +388,8 @@ class HierarchicalModel:
             if space.size == 0:
                 raise ModelSpecError(f"{where} samples no latent parameter")
         for fn_trace, where in (
-            (self._hyper_trace, "hyperprior()"),
-            (self._client_trace, "client_prior(phi)"),
+            (self.hyper_trace, "hyperprior()"),
+            (self.client_trace, "client_prior(phi)"),
         ):
             if _observed_sites(fn_trace):
                 raise ModelSpecError(
@@ -389,7 +399,7 @@ class HierarchicalModel:
         if clash:
             raise ModelSpecError(f"site names used both globally and per client: {sorted(clash)}")
         # the client prior must run under a plate (see module docstring)
-        phi = _values(self._hyper_trace)
+        phi = trace_values(self.hyper_trace)
         try:
             with handlers.trace() as tr, handlers.seed(rng_seed=0):
                 with numpyro.plate("client", 2):
@@ -415,8 +425,8 @@ class HierarchicalModel:
         families do not depend on the parameters (``Bernoulli``: 0/1, ``Poisson``:
         non-negative integers, ``Normal``: finite reals).
         """
-        theta = _values(self._client_trace)
-        phi = _values(self._hyper_trace)
+        theta = trace_values(self.client_trace)
+        phi = trace_values(self.hyper_trace)
         # the supports are read, not the values checked: a likelihood whose parameters are
         # invalid at this draw (NaN, with validation on) is the fit's to report
         with numpyro.validation_enabled(False):
@@ -429,28 +439,28 @@ class HierarchicalModel:
     def phi_values(self, u_phi: Array) -> Params:
         """All hyper-prior sites (sample and deterministic) at unconstrained ``u_phi``."""
         values, _ = self.phi_space.unflatten(u_phi)
-        return _values(_run(self.hyperprior, data=values))
+        return trace_values(isolated_trace(self.hyperprior, data=values))
 
     def theta_values(self, u_theta: Array, phi: Params) -> Params:
         """All client-prior sites of one client at unconstrained ``u_theta``, given ``phi`` values."""
         values, _ = self.theta_space.unflatten(u_theta)
-        return _values(_run(self.client_prior, phi, data=values))
+        return trace_values(isolated_trace(self.client_prior, phi, data=values))
 
     # ------------------------------------------------------------------ densities
     def log_hyperprior(self, u_phi: Array) -> Array:
         """``log p(phi) + log|det J|`` at unconstrained ``u_phi``."""
         values, logdet = self.phi_space.unflatten(u_phi)
-        return _log_prob_sum(_run(self.hyperprior, data=values)) + logdet
+        return _log_prob_sum(isolated_trace(self.hyperprior, data=values)) + logdet
 
     def log_client_prior(self, u_theta: Array, u_phi: Array) -> Array:
         """``log p(theta_k | phi) + log|det J|`` for one client, unconstrained coordinates."""
         phi = self.phi_values(u_phi)
         values, logdet = self.theta_space.unflatten(u_theta)
-        return _log_prob_sum(_run(self.client_prior, phi, data=values)) + logdet
+        return _log_prob_sum(isolated_trace(self.client_prior, phi, data=values)) + logdet
 
     def pointwise_loglik_values(self, theta: Params, phi: Params, x: Array, y: Array) -> Array:
         """Per-row ``log p(y_i | theta, phi, x_i)`` from site values, shape ``(n,)``."""
-        tr = _run(self.likelihood, theta, phi, x, y)
+        tr = isolated_trace(self.likelihood, theta, phi, x, y)
         out = jnp.zeros(y.shape[0])
         for name in self._observed:
             out = out + tr[name]["fn"].log_prob(tr[name]["value"])
@@ -477,8 +487,8 @@ class HierarchicalModel:
         """
         phi = self.phi_values(u_phi)
         values, logdet = self.theta_space.unflatten(u_theta)
-        tr = _run(self.client_prior, phi, data=values)
-        lp, theta = _log_prob_sum(tr), _values(tr)
+        tr = isolated_trace(self.client_prior, phi, data=values)
+        lp, theta = _log_prob_sum(tr), trace_values(tr)
         ll = self.pointwise_loglik_values(theta, phi, x, y)
         return lp + logdet + jnp.sum(jnp.where(mask, ll, 0.0))
 
@@ -500,10 +510,10 @@ class HierarchicalModel:
         """
         with handlers.trace() as hyper_tr:
             self.hyperprior()
-        phi = _values(hyper_tr)
+        phi = trace_values(hyper_tr)
         with handlers.trace() as client_tr, numpyro.plate("client", x.shape[0]):
             self.client_prior(phi)
-        theta = _values(client_tr)
+        theta = trace_values(client_tr)
         if y is None:
             return
         with handlers.block():
@@ -512,11 +522,11 @@ class HierarchicalModel:
 
     def sample_theta(self, rng_key: Array, phi: Params) -> Array:
         """One draw of ``theta_k ~ p(theta | phi)``, unconstrained (a new client, no data)."""
-        tr = _run(self.client_prior, phi, rng_key=rng_key)
+        tr = isolated_trace(self.client_prior, phi, rng_key=rng_key)
         return self.theta_space.flatten({n: tr[n]["value"] for n in self.theta_space.names})
 
     # ------------------------------------------------------------------ prediction
     def sample_likelihood(self, rng_key: Array, theta: Params, phi: Params, x: Array) -> Array:
         """Draw ``y`` for one client's rows from the likelihood (posterior predictive)."""
-        tr = _run(self.likelihood, theta, phi, x, None, rng_key=rng_key)
+        tr = isolated_trace(self.likelihood, theta, phi, x, None, rng_key=rng_key)
         return tr[self.observed_name]["value"]

@@ -55,7 +55,7 @@ from bayes_pfl.local import (
     value_grad_hessian,
 )
 from bayes_pfl.population import Population, gaussian_population, small_cholesky
-from bayes_pfl.spec import HierarchicalModel, _run
+from bayes_pfl.spec import HierarchicalModel, isolated_trace
 
 Array = jax.Array
 
@@ -344,7 +344,7 @@ def build(
         return res.mode, 0.5 * (res.neg_hessian + res.neg_hessian.T)
 
     def prior_draw(key):
-        tr = _run(model.hyperprior, rng_key=key)
+        tr = isolated_trace(model.hyperprior, rng_key=key)
         return model.phi_space.flatten({n: tr[n]["value"] for n in model.phi_space.names})
 
     @jax.jit
