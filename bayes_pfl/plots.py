@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from bayes_pfl.inspect import _as_datatree, _client_vars, _posterior
+from bayes_pfl.inspection import _as_datatree, _client_vars, _posterior
 
 __all__ = [
     "PlotResult",
@@ -225,7 +225,7 @@ def plot_shrinkage(
     Parameters
     ----------
     table : pandas.DataFrame
-        One row per client, as :func:`bayes_pfl.inspect.shrinkage_table` returns:
+        One row per client, as :func:`bayes_pfl.inspection.shrinkage_table` returns:
         columns ``n`` (client rows), ``local_mean``, ``personal_mean`` and
         ``pooled_mean`` are used (``local_lo/hi``, ``personal_lo/hi`` and
         ``shrinkage`` may be present and are ignored). Client labels are the
@@ -261,7 +261,7 @@ def plot_shrinkage(
     if missing:
         raise ValueError(
             f"shrinkage table is missing column(s) {missing}; needs {list(SHRINKAGE_COLUMNS)} "
-            "(as bayes_pfl.inspect.shrinkage_table returns)"
+            "(as bayes_pfl.inspection.shrinkage_table returns)"
         )
     t = table
     if isinstance(t.index, pd.MultiIndex) and "element" in t.index.names:

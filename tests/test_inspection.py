@@ -12,7 +12,7 @@ import pytest
 import xarray as xr
 
 from bayes_pfl import FederatedData, fit_nuts, load
-from bayes_pfl.inspect import (
+from bayes_pfl.inspection import (
     DiagnosticsWarning,
     ParetoKWarning,
     compare,
