@@ -1,4 +1,4 @@
-"""Look inside a fit: shrinkage per client, fit-to-fit comparison, diagnostics, LOO per client.
+"""Look inside a fit: shrinkage per client, fit-to-fit agreement, diagnostics, LOO per client.
 
 Every function takes the ArviZ 1.x :class:`xarray.DataTree` of a fit
 (:meth:`~bayes_pfl.results.FitResult.to_datatree`) or the
@@ -8,7 +8,7 @@ Every function takes the ArviZ 1.x :class:`xarray.DataTree` of a fit
   its parameter, the partially pooled (personalized) posterior and the
   population mean, and how far partial pooling moved the estimate from local
   toward global (:func:`local_estimates` computes the no-pooling estimates);
-* :func:`compare`: element-wise agreement of two fits of the same model and data
+* :func:`agreement`: element-wise agreement of two fits of the same model and data
   (a federated fit against the centralized NUTS reference):
   ``z = |mean_other - mean_ref| / sd_ref`` and ``sd_other / sd_ref``;
 * :func:`diagnostics`: R-hat, bulk ESS, divergences and the federated round
@@ -44,7 +44,7 @@ __all__ = [
     "ClientLoo",
     "DiagnosticsWarning",
     "ParetoKWarning",
-    "compare",
+    "agreement",
     "diagnostics",
     "local_estimates",
     "loo_by_client",
@@ -439,7 +439,7 @@ def shrinkage_table(
 # fit against fit
 
 
-def compare(reference, other, *, var_names: list[str] | None = None) -> pd.DataFrame:
+def agreement(reference, other, *, var_names: list[str] | None = None) -> pd.DataFrame:
     """Element-wise agreement of two fits of the same model and data.
 
     Parameters

@@ -1,4 +1,4 @@
-"""Inspection of fits: shrinkage (against the Normal-Normal closed form), compare, diagnostics, LOO."""
+"""Inspection of fits: shrinkage (against the Normal-Normal closed form), agreement, diagnostics, LOO."""
 
 import dataclasses
 import warnings
@@ -15,7 +15,7 @@ from bayes_pfl import FederatedData, fit_nuts, load
 from bayes_pfl.inspection import (
     DiagnosticsWarning,
     ParetoKWarning,
-    compare,
+    agreement,
     diagnostics,
     local_estimates,
     loo_by_client,
@@ -238,11 +238,11 @@ def test_shrinkage_vector_client_variable():
 
 
 # ---------------------------------------------------------------------------
-# compare
+# agreement
 
 
-def test_compare_with_itself(schools_fit, schools_dt):
-    cmp = compare(schools_dt, schools_fit)
+def test_agreement_with_itself(schools_fit, schools_dt):
+    cmp = agreement(schools_dt, schools_fit)
     assert list(cmp.columns) == [
         "mean_ref",
         "sd_ref",
@@ -258,31 +258,31 @@ def test_compare_with_itself(schools_fit, schools_dt):
     assert (cmp["mcse_ref"] > 0).all()
 
 
-def test_compare_two_seeds(schools, schools_dt):
+def test_agreement_two_seeds(schools, schools_dt):
     """Two NUTS runs agree up to Monte Carlo error: z ~ sqrt(mcse_ref^2 + mcse_other^2) / sd_ref."""
     other = _nuts(eight_schools(), schools, seed=2, target_accept_prob=0.95)
-    cmp = compare(schools_dt, other)
+    cmp = agreement(schools_dt, other)
     noise = np.sqrt(2) * cmp["mcse_ref"] / cmp["sd_ref"]
     assert (cmp["z"] < 5 * noise).all(), cmp[["z"]].assign(noise=noise)
     assert cmp["sd_ratio"].between(0.85, 1.15).all(), cmp["sd_ratio"]
 
 
-def test_compare_mismatched_variables(schools_dt):
+def test_agreement_mismatched_variables(schools_dt):
     post = schools_dt["posterior"].to_dataset()
     fewer = xr.DataTree.from_dict({"posterior": post.drop_vars("theta_trans")})
     with pytest.raises(ValueError, match=r"only in reference \['theta_trans'\]"):
-        compare(schools_dt, fewer)
+        agreement(schools_dt, fewer)
     with pytest.raises(ValueError, match="only in other"):
-        compare(fewer, schools_dt)
+        agreement(fewer, schools_dt)
     with pytest.raises(ValueError, match="missing in other"):
-        compare(schools_dt, fewer, var_names=["mu", "theta_trans"])
-    cmp = compare(schools_dt, fewer, var_names=["mu", "theta"])
+        agreement(schools_dt, fewer, var_names=["mu", "theta_trans"])
+    cmp = agreement(schools_dt, fewer, var_names=["mu", "theta"])
     assert list(cmp.index) == ["mu"] + [f"theta[{s}]" for s in "ABCDEFGH"]
     other_clients = xr.DataTree.from_dict(
         {"posterior": post.assign_coords(client=list("ABCDEFGZ"))}
     )
     with pytest.raises(ValueError, match="elements differ"):
-        compare(schools_dt, other_clients)
+        agreement(schools_dt, other_clients)
 
 
 # ---------------------------------------------------------------------------
