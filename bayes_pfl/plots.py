@@ -32,7 +32,9 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from bayes_pfl.inspection import _as_datatree, _client_vars, _posterior
+from bayes_pfl.inspection import as_datatree as _as_datatree
+from bayes_pfl.inspection import client_vars as _client_vars
+from bayes_pfl.inspection import posterior_group as _posterior
 
 __all__ = [
     "PlotResult",

@@ -66,7 +66,7 @@ def _table(df: pd.DataFrame, digits: int = 3) -> str:
 
 def _client_var(dt) -> str | None:
     try:
-        return inspection._default_var(dt.posterior.to_dataset())
+        return inspection.default_client_var(dt.posterior.to_dataset())
     except ValueError:
         return None
 
