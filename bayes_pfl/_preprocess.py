@@ -44,21 +44,21 @@ DataError.__module__ = UnknownClientError.__module__ = "bayes_pfl.data"
 
 
 # ---------------------------------------------------------------------------
-# validation helpers
+# checks of the arguments and the frame, client codes, missing values
 
 
-def _plural(n: int, word: str) -> str:
+def plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
-def _listing(items: Sequence, limit: int = _MAX_LISTED) -> str:
+def listing(items: Sequence, limit: int = _MAX_LISTED) -> str:
     shown = ", ".join(repr(i) for i in list(items)[:limit])
     if len(items) > limit:
         shown += f", ... ({len(items) - limit} more)"
     return shown
 
 
-def _count_listing(counts: dict, prefix: str = "", limit: int = _MAX_LISTED) -> str:
+def count_listing(counts: dict, prefix: str = "", limit: int = _MAX_LISTED) -> str:
     items = list(counts.items())
     shown = ", ".join(f"{prefix}{key!r}: {n}" for key, n in items[:limit])
     if len(items) > limit:
@@ -66,7 +66,7 @@ def _count_listing(counts: dict, prefix: str = "", limit: int = _MAX_LISTED) -> 
     return shown
 
 
-def _duplicates(items: Sequence) -> list:
+def duplicates(items: Sequence) -> list:
     seen: set = set()
     repeated: list = []
     for item in items:
@@ -81,13 +81,13 @@ def _as_label(value: Any) -> Hashable:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _label_list(labels: Any) -> list:
+def label_list(labels: Any) -> list:
     if isinstance(labels, (str, bytes)) or not isinstance(labels, Iterable):
         return [_as_label(labels)]
     return [_as_label(v) for v in labels]
 
 
-def _check_fraction(name: str, value: Any) -> float:
+def check_fraction(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise DataError(f"{name} must be a number in [0, 1), got {value!r}")
     value = float(value)
@@ -96,13 +96,13 @@ def _check_fraction(name: str, value: Any) -> float:
     return value
 
 
-def _check_seed(seed: Any) -> int:
+def check_seed(seed: Any) -> int:
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise DataError(f"seed must be a non-negative integer, got {seed!r}")
     return int(seed)
 
 
-def _check_dtype(dtype: Any) -> np.dtype:
+def check_dtype(dtype: Any) -> np.dtype:
     try:
         dt = np.dtype(dtype)
     except TypeError as err:
@@ -119,11 +119,11 @@ def _is_numeric(s: pd.Series) -> bool:
     return pd.api.types.is_numeric_dtype(dt) and not pd.api.types.is_complex_dtype(dt)
 
 
-def _numeric(s: pd.Series) -> np.ndarray:
+def numeric(s: pd.Series) -> np.ndarray:
     return s.to_numpy(dtype=np.float64, na_value=np.nan)
 
 
-def _check_frame(
+def check_frame(
     df: Any,
     *,
     client_col: Hashable,
@@ -139,9 +139,9 @@ def _check_frame(
     features = tuple(features)
     if not features:
         raise DataError("features is empty: give at least one feature column")
-    repeated = _duplicates(features)
+    repeated = duplicates(features)
     if repeated:
-        raise DataError(f"feature column(s) listed more than once: {_listing(repeated)}")
+        raise DataError(f"feature column(s) listed more than once: {listing(repeated)}")
     if client_col == target:
         raise DataError(f"client_col and target are the same column {target!r}")
     for role, name in (("client column", client_col), ("target column", target)):
@@ -152,8 +152,8 @@ def _check_frame(
     absent = [c for c in needed if c not in df.columns]
     if absent:
         raise DataError(
-            f"column(s) not in the data frame: {_listing(absent, limit=len(absent))}; "
-            f"available: {_listing(list(df.columns))}"
+            f"column(s) not in the data frame: {listing(absent, limit=len(absent))}; "
+            f"available: {listing(list(df.columns))}"
         )
     present = needed + ([target] if not require_target and target in df.columns else [])
     doubled = [c for c in present if int((df.columns == c).sum()) > 1]
@@ -172,7 +172,7 @@ def _check_frame(
     return features
 
 
-def _client_codes(
+def client_codes(
     col: pd.Series,
     client_col: Hashable,
     clients: Sequence[Hashable] | None,
@@ -184,8 +184,8 @@ def _client_codes(
     if na.any():
         where = list(col.index[na][:5])
         raise DataError(
-            f"client column {client_col!r} has {_plural(int(na.sum()), 'missing value')} "
-            f"(rows {_listing(where)}{', ...' if na.sum() > 5 else ''}); "
+            f"client column {client_col!r} has {plural(int(na.sum()), 'missing value')} "
+            f"(rows {listing(where)}{', ...' if na.sum() > 5 else ''}); "
             "every row must belong to a client"
         )
     codes, uniques = pd.factorize(col, sort=False)
@@ -197,7 +197,7 @@ def _client_codes(
             if unused:
                 raise DataError(
                     f"client column {client_col!r} is categorical with unused categories "
-                    f"{_listing(unused)}: these would be clients with zero rows; drop them "
+                    f"{listing(unused)}: these would be clients with zero rows; drop them "
                     "with .cat.remove_unused_categories() or pass clients="
                 )
         return found, codes.astype(np.int64)
@@ -205,28 +205,28 @@ def _client_codes(
     if isinstance(clients, (str, bytes)) or not isinstance(clients, Iterable):
         raise DataError(f"clients must be a sequence of client labels, got {clients!r}")
     labels = [_as_label(c) for c in clients]
-    repeated = _duplicates(labels)
+    repeated = duplicates(labels)
     if repeated:
-        raise DataError(f"clients: label(s) listed more than once: {_listing(repeated)}")
+        raise DataError(f"clients: label(s) listed more than once: {listing(repeated)}")
     position = {label: k for k, label in enumerate(labels)}
     extra = [u for u in found if u not in position]
     if extra:
         raise DataError(
-            f"client column {client_col!r} has label(s) not in clients=: {_listing(extra)}; "
+            f"client column {client_col!r} has label(s) not in clients=: {listing(extra)}; "
             "filter the data frame first (rows are never dropped silently)"
         )
     present = set(found)
     empty = [c for c in labels if c not in present]
     if empty:
-        raise DataError(f"client(s) in clients= without rows in the data frame: {_listing(empty)}")
+        raise DataError(f"client(s) in clients= without rows in the data frame: {listing(empty)}")
     remap = np.array([position[u] for u in found], dtype=np.int64)
     return labels, remap[codes]
 
 
-def _feature_matrix(df: pd.DataFrame, features: Sequence[Hashable]) -> np.ndarray:
+def feature_matrix(df: pd.DataFrame, features: Sequence[Hashable]) -> np.ndarray:
     x = np.empty((len(df), len(features)), dtype=np.float64)
     for j, name in enumerate(features):
-        x[:, j] = _numeric(df[name])
+        x[:, j] = numeric(df[name])
     return x
 
 
@@ -235,7 +235,7 @@ def _per_client(bad: np.ndarray, codes: np.ndarray, labels: Sequence) -> dict:
     return {labels[k]: int(n) for k, n in enumerate(counts) if n}
 
 
-def _check_infinite(
+def check_infinite(
     x: np.ndarray,
     y: np.ndarray,
     features: Sequence[Hashable],
@@ -246,20 +246,20 @@ def _check_infinite(
     bad_y = np.isinf(y)
     if bad_y.any():
         raise DataError(
-            f"target column {target!r} has {_plural(int(bad_y.sum()), 'infinite value')}: "
-            f"{_count_listing(_per_client(bad_y, codes, labels), 'client ')}"
+            f"target column {target!r} has {plural(int(bad_y.sum()), 'infinite value')}: "
+            f"{count_listing(_per_client(bad_y, codes, labels), 'client ')}"
         )
     bad_x = np.isinf(x)
     if bad_x.any():
         cols = {features[j]: int(n) for j, n in enumerate(bad_x.sum(axis=0)) if n}
         rows = bad_x.any(axis=1)
         raise DataError(
-            f"infinite values in feature column(s) {_count_listing(cols)} "
-            f"({_count_listing(_per_client(rows, codes, labels), 'client ')})"
+            f"infinite values in feature column(s) {count_listing(cols)} "
+            f"({count_listing(_per_client(rows, codes, labels), 'client ')})"
         )
 
 
-def _raise_missing_target(
+def raise_missing_target(
     y: np.ndarray,
     target: Hashable,
     codes: np.ndarray,
@@ -270,24 +270,24 @@ def _raise_missing_target(
     bad = np.isnan(y)
     if bad.any():
         raise DataError(
-            f"{prefix}target column {target!r} has {_plural(int(bad.sum()), 'missing value')}: "
-            f"{_count_listing(_per_client(bad, codes, labels), 'client ')}; "
+            f"{prefix}target column {target!r} has {plural(int(bad.sum()), 'missing value')}: "
+            f"{count_listing(_per_client(bad, codes, labels), 'client ')}; "
             "pass missing='drop' to drop these rows" + suffix
         )
 
 
-def _raise_missing_features(x: np.ndarray, features: Sequence[Hashable], prefix: str = "") -> None:
+def raise_missing_features(x: np.ndarray, features: Sequence[Hashable], prefix: str = "") -> None:
     bad = np.isnan(x)
     if bad.any():
         cols = {features[j]: int(n) for j, n in enumerate(bad.sum(axis=0)) if n}
         raise DataError(
-            f"{prefix}missing values in feature column(s) {_count_listing(cols)} "
-            f"({_plural(int(bad.any(axis=1).sum()), 'row')}); pass missing='drop' to drop "
+            f"{prefix}missing values in feature column(s) {count_listing(cols)} "
+            f"({plural(int(bad.any(axis=1).sum()), 'row')}); pass missing='drop' to drop "
             "these rows or missing='keep' to keep NaN in x"
         )
 
 
-def _handle_missing(
+def handle_missing(
     x: np.ndarray,
     y: np.ndarray,
     features: Sequence[Hashable],
@@ -301,14 +301,14 @@ def _handle_missing(
         drop = np.isnan(y) | np.isnan(x).any(axis=1)
         return ~drop, _per_client(drop, codes, labels)
     note = " (missing='keep' keeps NaN in features only)" if missing == "keep" else ""
-    _raise_missing_target(y, target, codes, labels, suffix=note)
+    raise_missing_target(y, target, codes, labels, suffix=note)
     if missing == "error":
-        _raise_missing_features(x, features)
+        raise_missing_features(x, features)
     return np.ones(len(y), dtype=bool), {}
 
 
 # ---------------------------------------------------------------------------
-# splitting, standardization, packing
+# splitting and standardization
 
 
 def _round_half_up(value: float) -> int:
@@ -339,7 +339,7 @@ def _allocate(total: int, sizes: Sequence[int]) -> np.ndarray:
     return share
 
 
-def _split_client(
+def split_client(
     rows: np.ndarray,
     y: np.ndarray,
     test_size: float,
@@ -364,7 +364,7 @@ def _split_client(
     return tuple(np.sort(np.concatenate(part)) for part in (train, test, val))
 
 
-def _standardization(x_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def standardization(x_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Pooled training mean and sd (ddof=0); binary columns get (0, 1)."""
     n_features = x_train.shape[1]
     mean = np.zeros(n_features)

@@ -52,24 +52,24 @@ import pandas as pd
 from bayes_pfl._preprocess import (
     DataError,
     UnknownClientError,
-    _check_dtype,
-    _check_fraction,
-    _check_frame,
-    _check_infinite,
-    _check_seed,
-    _client_codes,
-    _count_listing,
-    _duplicates,
-    _feature_matrix,
-    _handle_missing,
-    _label_list,
-    _listing,
-    _numeric,
-    _plural,
-    _raise_missing_features,
-    _raise_missing_target,
-    _split_client,
-    _standardization,
+    check_dtype,
+    check_fraction,
+    check_frame,
+    check_infinite,
+    check_seed,
+    client_codes,
+    count_listing,
+    duplicates,
+    feature_matrix,
+    handle_missing,
+    label_list,
+    listing,
+    numeric,
+    plural,
+    raise_missing_features,
+    raise_missing_target,
+    split_client,
+    standardization,
 )
 
 __all__ = ["ClientArrays", "DataError", "FederatedData", "UnknownClientError"]
@@ -314,37 +314,37 @@ class FederatedData:
         """
         if missing not in _MISSING:
             raise DataError(f"missing must be one of {_MISSING}, got {missing!r}")
-        test_size = _check_fraction("test_size", test_size)
-        val_size = _check_fraction("val_size", val_size)
+        test_size = check_fraction("test_size", test_size)
+        val_size = check_fraction("val_size", val_size)
         if test_size + val_size >= 1.0:
             raise DataError(
                 f"test_size + val_size must be < 1 (some rows must stay for training), "
                 f"got {test_size} + {val_size}"
             )
-        seed = _check_seed(seed)
-        dtype = _check_dtype(dtype)
-        features = _check_frame(
+        seed = check_seed(seed)
+        dtype = check_dtype(dtype)
+        features = check_frame(
             df, client_col=client_col, target=target, features=features, require_target=True
         )
 
-        labels, codes = _client_codes(df[client_col], client_col, clients)
+        labels, codes = client_codes(df[client_col], client_col, clients)
         if len(labels) < 2:
             raise DataError(
                 f"a federation needs at least two clients; client column {client_col!r} "
-                f"has {_plural(len(labels), 'client')}: {_listing(labels)}"
+                f"has {plural(len(labels), 'client')}: {listing(labels)}"
             )
         n_clients = len(labels)
 
-        x = _feature_matrix(df, features)
-        y = _numeric(df[target])
-        _check_infinite(x, y, features, target, codes, labels)
+        x = feature_matrix(df, features)
+        y = numeric(df[target])
+        check_infinite(x, y, features, target, codes, labels)
 
-        keep, dropped = _handle_missing(x, y, features, target, codes, labels, missing)
+        keep, dropped = handle_missing(x, y, features, target, codes, labels, missing)
         if dropped:
             total = sum(dropped.values())
             warnings.warn(
-                f"missing='drop': dropped {_plural(total, 'row')} with missing values "
-                f"({_count_listing(dropped, 'client ')}); see FederatedData.dropped_rows",
+                f"missing='drop': dropped {plural(total, 'row')} with missing values "
+                f"({count_listing(dropped, 'client ')}); see FederatedData.dropped_rows",
                 UserWarning,
                 stacklevel=2,
             )
@@ -354,7 +354,7 @@ class FederatedData:
         empty = [labels[k] for k in range(n_clients) if counts[k] == 0]
         if empty:
             raise DataError(
-                f"client(s) with no rows left after dropping missing values: {_listing(empty)}"
+                f"client(s) with no rows left after dropping missing values: {listing(empty)}"
             )
 
         # rows of each client, in frame order
@@ -366,7 +366,7 @@ class FederatedData:
         streams = np.random.SeedSequence(seed).spawn(n_clients)
         parts: dict[str, list[np.ndarray]] = {s: [] for s in _SPLITS}
         for rows, stream in zip(per_client, streams, strict=True):
-            split = _split_client(
+            split = split_client(
                 rows, y[rows], test_size, val_size, stratify, np.random.default_rng(stream)
             )
             for name, idx in zip(_SPLITS, split, strict=True):
@@ -374,7 +374,7 @@ class FederatedData:
 
         mean = scale = None
         if standardize:
-            mean, scale = _standardization(x[np.concatenate(parts["train"])])
+            mean, scale = standardization(x[np.concatenate(parts["train"])])
             x = (x - mean) / scale
 
         sizes = {"train": 1.0, "test": test_size, "val": val_size}
@@ -496,7 +496,7 @@ class FederatedData:
         >>> data.index(["c", "a"]).tolist(), data.index("b").tolist()
         ([2, 0], [1])
         """
-        wanted = _label_list(labels)
+        wanted = label_list(labels)
         positions = self._positions
         unknown = []
         for label in wanted:
@@ -541,14 +541,14 @@ class FederatedData:
         >>> sub.clients, sub.train.x.shape
         (('c', 'a'), (2, 1, 1))
         """
-        wanted = _label_list(labels)
+        wanted = label_list(labels)
         pos = self.index(wanted)
-        repeated = _duplicates(wanted)
+        repeated = duplicates(wanted)
         if repeated:
-            raise DataError(f"subset: client(s) listed more than once: {_listing(repeated)}")
+            raise DataError(f"subset: client(s) listed more than once: {listing(repeated)}")
         if len(pos) < 2:
             raise DataError(
-                f"subset needs at least two clients, got {_listing(wanted) or 'none'}; "
+                f"subset needs at least two clients, got {listing(wanted) or 'none'}; "
                 "use data.arrays(split).client(k) for a single client"
             )
         new_index = {}
@@ -620,7 +620,7 @@ class FederatedData:
         """
         if missing not in ("error", "keep"):
             raise DataError(f"encode: missing must be 'error' or 'keep', got {missing!r}")
-        _check_frame(
+        check_frame(
             df,
             client_col=self.client_col,
             target=self.target,
@@ -629,17 +629,15 @@ class FederatedData:
         )
         if len(df) == 0:
             raise DataError("encode: the data frame has no rows")
-        labels, codes = _client_codes(
-            df[self.client_col], self.client_col, None, check_unused=False
-        )
+        labels, codes = client_codes(df[self.client_col], self.client_col, None, check_unused=False)
         self.index(labels)  # UnknownClientError for clients not in the federation
-        x = _feature_matrix(df, self.features)
+        x = feature_matrix(df, self.features)
         has_target = self.target in df.columns
-        y = _numeric(df[self.target]) if has_target else np.zeros(len(df))
-        _check_infinite(x, y, self.features, self.target, codes, labels)
+        y = numeric(df[self.target]) if has_target else np.zeros(len(df))
+        check_infinite(x, y, self.features, self.target, codes, labels)
         if missing == "error":
-            _raise_missing_target(y, self.target, codes, labels, "encode: ")
-            _raise_missing_features(x, self.features, "encode: ")
+            raise_missing_target(y, self.target, codes, labels, "encode: ")
+            raise_missing_features(x, self.features, "encode: ")
         if self.feature_mean is not None:
             x = (x - self.feature_mean) / self.feature_scale
         order = np.argsort(codes, kind="stable")
@@ -749,8 +747,8 @@ class FederatedData:
 
     def _unknown_message(self, unknown: list) -> str:
         msg = (
-            f"unknown client(s) {_listing(unknown)}: not in the federation of "
-            f"{self.n_clients} clients ({_listing(list(self.clients), limit=5)})"
+            f"unknown client(s) {listing(unknown)}: not in the federation of "
+            f"{self.n_clients} clients ({listing(list(self.clients), limit=5)})"
         )
         known_str = {str(c) for c in self.clients}
         if any(str(u) in known_str for u in unknown):
