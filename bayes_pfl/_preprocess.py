@@ -235,6 +235,10 @@ def _per_client(bad: np.ndarray, codes: np.ndarray, labels: Sequence) -> dict:
     return {labels[k]: int(n) for k, n in enumerate(counts) if n}
 
 
+def _per_column(bad: np.ndarray, features: Sequence[Hashable]) -> dict:
+    return {features[j]: int(n) for j, n in enumerate(bad.sum(axis=0)) if n}
+
+
 def check_infinite(
     x: np.ndarray,
     y: np.ndarray,
@@ -251,10 +255,9 @@ def check_infinite(
         )
     bad_x = np.isinf(x)
     if bad_x.any():
-        cols = {features[j]: int(n) for j, n in enumerate(bad_x.sum(axis=0)) if n}
         rows = bad_x.any(axis=1)
         raise DataError(
-            f"infinite values in feature column(s) {count_listing(cols)} "
+            f"infinite values in feature column(s) {count_listing(_per_column(bad_x, features))} "
             f"({count_listing(_per_client(rows, codes, labels), 'client ')})"
         )
 
@@ -279,9 +282,9 @@ def raise_missing_target(
 def raise_missing_features(x: np.ndarray, features: Sequence[Hashable], prefix: str = "") -> None:
     bad = np.isnan(x)
     if bad.any():
-        cols = {features[j]: int(n) for j, n in enumerate(bad.sum(axis=0)) if n}
         raise DataError(
-            f"{prefix}missing values in feature column(s) {count_listing(cols)} "
+            f"{prefix}missing values in feature column(s) "
+            f"{count_listing(_per_column(bad, features))} "
             f"({plural(int(bad.any(axis=1).sum()), 'row')}); pass missing='drop' to drop "
             "these rows or missing='keep' to keep NaN in x"
         )
