@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bayes_pfl import inspect, plots
+from bayes_pfl import inspection, plots
 from bayes_pfl.results import load_posterior
 
 __all__ = ["population_pair", "shrinkage_for_fit", "write_report"]
@@ -50,7 +50,7 @@ def population_pair(dt, var: str) -> tuple[str, str] | None:
 def shrinkage_for_fit(dt, data) -> pd.DataFrame | None:
     """The shrinkage table, or ``None`` when this model has no built-in local estimate."""
     try:
-        return inspect.shrinkage_table(dt, data)
+        return inspection.shrinkage_table(dt, data)
     except NotImplementedError:
         return None
 
@@ -66,7 +66,7 @@ def _table(df: pd.DataFrame, digits: int = 3) -> str:
 
 def _client_var(dt) -> str | None:
     try:
-        return inspect._default_var(dt.posterior.to_dataset())
+        return inspection.default_client_var(dt.posterior.to_dataset())
     except ValueError:
         return None
 
@@ -115,7 +115,7 @@ def write_report(fit_dir: str | Path, *, data=None) -> Path:
     # --- diagnostics
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        diag = inspect.diagnostics(dt)
+        diag = inspection.diagnostics(dt)
     messages = [str(w.message) for w in caught]
     summary = {k: diag.get(k) for k in ("max_r_hat", "min_ess_bulk", "min_ess_tail", "divergences")}
     body = _table(pd.DataFrame({"value": summary}))
@@ -161,11 +161,11 @@ def write_report(fit_dir: str | Path, *, data=None) -> Path:
     if "log_likelihood" in dt.children:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            loo = inspect.loo_by_client(dt)
+            loo = inspection.loo_by_client(dt)
         text = "".join(
             f'<p class="warn">{html.escape(str(w.message))}</p>'
             for w in caught
-            if isinstance(w.message, inspect.ParetoKWarning)
+            if isinstance(w.message, inspection.ParetoKWarning)
         )
         sections.append(
             f"<h2>PSIS-LOO per client</h2><p>Total elpd_loo {loo.total.elpd:.2f} "

@@ -85,7 +85,7 @@ def _draws(dt, var):
 
 
 def _shrinkage_table(dt, data):
-    """The columns of ``inspect.shrinkage_table`` for eight schools, by hand.
+    """The columns of ``inspection.shrinkage_table`` for eight schools, by hand.
 
     Each school holds one row: its local estimate is ``y`` with standard error ``sigma``.
     """

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from bayes_pfl.inspect import _as_datatree, _client_vars, _posterior
+from bayes_pfl.inspection import as_datatree, client_vars, posterior_group
 from bayes_pfl.plots.base import PlotResult, finish_plot, make_axes
 
 __all__ = [
@@ -75,13 +75,13 @@ def _select_element(da: xr.DataArray, element, var: str, keep: Sequence[str]) ->
 def _client_draws(post: xr.Dataset, var: str, element=None) -> xr.DataArray:
     if var not in post.data_vars:
         raise ValueError(
-            f"unknown variable {var!r}; client variables in the posterior: {_client_vars(post)}"
+            f"unknown variable {var!r}; client variables in the posterior: {client_vars(post)}"
         )
     da = post[var]
     if CLIENT_DIM not in da.dims:
         raise ValueError(
             f"{var!r} has no {CLIENT_DIM!r} dimension (it is global); "
-            f"client variables: {_client_vars(post)}"
+            f"client variables: {client_vars(post)}"
         )
     da = _select_element(da, element, var, (*SAMPLE_DIMS, CLIENT_DIM))
     return da.transpose(*SAMPLE_DIMS, CLIENT_DIM)
@@ -89,7 +89,7 @@ def _client_draws(post: xr.Dataset, var: str, element=None) -> xr.DataArray:
 
 def _global_mean(post: xr.Dataset, var: str, element=None) -> float:
     if var not in post.data_vars:
-        global_vars = [str(v) for v in post.data_vars if str(v) not in _client_vars(post)]
+        global_vars = [str(v) for v in post.data_vars if str(v) not in client_vars(post)]
         raise ValueError(f"unknown population variable {var!r}; global variables: {global_vars}")
     da = post[var]
     if CLIENT_DIM in da.dims:
@@ -142,7 +142,7 @@ def plot_shrinkage(
     Parameters
     ----------
     table : pandas.DataFrame
-        One row per client, as :func:`bayes_pfl.inspect.shrinkage_table` returns:
+        One row per client, as :func:`bayes_pfl.inspection.shrinkage_table` returns:
         columns ``n`` (client rows), ``local_mean``, ``personal_mean`` and
         ``pooled_mean`` are used (``local_lo/hi``, ``personal_lo/hi`` and
         ``shrinkage`` may be present and are ignored). Client labels are the
@@ -178,7 +178,7 @@ def plot_shrinkage(
     if missing:
         raise ValueError(
             f"shrinkage table is missing column(s) {missing}; needs {list(SHRINKAGE_COLUMNS)} "
-            "(as bayes_pfl.inspect.shrinkage_table returns)"
+            "(as bayes_pfl.inspection.shrinkage_table returns)"
         )
     t = table
     if isinstance(t.index, pd.MultiIndex) and "element" in t.index.names:
@@ -332,7 +332,7 @@ def plot_forest(
         scale, ``ci_prob`` outside (0, 1).
     """
     ci_prob = _check_prob(ci_prob)
-    post = _posterior(_as_datatree(dt))
+    post = posterior_group(as_datatree(dt))
     draws = _client_draws(post, var, element)
     table = _interval_table(draws, ci_prob)
     order = np.argsort(table["mean"].to_numpy(), kind="stable")
@@ -496,7 +496,7 @@ def plot_compare(
     tables = []
     for which, fit in (("reference", ref_dt), ("other", other_dt)):
         try:
-            draws = _client_draws(_posterior(_as_datatree(fit)), var, element)
+            draws = _client_draws(posterior_group(as_datatree(fit)), var, element)
         except ValueError as err:
             raise ValueError(f"{which} fit: {err}") from err
         tables.append(_interval_table(draws, ci_prob).set_index(CLIENT_DIM))

@@ -1,4 +1,4 @@
-"""Look inside a fit: shrinkage per client, fit-to-fit comparison, diagnostics, LOO per client.
+"""Look inside a fit: shrinkage per client, fit-to-fit agreement, diagnostics, LOO per client.
 
 Every function takes the ArviZ 1.x :class:`xarray.DataTree` of a fit
 (:meth:`~bayes_pfl.results.FitResult.to_datatree`) or the
@@ -8,12 +8,16 @@ Every function takes the ArviZ 1.x :class:`xarray.DataTree` of a fit
   its parameter, the partially pooled (personalized) posterior and the
   population mean, and how far partial pooling moved the estimate from local
   toward global (:func:`local_estimates` computes the no-pooling estimates);
-* :func:`compare`: element-wise agreement of two fits of the same model and data
+* :func:`agreement`: element-wise agreement of two fits of the same model and data
   (a federated fit against the centralized NUTS reference):
   ``z = |mean_other - mean_ref| / sd_ref`` and ``sd_other / sd_ref``;
 * :func:`diagnostics`: R-hat, bulk ESS, divergences and the federated round
   history, with warnings that name what failed;
 * :func:`loo_by_client`: PSIS-LOO of each client's observations.
+
+:func:`as_datatree`, :func:`posterior_group`, :func:`client_vars` and
+:func:`default_client_var` are the small accessors these share (and
+:mod:`bayes_pfl.plots` and :mod:`bayes_pfl.report` use).
 
 Examples
 --------
@@ -44,10 +48,14 @@ __all__ = [
     "ClientLoo",
     "DiagnosticsWarning",
     "ParetoKWarning",
-    "compare",
+    "agreement",
+    "as_datatree",
+    "client_vars",
+    "default_client_var",
     "diagnostics",
     "local_estimates",
     "loo_by_client",
+    "posterior_group",
     "shrinkage_table",
 ]
 
@@ -72,10 +80,10 @@ class ParetoKWarning(UserWarning):
 
 
 # ---------------------------------------------------------------------------
-# helpers
+# the fit's posterior and its client variables (also used by bayes_pfl.plots and report)
 
 
-def _as_datatree(fit, data=None, *, log_likelihood: bool = False) -> xr.DataTree:
+def as_datatree(fit, data=None, *, log_likelihood: bool = False) -> xr.DataTree:
     """The DataTree of ``fit`` (a DataTree, or a FitResult converted on the fly)."""
     if isinstance(fit, FitResult):
         return fit.to_datatree(data, log_likelihood=log_likelihood)
@@ -84,19 +92,21 @@ def _as_datatree(fit, data=None, *, log_likelihood: bool = False) -> xr.DataTree
     raise TypeError(f"expected an xarray.DataTree or a FitResult, got {type(fit).__name__}")
 
 
-def _posterior(dt: xr.DataTree) -> xr.Dataset:
+def posterior_group(dt: xr.DataTree) -> xr.Dataset:
+    """The ``posterior`` group of ``dt`` as a Dataset (ValueError without one)."""
     if "posterior" not in dt.children:
         raise ValueError("the DataTree has no posterior group")
     return dt["posterior"].to_dataset()
 
 
-def _client_vars(post: xr.Dataset) -> list[str]:
+def client_vars(post: xr.Dataset) -> list[str]:
+    """Names of the posterior's client variables (those with a ``client`` dimension)."""
     return [str(n) for n, v in post.data_vars.items() if CLIENT_DIM in v.dims]
 
 
-def _default_var(post: xr.Dataset) -> str:
+def default_client_var(post: xr.Dataset) -> str:
     """The centered client variable: the one without a ``_raw``-style companion."""
-    names = _client_vars(post)
+    names = client_vars(post)
     if not names:
         raise ValueError("the posterior has no client variable (no 'client' dimension)")
     if len(names) == 1:
@@ -184,7 +194,7 @@ def _train_rows(data, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _local_arrays(dt: xr.DataTree, data, var: str) -> tuple[np.ndarray, np.ndarray, str]:
     """No-pooling means and standard errors ``(K, E)`` of ``var`` and a description."""
-    post = _posterior(dt)
+    post = posterior_group(dt)
     _check_clients(post, data)
     model = str(dt.attrs.get("model", ""))
     n_el = _client_draws(post, var).shape[2]
@@ -280,9 +290,9 @@ def local_estimates(fit, data, var: str | None = None) -> pd.DataFrame:
         For other models or variables; give :func:`shrinkage_table` your own
         estimates with ``local=``.
     """
-    dt = _as_datatree(fit)
-    post = _posterior(dt)
-    var = _default_var(post) if var is None else var
+    dt = as_datatree(fit)
+    post = posterior_group(dt)
+    var = default_client_var(post) if var is None else var
     mean, se, how = _local_arrays(dt, data, var)
     out = pd.DataFrame(
         {"local_mean": mean.ravel(), "local_se": se.ravel()}, index=_table_index(post, var)
@@ -381,10 +391,10 @@ def shrinkage_table(
     """
     if not 0.0 < ci_prob < 1.0:
         raise ValueError(f"ci_prob must be in (0, 1), got {ci_prob!r}")
-    dt = _as_datatree(fit)
-    post = _posterior(dt)
+    dt = as_datatree(fit)
+    post = posterior_group(dt)
     _check_clients(post, data)
-    var = _default_var(post) if var is None else var
+    var = default_client_var(post) if var is None else var
     draws = _client_draws(post, var)  # (S, K, E)
     _, K, E = draws.shape
     index = _table_index(post, var)
@@ -439,7 +449,7 @@ def shrinkage_table(
 # fit against fit
 
 
-def compare(reference, other, *, var_names: list[str] | None = None) -> pd.DataFrame:
+def agreement(reference, other, *, var_names: list[str] | None = None) -> pd.DataFrame:
     """Element-wise agreement of two fits of the same model and data.
 
     Parameters
@@ -472,9 +482,9 @@ def compare(reference, other, *, var_names: list[str] | None = None) -> pd.DataF
     """
     import arviz as az
 
-    ref_dt, oth_dt = _as_datatree(reference), _as_datatree(other)
-    ref_vars = set(map(str, _posterior(ref_dt).data_vars))
-    oth_vars = set(map(str, _posterior(oth_dt).data_vars))
+    ref_dt, oth_dt = as_datatree(reference), as_datatree(other)
+    ref_vars = set(map(str, posterior_group(ref_dt).data_vars))
+    oth_vars = set(map(str, posterior_group(oth_dt).data_vars))
     if var_names is None:
         only_ref, only_oth = sorted(ref_vars - oth_vars), sorted(oth_vars - ref_vars)
         if only_ref or only_oth:
@@ -482,7 +492,7 @@ def compare(reference, other, *, var_names: list[str] | None = None) -> pd.DataF
                 f"the fits have different variables: only in reference {only_ref}, only in "
                 f"other {only_oth}; restrict the comparison with var_names="
             )
-        var_names = [str(v) for v in _posterior(ref_dt).data_vars]
+        var_names = [str(v) for v in posterior_group(ref_dt).data_vars]
     else:
         var_names = [var_names] if isinstance(var_names, str) else list(var_names)
         absent = {
@@ -681,8 +691,8 @@ def diagnostics(fit, *, r_hat_max: float = 1.01, ess_min: float = 400) -> dict[s
     import arviz as az
 
     history_list = fit.history if isinstance(fit, FitResult) else None
-    dt = _as_datatree(fit)
-    post = _posterior(dt)
+    dt = as_datatree(fit)
+    post = posterior_group(dt)
     n_clients = int(post.sizes.get(CLIENT_DIM, 0))
     summ = az.summary(dt, kind="diagnostics", round_to="none")
     r_hat = summ["r_hat"].to_numpy(float)
@@ -854,7 +864,7 @@ def loo_by_client(fit, *, var_name: str | None = None, k_threshold: float = 0.7)
 
     if isinstance(fit, FitResult):
         raise TypeError("loo_by_client needs the log-likelihood: pass result.to_datatree(data)")
-    dt = _as_datatree(fit)
+    dt = as_datatree(fit)
     if "log_likelihood" not in dt.children:
         raise ValueError(
             "the DataTree has no log_likelihood group: build it with to_datatree(data)"
@@ -869,7 +879,7 @@ def loo_by_client(fit, *, var_name: str | None = None, k_threshold: float = 0.7)
     if "obs_client" not in da.coords:
         raise ValueError("the log_likelihood group has no 'obs_client' coordinate")
     obs_dim = da["obs_client"].dims[0]
-    post = _posterior(dt)
+    post = posterior_group(dt)
     n_samples = int(np.prod([da.sizes[d] for d in SAMPLE_DIMS]))
     reff = _reff(post, n_samples)
     obs_client = np.asarray(da["obs_client"].values)

@@ -1,4 +1,5 @@
-"""Inspection of fits: shrinkage (against the Normal-Normal closed form), compare, diagnostics, LOO."""
+"""Inspection of fits: shrinkage (against the Normal-Normal closed form), agreement,
+diagnostics, LOO."""
 
 import dataclasses
 import warnings
@@ -12,10 +13,10 @@ import pytest
 import xarray as xr
 
 from bayes_pfl import FederatedData, fit_nuts, load
-from bayes_pfl.inspect import (
+from bayes_pfl.inspection import (
     DiagnosticsWarning,
     ParetoKWarning,
-    compare,
+    agreement,
     diagnostics,
     local_estimates,
     loo_by_client,
@@ -57,6 +58,13 @@ def _record(fn, *args, **kwargs):
         warnings.simplefilter("always")
         out = fn(*args, **kwargs)
     return out, list(caught)
+
+
+def _warned_diagnostics(fit):
+    """``diagnostics(fit)``, which must warn, and the messages of the warnings."""
+    with pytest.warns(DiagnosticsWarning) as rec:
+        diag = diagnostics(fit)
+    return diag, [str(w.message) for w in rec]
 
 
 # ---------------------------------------------------------------------------
@@ -238,11 +246,11 @@ def test_shrinkage_vector_client_variable():
 
 
 # ---------------------------------------------------------------------------
-# compare
+# agreement
 
 
-def test_compare_with_itself(schools_fit, schools_dt):
-    cmp = compare(schools_dt, schools_fit)
+def test_agreement_with_itself(schools_fit, schools_dt):
+    cmp = agreement(schools_dt, schools_fit)
     assert list(cmp.columns) == [
         "mean_ref",
         "sd_ref",
@@ -258,31 +266,31 @@ def test_compare_with_itself(schools_fit, schools_dt):
     assert (cmp["mcse_ref"] > 0).all()
 
 
-def test_compare_two_seeds(schools, schools_dt):
+def test_agreement_two_seeds(schools, schools_dt):
     """Two NUTS runs agree up to Monte Carlo error: z ~ sqrt(mcse_ref^2 + mcse_other^2) / sd_ref."""
     other = _nuts(eight_schools(), schools, seed=2, target_accept_prob=0.95)
-    cmp = compare(schools_dt, other)
+    cmp = agreement(schools_dt, other)
     noise = np.sqrt(2) * cmp["mcse_ref"] / cmp["sd_ref"]
     assert (cmp["z"] < 5 * noise).all(), cmp[["z"]].assign(noise=noise)
     assert cmp["sd_ratio"].between(0.85, 1.15).all(), cmp["sd_ratio"]
 
 
-def test_compare_mismatched_variables(schools_dt):
+def test_agreement_mismatched_variables(schools_dt):
     post = schools_dt["posterior"].to_dataset()
     fewer = xr.DataTree.from_dict({"posterior": post.drop_vars("theta_trans")})
     with pytest.raises(ValueError, match=r"only in reference \['theta_trans'\]"):
-        compare(schools_dt, fewer)
+        agreement(schools_dt, fewer)
     with pytest.raises(ValueError, match="only in other"):
-        compare(fewer, schools_dt)
+        agreement(fewer, schools_dt)
     with pytest.raises(ValueError, match="missing in other"):
-        compare(schools_dt, fewer, var_names=["mu", "theta_trans"])
-    cmp = compare(schools_dt, fewer, var_names=["mu", "theta"])
+        agreement(schools_dt, fewer, var_names=["mu", "theta_trans"])
+    cmp = agreement(schools_dt, fewer, var_names=["mu", "theta"])
     assert list(cmp.index) == ["mu"] + [f"theta[{s}]" for s in "ABCDEFGH"]
     other_clients = xr.DataTree.from_dict(
         {"posterior": post.assign_coords(client=list("ABCDEFGZ"))}
     )
     with pytest.raises(ValueError, match="elements differ"):
-        compare(schools_dt, other_clients)
+        agreement(schools_dt, other_clients)
 
 
 # ---------------------------------------------------------------------------
@@ -332,9 +340,7 @@ def test_diagnostics_history_names_clients(schools_fit):
         ]
     )
     ep_fit = dataclasses.replace(schools_fit, method="ep", history=history)
-    with pytest.warns(DiagnosticsWarning) as rec:
-        diag = diagnostics(ep_fit)
-    msgs = [str(w.message) for w in rec]
+    diag, msgs = _warned_diagnostics(ep_fit)
     assert any("local inference failed" in m and "'B'" in m and "'A'" not in m for m in msgs)
     assert any("rejected" in m and "'C'" in m for m in msgs)
     assert not any("did not converge" in m for m in msgs)
@@ -345,9 +351,7 @@ def test_diagnostics_history_names_clients(schools_fit):
 
     # from the DataTree only counts survive: rounds are reported, clients cannot be named
     dt = ep_fit.to_datatree()
-    with pytest.warns(DiagnosticsWarning) as rec:
-        diag_dt = diagnostics(dt)
-    msgs = [str(w.message) for w in rec]
+    diag_dt, msgs = _warned_diagnostics(dt)
     assert any("in rounds [2]; pass the FitResult" in m for m in msgs)
     assert "messages rejected in rounds [1]" in msgs
     assert diag_dt["history"]["rounds_with_failed"] == [1, 2]
@@ -390,9 +394,7 @@ def test_diagnostics_effect_sites_history(schools_fit):
         ]
     )
     ep_fit = dataclasses.replace(schools_fit, method="ep", history=history)
-    with pytest.warns(DiagnosticsWarning) as rec:
-        diag = diagnostics(ep_fit)
-    msgs = [str(w.message) for w in rec]
+    diag, msgs = _warned_diagnostics(ep_fit)
     assert not any("tilted NUTS" in m for m in msgs)
     assert any("local inference failed" in m and "'B'" in m and "'A'" not in m for m in msgs)
     stuck = [m for m in msgs if "did not converge in 3 round" in m]
@@ -408,9 +410,7 @@ def test_diagnostics_effect_sites_history(schools_fit):
     assert h["failed_clients"] == {"A": [1], "B": [2]}
 
     # the DataTree keeps the numeric columns: the same summary, clients by round only
-    with pytest.warns(DiagnosticsWarning) as rec:
-        diag_dt = diagnostics(ep_fit.to_datatree())
-    msgs = [str(w.message) for w in rec]
+    diag_dt, msgs = _warned_diagnostics(ep_fit.to_datatree())
     assert any("did not converge in 3 round" in m and "mean 0.01 sd" in m for m in msgs)
     h_dt = diag_dt["history"]
     assert h_dt["sites"] == "effects" and h_dt["rounds_with_failed"] == [1, 2]
@@ -425,9 +425,7 @@ def test_diagnostics_effect_sites_history(schools_fit):
     assert diag["ok"] and diag["history"]["converged"]
     # VI over client effects reports its convergence too; its sites use no importance weights
     vi = dataclasses.replace(schools_fit, method="vi", history=history)
-    with pytest.warns(DiagnosticsWarning) as rec:
-        diagnostics(vi)
-    msgs = [str(w.message) for w in rec]
+    _, msgs = _warned_diagnostics(vi)
     assert any("VI did not converge in 3 round" in m for m in msgs)
     assert not any("fell back" in m for m in msgs)
 
