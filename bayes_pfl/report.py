@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from bayes_pfl import inspection, plots
+from bayes_pfl.diagnostics import diagnostics
 from bayes_pfl.results import load_posterior
 
 __all__ = ["population_pair", "shrinkage_for_fit", "write_report"]
@@ -115,7 +116,7 @@ def write_report(fit_dir: str | Path, *, data=None) -> Path:
     # --- diagnostics
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        diag = inspection.diagnostics(dt)
+        diag = diagnostics(dt)
     messages = [str(w.message) for w in caught]
     summary = {k: diag.get(k) for k in ("max_r_hat", "min_ess_bulk", "min_ess_tail", "divergences")}
     body = _table(pd.DataFrame({"value": summary}))

@@ -441,7 +441,7 @@ def test_chain_diagnostics_match_arviz():
 
 
 def test_nuts_tilted_ep_records_chain_diagnostics(conjugate):
-    from bayes_pfl.inspection import diagnostics
+    from bayes_pfl.diagnostics import diagnostics
 
     data, exact = conjugate
     fit = fit_ep(

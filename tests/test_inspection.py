@@ -13,11 +13,10 @@ import pytest
 import xarray as xr
 
 from bayes_pfl import FederatedData, fit_nuts, load
+from bayes_pfl.diagnostics import DiagnosticsWarning, diagnostics
 from bayes_pfl.inspection import (
-    DiagnosticsWarning,
     ParetoKWarning,
     agreement,
-    diagnostics,
     local_estimates,
     loo_by_client,
     shrinkage_table,

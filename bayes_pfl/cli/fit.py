@@ -503,12 +503,12 @@ def _fit_into(args, data, model, out: Path, dataset) -> int:
 
 
 def _diagnose(result, chains: int) -> list[str]:
-    """Print every :func:`bayes_pfl.inspection.diagnostics` warning of the fit (any method:
+    """Print every :func:`bayes_pfl.diagnostics.diagnostics` warning of the fit (any method:
     r_hat, ESS, divergences, EP/VI convergence, failed or rejected clients) to stderr and
     return them; one line saying so when there is none."""
     import warnings
 
-    from bayes_pfl.inspection import DiagnosticsWarning, diagnostics
+    from bayes_pfl.diagnostics import DiagnosticsWarning, diagnostics
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
