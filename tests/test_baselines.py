@@ -10,7 +10,15 @@ import pytest
 
 from bayes_pfl.baselines import BASELINE_NAMES, HPARAM_DEFAULTS, fit_baseline
 from bayes_pfl.baselines.clustered import choose_clusters
-from bayes_pfl.baselines.networks import build_network
+from bayes_pfl.baselines.networks import build_network, get_family
+from bayes_pfl.baselines.training import (
+    client_loss_fn,
+    keep_where,
+    make_optimizer,
+    optimizer_steps_fn,
+    stack_copies,
+    take,
+)
 from bayes_pfl.data import ClientArrays, DataError, FederatedData
 from bayes_pfl.synthetic import make_federation
 
@@ -86,6 +94,34 @@ def test_pfedme_limits(normal_data, reference_fits):
 
 
 # ------------------------------------------------------- exact equalities
+
+
+def test_local_training_is_one_long_run(normal_data):
+    """Local-only training keeps its optimizer state: rounds x steps = one run of that many steps."""
+    fit = fit_baseline(
+        "local", normal_data, family="normal", rounds=3, local_steps=2, lr=0.05, optimizer="adam"
+    )
+    fam = get_family("normal")
+    net = build_network("linear", normal_data.n_features, fam.out_dim)
+    tx = make_optimizer("adam", 0.05)
+    run = optimizer_steps_fn(client_loss_fn(net, fam), tx, fam, 6)
+    params0, stats0 = net.init(0)
+    client = tuple(np.asarray(a)[1] for a in normal_data.arrays("train"))
+    params, _, _, (losses, _) = run(params0, stats0, tx.init(params0), client)
+    for k, v in params.items():
+        np.testing.assert_allclose(fit.personal_params[k][1], v, rtol=1e-10, atol=1e-12)
+    # one loss per step, at the parameters the step starts from; the run descends
+    assert losses.shape == (6,) and np.all(np.diff(losses) < 0)
+
+
+def test_tree_helpers():
+    tree = {"a": np.arange(3.0), "b": np.ones((2, 2))}
+    stacked = stack_copies(tree, 4)
+    assert stacked["a"].shape == (4, 3) and stacked["b"].shape == (4, 2, 2)
+    np.testing.assert_array_equal(take(stacked, 2)["a"], tree["a"])
+    other = jax.tree.map(lambda a: -a, tree)
+    np.testing.assert_array_equal(keep_where(True, tree, other)["b"], tree["b"])
+    np.testing.assert_array_equal(keep_where(False, tree, other)["b"], other["b"])
 
 
 def test_fedavg_one_gd_step_is_centralized_gd(bern_data):

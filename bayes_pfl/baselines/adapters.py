@@ -30,10 +30,14 @@ from bayes_pfl.baselines.networks import Family, Network, Params
 from bayes_pfl.baselines.training import (
     Baseline,
     ClientInfo,
-    Metrics,
     client_loss_fn,
+    client_metrics,
+    keep_where,
     local_steps_fn,
+    n_rows,
+    server_models,
     shrink,
+    stack_copies,
 )
 
 __all__ = ["AdapterClientState", "adapted", "build"]
@@ -94,7 +98,7 @@ def build(
                 adapter[f"{k}.up"] = jnp.zeros((r, w.shape[1]), w.dtype)
             else:
                 adapter[f"{k}.shift"] = jnp.zeros_like(w)
-        return AdapterClientState(adapter, jnp.sum(data[2]).astype(float))
+        return AdapterClientState(adapter, n_rows(data))
 
     def client_update(
         rng_key: Array, bcast: fedavg.FedAvgBroadcast, state: AdapterClientState, data
@@ -102,24 +106,17 @@ def build(
         del rng_key
         z = {"shared": bcast.params, "adapter": state.adapter}
         z, stats, (loss, acc) = run(z, bcast.stats, data, post)
-        keep = bcast.active
-        adapter = jax.tree.map(lambda a, b: jnp.where(keep, a, b), z["adapter"], state.adapter)
-        metrics = Metrics(jnp.where(keep, state.n, 0.0), loss, acc)
+        adapter = keep_where(bcast.active, z["adapter"], state.adapter)
+        metrics = client_metrics(bcast.active, state.n, loss, acc)
         message = fedavg.FedAvgMessage(z["shared"], stats, metrics)
         return AdapterClientState(adapter, state.n), message, ClientInfo(loss)
 
     def personal_fn(state: fedavg.FedAvgServerState, clients: AdapterClientState):
-        k = clients.n.shape[0]
         params = jax.vmap(adapted, in_axes=(None, 0))(state.params, clients.adapter)
-        stats = jax.tree.map(lambda a: jnp.broadcast_to(a, (k,) + a.shape), state.stats)
-        return params, stats
-
-    def global_fn(state: fedavg.FedAvgServerState, clients: AdapterClientState):
-        del clients
-        return state.params, state.stats
+        return params, stack_copies(state.stats, clients.n.shape[0])
 
     a = base.algorithm
     algorithm = Algorithm(
         a.server_init, client_init, client_update, a.server_update, a.broadcast, "adapters"
     )
-    return Baseline(algorithm, personal_fn, global_fn)
+    return Baseline(algorithm, personal_fn, server_models)

@@ -48,10 +48,15 @@ from bayes_pfl.baselines.training import (
     Baseline,
     ClientInfo,
     Metrics,
+    accepted_weight,
     client_loss_fn,
+    client_metrics,
     local_steps_fn,
+    n_rows,
     sample_active,
     server_info,
+    stack_copies,
+    take,
     weighted_average,
 )
 
@@ -93,15 +98,28 @@ class ClusterClientState(NamedTuple):
     n: Array
 
 
-def _take(tree, index):
-    return jax.tree.map(lambda a: a[index], tree)
-
-
 def _per_cluster_average(messages: ClusterMessage, weights: Array, onehot: Array, old: Params):
     """``old[c]`` replaced by the average of its members' models (weights ``weights * onehot[:, c]``)."""
     return jax.vmap(lambda w, prev: weighted_average(messages, w, prev), in_axes=(1, 0))(
         weights[:, None] * onehot, old
     )
+
+
+def _cluster_models(messages: ClusterMessage, weights: Array, onehot: Array, old):
+    """Per-cluster averages of the members' parameters and statistics, and each cluster's rows.
+
+    ``onehot[k, c]`` says that client ``k`` belongs to cluster ``c``; a cluster
+    without members keeps its model from ``old`` (a :class:`ClusterServerState`).
+    """
+    params = _per_cluster_average(messages.params, weights, onehot, old.params)
+    stats = _per_cluster_average(messages.stats, weights, onehot, old.stats)
+    return params, stats, weights @ onehot
+
+
+def _largest_cluster(state: ClusterServerState, clients):
+    """``global_fn`` of both methods: the model of the cluster with the most rows last round."""
+    del clients
+    return take((state.params, state.stats), jnp.argmax(state.sizes))
 
 
 def spherical_kmeans(u: Array, valid: Array, n_clusters: int, iterations: int = 25) -> Array:
@@ -204,10 +222,6 @@ def choose_clusters(
     return jnp.where(valid, labels, jnp.argmax(counts)).astype(jnp.int32)
 
 
-def _stack(tree, k: int):
-    return jax.tree.map(lambda a: jnp.broadcast_to(a, (k,) + a.shape), tree)
-
-
 def build_clustered(
     network: Network,
     family: Family,
@@ -238,8 +252,8 @@ def build_clustered(
 
     def server_init(rng_key: Array, n_clients: int) -> ClusterServerState:
         return ClusterServerState(
-            _stack(params0, c_max),
-            _stack(stats0, c_max),
+            stack_copies(params0, c_max),
+            stack_copies(stats0, c_max),
             jnp.zeros(n_clients, jnp.int32),
             jnp.zeros(c_max),
             jnp.asarray(0, jnp.int32),
@@ -247,26 +261,22 @@ def build_clustered(
         )
 
     def broadcast(state: ClusterServerState) -> ClusterBroadcast:
-        return ClusterBroadcast(
-            _take(state.params, state.assignment),
-            _take(state.stats, state.assignment),
-            state.active,
-        )
+        return ClusterBroadcast(*take((state.params, state.stats), state.assignment), state.active)
 
     def client_init(rng_key: Array, data) -> ClusterClientState:
         del rng_key
-        return ClusterClientState(jnp.sum(data[2]).astype(float))
+        return ClusterClientState(n_rows(data))
 
     def client_update(rng_key: Array, bcast: ClusterBroadcast, state: ClusterClientState, data):
         del rng_key
         direction, _ = ravel_pytree(grad_fn(bcast.params, bcast.stats, data))
         params, stats, (loss, acc) = run(bcast.params, bcast.stats, data)
-        metrics = Metrics(jnp.where(bcast.active, state.n, 0.0), loss, acc)
+        metrics = client_metrics(bcast.active, state.n, loss, acc)
         return state, ClusterMessage(params, stats, direction, metrics), ClientInfo(loss)
 
     def server_update(rng_key: Array, state: ClusterServerState, messages: ClusterMessage, accept):
         r = state.round + 1
-        w = jnp.where(accept, messages.metrics.weight, 0.0)
+        w = accepted_weight(messages.metrics, accept)
         found = choose_clusters(
             messages.direction,
             w > 0,
@@ -277,26 +287,19 @@ def build_clustered(
         )
         assignment = jnp.where(r == cluster_round, found, state.assignment)
         onehot = (assignment[:, None] == jnp.arange(c_max)).astype(w.dtype)
-        params = _per_cluster_average(messages.params, w, onehot, state.params)
-        stats = _per_cluster_average(messages.stats, w, onehot, state.stats)
-        sizes = w @ onehot
+        params, stats, sizes = _cluster_models(messages, w, onehot, state)
         active = active_for(rng_key, w.shape[0], r + 1)
         new = ClusterServerState(params, stats, assignment, sizes, r, active)
         return new, server_info(messages.metrics, accept)
 
     def personal_fn(state: ClusterServerState, clients):
         del clients
-        return _take(state.params, state.assignment), _take(state.stats, state.assignment)
-
-    def global_fn(state: ClusterServerState, clients):
-        del clients
-        biggest = jnp.argmax(state.sizes)
-        return _take(state.params, biggest), _take(state.stats, biggest)
+        return take((state.params, state.stats), state.assignment)
 
     algorithm = Algorithm(
         server_init, client_init, client_update, server_update, broadcast, "clustered"
     )
-    return Baseline(algorithm, personal_fn, global_fn)
+    return Baseline(algorithm, personal_fn, _largest_cluster)
 
 
 class IFCAClientState(NamedTuple):
@@ -332,30 +335,26 @@ def build_ifca(
 
     def broadcast(state: ClusterServerState) -> ClusterBroadcast:
         k = state.active.shape[0]
-        return ClusterBroadcast(_stack(state.params, k), _stack(state.stats, k), state.active)
+        return ClusterBroadcast(*stack_copies((state.params, state.stats), k), state.active)
 
     def client_init(rng_key: Array, data) -> IFCAClientState:
         del rng_key
-        return IFCAClientState(jnp.asarray(0, jnp.int32), jnp.sum(data[2]).astype(float))
+        return IFCAClientState(jnp.asarray(0, jnp.int32), n_rows(data))
 
     def client_update(rng_key: Array, bcast: ClusterBroadcast, state: IFCAClientState, data):
         del rng_key
         losses = jax.vmap(lambda p, s: loss_fn(p, s, data)[0])(bcast.params, bcast.stats)
         choice = jnp.argmin(losses).astype(jnp.int32)
-        params, stats, (loss, acc) = run(
-            _take(bcast.params, choice), _take(bcast.stats, choice), data
-        )
+        params, stats, (loss, acc) = run(*take((bcast.params, bcast.stats), choice), data)
         onehot = (jnp.arange(c) == choice).astype(loss.dtype)
-        metrics = Metrics(jnp.where(bcast.active, state.n, 0.0), loss, acc)
+        metrics = client_metrics(bcast.active, state.n, loss, acc)
         new = IFCAClientState(jnp.where(bcast.active, choice, state.choice), state.n)
         return new, ClusterMessage(params, stats, onehot, metrics), ClientInfo(loss)
 
     def server_update(rng_key: Array, state: ClusterServerState, messages: ClusterMessage, accept):
-        w = jnp.where(accept, messages.metrics.weight, 0.0)
+        w = accepted_weight(messages.metrics, accept)
         onehot = messages.direction
-        params = _per_cluster_average(messages.params, w, onehot, state.params)
-        stats = _per_cluster_average(messages.stats, w, onehot, state.stats)
-        sizes = w @ onehot
+        params, stats, sizes = _cluster_models(messages, w, onehot, state)
         chosen = jnp.argmax(onehot, axis=1).astype(jnp.int32)
         assignment = jnp.where(w > 0, chosen, state.assignment)
         active = sample_active(rng_key, w.shape[0], fraction)
@@ -364,12 +363,7 @@ def build_ifca(
 
     def personal_fn(state: ClusterServerState, clients: IFCAClientState):
         # the model each client would pick now, by its last choice
-        return _take(state.params, clients.choice), _take(state.stats, clients.choice)
-
-    def global_fn(state: ClusterServerState, clients):
-        del clients
-        biggest = jnp.argmax(state.sizes)
-        return _take(state.params, biggest), _take(state.stats, biggest)
+        return take((state.params, state.stats), clients.choice)
 
     algorithm = Algorithm(server_init, client_init, client_update, server_update, broadcast, "ifca")
-    return Baseline(algorithm, personal_fn, global_fn)
+    return Baseline(algorithm, personal_fn, _largest_cluster)

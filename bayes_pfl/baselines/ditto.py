@@ -21,7 +21,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 import optax
 
 from bayes_pfl.algorithms import Algorithm
@@ -30,7 +29,9 @@ from bayes_pfl.baselines.networks import Family, Network, Params
 from bayes_pfl.baselines.training import (
     Baseline,
     client_loss_fn,
+    keep_where,
     local_steps_fn,
+    own_models,
     prox_toward,
 )
 
@@ -82,17 +83,8 @@ def build(
         params, stats, _ = run(
             state.params, state.stats, data, lambda v: prox_toward(v, bcast.params, strength)
         )
-        keep = bcast.active
-        new = DittoClientState(
-            shared,
-            jax.tree.map(lambda a, b: jnp.where(keep, a, b), params, state.params),
-            jax.tree.map(lambda a, b: jnp.where(keep, a, b), stats, state.stats),
-        )
-        return new, message, info
-
-    def personal_fn(state, clients: DittoClientState):
-        del state
-        return clients.params, clients.stats
+        kept = keep_where(bcast.active, (params, stats), (state.params, state.stats))
+        return DittoClientState(shared, *kept), message, info
 
     def global_fn(state, clients: DittoClientState):
         return base.global_fn(state, clients.shared)
@@ -101,4 +93,4 @@ def build(
     algorithm = Algorithm(
         a.server_init, client_init, client_update, a.server_update, a.broadcast, "ditto"
     )
-    return Baseline(algorithm, personal_fn, global_fn)
+    return Baseline(algorithm, own_models, global_fn)

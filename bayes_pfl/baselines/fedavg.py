@@ -34,10 +34,10 @@ the driver's seeded round key); the others neither train nor count.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 import optax
 
 from bayes_pfl.algorithms import Algorithm
@@ -46,11 +46,16 @@ from bayes_pfl.baselines.training import (
     Baseline,
     ClientInfo,
     Metrics,
+    accepted_weight,
     client_loss_fn,
+    client_metrics,
+    keep_where,
     local_steps_fn,
+    n_rows,
     prox_toward,
     sample_active,
     server_info,
+    stack_copies,
     weighted_average,
 )
 
@@ -61,6 +66,7 @@ __all__ = [
     "FedAvgMessage",
     "FedAvgServerState",
     "build",
+    "server_update_fn",
 ]
 
 Array = jax.Array
@@ -102,8 +108,24 @@ def _split(tree: Params, keys) -> Params:
     return {k: v for k, v in tree.items() if k in keys}
 
 
-def _stack(tree, k: int):
-    return jax.tree.map(lambda a: jnp.broadcast_to(a, (k,) + a.shape), tree)
+def server_update_fn(fraction: float, combine: Callable[[Params, Params], Params] | None = None):
+    """FedAvg's ``server_update``: the shared leaves averaged over the accepted clients' messages.
+
+    ``combine(old, mean) -> params`` sets the shared parameters from the old
+    ones and the average (default: the average); BatchNorm statistics are
+    always averaged. Then the clients of the next round are sampled.
+    """
+
+    def server_update(rng_key: Array, state: FedAvgServerState, messages: FedAvgMessage, accept):
+        w = accepted_weight(messages.metrics, accept)
+        params = weighted_average(messages.params, w, state.params)
+        if combine is not None:
+            params = combine(state.params, params)
+        stats = weighted_average(messages.stats, w, state.stats)
+        active = sample_active(rng_key, state.active.shape[0], fraction)
+        return FedAvgServerState(params, stats, active), server_info(messages.metrics, accept)
+
+    return server_update
 
 
 def build(
@@ -160,11 +182,11 @@ def build(
 
     def broadcast(state: FedAvgServerState) -> FedAvgBroadcast:
         k = state.active.shape[0]
-        return FedAvgBroadcast(_stack(state.params, k), _stack(state.stats, k), state.active)
+        return FedAvgBroadcast(*stack_copies((state.params, state.stats), k), state.active)
 
     def client_init(rng_key: Array, data) -> FedAvgClientState:
         del rng_key
-        return FedAvgClientState(dict(params0), dict(stats0), jnp.sum(data[2]).astype(float))
+        return FedAvgClientState(dict(params0), dict(stats0), n_rows(data))
 
     def client_update(rng_key: Array, bcast: FedAvgBroadcast, state: FedAvgClientState, data):
         del rng_key
@@ -172,30 +194,16 @@ def build(
         stats = {**state.stats, **bcast.stats}
         post = (lambda z: prox_toward(z, bcast.params, strength)) if mu > 0 else None
         new_params, new_stats, (loss, acc) = run(params, stats, data, post)
-        keep = bcast.active
-        new_state = FedAvgClientState(
-            jax.tree.map(lambda a, b: jnp.where(keep, a, b), new_params, state.params),
-            jax.tree.map(lambda a, b: jnp.where(keep, a, b), new_stats, state.stats),
-            state.n,
-        )
-        weight = jnp.where(keep, state.n, 0.0)
-        message = FedAvgMessage(
-            _split(new_params, shared_p), _split(new_stats, shared_s), Metrics(weight, loss, acc)
-        )
-        return new_state, message, ClientInfo(loss)
-
-    def server_update(rng_key: Array, state: FedAvgServerState, messages: FedAvgMessage, accept):
-        w = jnp.where(accept, messages.metrics.weight, 0.0)
-        params = weighted_average(messages.params, w, state.params)
-        stats = weighted_average(messages.stats, w, state.stats)
-        active = sample_active(rng_key, state.active.shape[0], fraction)
-        return FedAvgServerState(params, stats, active), server_info(messages.metrics, accept)
+        kept = keep_where(bcast.active, (new_params, new_stats), (state.params, state.stats))
+        metrics = client_metrics(bcast.active, state.n, loss, acc)
+        message = FedAvgMessage(_split(new_params, shared_p), _split(new_stats, shared_s), metrics)
+        return FedAvgClientState(*kept, state.n), message, ClientInfo(loss)
 
     def personal_fn(state: FedAvgServerState, clients: FedAvgClientState):
         k = clients.n.shape[0]
         return (
-            {**clients.params, **_stack(state.params, k)},
-            {**clients.stats, **_stack(state.stats, k)},
+            {**clients.params, **stack_copies(state.params, k)},
+            {**clients.stats, **stack_copies(state.stats, k)},
         )
 
     def global_fn(state: FedAvgServerState, clients: FedAvgClientState):
@@ -209,5 +217,6 @@ def build(
             {**weighted_average(own_s, clients.n, zero_s), **state.stats},
         )
 
+    server_update = server_update_fn(fraction)
     algorithm = Algorithm(server_init, client_init, client_update, server_update, broadcast, name)
     return Baseline(algorithm, personal_fn, global_fn)

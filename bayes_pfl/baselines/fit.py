@@ -21,7 +21,7 @@ from bayes_pfl.baselines.networks import (
     build_network,
     get_family,
 )
-from bayes_pfl.baselines.training import OPTIMIZERS, Baseline, make_optimizer
+from bayes_pfl.baselines.training import OPTIMIZERS, Baseline, make_optimizer, stack_copies
 from bayes_pfl.data import ClientArrays, DataError, FederatedData
 
 __all__ = ["BASELINE_NAMES", "HPARAM_DEFAULTS", "BaselineFit", "fit_baseline"]
@@ -275,6 +275,30 @@ def _positive_int(name: str, value) -> int:
     return int(value)
 
 
+def _check_names(method: str, family: str, network: str) -> None:
+    _check_choice("method", method, BASELINE_NAMES)
+    _check_choice("family", family, FAMILIES)
+    _check_choice("network", network, NETWORKS)
+
+
+def _hyperparameters(
+    method: str, local_steps, lr, hparams: dict[str, Any]
+) -> tuple[int, dict[str, Any]]:
+    """``local_steps`` checked, and every hyper-parameter of ``method`` (defaults filled in)."""
+    local_steps = _positive_int("local_steps", local_steps)
+    if not (isinstance(lr, (int, float)) and lr > 0):
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    defaults = _defaults(method)
+    unknown = sorted(set(hparams) - set(defaults))
+    if unknown:
+        raise ValueError(
+            f"unknown hyper-parameter(s) {unknown} for method {method!r}; valid: {sorted(defaults)}"
+        )
+    hp = {**defaults, **hparams}
+    _check_choice("optimizer", hp["optimizer"], OPTIMIZERS)
+    return local_steps, hp
+
+
 def _history(entries: list[dict], classify: bool) -> list[dict]:
     out = []
     for e in entries:
@@ -408,23 +432,11 @@ def fit_baseline(
     >>> fit.predict(test.x, test.mask).shape
     (6, 9)
     """
-    _check_choice("method", method, BASELINE_NAMES)
-    _check_choice("family", family, FAMILIES)
-    _check_choice("network", network, NETWORKS)
+    _check_names(method, family, network)
     if not isinstance(data, FederatedData):
         raise DataError(f"data must be a FederatedData, got {type(data).__name__}")
     rounds = _positive_int("rounds", rounds)
-    local_steps = _positive_int("local_steps", local_steps)
-    if not (isinstance(lr, (int, float)) and lr > 0):
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
-    defaults = _defaults(method)
-    unknown = sorted(set(hparams) - set(defaults))
-    if unknown:
-        raise ValueError(
-            f"unknown hyper-parameter(s) {unknown} for method {method!r}; valid: {sorted(defaults)}"
-        )
-    hp = {**defaults, **hparams}
-    _check_choice("optimizer", hp["optimizer"], OPTIMIZERS)
+    local_steps, hp = _hyperparameters(method, local_steps, lr, hparams)
     if "fraction" in hp and not 0 < hp["fraction"] <= 1:
         raise ValueError(f"fraction must be in (0, 1], got {hp['fraction']!r}")
 
@@ -447,10 +459,6 @@ def fit_baseline(
     fam = get_family(family, n_classes)
     net = build_network(network, data.n_features, fam.out_dim, hidden=hp["hidden"])
     init = net.init(seed)
-    tx = make_optimizer(hp["optimizer"], lr)
-    wd = float(hp["weight_decay"])
-    common = {"tx": tx, "local_steps": local_steps, "weight_decay": wd}
-    fed = {**common, "fraction": float(hp.get("fraction", 1.0))}
 
     meta_scaling = None
     meta_std = None
@@ -488,10 +496,10 @@ def fit_baseline(
             fam,
             init,
             tuple(jnp.asarray(a) for a in train),
-            tx=tx,
+            tx=make_optimizer(hp["optimizer"], lr),
             steps=rounds * local_steps,
             record_every=local_steps,
-            weight_decay=wd,
+            weight_decay=float(hp["weight_decay"]),
         )
         losses = np.asarray(losses)
         per_round = (time.perf_counter() - t0) / rounds
@@ -505,8 +513,7 @@ def fit_baseline(
             }
             for r in range(rounds)
         ]
-        k = data.n_clients
-        personal = jax.tree.map(lambda a: jnp.broadcast_to(a, (k,) + a.shape), (params, stats))
+        personal = stack_copies((params, stats), data.n_clients)
         fit = BaselineFit(
             method=method,
             hparams=hparams_out,
@@ -519,7 +526,7 @@ def fit_baseline(
             n_features=data.n_features,
         )
     else:
-        baseline = _build(method, net, fam, init, hp, common, fed, lr, seed, meta_std)
+        baseline = _build(method, net, fam, init, hp, local_steps, lr, seed, meta_std)
         from bayes_pfl.simulation import run_rounds
 
         result = run_rounds(
@@ -587,28 +594,13 @@ def baseline_algorithm(
     _check_choice("method", method, BASELINE_NAMES)
     if method == "pooled":
         raise ValueError("'pooled' trains on all rows in one place: it has no federated form")
-    _check_choice("family", family, FAMILIES)
-    _check_choice("network", network, NETWORKS)
-    local_steps = _positive_int("local_steps", local_steps)
-    if not (isinstance(lr, (int, float)) and lr > 0):
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
-    defaults = _defaults(method)
-    unknown = sorted(set(hparams) - set(defaults))
-    if unknown:
-        raise ValueError(
-            f"unknown hyper-parameter(s) {unknown} for method {method!r}; valid: {sorted(defaults)}"
-        )
-    hp = {**defaults, **hparams}
-    _check_choice("optimizer", hp["optimizer"], OPTIMIZERS)
+    _check_names(method, family, network)
+    local_steps, hp = _hyperparameters(method, local_steps, lr, hparams)
     if family == "categorical" and n_classes is None:
         raise ValueError("family='categorical' needs n_classes")
     fam = get_family(family, max(int(n_classes), 2) if family == "categorical" else None)
     net = build_network(network, int(n_features), fam.out_dim, hidden=hp["hidden"])
-    init = net.init(seed)
-    tx = make_optimizer(hp["optimizer"], lr)
-    common = {"tx": tx, "local_steps": local_steps, "weight_decay": float(hp["weight_decay"])}
-    fed = {**common, "fraction": float(hp.get("fraction", 1.0))}
-    return _build(method, net, fam, init, hp, common, fed, lr, seed, None)
+    return _build(method, net, fam, net.init(seed), hp, local_steps, lr, seed, None)
 
 
 def _noise_sd(fit: BaselineFit, train: ClientArrays) -> np.ndarray:
@@ -621,7 +613,10 @@ def _noise_sd(fit: BaselineFit, train: ClientArrays) -> np.ndarray:
     return np.where(n > 0, sd, pooled)
 
 
-def _build(method, net, fam, init, hp, common, fed, lr, seed, meta_std) -> Baseline:
+def _build(method, net, fam, init, hp, local_steps, lr, seed, meta_std) -> Baseline:
+    tx = make_optimizer(hp["optimizer"], lr)
+    common = {"tx": tx, "local_steps": local_steps, "weight_decay": float(hp["weight_decay"])}
+    fed = {**common, "fraction": float(hp.get("fraction", 1.0))}
     if method == "local":
         return local.build(net, fam, init, **common)
     if method in ("fedavg", "fedprox", "fedbn", "fedper"):

@@ -41,9 +41,14 @@ from bayes_pfl.baselines.training import (
     ClientInfo,
     Metrics,
     client_loss_fn,
+    client_metrics,
+    keep_where,
     local_steps_fn,
+    n_rows,
     sample_active,
     server_info,
+    stack_copies,
+    take,
     weighted_average,
 )
 
@@ -109,10 +114,12 @@ def build(
     def descriptors(meta: Array | None, emb: Array) -> Array:
         return emb if meta is None else jnp.concatenate([meta.astype(emb.dtype), emb], axis=1)
 
+    def hn_output(hn_params: Params, desc: Array) -> Array:
+        out, _ = hnet.apply(hn_params, {}, desc, jnp.ones(desc.shape[0], bool), False)
+        return out
+
     def generate(hn_params: Params, desc: Array) -> Params:
-        rows = jnp.ones(desc.shape[0], bool)
-        out, _ = hnet.apply(hn_params, {}, desc, rows, False)
-        return jax.vmap(unravel)(flat0 + out)
+        return jax.vmap(unravel)(flat0 + hn_output(hn_params, desc))
 
     def server_init(rng_key: Array, n_clients: int) -> HyperServerState:
         k_emb, k_act = jax.random.split(rng_key)
@@ -128,17 +135,14 @@ def build(
 
     def client_init(rng_key: Array, data) -> HyperClientState:
         del rng_key
-        return HyperClientState(dict(stats0), jnp.sum(data[2]).astype(float))
+        return HyperClientState(dict(stats0), n_rows(data))
 
     def client_update(rng_key: Array, bcast: HyperBroadcast, state: HyperClientState, data):
         del rng_key
         params, stats, (loss, acc) = run(bcast.params, state.stats, data)
         delta = ravel_pytree(params)[0] - ravel_pytree(bcast.params)[0]
-        keep = bcast.active
-        new = HyperClientState(
-            jax.tree.map(lambda a, b: jnp.where(keep, a, b), stats, state.stats), state.n
-        )
-        metrics = Metrics(jnp.where(keep, state.n, 0.0), loss, acc)
+        new = HyperClientState(keep_where(bcast.active, stats, state.stats), state.n)
+        metrics = client_metrics(bcast.active, state.n, loss, acc)
         return new, HyperMessage(delta, metrics), ClientInfo(loss)
 
     def server_update(rng_key: Array, state: HyperServerState, messages: HyperMessage, accept):
@@ -147,8 +151,7 @@ def build(
 
         def surrogate(variables):
             hn_params, emb = variables
-            desc = descriptors(metadata, emb)
-            out, _ = hnet.apply(hn_params, {}, desc, jnp.ones(desc.shape[0], bool), False)
+            out = hn_output(hn_params, descriptors(metadata, emb))
             return -jnp.sum(out * jax.lax.stop_gradient(delta)) / jnp.maximum(jnp.sum(use), 1.0)
 
         variables = (state.hn_params, state.embeddings)
@@ -171,12 +174,10 @@ def build(
         if metadata is not None and new_metadata is None:
             new_metadata = jnp.zeros((n_new, m))  # the mean client (metadata are standardized)
         params = generate(state.hn_params, descriptors(new_metadata, emb))
-        stats = mean_stats(clients)
-        return params, jax.tree.map(lambda a: jnp.broadcast_to(a, (n_new,) + a.shape), stats)
+        return params, stack_copies(mean_stats(clients), n_new)
 
     def global_fn(state: HyperServerState, clients: HyperClientState):
-        params, stats = cold_start_fn(state, clients, None)
-        return jax.tree.map(lambda a: a[0], params), jax.tree.map(lambda a: a[0], stats)
+        return take(cold_start_fn(state, clients, None), 0)
 
     algorithm = Algorithm(
         server_init, client_init, client_update, server_update, broadcast, "hypernet"

@@ -24,8 +24,10 @@ from bayes_pfl.baselines.training import (
     Baseline,
     ClientInfo,
     Metrics,
-    accuracy_of,
     client_loss_fn,
+    n_rows,
+    optimizer_steps_fn,
+    own_models,
     server_info,
     weighted_average,
 )
@@ -57,8 +59,7 @@ def build(
 ) -> Baseline:
     """Local-only training as an :class:`~bayes_pfl.algorithms.Algorithm` (``local_steps`` per round)."""
     params0, stats0 = init
-    loss_fn = client_loss_fn(network, family, weight_decay)
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    run = optimizer_steps_fn(client_loss_fn(network, family, weight_decay), tx, family, local_steps)
 
     def server_init(rng_key: Array, n_clients: int) -> Array:
         del rng_key
@@ -69,25 +70,12 @@ def build(
 
     def client_init(rng_key: Array, data) -> LocalClientState:
         del rng_key
-        return LocalClientState(
-            dict(params0), dict(stats0), tx.init(dict(params0)), jnp.sum(data[2]).astype(float)
-        )
+        return LocalClientState(dict(params0), dict(stats0), tx.init(dict(params0)), n_rows(data))
 
     def client_update(rng_key: Array, bcast: Array, state: LocalClientState, data):
         del rng_key, bcast
-        _, y, mask = data
-
-        def step(carry, _):
-            params, stats, opt_state = carry
-            (value, (new_stats, eta)), grads = grad_fn(params, stats, data)
-            updates, opt_state = tx.update(grads, opt_state, params)
-            return (optax.apply_updates(params, updates), new_stats, opt_state), (
-                value,
-                accuracy_of(family, eta, y, mask),
-            )
-
-        (params, stats, opt_state), (losses, accs) = jax.lax.scan(
-            step, (state.params, state.stats, state.opt_state), None, length=local_steps
+        params, stats, opt_state, (losses, accs) = run(
+            state.params, state.stats, state.opt_state, data
         )
         metrics = Metrics(state.n, losses[0], accs[0])
         return (
@@ -100,10 +88,6 @@ def build(
         del rng_key
         return state, server_info(messages.metrics, accept)
 
-    def personal_fn(state, clients: LocalClientState):
-        del state
-        return clients.params, clients.stats
-
     def global_fn(state, clients: LocalClientState):
         # a new client has no model of its own: the row-weighted mean of the local models
         del state
@@ -115,7 +99,7 @@ def build(
     algorithm = Algorithm(
         server_init, client_init, client_update, server_update, broadcast, "local"
     )
-    return Baseline(algorithm, personal_fn, global_fn)
+    return Baseline(algorithm, own_models, global_fn)
 
 
 def fit_pooled(
@@ -140,23 +124,11 @@ def fit_pooled(
         jnp.reshape(y, (-1,)),
         jnp.reshape(mask, (-1,)),
     )
-    loss_fn = client_loss_fn(network, family, weight_decay)
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    run = optimizer_steps_fn(client_loss_fn(network, family, weight_decay), tx, family, steps)
 
     @jax.jit
     def train(params, stats, data):
-        def step(carry, _):
-            params, stats, opt_state = carry
-            (value, (new_stats, eta)), grads = grad_fn(params, stats, data)
-            updates, opt_state = tx.update(grads, opt_state, params)
-            return (optax.apply_updates(params, updates), new_stats, opt_state), (
-                value,
-                accuracy_of(family, eta, data[1], data[2]),
-            )
-
-        (params, stats, _), (losses, accs) = jax.lax.scan(
-            step, (params, stats, tx.init(params)), None, length=steps
-        )
+        params, stats, _, (losses, accs) = run(params, stats, tx.init(params), data)
         return params, stats, losses[::record_every], accs[::record_every]
 
     return train(*init, pooled)

@@ -29,7 +29,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 import optax
 
 from bayes_pfl.algorithms import Algorithm
@@ -38,13 +37,14 @@ from bayes_pfl.baselines.networks import Family, Network, Params
 from bayes_pfl.baselines.training import (
     Baseline,
     ClientInfo,
-    Metrics,
     client_loss_fn,
+    client_metrics,
+    keep_where,
     local_steps_fn,
+    n_rows,
+    own_models,
     prox_toward,
-    sample_active,
-    server_info,
-    weighted_average,
+    server_models,
 )
 
 __all__ = ["PFedMeClientState", "build"]
@@ -87,7 +87,7 @@ def build(
 
     def client_init(rng_key: Array, data) -> PFedMeClientState:
         del rng_key
-        return PFedMeClientState(dict(params0), dict(stats0), jnp.sum(data[2]).astype(float))
+        return PFedMeClientState(dict(params0), dict(stats0), n_rows(data))
 
     def client_update(
         rng_key: Array, bcast: fedavg.FedAvgBroadcast, state: PFedMeClientState, data
@@ -103,36 +103,21 @@ def build(
         (w, theta, stats), (losses, accs) = jax.lax.scan(
             outer, (bcast.params, state.params, state.stats), None, length=local_steps
         )
-        keep = bcast.active
-        new = PFedMeClientState(
-            jax.tree.map(lambda a, b: jnp.where(keep, a, b), theta, state.params),
-            jax.tree.map(lambda a, b: jnp.where(keep, a, b), stats, state.stats),
-            state.n,
-        )
-        metrics = Metrics(jnp.where(keep, state.n, 0.0), losses[0], accs[0])
+        kept = keep_where(bcast.active, (theta, stats), (state.params, state.stats))
+        metrics = client_metrics(bcast.active, state.n, losses[0], accs[0])
         stats_msg = {k: v for k, v in stats.items() if k in bcast.stats}
-        return new, fedavg.FedAvgMessage(w, stats_msg, metrics), ClientInfo(losses[0])
-
-    def server_update(rng_key: Array, state: fedavg.FedAvgServerState, messages, accept):
-        w = jnp.where(accept, messages.metrics.weight, 0.0)
-        mean = weighted_average(messages.params, w, state.params)
-        params = jax.tree.map(lambda old, new: (1.0 - beta) * old + beta * new, state.params, mean)
-        stats = weighted_average(messages.stats, w, state.stats)
-        active = sample_active(rng_key, state.active.shape[0], fraction)
-        return fedavg.FedAvgServerState(params, stats, active), server_info(
-            messages.metrics, accept
+        return (
+            PFedMeClientState(*kept, state.n),
+            fedavg.FedAvgMessage(w, stats_msg, metrics),
+            ClientInfo(losses[0]),
         )
 
-    def personal_fn(state, clients: PFedMeClientState):
-        del state
-        return clients.params, clients.stats
+    def mix(old, mean):
+        return jax.tree.map(lambda a, b: (1.0 - beta) * a + beta * b, old, mean)
 
-    def global_fn(state: fedavg.FedAvgServerState, clients: PFedMeClientState):
-        del clients
-        return state.params, state.stats
-
+    server_update = fedavg.server_update_fn(fraction, mix)
     a = base.algorithm
     algorithm = Algorithm(
         a.server_init, client_init, client_update, server_update, a.broadcast, "pfedme"
     )
-    return Baseline(algorithm, personal_fn, global_fn)
+    return Baseline(algorithm, own_models, server_models)

@@ -1,5 +1,6 @@
 """Pieces every baseline shares: the masked client loss, a scan of local optimizer steps,
-proximal pulls toward an anchor, weighted averaging at the server and client sampling.
+proximal pulls toward an anchor, weighted averaging at the server, client sampling, and
+the small tree operations on client and server states the algorithms have in common.
 
 All functions are pure and work on one client (no client axis); the driver vmaps them.
 """
@@ -21,15 +22,24 @@ __all__ = [
     "ClientInfo",
     "Metrics",
     "ServerInfo",
+    "accepted_weight",
     "accuracy_of",
     "client_loss_fn",
+    "client_metrics",
     "evaluate",
+    "keep_where",
     "local_steps_fn",
     "make_optimizer",
+    "n_rows",
+    "optimizer_steps_fn",
+    "own_models",
     "prox_toward",
     "sample_active",
     "server_info",
+    "server_models",
     "shrink",
+    "stack_copies",
+    "take",
     "weighted_average",
 ]
 
@@ -115,16 +125,17 @@ def accuracy_of(family: Family, eta: Array, y: Array, mask: Array) -> Array:
     return hits / jnp.maximum(jnp.sum(mask), 1)
 
 
-def local_steps_fn(loss_fn, tx: optax.GradientTransformation, family: Family, steps: int):
-    """``run(z, stats, data, post_fn=None) -> (z, stats, (loss, accuracy))``.
+def optimizer_steps_fn(loss_fn, tx: optax.GradientTransformation, family: Family, steps: int):
+    """``run(z, stats, opt_state, data, post_fn=None) -> (z, stats, opt_state, (losses, accuracies))``.
 
-    ``steps`` optimizer steps on the client's full batch (``lax.scan``), a fresh
-    optimizer state each call; ``post_fn(z)`` (a proximal step) follows every
-    update. The returned loss and accuracy are those of the *starting* ``z``.
+    ``steps`` optimizer steps on the client's full batch (``lax.scan``) from
+    the optimizer state ``opt_state``; ``post_fn(z)`` (a proximal step) follows
+    every update. ``losses`` and ``accuracies`` (one per step) are those of the
+    ``z`` each step starts from.
     """
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-    def run(z, stats, data, post_fn=None):
+    def run(z, stats, opt_state, data, post_fn=None):
         _, y, mask = data
 
         def step(carry, _):
@@ -136,9 +147,24 @@ def local_steps_fn(loss_fn, tx: optax.GradientTransformation, family: Family, st
                 z = post_fn(z)
             return (z, new_stats, opt_state), (value, accuracy_of(family, eta, y, mask))
 
-        (z, stats, _), (losses, accs) = jax.lax.scan(
-            step, (z, stats, tx.init(z)), None, length=steps
+        (z, stats, opt_state), metrics = jax.lax.scan(
+            step, (z, stats, opt_state), None, length=steps
         )
+        return z, stats, opt_state, metrics
+
+    return run
+
+
+def local_steps_fn(loss_fn, tx: optax.GradientTransformation, family: Family, steps: int):
+    """``run(z, stats, data, post_fn=None) -> (z, stats, (loss, accuracy))``.
+
+    :func:`optimizer_steps_fn` from a fresh optimizer state every call; the
+    returned loss and accuracy are those of the *starting* ``z``.
+    """
+    run_from = optimizer_steps_fn(loss_fn, tx, family, steps)
+
+    def run(z, stats, data, post_fn=None):
+        z, stats, _, (losses, accs) = run_from(z, stats, tx.init(z), data, post_fn)
         return z, stats, (losses[0], accs[0])
 
     return run
@@ -191,9 +217,51 @@ def sample_active(rng_key: Array, n_clients: int, fraction: float) -> Array:
     return jnp.zeros(n_clients, bool).at[chosen].set(True)
 
 
+def n_rows(data) -> Array:
+    """A client's number of training rows (a float scalar) from its ``(x, y, mask)``."""
+    return jnp.sum(data[2]).astype(float)
+
+
+def keep_where(keep: Array, new, old):
+    """``new`` where ``keep`` (a client trained this round), else ``old``, leaf by leaf."""
+    return jax.tree.map(lambda a, b: jnp.where(keep, a, b), new, old)
+
+
+def stack_copies(tree, k: int):
+    """``k`` copies of every leaf of ``tree`` on a new leading (client or cluster) axis."""
+    return jax.tree.map(lambda a: jnp.broadcast_to(a, (k,) + a.shape), tree)
+
+
+def take(tree, index):
+    """Entry ``index`` (an int or an index array) of every leaf's leading axis."""
+    return jax.tree.map(lambda a: a[index], tree)
+
+
+def own_models(server_state, client_states) -> tuple[Params, Params]:
+    """A ``personal_fn`` (or ``global_fn``) for states whose clients hold ``params`` and ``stats``."""
+    del server_state
+    return client_states.params, client_states.stats
+
+
+def server_models(server_state, client_states) -> tuple[Params, Params]:
+    """A ``global_fn`` for a server state that holds the ``params`` and ``stats`` a new client gets."""
+    del client_states
+    return server_state.params, server_state.stats
+
+
+def client_metrics(active: Array, n: Array, loss: Array, accuracy: Array) -> Metrics:
+    """A client's :class:`Metrics`: its rows count at the server only if it was sampled."""
+    return Metrics(jnp.where(active, n, 0.0), loss, accuracy)
+
+
+def accepted_weight(metrics: Metrics, accept: Array) -> Array:
+    """The clients' weights at the server: 0 for a message the driver rejected."""
+    return jnp.where(accept, metrics.weight, 0.0)
+
+
 def server_info(metrics: Metrics, accept: Array) -> ServerInfo:
     """Weighted training loss and accuracy over the accepted clients that trained this round."""
-    w = jnp.where(accept, metrics.weight, 0.0)
+    w = accepted_weight(metrics, accept)
     total = jnp.maximum(jnp.sum(w), 1e-12)
     loss = jnp.sum(w * jnp.nan_to_num(metrics.loss)) / total
     accuracy = jnp.sum(w * metrics.accuracy) / total
