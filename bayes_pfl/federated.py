@@ -228,30 +228,64 @@ def fit_ep(
     given = ep_defaults(sites, tilted)
     damping = given["damping"] if damping is None else damping
     tol = given["tol"] if tol is None else tol
-    t_start = time.perf_counter()
-    fitted = ep_rounds(
-        model,
-        data,
-        rounds=rounds,
-        damping=damping,
-        tilted=tilted,
-        site_fit=site_fit,
-        site_points=site_points,
-        tol=tol,
-        seed=seed,
-        progress=progress,
-        checkpoint=checkpoint,
-        resume=resume,
-        sites=sites,
-        effect_options=_freeze(effect_options),
-    )
     settings = {"rounds": rounds, "damping": damping, "sites": sites, "tol": tol}
     if sites == "global":
         settings.update(tilted=tilted, site_fit=site_fit, site_points=site_points)
     elif effect_options:
         settings.update(dict(effect_options))
-    return readout(
+    return run_fit(
         "ep",
+        model,
+        data,
+        dict(rounds=rounds, damping=damping, tilted=tilted, site_fit=site_fit, tol=tol),
+        settings,
+        site_points=site_points,
+        sites=sites,
+        effect_options=_freeze(effect_options),
+        seed=seed,
+        global_method=global_method,
+        num_chains=num_chains,
+        num_warmup=num_warmup,
+        num_samples=num_samples,
+        mh_steps=mh_steps,
+        progress=progress,
+        checkpoint=checkpoint,
+        resume=resume,
+    )
+
+
+def run_fit(
+    method: str,
+    model: HierarchicalModel,
+    data,
+    phase_options: dict,
+    settings: dict,
+    *,
+    seed: int,
+    global_method: str,
+    num_chains: int,
+    num_warmup: int,
+    num_samples: int,
+    mh_steps: int,
+    progress: bool,
+    checkpoint=None,
+    resume: bool = False,
+    **more_phase_options,
+) -> FitResult:
+    """EP's rounds (:func:`ep_rounds`), then :func:`~bayes_pfl.posterior.readout`, timed."""
+    t_start = time.perf_counter()
+    fitted = ep_rounds(
+        model,
+        data,
+        seed=seed,
+        progress=progress,
+        checkpoint=checkpoint,
+        resume=resume,
+        **phase_options,
+        **more_phase_options,
+    )
+    return readout(
+        method,
         model,
         data,
         fitted,
@@ -323,36 +357,22 @@ def fit_one_shot(
     mh_steps = check_steps("mh_steps", mh_steps)
     tilted, site_fit = site_options(sites, tilted, site_fit)
     num_warmup = default_warmup(sites, num_warmup)
-    t_start = time.perf_counter()
-    fitted = ep_rounds(
-        model,
-        data,
-        rounds=1,
-        damping=1.0,
-        tilted=tilted,
-        tol=0.0,
-        seed=seed,
-        progress=progress,
-        checkpoint=None,
-        resume=False,
-        site_fit=site_fit,
-        sites=sites,
-        effect_options=_freeze(effect_options),
-    )
     settings = {"sites": sites}
     if sites == "global":
         settings.update(tilted=tilted, site_fit=site_fit)
-    return readout(
+    return run_fit(
         "one-shot",
         model,
         data,
-        fitted,
+        dict(rounds=1, damping=1.0, tilted=tilted, site_fit=site_fit, tol=0.0),
+        settings,
+        sites=sites,
+        effect_options=_freeze(effect_options),
         seed=seed,
         global_method=global_method,
         num_chains=num_chains,
         num_warmup=num_warmup,
         num_samples=num_samples,
-        t_start=t_start,
         mh_steps=mh_steps,
-        settings=settings,
+        progress=progress,
     )

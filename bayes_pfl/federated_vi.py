@@ -45,7 +45,7 @@ import numpy as np
 from bayes_pfl.algorithms import vi
 from bayes_pfl.algorithms.ep import gaussian_log_kernel
 from bayes_pfl.centralized import check_model_data
-from bayes_pfl.posterior import check_steps, global_draws, personalize, readout, to_result
+from bayes_pfl.posterior import check_steps, personalize, server_draws, server_summary, to_result
 from bayes_pfl.results import FitResult
 from bayes_pfl.simulation import ClientError, run_rounds
 from bayes_pfl.spec import HierarchicalModel
@@ -209,41 +209,23 @@ def fit_vi(
     given = federated.ep_defaults("effects")
     damping = given["damping"] if damping is None else damping
     tol = given["tol"] if tol is None else tol
-    t_start = time.perf_counter()
-    fitted = federated.ep_rounds(
-        model,
-        data,
-        rounds=rounds,
-        damping=damping,
-        tilted="laplace",
-        tol=tol,
-        seed=seed,
-        progress=progress,
-        checkpoint=checkpoint,
-        resume=resume,
-        site_fit="gradient",
-        sites="effects",
-        effect_options=(("local", "vi"), ("vi_iterations", vi_iterations)),
-    )
-    return readout(
+    settings = {"rounds": rounds, "damping": damping, "sites": "effects", "tol": tol}
+    return federated.run_fit(
         "vi",
         model,
         data,
-        fitted,
+        dict(rounds=rounds, damping=damping, tol=tol, sites="effects"),
+        {**settings, "vi_iterations": vi_iterations},
+        effect_options=(("local", "vi"), ("vi_iterations", vi_iterations)),
         seed=seed,
         global_method="nuts",
         num_chains=num_chains,
         num_warmup=federated.default_warmup("effects", num_warmup),
         num_samples=num_samples,
-        t_start=t_start,
         mh_steps=mh_steps,
-        settings={
-            "rounds": rounds,
-            "damping": damping,
-            "sites": "effects",
-            "tol": tol,
-            "vi_iterations": vi_iterations,
-        },
+        progress=progress,
+        checkpoint=checkpoint,
+        resume=resume,
     )
 
 
@@ -384,13 +366,11 @@ def fit_vi_global(
         eps = jax.random.normal(jax.random.fold_in(key, 1), (num_chains, num_samples, P))
         u = jnp.asarray(q_mean) + eps @ jnp.linalg.cholesky(jnp.asarray(q_cov)).T
     else:
-        u, sample_stats = global_draws(
+        u, sample_stats = server_draws(
             jax.random.fold_in(key, 1),
             model,
-            state.sites_product,
-            method=global_method,
-            mode=state.mode,
-            precision=state.precision,
+            state,
+            global_method=global_method,
             num_chains=num_chains,
             num_warmup=num_warmup,
             num_samples=num_samples,
@@ -430,15 +410,9 @@ def fit_vi_global(
             "settings": settings,
         },
     )
+    result.state.update(server_summary(state, u))
     result.state.update(
-        {
-            "u_draws": np.asarray(u),
-            "sites_product": state.sites_product,
-            "mode": np.asarray(state.mode),
-            "precision": np.asarray(state.precision),
-            "client_mean": np.asarray(client_states.mean),
-            "client_cov": np.asarray(client_states.cov),
-        }
+        {"client_mean": np.asarray(client_states.mean), "client_cov": np.asarray(client_states.cov)}
     )
     if q_mean is not None:
         result.state.update({"q_mean": q_mean, "q_cov": q_cov})
