@@ -13,8 +13,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from bayes_pfl.cli.common import configure_jax
 from bayes_pfl.compare import (
     BAYESIAN_METHODS,
@@ -73,26 +71,15 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _cli_data(args) -> Callable[[int], FederatedData]:
-    from bayes_pfl.datasets import DATASETS
+    from bayes_pfl.data import DataError
+    from bayes_pfl.datasets import source
 
-    if args.data in DATASETS:
-        info = DATASETS[args.data]
-        df = info.loader()
-        client_col = args.client_col or info.client_col
-        target = args.target or info.target
-        features = args.features.split(",") if args.features else list(info.features)
-    else:
-        path = Path(args.data)
-        if not path.is_file():
-            raise ComparisonError(
-                f"--data {args.data!r} is neither a bundled dataset ({', '.join(DATASETS)}) "
-                "nor a CSV file"
-            )
-        if not (args.client_col and args.target and args.features):
-            raise ComparisonError("a CSV needs --client-col, --target and --features")
-        df = pd.read_csv(path)
-        client_col, target, features = args.client_col, args.target, args.features.split(",")
-    features = [f.strip() for f in features]
+    try:
+        src = source(
+            args.data, client_col=args.client_col, target=args.target, features=args.features
+        )
+    except DataError as exc:
+        raise ComparisonError(str(exc)) from None
 
     def make(seed: int) -> FederatedData:
         import warnings
@@ -100,10 +87,10 @@ def _cli_data(args) -> Callable[[int], FederatedData]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # rows dropped: reported in the table
             return FederatedData.from_pandas(
-                df,
-                client_col=client_col,
-                target=target,
-                features=features,
+                src.frame,
+                client_col=src.client_col,
+                target=src.target,
+                features=src.features,
                 test_size=args.test_size,
                 val_size=args.val_size,
                 seed=seed,

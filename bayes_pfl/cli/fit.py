@@ -247,53 +247,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_data(args):
     """``(FederatedData, the bundled dataset's default model name or None)`` of the data options."""
-    import pandas as pd
+    from bayes_pfl.data import FederatedData
+    from bayes_pfl.datasets import source
 
-    from bayes_pfl.data import DataError, FederatedData
-    from bayes_pfl.datasets import DATASETS
-
-    if args.data in DATASETS:
-        info = DATASETS[args.data]
-        df = info.loader()
-        client_col = args.client_col or info.client_col
-        target = args.target or info.target
-        features = args.features.split(",") if args.features else list(info.features)
-        default_model = info.default_model
-    else:
-        path = Path(args.data)
-        if not path.exists():
-            raise DataError(
-                f"--data {args.data!r}: file not found (and not a bundled dataset: "
-                f"{', '.join(DATASETS)})"
-            )
-        if not path.is_file():
-            raise DataError(f"--data {args.data!r} is not a CSV file")
-        missing = [
-            n
-            for n, v in (
-                ("--client-col", args.client_col),
-                ("--target", args.target),
-                ("--features", args.features),
-            )
-            if not v
-        ]
-        if missing:
-            raise DataError(f"a CSV needs {', '.join(missing)}")
-        df = pd.read_csv(path)
-        client_col, target = args.client_col, args.target
-        features = args.features.split(",")
-        default_model = None
+    src = source(args.data, client_col=args.client_col, target=args.target, features=args.features)
     data = FederatedData.from_pandas(
-        df,
-        client_col=client_col,
-        target=target,
-        features=[f.strip() for f in features],
+        src.frame,
+        client_col=src.client_col,
+        target=src.target,
+        features=src.features,
         test_size=args.test_size,
         seed=args.seed,
         standardize=args.standardize,
         missing=args.missing,
     )
-    return data, default_model
+    return data, src.default_model
 
 
 def load_model(args, data, default_model):

@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.resources import files
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -39,6 +40,7 @@ __all__ = [
     "HEART_DISEASE_FEATURES",
     "HEART_DISEASE_FLAMBY_FEATURES",
     "HEART_DISEASE_HOSPITALS",
+    "DataSource",
     "DatasetInfo",
     "load",
     "load_eight_schools",
@@ -46,6 +48,7 @@ __all__ = [
     "load_heart_disease",
     "load_radon",
     "load_sleepstudy",
+    "source",
 ]
 
 HEART_DISEASE_FEATURES: tuple[str, ...] = (
@@ -399,3 +402,60 @@ def load(name: str) -> pd.DataFrame:
         known = ", ".join(sorted(DATASETS))
         raise ValueError(f"unknown dataset {name!r}; known datasets: {known}") from None
     return info.loader()
+
+
+class DataSource(NamedTuple):
+    """A table and how it is split into clients (:func:`source`)."""
+
+    frame: pd.DataFrame
+    client_col: str
+    target: str
+    features: list[str]
+    default_model: str | None  # the bundled dataset's model, None for a CSV
+
+
+def source(
+    data: str,
+    *,
+    client_col: str | None = None,
+    target: str | None = None,
+    features: str | list[str] | None = None,
+    flag: str = "--data",
+    column_flags: tuple[str, str, str] = ("--client-col", "--target", "--features"),
+) -> DataSource:
+    """A bundled dataset's name or a CSV path, with its columns: the one loader of every
+    front end (the command line's ``fit`` and ``compare``, Flower's run config).
+
+    A bundled dataset supplies its own client column, target and features (each may be
+    overridden); a CSV needs all three. ``features`` may be a comma-separated string.
+    Errors name the options (``flag`` for ``data``, ``column_flags`` for the three
+    columns) and what is wrong; they are :class:`~bayes_pfl.data.DataError`.
+    """
+    from pathlib import Path
+
+    from bayes_pfl.data import DataError
+
+    if isinstance(features, str):
+        features = [f for f in features.split(",")]
+    features = [f.strip() for f in features if f.strip()] if features else None
+    if data in DATASETS:
+        info = DATASETS[data]
+        return DataSource(
+            info.loader(),
+            client_col or info.client_col,
+            target or info.target,
+            features or list(info.features),
+            info.default_model,
+        )
+    path = Path(data).expanduser()
+    if not path.exists():
+        raise DataError(
+            f"{flag} {data!r}: file not found (and not a bundled dataset: {', '.join(DATASETS)})"
+        )
+    if not path.is_file():
+        raise DataError(f"{flag} {data!r} is not a CSV file")
+    given = (client_col, target, features)
+    missing = [name for name, value in zip(column_flags, given, strict=True) if not value]
+    if missing:
+        raise DataError(f"a CSV needs {', '.join(missing)} ({flag} {data!r})")
+    return DataSource(pd.read_csv(path), client_col, target, features, None)
