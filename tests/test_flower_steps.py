@@ -184,6 +184,19 @@ def test_exchange_keeps_at_most_max_in_flight_messages_out(small):  # noqa: F811
     )
     assert not failures and sorted(replies) == sorted(nodes)
     assert grid.batches == [2, 2, 1]
+    trips = {}
+    exchange(
+        grid,
+        {n: content for n in nodes},
+        message_type="query.describe",
+        group_id="d",
+        timeout_s=30,
+        poll_interval_s=0.001,
+        round_trips=trips,
+    )
+    assert sorted(trips) == sorted(nodes) and all(0 <= t < 30 for t in trips.values())
+    positions = sorted(int(r.config_records["describe"]["position"]) for r in replies.values())
+    assert positions == [0, 1, 2, 3, 4]
     with pytest.raises(ValueError, match="max_in_flight"):
         exchange(grid, {}, message_type="train", group_id="d", timeout_s=1, max_in_flight=-1)
     with pytest.raises(ValueError, match="max-in-flight"):
@@ -302,6 +315,48 @@ def test_node_rows_are_cached_until_the_csv_changes(small, tmp_path, monkeypatch
     csv.write_text("client,y,x0\nh1,0.5,1.0\nh1,1.5,-2.0\nh1,2.5,3.0\n")
     edited = config_mod.cached_client_data(settings, node, folder)
     assert len(calls) == 2 and edited.x.shape == (3, 1)
+
+
+def test_round_trip_breakdown():
+    """A reply's round trip splits into process start, handler and waiting; a process older
+    than the message (simulation actors, an in-process grid) started no process for it."""
+    from bayes_pfl.flower.server import _breakdown, _timing
+
+    fresh = _timing(
+        5.0,
+        {
+            "process_start_s": 3.0,
+            "process_start_cpu_s": 1.5,
+            "handler_s": 1.5,
+            "process_cpu_s": 2.5,
+        },
+    )
+    assert fresh == {
+        "round_trip_s": 5.0,
+        "process_start_s": 3.0,
+        "process_start_cpu_s": 1.5,
+        "handler_s": 1.5,
+        "wait_s": 0.5,
+        "process_cpu_s": 2.5,
+    }
+    old = _timing(
+        0.5,
+        {
+            "process_start_s": 90.0,
+            "process_start_cpu_s": 9.0,
+            "handler_s": 0.2,
+            "process_cpu_s": 9.5,
+        },
+    )
+    assert old["process_start_s"] == 0.0 and old["process_start_cpu_s"] == 0.0
+    assert old["wait_s"] == pytest.approx(0.3) and np.isnan(old["process_cpu_s"])
+    unknown = _timing(None, {"update_s": 0.1})  # an older ClientApp: no timings
+    assert all(np.isnan(v) for v in unknown.values())
+    summary = _breakdown([fresh, old, unknown])
+    assert summary["client_round_trip_s"] == pytest.approx(2.75)
+    assert summary["client_round_trip_s_max"] == 5.0
+    assert summary["client_process_cpu_s"] == 2.5
+    assert _breakdown([]) == {}
 
 
 def test_wait_registered_reads_each_supernode_log(tmp_path):

@@ -24,6 +24,7 @@ built by :mod:`bayes_pfl.flower.records`.
 from __future__ import annotations
 
 import functools
+import os
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -221,6 +222,26 @@ def _personalize_builder(model_fn, context, key, arrays, u, site=None):
     return build
 
 
+def process_age() -> tuple[float, float]:
+    """``(seconds since this process started, CPU seconds it has used)``.
+
+    A deployment's ClientApp runs in a fresh process per message: the first number,
+    read on entering a handler, is what starting that process cost (interpreter,
+    Flower's ClientApp runtime, loading the app, pulling the message), the second how
+    much of it was CPU. The age is NaN where ``/proc`` is missing (not Linux).
+    """
+    cpu = time.process_time()
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            start_ticks = int(f.read().rsplit(b")", 1)[1].split()[19])
+        with open("/proc/uptime", "rb") as f:
+            uptime = float(f.read().split()[0])
+        age = uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        age = float("nan")
+    return max(age, 0.0), cpu
+
+
 def _standardization(msg: Message):
     if "standardization" not in msg.content.array_records:
         return None, None
@@ -294,6 +315,8 @@ def make_client_app(
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
+        t_entry = time.perf_counter()
+        start_s, start_cpu_s = process_age()
         import jax
 
         t0 = time.perf_counter()
@@ -363,6 +386,11 @@ def make_client_app(
                         "position": data.position,
                         "prepare_s": t1 - t0,
                         "update_s": t2 - t1,
+                        # the round's breakdown (run_server): process start-up, handler
+                        "process_start_s": start_s,
+                        "process_start_cpu_s": start_cpu_s,
+                        "handler_s": time.perf_counter() - t_entry,
+                        "process_cpu_s": time.process_time(),
                     }
                 ),
             }
