@@ -359,6 +359,24 @@ def test_round_trip_breakdown():
     assert _breakdown([]) == {}
 
 
+def test_local_federation_sets_the_superexec_poll(tmp_path):
+    """The SuperExecs that the SuperNodes start read their task poll from the environment."""
+    from bayes_pfl.flower.launch import (
+        SUPEREXEC_POLL_ENV,
+        LocalFederation,
+        default_superexec_poll_s,
+    )
+
+    assert default_superexec_poll_s(1) == 0.1 and default_superexec_poll_s(10) == 0.5
+    assert default_superexec_poll_s(1000) == 5.0
+    nodes = [{"partition-id": i} for i in range(4)]
+    assert LocalFederation(tmp_path, nodes).env[SUPEREXEC_POLL_ENV] == "0.2"
+    fed = LocalFederation(tmp_path, nodes, superexec_poll_s=0.05)
+    assert fed.env[SUPEREXEC_POLL_ENV] == "0.05"
+    fed = LocalFederation(tmp_path, nodes, env={SUPEREXEC_POLL_ENV: "2"})
+    assert fed.env[SUPEREXEC_POLL_ENV] == "2"
+
+
 def test_wait_registered_reads_each_supernode_log(tmp_path):
     """``wait_registered`` returns once every SuperNode's log names its node id, names the
     nodes still missing on timeout, and reports a SuperNode that exited."""
