@@ -184,7 +184,7 @@ def test_exchange_keeps_at_most_max_in_flight_messages_out(small):  # noqa: F811
     )
     assert not failures and sorted(replies) == sorted(nodes)
     assert grid.batches == [2, 2, 1]
-    trips = {}
+    timings = {}
     exchange(
         grid,
         {n: content for n in nodes},
@@ -192,9 +192,11 @@ def test_exchange_keeps_at_most_max_in_flight_messages_out(small):  # noqa: F811
         group_id="d",
         timeout_s=30,
         poll_interval_s=0.001,
-        round_trips=trips,
+        timings=timings,
     )
+    trips = timings["round_trip_s"]
     assert sorted(trips) == sorted(nodes) and all(0 <= t < 30 for t in trips.values())
+    assert 0 <= timings["push_s"] <= max(trips.values())
     positions = sorted(int(r.config_records["describe"]["position"]) for r in replies.values())
     assert positions == [0, 1, 2, 3, 4]
     with pytest.raises(ValueError, match="max_in_flight"):

@@ -15,7 +15,7 @@ that timed out or whose node left), timings and wire sizes: ``client_round_trip_
 (median seconds from a message's push to its reply's pull) split into
 ``client_process_start_s`` (a fresh ClientApp process's start-up),
 ``client_handler_s`` (the ClientApp's handler) and ``client_wait_s`` (the rest:
-polling and transport). The server state and history are checkpointed after every round.
+polling and transport), and ``push_s`` (the server's pushes of the round's messages). The server state and history are checkpointed after every round.
 
 :func:`discover` waits for the nodes, asks each for its position, label and row
 count (and pooled standardization statistics when nodes hold raw features);
@@ -164,7 +164,7 @@ def exchange(
     timeout_s: float,
     poll_interval_s: float = 0.05,
     max_in_flight: int = 0,
-    round_trips: dict[int, float] | None = None,
+    timings: dict[str, Any] | None = None,
 ) -> tuple[dict[int, RecordDict], dict[int, str]]:
     """Send ``contents[node_id]`` to each node; collect replies until all came or ``timeout_s``.
 
@@ -176,9 +176,10 @@ def exchange(
     processes. ``timeout_s`` covers the whole exchange.
 
     Returns ``({node_id: reply content}, {node_id: why no reply})``: errors reported by
-    Flower (a ClientApp exception, an unavailable node) and timeouts. ``round_trips``,
-    when given, receives each answering node's seconds from the push of its message
-    to the pull of its reply.
+    Flower (a ClientApp exception, an unavailable node) and timeouts. ``timings``, when
+    given, receives ``"round_trip_s"``: ``{node_id: seconds}`` from the push of each
+    answering node's message (the start of its batch's push) to the pull of its reply,
+    and ``"push_s"``: the seconds spent in ``grid.push_messages``.
     """
     if int(max_in_flight) != max_in_flight or max_in_flight < 0:
         raise ValueError(f"max_in_flight must be a non-negative integer, got {max_in_flight!r}")
@@ -187,6 +188,8 @@ def exchange(
     cap = len(queue) if max_in_flight == 0 else int(max_in_flight)
     pending: dict[str, int] = {}
     pushed: dict[str, float] = {}
+    push_s = [0.0]
+    round_trips: dict[int, float] = {}
 
     def send(n: int) -> None:
         batch, queue[:n] = queue[:n], []
@@ -200,11 +203,13 @@ def exchange(
             )
             for node, content in batch
         ]
+        t_push = time.perf_counter()  # a node may take its message before the batch is pushed
         ids = list(grid.push_messages(messages))
+        push_s[0] += time.perf_counter() - t_push
         pending.update(
             {mid: msg.metadata.dst_node_id for mid, msg in zip(ids, messages, strict=True)}
         )
-        pushed.update(dict.fromkeys(ids, time.perf_counter()))
+        pushed.update(dict.fromkeys(ids, t_push))
 
     replies: dict[int, RecordDict] = {}
     failures: dict[int, str] = {}
@@ -216,8 +221,7 @@ def exchange(
             node = pending.pop(mid, None)
             if node is None:
                 continue
-            if round_trips is not None:
-                round_trips[node] = time.perf_counter() - pushed[mid]
+            round_trips[node] = time.perf_counter() - pushed[mid]
             if reply.has_error():
                 failures[node] = f"error {reply.error.code}: {reply.error.reason}"
             else:
@@ -234,6 +238,8 @@ def exchange(
         failures[node] = f"no reply within {timeout_s:g} s"
     for node, _ in queue:
         failures[node] = f"not asked within {timeout_s:g} s (max_in_flight {cap})"
+    if timings is not None:
+        timings.update(round_trip_s=round_trips, push_s=push_s[0])
     return replies, failures
 
 
@@ -514,7 +520,7 @@ def run_server(
             )
             wire_down += record_nbytes(content["broadcast"])
             contents[nodes[i]] = content
-        round_trips: dict[int, float] = {}
+        timings: dict[str, Any] = {}
         replies, failures = exchange(
             grid,
             contents,
@@ -523,7 +529,7 @@ def run_server(
             timeout_s=timeout_s,
             poll_interval_s=poll_interval_s,
             max_in_flight=max_in_flight,
-            round_trips=round_trips,
+            timings=timings,
         )
         t_reply = time.perf_counter() - t0
         position = {node: i for i, node in enumerate(nodes)}
@@ -533,7 +539,7 @@ def run_server(
         no_reply: list[str] = []
         wire_up = 0
         update_s = []
-        timings = []
+        replied = []
         for node, why in failures.items():
             i = position[node]
             if why.startswith("no reply") or f"error {ErrorCode.NODE_UNAVAILABLE}:" in why:
@@ -547,7 +553,7 @@ def run_server(
                 wire_up += record_nbytes(reply.array_records["message"])
                 metrics = reply.metric_records["metrics"]
                 update_s.append(float(metrics["update_s"]))
-                timings.append(_timing(round_trips.get(node), metrics))
+                replied.append(_timing(timings["round_trip_s"].get(node), metrics))
             except (CodecError, KeyError) as exc:
                 messages[i] = None
                 reasons[labels[i]] = f"malformed message: {exc}"
@@ -586,7 +592,8 @@ def run_server(
             "no_reply": [str(lab) for lab in no_reply],
             "reply_wait_s": t_reply,
             "client_update_s_max": max(update_s) if update_s else float("nan"),
-            **_breakdown(timings),
+            **_breakdown(replied),
+            "push_s": timings["push_s"],
             "wire_bytes_down": wire_down,
             "wire_bytes_up": wire_up,
         }
