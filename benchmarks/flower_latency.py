@@ -475,7 +475,7 @@ def _breakdown_table(results: dict) -> list[str]:
         "handler starts: interpreter, Flower's ClientApp runtime, the app, the message) + "
         "handler (rows, the exported client step, encoding) + waiting (the SuperNode's "
         "3 s idle poll, the SuperExec's task poll, the SuperNode's 0.5 s reply poll, "
-        "transport, the server's 50 ms pull). CPU columns: CPU seconds of one ClientApp "
+        "transport, the server's pull interval). CPU columns: CPU seconds of one ClientApp "
         "process, until its handler starts and until its reply is ready. Server push: "
         "the seconds the ServerApp spent in `grid.push_messages` for the round's messages "
         "(counted in the round trips: a node may take its message before the batch is "
