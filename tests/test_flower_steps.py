@@ -21,6 +21,8 @@ from test_flower import (  # noqa: E402, F401  (small: fixture)
 )
 
 from bayes_pfl.codec import CodecError, encode  # noqa: E402
+from bayes_pfl.flower import client as client_mod  # noqa: E402
+from bayes_pfl.flower import config as config_mod  # noqa: E402
 from bayes_pfl.flower import steps as steps_mod  # noqa: E402
 from bayes_pfl.flower.app import client_app, run_from_settings  # noqa: E402
 from bayes_pfl.flower.config import FlowerSettings  # noqa: E402
@@ -137,7 +139,14 @@ def test_app_with_exported_steps_equals_in_process_and_reuses_them(small, tmp_pa
     def no_tracing(*args, **kwargs):
         raise AssertionError("a step was traced again")
 
+    def no_pandas(*args, **kwargs):
+        raise AssertionError("a later process needs neither ClientArrays nor the CSV")
+
     monkeypatch.setattr(StepCache, "_export", no_tracing)
+    # later processes read their rows from the node's cache and pass flat arrays to the
+    # exported steps: no bayes_pfl.data (pandas), no CSV parsing
+    monkeypatch.setattr(client_mod, "_client_arrays", no_pandas)
+    monkeypatch.setattr(config_mod, "load_client_data", no_pandas)
     second = run("second")  # a different result folder: the steps' identity is the same
 
     settings = FlowerSettings.from_run_config({**run_config, "out": str(tmp_path / "x")})
@@ -175,6 +184,19 @@ def test_exchange_keeps_at_most_max_in_flight_messages_out(small):  # noqa: F811
     )
     assert not failures and sorted(replies) == sorted(nodes)
     assert grid.batches == [2, 2, 1]
+    timings = {}
+    exchange(
+        grid,
+        {n: content for n in nodes},
+        message_type="query.describe",
+        group_id="d",
+        timeout_s=30,
+        poll_interval_s=0.001,
+        timings=timings,
+    )
+    trips = timings["round_trip_s"]
+    assert sorted(trips) == sorted(nodes) and all(0 <= t < 30 for t in trips.values())
+    assert 0 <= timings["push_s"] <= max(trips.values())
     positions = sorted(int(r.config_records["describe"]["position"]) for r in replies.values())
     assert positions == [0, 1, 2, 3, 4]
     with pytest.raises(ValueError, match="max_in_flight"):
@@ -215,11 +237,13 @@ def test_nodes_not_asked_before_the_timeout_are_reported():
 
 
 def test_import_bayes_pfl_is_light():
-    """A ClientApp process imports the Flower modules without numpyro, ArviZ or pandas;
-    the public names still resolve on first use."""
+    """A ClientApp process imports the Flower modules and validates its run config without
+    numpyro, ArviZ, pandas or SciPy; the public names still resolve on first use."""
     code = (
         "import sys, bayes_pfl, bayes_pfl.flower.app, bayes_pfl.flower.steps\n"
-        "heavy = [m for m in ('numpyro', 'arviz', 'pandas') if m in sys.modules]\n"
+        "from bayes_pfl.flower.config import FlowerSettings\n"
+        "FlowerSettings.from_run_config({'method': 'ep'})\n"
+        "heavy = [m for m in ('numpyro', 'arviz', 'pandas', 'scipy') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
         "assert bayes_pfl.fit_nuts.__module__ == 'bayes_pfl.centralized'\n"
         "from bayes_pfl import FederatedData, HierarchicalModel, load\n"
@@ -233,6 +257,126 @@ def test_import_bayes_pfl_is_light():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_settings_check_accepts_what_the_algorithms_accept():
+    """FlowerSettings.check keeps copies of these (importing them loads numpyro and SciPy)."""
+    from bayes_pfl.algorithms.ep import SITE_FITS, TILTED
+    from bayes_pfl.federated import SITES
+
+    assert config_mod.SITES == SITES
+    assert config_mod.TILTED == TILTED
+    assert config_mod.SITE_FITS == SITE_FITS
+
+
+def test_rows_flatten_like_client_arrays():
+    """The exported steps' row inputs built without bayes_pfl.data have ClientArrays' keys,
+    shapes, dtypes and values."""
+    from bayes_pfl.data import ClientArrays
+
+    data = config_mod.ClientData("a", 0, np.arange(6.0).reshape(2, 3), np.array([0.0, 1.0]), True)
+    rows = client_mod._padded(data, 4)
+    assert client_mod._Rows._fields == ClientArrays._fields
+    ref = client_mod.prepare_arrays(data, 4)
+    assert isinstance(ref, ClientArrays)
+    flat, flat_ref = encode(rows), encode(ref)
+    assert list(flat) == list(flat_ref)
+    for k in flat:
+        assert flat[k].dtype == flat_ref[k].dtype
+        np.testing.assert_array_equal(flat[k], flat_ref[k])
+
+
+def test_node_rows_are_cached_until_the_csv_changes(small, tmp_path, monkeypatch):  # noqa: F811
+    """cached_client_data: the rows load_client_data gives, read back from the node's folder
+    by later processes; an edited CSV or another node config reads the CSV again."""
+    settings, _, _ = small
+    csv = tmp_path / "node.csv"
+    csv.write_text("client,y,x0\nh1,0.5,1.0\nh1,1.5,-2.0\n")
+    node = {"partition-id": 0, "data-path": str(csv)}
+    folder = tmp_path / "rows"
+    first = config_mod.cached_client_data(settings, node, folder)
+    assert first.label == "h1" and first.x.shape == (2, 1)
+    assert len(list(folder.glob("*.npz"))) == 1
+
+    real = config_mod.load_client_data
+    calls = []
+
+    def counting(*args):
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(config_mod, "load_client_data", counting)
+    again = config_mod.cached_client_data(settings, node, folder)
+    assert not calls
+    for a, b in zip(again, first, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert isinstance(again.label, str) and isinstance(again.standardized, bool)
+
+    config_mod.cached_client_data(settings, {**node, "client-label": "other"}, folder)
+    assert len(calls) == 1
+    csv.write_text("client,y,x0\nh1,0.5,1.0\nh1,1.5,-2.0\nh1,2.5,3.0\n")
+    edited = config_mod.cached_client_data(settings, node, folder)
+    assert len(calls) == 2 and edited.x.shape == (3, 1)
+
+
+def test_round_trip_breakdown():
+    """A reply's round trip splits into process start, handler and waiting; a process older
+    than the message (simulation actors, an in-process grid) started no process for it."""
+    from bayes_pfl.flower.server import _breakdown, _timing
+
+    fresh = _timing(
+        5.0,
+        {
+            "process_start_s": 3.0,
+            "process_start_cpu_s": 1.5,
+            "handler_s": 1.5,
+            "process_cpu_s": 2.5,
+        },
+    )
+    assert fresh == {
+        "round_trip_s": 5.0,
+        "process_start_s": 3.0,
+        "process_start_cpu_s": 1.5,
+        "handler_s": 1.5,
+        "wait_s": 0.5,
+        "process_cpu_s": 2.5,
+    }
+    old = _timing(
+        0.5,
+        {
+            "process_start_s": 90.0,
+            "process_start_cpu_s": 9.0,
+            "handler_s": 0.2,
+            "process_cpu_s": 9.5,
+        },
+    )
+    assert old["process_start_s"] == 0.0 and old["process_start_cpu_s"] == 0.0
+    assert old["wait_s"] == pytest.approx(0.3) and np.isnan(old["process_cpu_s"])
+    unknown = _timing(None, {"update_s": 0.1})  # an older ClientApp: no timings
+    assert all(np.isnan(v) for v in unknown.values())
+    summary = _breakdown([fresh, old, unknown])
+    assert summary["client_round_trip_s"] == pytest.approx(2.75)
+    assert summary["client_round_trip_s_max"] == 5.0
+    assert summary["client_process_cpu_s"] == 2.5
+    assert _breakdown([]) == {}
+
+
+def test_local_federation_sets_the_superexec_poll(tmp_path):
+    """The SuperExecs that the SuperNodes start read their task poll from the environment."""
+    from bayes_pfl.flower.launch import (
+        SUPEREXEC_POLL_ENV,
+        LocalFederation,
+        default_superexec_poll_s,
+    )
+
+    assert default_superexec_poll_s(1) == 0.1 and default_superexec_poll_s(10) == 0.5
+    assert default_superexec_poll_s(1000) == 5.0
+    nodes = [{"partition-id": i} for i in range(4)]
+    assert LocalFederation(tmp_path, nodes).env[SUPEREXEC_POLL_ENV] == "0.2"
+    fed = LocalFederation(tmp_path, nodes, superexec_poll_s=0.05)
+    assert fed.env[SUPEREXEC_POLL_ENV] == "0.05"
+    fed = LocalFederation(tmp_path, nodes, env={SUPEREXEC_POLL_ENV: "2"})
+    assert fed.env[SUPEREXEC_POLL_ENV] == "2"
 
 
 def test_wait_registered_reads_each_supernode_log(tmp_path):

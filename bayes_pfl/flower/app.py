@@ -28,6 +28,7 @@ from flwr.serverapp import Grid, ServerApp
 from bayes_pfl.flower.config import (
     FlowerSettings,
     build_phases,
+    cached_client_data,
     configure_jax,
     load_client_data,
 )
@@ -57,7 +58,12 @@ def client_app() -> ClientApp:
         settings = _settings(context)
         key = (settings, tuple(sorted((k, str(v)) for k, v in context.node_config.items())))
         if key not in data_cache:
-            data_cache[key] = load_client_data(settings, dict(context.node_config))
+            node_config = dict(context.node_config)
+            if settings.jax_cache_dir:  # the node's private cache: its rows for later processes
+                folder = Path(settings.jax_cache_dir).expanduser() / "bayes-pfl-rows"
+                data_cache[key] = cached_client_data(settings, node_config, folder)
+            else:
+                data_cache[key] = load_client_data(settings, node_config)
         return data_cache[key]
 
     def model(context: Context):

@@ -24,9 +24,10 @@ built by :mod:`bayes_pfl.flower.records`.
 from __future__ import annotations
 
 import functools
+import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
@@ -46,10 +47,17 @@ DataFn = Callable[[Context], ClientData]
 SetupFn = Callable[[Context], None]
 
 
-def prepare_arrays(data: ClientData, n_max: int, mean=None, scale=None):
-    """``ClientArrays`` of one client, standardized if needed and padded to ``n_max`` rows."""
-    from bayes_pfl.data import ClientArrays
+class _Rows(NamedTuple):
+    """:class:`bayes_pfl.data.ClientArrays`'s fields, without importing that module (it
+    loads pandas): a ClientApp process calling an exported step needs only the flat
+    arrays, whose keys (``.x``, ``.y``, ``.mask``) are ``ClientArrays``' (tested)."""
 
+    x: np.ndarray
+    y: np.ndarray
+    mask: np.ndarray
+
+
+def _padded(data: ClientData, n_max: int, mean=None, scale=None) -> _Rows:
     x = data.x
     if not data.standardized and mean is not None:
         x = (x - mean) / scale
@@ -59,7 +67,18 @@ def prepare_arrays(data: ClientData, n_max: int, mean=None, scale=None):
     xs = np.zeros((n_max, p))
     ys = np.zeros(n_max)
     xs[:n], ys[:n] = x, data.y
-    return ClientArrays(xs, ys, np.arange(n_max) < n)
+    return _Rows(xs, ys, np.arange(n_max) < n)
+
+
+def _client_arrays(rows: _Rows):
+    from bayes_pfl.data import ClientArrays
+
+    return ClientArrays(*rows)
+
+
+def prepare_arrays(data: ClientData, n_max: int, mean=None, scale=None):
+    """``ClientArrays`` of one client, standardized if needed and padded to ``n_max`` rows."""
+    return _client_arrays(_padded(data, n_max, mean, scale))
 
 
 def personalize_client(rng_key, model, u_draws, x, y, mask, **kwargs):
@@ -147,11 +166,12 @@ def _init_builder(algorithms_fn, context, name, key, arrays):
         import jax
 
         algorithm = algorithms_fn(context)[name]
+        data = _client_arrays(arrays)
 
         def fn(key, a):
             return (algorithm.client_init(jax.random.wrap_key_data(key["key"]), a),)
 
-        return fn, [_key_template(key), arrays]
+        return fn, [_key_template(key), data]
 
     return build
 
@@ -163,14 +183,15 @@ def _update_builder(algorithms_fn, context, name, key, arrays, n_clients):
         import jax
 
         algorithm = algorithms_fn(context)[name]
+        data = _client_arrays(arrays)
         init_key = jax.random.wrap_key_data(np.zeros_like(next(iter(key.values()))))
-        state_tmpl = jax.eval_shape(algorithm.client_init, init_key, arrays)
+        state_tmpl = jax.eval_shape(algorithm.client_init, init_key, data)
         bcast_tmpl = _broadcast_row_template(algorithm, n_clients)
 
         def fn(key, bcast, state, a):
             return algorithm.client_update(jax.random.wrap_key_data(key["key"]), bcast, state, a)
 
-        return fn, [_key_template(key), bcast_tmpl, state_tmpl, arrays]
+        return fn, [_key_template(key), bcast_tmpl, state_tmpl, data]
 
     return build
 
@@ -196,9 +217,29 @@ def _personalize_builder(model_fn, context, key, arrays, u, site=None):
             factor = GaussianFactor(draws["precision"], draws["shift"])
             return personalize_effects_client(k, model, factor, draws["u"], a.x, a.y, a.mask)
 
-        return fn, [_key_template(key), draws_tmpl, arrays]
+        return fn, [_key_template(key), draws_tmpl, _client_arrays(arrays)]
 
     return build
+
+
+def process_age() -> tuple[float, float]:
+    """``(seconds since this process started, CPU seconds it has used)``.
+
+    A deployment's ClientApp runs in a fresh process per message: the first number,
+    read on entering a handler, is what starting that process cost (interpreter,
+    Flower's ClientApp runtime, loading the app, pulling the message), the second how
+    much of it was CPU. The age is NaN where ``/proc`` is missing (not Linux).
+    """
+    cpu = time.process_time()
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            start_ticks = int(f.read().rsplit(b")", 1)[1].split()[19])
+        with open("/proc/uptime", "rb") as f:
+            uptime = float(f.read().split()[0])
+        age = uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        age = float("nan")
+    return max(age, 0.0), cpu
 
 
 def _standardization(msg: Message):
@@ -274,6 +315,8 @@ def make_client_app(
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
+        t_entry = time.perf_counter()
+        start_s, start_cpu_s = process_age()
         import jax
 
         t0 = time.perf_counter()
@@ -283,7 +326,7 @@ def make_client_app(
         data = data_fn(context)
         if int(cfg["position"]) != data.position:
             raise ValueError(f"message for position {cfg['position']}, node is {data.position}")
-        arrays = prepare_arrays(data, int(cfg["n-max"]), *_standardization(msg))
+        rows = _padded(data, int(cfg["n-max"]), *_standardization(msg))
         keys = msg.content.array_records["keys"]
         n_clients = int(cfg["n-clients"])
         state_store = context.state.array_records
@@ -294,6 +337,7 @@ def make_client_app(
         fresh = bool(cfg["fresh"]) or "state" not in state_store
         steps = steps_fn(context) if steps_fn is not None else None
         if steps is None:
+            arrays = _client_arrays(rows)
             algorithm = algorithms_fn(context)[name]
             state_tmpl = jax.eval_shape(algorithm.client_init, _key(keys, "init"), arrays)
             if fresh:
@@ -310,12 +354,12 @@ def make_client_app(
             state_rec, new_state_rec = to_array_record(state), to_array_record(new_state)
             message_rec, info_rec = to_array_record(message), to_array_record(info)
         else:
-            flat_arrays = encode(arrays)
+            flat_arrays = encode(rows)
             if fresh:
                 key = _key_flat(keys, "init")
                 (state_flat,) = steps.call(
                     f"client_init:{name}",
-                    _init_builder(algorithms_fn, context, name, key, arrays),
+                    _init_builder(algorithms_fn, context, name, key, rows),
                     [key, flat_arrays],
                 )
             else:
@@ -325,7 +369,7 @@ def make_client_app(
             t1 = time.perf_counter()
             new_state_flat, message_flat, info_flat = steps.call(
                 f"client_update:{name}",
-                _update_builder(algorithms_fn, context, name, key, arrays, n_clients),
+                _update_builder(algorithms_fn, context, name, key, rows, n_clients),
                 [key, bcast_flat, state_flat, flat_arrays],
             )
             state_rec, new_state_rec = named_record(state_flat), named_record(new_state_flat)
@@ -342,6 +386,11 @@ def make_client_app(
                         "position": data.position,
                         "prepare_s": t1 - t0,
                         "update_s": t2 - t1,
+                        # the round's breakdown (run_server): process start-up, handler
+                        "process_start_s": start_s,
+                        "process_start_cpu_s": start_cpu_s,
+                        "handler_s": time.perf_counter() - t_entry,
+                        "process_cpu_s": time.process_time(),
                     }
                 ),
             }
@@ -357,7 +406,7 @@ def make_client_app(
             raise ValueError("this ClientApp was built without model_fn: cannot personalize")
         cfg = msg.content.config_records["config"]
         data = data_fn(context)
-        arrays = prepare_arrays(data, int(cfg["n-max"]), *_standardization(msg))
+        rows = _padded(data, int(cfg["n-max"]), *_standardization(msg))
         u = named_arrays(msg.content.array_records["draws"], ("u",))["u"]
         site = None
         if "site" in msg.content.array_records:  # EP over client effects: its own site
@@ -365,7 +414,6 @@ def make_client_app(
         steps = steps_fn(context) if steps_fn is not None else None
         if steps is None:
             key = _key(msg.content.array_records["keys"], "personalize")
-            rows = tuple(np.asarray(a) for a in arrays)
             if site is None:
                 theta, acc = _personalize_fn(model_fn(context))(key, u, *rows)
             else:
@@ -377,8 +425,8 @@ def make_client_app(
             key = _key_flat(msg.content.array_records["keys"], "personalize")
             theta_flat, acc_flat = steps.call(
                 "personalize" if site is None else "personalize-effects",
-                _personalize_builder(model_fn, context, key, arrays, u, site),
-                [key, encode({"u": u, **(site or {})}), encode(arrays)],
+                _personalize_builder(model_fn, context, key, rows, u, site),
+                [key, encode({"u": u, **(site or {})}), encode(rows)],
             )
             theta, acc = theta_flat[""], acc_flat[""]
         content = RecordDict(

@@ -23,6 +23,8 @@ A node's rows come from one of two places (:func:`load_client_data`):
 from __future__ import annotations
 
 import functools
+import hashlib
+import io
 import json
 import os
 from dataclasses import dataclass, fields
@@ -37,6 +39,7 @@ __all__ = [
     "FlowerSettings",
     "Phase",
     "build_phases",
+    "cached_client_data",
     "configure_jax",
     "load_client_data",
     "pooled_standardization",
@@ -45,6 +48,14 @@ __all__ = [
 
 METHODS = ("ep", "one-shot")
 """Built-in methods; any other name ``m`` builds ``bayes_pfl.baselines.m.build(model, **options)``."""
+
+# The values FlowerSettings.check accepts: copies of bayes_pfl.federated.SITES and
+# bayes_pfl.algorithms.ep.TILTED / SITE_FITS (a test keeps them equal). Importing those
+# modules loads numpyro and SciPy, about 2 s of CPU in every ClientApp process of a
+# deployment, whose exported client step needs neither.
+SITES = ("effects", "global")
+TILTED = ("laplace", "nuts")
+SITE_FITS = ("taylor", "regression", "gradient")
 
 
 @dataclass(frozen=True)
@@ -156,9 +167,6 @@ class FlowerSettings:
         if self.missing not in ("error", "drop", "keep"):
             raise ValueError(f"missing must be error, drop or keep, got {self.missing!r}")
         if self.method in METHODS:
-            from bayes_pfl.algorithms.ep import SITE_FITS, TILTED
-            from bayes_pfl.federated import SITES
-
             if self.sites not in SITES:
                 raise ValueError(f"sites must be one of {SITES}, got {self.sites!r}")
 
@@ -379,6 +387,65 @@ def load_client_data(settings: FlowerSettings, node_config: dict[str, Any]) -> C
     if node_config.get("data-path"):
         return _local_csv(settings, position, node_config)
     return _partition(settings, position)
+
+
+def cached_client_data(
+    settings: FlowerSettings, node_config: dict[str, Any], folder: str | os.PathLike
+) -> ClientData:
+    """:func:`load_client_data`, kept in ``folder`` for the node's later processes.
+
+    A deployment answers every message in a fresh ClientApp process: without this each
+    one imports pandas and parses the node's CSV again (about 0.4 s of CPU). The rows
+    are stored under a hash of the settings that decide them, the node config, the
+    CSV's path, size and modification time and bayes-pfl's version and source, so an
+    edited file or another run configuration reads the CSV again. Rows of a bundled
+    dataset (no file to check) are not kept. The folder holds the node's rows: keep it
+    private to the node, as the rows themselves (the ready-made apps use
+    ``<jax-cache-dir>/bayes-pfl-rows``).
+    """
+    source = node_config.get("data-path") or settings.data
+    path = Path(str(source)).expanduser()
+    if not path.is_file():
+        return load_client_data(settings, node_config)
+    from bayes_pfl.flower.steps import _atomic_write, _version, source_fingerprint
+
+    stat = path.stat()
+    spec = {
+        "settings": settings.step_identity(),
+        "node": sorted((str(k), str(v)) for k, v in node_config.items()),
+        "file": [str(path.resolve()), stat.st_size, stat.st_mtime_ns],
+        "bayes-pfl": _version("bayes-pfl"),
+        "source": source_fingerprint(),
+    }
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+    target = Path(folder) / f"{digest}.npz"
+    try:
+        with np.load(target, allow_pickle=False) as z:
+            return ClientData(
+                str(z["label"]),
+                int(z["position"]),
+                z["x"],
+                z["y"],
+                bool(z["standardized"]),
+            )
+    except (OSError, KeyError, ValueError):  # none yet, or damaged: read the CSV
+        pass
+    data = load_client_data(settings, node_config)
+    buf = io.BytesIO()
+    np.savez(
+        buf,
+        label=np.str_(data.label),
+        position=np.int64(data.position),
+        x=np.asarray(data.x, np.float64),
+        y=np.asarray(data.y, np.float64),
+        standardized=np.bool_(data.standardized),
+    )
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(target, buf.getvalue())
+    except OSError:  # a read-only folder costs speed, not the answer
+        pass
+    return data
 
 
 def _local_csv(settings: FlowerSettings, position: int, node_config) -> ClientData:

@@ -11,7 +11,11 @@ an error, or sent a malformed or non-finite message
 (:func:`bayes_pfl.simulation.check_messages`), and applies the *same*
 ``server_update`` with ``accept`` False for them: EP keeps their previous site.
 History entries have the keys of the in-process history, plus ``no_reply`` (clients
-that timed out or whose node left), timings and wire sizes. The server state and history are checkpointed after every round.
+that timed out or whose node left), timings and wire sizes: ``client_round_trip_s``
+(median seconds from a message's push to its reply's pull) split into
+``client_process_start_s`` (a fresh ClientApp process's start-up),
+``client_handler_s`` (the ClientApp's handler) and ``client_wait_s`` (the rest:
+polling and transport), and ``push_s`` (the server's pushes of the round's messages). The server state and history are checkpointed after every round.
 
 :func:`discover` waits for the nodes, asks each for its position, label and row
 count (and pooled standardization statistics when nodes hold raw features);
@@ -160,16 +164,22 @@ def exchange(
     timeout_s: float,
     poll_interval_s: float = 0.05,
     max_in_flight: int = 0,
+    timings: dict[str, Any] | None = None,
 ) -> tuple[dict[int, RecordDict], dict[int, str]]:
     """Send ``contents[node_id]`` to each node; collect replies until all came or ``timeout_s``.
 
-    With ``max_in_flight > 0`` at most that many messages await a reply at any time
-    (the next node's message goes out when a reply comes): on one machine hosting many
-    SuperNodes this bounds the concurrent ClientApp processes. ``timeout_s`` covers
-    the whole exchange.
+    The messages are pushed with ``grid.push_messages`` and the replies pulled with
+    ``grid.pull_messages`` every ``poll_interval_s`` (Flower's ``send_and_receive``
+    sleeps 3 s between pulls). With ``max_in_flight > 0`` at most that many messages
+    await a reply at any time (the next node's message goes out when a reply comes):
+    on one machine hosting many SuperNodes this bounds the concurrent ClientApp
+    processes. ``timeout_s`` covers the whole exchange.
 
     Returns ``({node_id: reply content}, {node_id: why no reply})``: errors reported by
-    Flower (a ClientApp exception, an unavailable node) and timeouts.
+    Flower (a ClientApp exception, an unavailable node) and timeouts. ``timings``, when
+    given, receives ``"round_trip_s"``: ``{node_id: seconds}`` from the push of each
+    answering node's message (the start of its batch's push) to the pull of its reply,
+    and ``"push_s"``: the seconds spent in ``grid.push_messages``.
     """
     if int(max_in_flight) != max_in_flight or max_in_flight < 0:
         raise ValueError(f"max_in_flight must be a non-negative integer, got {max_in_flight!r}")
@@ -177,6 +187,9 @@ def exchange(
     queue = list(contents.items())
     cap = len(queue) if max_in_flight == 0 else int(max_in_flight)
     pending: dict[str, int] = {}
+    pushed: dict[str, float] = {}
+    push_s = [0.0]
+    round_trips: dict[int, float] = {}
 
     def send(n: int) -> None:
         batch, queue[:n] = queue[:n], []
@@ -190,10 +203,13 @@ def exchange(
             )
             for node, content in batch
         ]
+        t_push = time.perf_counter()  # a node may take its message before the batch is pushed
         ids = list(grid.push_messages(messages))
+        push_s[0] += time.perf_counter() - t_push
         pending.update(
             {mid: msg.metadata.dst_node_id for mid, msg in zip(ids, messages, strict=True)}
         )
+        pushed.update(dict.fromkeys(ids, t_push))
 
     replies: dict[int, RecordDict] = {}
     failures: dict[int, str] = {}
@@ -205,6 +221,7 @@ def exchange(
             node = pending.pop(mid, None)
             if node is None:
                 continue
+            round_trips[node] = time.perf_counter() - pushed[mid]
             if reply.has_error():
                 failures[node] = f"error {reply.error.code}: {reply.error.reason}"
             else:
@@ -221,6 +238,8 @@ def exchange(
         failures[node] = f"no reply within {timeout_s:g} s"
     for node, _ in queue:
         failures[node] = f"not asked within {timeout_s:g} s (max_in_flight {cap})"
+    if timings is not None:
+        timings.update(round_trip_s=round_trips, push_s=push_s[0])
     return replies, failures
 
 
@@ -292,6 +311,50 @@ def discover(
 
 def _stack(trees: list[Any]) -> Any:
     return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *trees)
+
+
+def _timing(round_trip: float | None, metrics) -> dict[str, float]:
+    """One reply's round trip split into process start-up, handler and waiting.
+
+    ``process_start_s`` (the ClientApp process's age on entering the handler) counts
+    only when the process started after the message was pushed: a long-lived process
+    (Flower's simulation actors, an in-process grid) started no process for it.
+    Waiting is the rest: the SuperNode's and SuperExec's polls, transport, the
+    server's pull interval. ``process_cpu_s``: CPU seconds a fresh process used until
+    its reply was ready.
+    """
+    nan = float("nan")
+    rt = nan if round_trip is None else float(round_trip)
+    handler = float(metrics.get("handler_s", nan))
+    start = float(metrics.get("process_start_s", nan))
+    start_cpu = float(metrics.get("process_start_cpu_s", nan))
+    cpu = float(metrics.get("process_cpu_s", nan))
+    if start + handler > rt:  # the process predates the message
+        start = start_cpu = 0.0
+        cpu = nan
+    return {
+        "round_trip_s": rt,
+        "process_start_s": start,
+        "process_start_cpu_s": start_cpu,
+        "handler_s": handler,
+        "wait_s": rt - start - handler,
+        "process_cpu_s": cpu,
+    }
+
+
+def _breakdown(timings: list[dict[str, float]]) -> dict[str, float]:
+    """History keys of a round's timing: medians over the replies (and the longest round trip)."""
+    if not timings:
+        return {}
+    out = {}
+    for key in timings[0]:
+        values = np.array([t[key] for t in timings], float)
+        ok = values[np.isfinite(values)]
+        out[f"client_{key}"] = float(np.median(ok)) if ok.size else float("nan")
+    trips = np.array([t["round_trip_s"] for t in timings], float)
+    trips = trips[np.isfinite(trips)]
+    out["client_round_trip_s_max"] = float(trips.max()) if trips.size else float("nan")
+    return out
 
 
 def _zeros_like(template: Any) -> Any:
@@ -457,6 +520,7 @@ def run_server(
             )
             wire_down += record_nbytes(content["broadcast"])
             contents[nodes[i]] = content
+        timings: dict[str, Any] = {}
         replies, failures = exchange(
             grid,
             contents,
@@ -465,6 +529,7 @@ def run_server(
             timeout_s=timeout_s,
             poll_interval_s=poll_interval_s,
             max_in_flight=max_in_flight,
+            timings=timings,
         )
         t_reply = time.perf_counter() - t0
         position = {node: i for i, node in enumerate(nodes)}
@@ -474,6 +539,7 @@ def run_server(
         no_reply: list[str] = []
         wire_up = 0
         update_s = []
+        replied = []
         for node, why in failures.items():
             i = position[node]
             if why.startswith("no reply") or f"error {ErrorCode.NODE_UNAVAILABLE}:" in why:
@@ -485,7 +551,9 @@ def run_server(
                 messages[i] = from_array_record(reply.array_records["message"], message_tmpl)
                 infos.append(from_array_record(reply.array_records["info"], info_tmpl))
                 wire_up += record_nbytes(reply.array_records["message"])
-                update_s.append(float(reply.metric_records["metrics"]["update_s"]))
+                metrics = reply.metric_records["metrics"]
+                update_s.append(float(metrics["update_s"]))
+                replied.append(_timing(timings["round_trip_s"].get(node), metrics))
             except (CodecError, KeyError) as exc:
                 messages[i] = None
                 reasons[labels[i]] = f"malformed message: {exc}"
@@ -524,6 +592,8 @@ def run_server(
             "no_reply": [str(lab) for lab in no_reply],
             "reply_wait_s": t_reply,
             "client_update_s_max": max(update_s) if update_s else float("nan"),
+            **_breakdown(replied),
+            "push_s": timings["push_s"],
             "wire_bytes_down": wire_down,
             "wire_bytes_up": wire_up,
         }
