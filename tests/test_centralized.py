@@ -5,32 +5,18 @@ import json
 import numpy as np
 import pytest
 import xarray as xr
+from _helpers import federation_data, nuts
 from scipy import stats
 
-from bayes_pfl import FederatedData, fit_nuts, load, load_posterior, save_fit, summarize
+from bayes_pfl import FederatedData, load, load_posterior, save_fit, summarize
 from bayes_pfl.models import eight_schools, hierarchical_glm, radon_intercept
 from bayes_pfl.spec import ModelSpecError
 from bayes_pfl.synthetic import make_federation
 
 
 @pytest.fixture(scope="module")
-def schools():
-    return FederatedData.from_pandas(
-        load("eight_schools"), client_col="school", target="y", features=["sigma"]
-    )
-
-
-@pytest.fixture(scope="module")
 def schools_fit(schools):
-    return fit_nuts(
-        eight_schools(),
-        schools,
-        num_chains=4,
-        num_warmup=1000,
-        num_samples=2000,
-        seed=1,
-        progress_bar=False,
-    )
+    return nuts(eight_schools(), schools, chains=4, warmup=1000, samples=2000, seed=1)
 
 
 def test_eight_schools_matches_posteriordb(schools, schools_fit):
@@ -93,13 +79,8 @@ def test_nuts_intervals_cover_truth():
         sigma_y=1.0,
         seed=3,
     )
-    data = FederatedData.from_pandas(
-        fed.data, client_col="client", target="y", features=list(fed.features)
-    )
-    model = hierarchical_glm("normal", 1)
-    fit = fit_nuts(
-        model, data, num_chains=2, num_warmup=500, num_samples=1000, seed=0, progress_bar=False
-    )
+    data = federation_data(fed)
+    fit = nuts(hierarchical_glm("normal", 1), data, chains=2, warmup=500, samples=1000, seed=0)
     b = fit.theta["b"][..., 0].reshape(-1, 60)
     lo, hi = np.quantile(b, [0.05, 0.95], axis=0)
     truth = fed.theta["b"][:, 0]
@@ -110,14 +91,7 @@ def test_nuts_intervals_cover_truth():
 
 def test_model_data_mismatch_is_named(schools):
     with pytest.raises(ModelSpecError, match="log_uppm"):
-        fit_nuts(
-            radon_intercept(),
-            schools,
-            num_chains=1,
-            num_warmup=5,
-            num_samples=5,
-            progress_bar=False,
-        )
+        nuts(radon_intercept(), schools, chains=1, warmup=5, samples=5)
 
 
 def test_posterior_predictive_for_held_out_rows(tmp_path):
@@ -130,9 +104,7 @@ def test_posterior_predictive_for_held_out_rows(tmp_path):
         test_size=0.2,
         seed=0,
     )
-    fit = fit_nuts(
-        radon_intercept(), data, num_chains=2, num_warmup=300, num_samples=300, progress_bar=False
-    )
+    fit = nuts(radon_intercept(), data, chains=2, warmup=300, samples=300)
     dt = fit.to_datatree(data)
     n_test = int(np.asarray(data.test.mask).sum())
     pp = dt.posterior_predictive["log_radon"]

@@ -1,27 +1,23 @@
 """The bayes-pfl command line, run as users run it (a subprocess)."""
 
 import json
-import os
 import subprocess
-import sys
 
 import pandas as pd
 import pytest
 import xarray as xr
+from _helpers import CLI, cli_env, run_cli
 
 from bayes_pfl import load
 
+# a short fit: two chains of 300 warm-up and 300 kept draws, no progress bar
+QUICK = ("--chains", "2", "--warmup", "300", "--samples", "300", "--no-progress")
 
-def run_cli(*args, timeout=600):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("XLA_FLAGS", None)
-    return subprocess.run(
-        [sys.executable, "-m", "bayes_pfl.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
+
+def csv_args(csv, client_col="school", target="y", features="sigma"):
+    """``--data CSV`` and the column options that read it."""
+    return ("--data", str(csv), "--client-col", client_col, "--target", target,
+            "--features", features)  # fmt: skip
 
 
 def test_help_everywhere():
@@ -65,59 +61,24 @@ def test_fit_csv_and_clear_errors(tmp_path):
     csv = tmp_path / "schools.csv"
     df.to_csv(csv, index=False)
     out = tmp_path / "out"
-    r = run_cli(
-        "fit",
-        "--data",
-        str(csv),
-        "--client-col",
-        "school",
-        "--target",
-        "y",
-        "--features",
-        "sigma",
-        "--model",
-        "eight_schools",
-        "--out",
-        str(out),
-        "--chains",
-        "2",
-        "--warmup",
-        "300",
-        "--samples",
-        "300",
-        "--no-progress",
-    )
+    r = run_cli("fit", *csv_args(csv), "--model", "eight_schools", "--out", str(out), *QUICK)
     assert r.returncode == 0, r.stderr
     assert (out / "posterior.nc").exists()
 
     r = run_cli(
-        "fit",
-        "--data",
-        str(csv),
-        "--client-col",
-        "school",
-        "--target",
-        "y",
-        "--features",
-        "sigma,nope",
-        "--model",
-        "eight_schools",
-        "--out",
-        str(out),
+        "fit", *csv_args(csv, features="sigma,nope"), "--model", "eight_schools", "--out", str(out)
     )
     assert r.returncode == 2 and "nope" in r.stderr
 
     r = run_cli("fit", "--data", "no_such_thing", "--out", str(out))
     assert r.returncode == 2 and "'no_such_thing': file not found" in r.stderr
 
-    r = run_cli("fit", "--data", str(csv), "--client-col", "school", "--target", "y",
-                "--features", "sigma", "--out", str(out))  # fmt: skip
+    r = run_cli("fit", *csv_args(csv), "--out", str(out))
     assert r.returncode == 2 and "--model is required for a CSV" in r.stderr
 
     bad = tmp_path / "gaps.csv"
     df.assign(sigma=df["sigma"].where(df["school"] != "A")).to_csv(bad, index=False)
-    r = run_cli("fit", "--data", str(bad), "--client-col", "school", "--target", "y",
-                "--features", "sigma", "--model", "eight_schools", "--out", str(out))  # fmt: skip
+    r = run_cli("fit", *csv_args(bad), "--model", "eight_schools", "--out", str(out))
     assert r.returncode == 2 and "pass --missing drop" in r.stderr and "missing=" not in r.stderr
 
     r = run_cli("--version")
@@ -138,23 +99,9 @@ def test_datasets_and_models_listing():
 def test_fit_federated_methods(tmp_path, method):
     out = tmp_path / method
     r = run_cli(
-        "fit",
-        "--data",
-        "eight_schools",
-        "--method",
-        method,
-        "--rounds",
-        "3",
-        "--out",
-        str(out),
-        "--chains",
-        "2",
-        "--warmup",
-        "300",
-        "--samples",
-        "300",
-        "--no-progress",
-    )
+        "fit", "--data", "eight_schools", "--method", method, "--rounds", "3", "--out", str(out),
+        *QUICK,
+    )  # fmt: skip
     assert r.returncode == 0, r.stderr
     names = {p.name for p in out.iterdir()}
     assert names == {"posterior.nc", "summary.csv", "run.json", "shrinkage.csv"}
@@ -201,23 +148,9 @@ def test_outcome_outside_the_likelihood_support_is_a_clear_error(tmp_path, metho
     NUTS a 30-line numpyro traceback)."""
     csv = _hospital_csv(tmp_path, lambda rng, n: rng.integers(1, 3, n))
     r = run_cli(
-        "fit",
-        "--data",
-        str(csv),
-        "--client-col",
-        "hospital",
-        "--target",
-        "outcome",
-        "--features",
-        "age",
-        "--model",
-        "logistic",
-        "--method",
-        method,
-        "--out",
-        str(tmp_path / "out"),
-        "--no-progress",
-    )
+        "fit", *csv_args(csv, client_col="hospital", target="outcome", features="age"),
+        "--model", "logistic", "--method", method, "--out", str(tmp_path / "out"), "--no-progress",
+    )  # fmt: skip
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert "'outcome'" in r.stderr and "{0, 1}" in r.stderr and "2" in r.stderr
     assert "Traceback" not in r.stderr
@@ -293,12 +226,9 @@ def test_an_interrupted_fit_leaves_nothing_behind(tmp_path):
     import time
 
     out = tmp_path / "fit"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("XLA_FLAGS", None)
     p = subprocess.Popen(
-        [sys.executable, "-m", "bayes_pfl.cli", "fit", "--data", "radon", "--samples", "100000",
-         "--out", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        [*CLI, "fit", "--data", "radon", "--samples", "100000", "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(),
     )  # fmt: skip
     deadline = time.time() + 120
     while time.time() < deadline and not any(tmp_path.iterdir()):
@@ -344,8 +274,8 @@ def test_a_feature_warning_is_shown_once(tmp_path):
     df = load("eight_schools").assign(const=1.0)
     csv = tmp_path / "schools.csv"
     df.to_csv(csv, index=False)
-    r = run_cli("fit", "--data", str(csv), "--client-col", "school", "--target", "y",
-                "--features", "sigma,const", "--model", "linear", "--method", "one-shot",
-                "--chains", "2", "--samples", "200", "--out", str(tmp_path / "fit"))  # fmt: skip
+    r = run_cli("fit", *csv_args(csv, features="sigma,const"), "--model", "linear",
+                "--method", "one-shot", "--chains", "2", "--samples", "200",
+                "--out", str(tmp_path / "fit"))  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert r.stderr.count("['const'] are constant") == 1, r.stderr

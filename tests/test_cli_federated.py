@@ -5,7 +5,7 @@ import json
 
 import pytest
 import xarray as xr
-from test_cli import run_cli
+from _helpers import run_cli
 
 from bayes_pfl.datasets import DATASETS
 

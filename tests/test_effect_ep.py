@@ -28,6 +28,26 @@ def _schools():
     return FederatedData.from_pandas(df, client_col="school", target="y", features=["sigma"])
 
 
+def _assert_exact_sites(site):
+    """Each school's site is its exact likelihood N(y; e, sigma): precision 1/S8^2, shift Y8/S8^2."""
+    np.testing.assert_allclose(site.precision[:, 0, 0], 1 / S8**2, rtol=1e-9)
+    np.testing.assert_allclose(site.shift[:, 0], Y8 / S8**2, rtol=1e-9)
+
+
+def _client_sites(alg, cav, train):
+    """Every client's step from the cavity ``cav`` (key 0, no earlier state): each must succeed;
+    the sites they send."""
+    k, d = cav.shift.shape
+    _, msg, info = jax.vmap(alg.client_update)(
+        jax.random.split(jax.random.key(0), k),
+        effect_ep.EffectBroadcast(cav),
+        effect_ep.EffectClientState(jnp.full((k, d), jnp.nan)),
+        train,
+    )
+    assert bool(jnp.all(info.ok))
+    return msg.site
+
+
 def test_population_structure_of_zoo_models():
     pop = gaussian_population(radon_intercept())
     assert pop.effect_sites == (("alpha", ()),)
@@ -112,8 +132,7 @@ def test_one_exchange_gives_the_exact_eight_schools_posterior():
     alg = effect_ep.build(model, damping=1.0, server_warmup=50, server_samples=50)
     out = run_rounds(alg, data.train, rounds=1, labels=data.clients, progress=False)
     sites = out.server_state.sites
-    np.testing.assert_allclose(sites.precision[:, 0, 0], 1 / S8**2, rtol=1e-9)
-    np.testing.assert_allclose(sites.shift[:, 0], Y8 / S8**2, rtol=1e-9)
+    _assert_exact_sites(sites)
     M, LT, exact = _exact_schools_grid()
     pop = gaussian_population(model)
     grid = jnp.asarray(np.stack([M.ravel(), LT.ravel()], 1))
@@ -130,26 +149,13 @@ def test_ep_fixed_point_on_a_conjugate_federation():
     data = _schools()
     alg = effect_ep.build(model, damping=0.5, server_warmup=100, server_samples=100)
     out = run_rounds(alg, data.train, rounds=6, labels=data.clients, progress=False)
-    s = out.server_state.sites
     # the first exchange is undamped: exact sites, and damped updates keep them
     assert len(out.history) == 2 and out.converged
-    np.testing.assert_allclose(s.precision[:, 0, 0], 1 / S8**2, rtol=1e-9)
-    np.testing.assert_allclose(s.shift[:, 0], Y8 / S8**2, rtol=1e-9)
+    _assert_exact_sites(out.server_state.sites)
     # a client's proposal is the exact likelihood whatever its cavity
-    msg_sites = []
     for h in range(2):
         cav = GaussianFactor(jnp.full((8, 1, 1), 0.01 + h), jnp.full((8, 1), 0.3 * h))
-        _, msg, info = jax.vmap(alg.client_update)(
-            jax.random.split(jax.random.key(0), 8),
-            effect_ep.EffectBroadcast(cav),
-            effect_ep.EffectClientState(jnp.full((8, 1), jnp.nan)),
-            data.train,
-        )
-        assert bool(jnp.all(info.ok))
-        msg_sites.append(msg.site)
-    for site in msg_sites:
-        np.testing.assert_allclose(site.precision[:, 0, 0], 1 / S8**2, rtol=1e-9)
-        np.testing.assert_allclose(site.shift[:, 0], Y8 / S8**2, rtol=1e-9)
+        _assert_exact_sites(_client_sites(alg, cav, data.train))
 
 
 def test_malformed_sites_are_rejected_and_the_client_named():
@@ -187,15 +193,7 @@ def test_vi_local_update_is_exact_for_gaussian_likelihoods():
     alg = effect_ep.build(model, local="vi", server_warmup=50, server_samples=50)
     assert alg.name == "vi-effects"
     cav = GaussianFactor(jnp.full((8, 1, 1), 0.02), jnp.full((8, 1), 0.1))
-    _, msg, info = jax.vmap(alg.client_update)(
-        jax.random.split(jax.random.key(0), 8),
-        effect_ep.EffectBroadcast(cav),
-        effect_ep.EffectClientState(jnp.full((8, 1), jnp.nan)),
-        data.train,
-    )
-    assert bool(jnp.all(info.ok))
-    np.testing.assert_allclose(msg.site.precision[:, 0, 0], 1 / S8**2, rtol=1e-9)
-    np.testing.assert_allclose(msg.site.shift[:, 0], Y8 / S8**2, rtol=1e-9)
+    _assert_exact_sites(_client_sites(alg, cav, data.train))
 
 
 def test_vi_site_satisfies_the_gaussian_vi_stationarity_conditions():
@@ -211,15 +209,8 @@ def test_vi_site_satisfies_the_gaussian_vi_stationarity_conditions():
     sites = {}
     for local in ("ep", "vi"):
         alg = effect_ep.build(model, local=local, vi_iterations=30, tilted_points=512)
-        _, msg, info = jax.vmap(alg.client_update)(
-            jax.random.split(jax.random.key(0), 2),
-            effect_ep.EffectBroadcast(cav),
-            effect_ep.EffectClientState(jnp.full((2, 2), jnp.nan)),
-            data.train,
-        )
-        assert bool(jnp.all(info.ok))
-        assert np.all(np.linalg.eigvalsh(np.asarray(msg.site.precision)) >= -1e-12)
-        sites[local] = msg.site
+        sites[local] = _client_sites(alg, cav, data.train)
+        assert np.all(np.linalg.eigvalsh(np.asarray(sites[local].precision)) >= -1e-12)
     # client a: rows y = 1, 1, 0 with x = 0, so only the intercept z[0] enters L
     prec_c, shift_c = np.asarray(cav.precision[0]), np.asarray(cav.shift[0])
     prec_q = prec_c + np.asarray(sites["vi"].precision[0])

@@ -6,12 +6,12 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
-import numpyro
-import numpyro.distributions as dist
 import pandas as pd
 import pytest
+from _helpers import federation_data, nuts
+from _helpers import normal_normal as normal_normal_model
 
-from bayes_pfl import FederatedData, fit_nuts
+from bayes_pfl import FederatedData
 from bayes_pfl import gaussian as gf
 from bayes_pfl.algorithms import ep
 from bayes_pfl.data import ClientArrays
@@ -27,17 +27,20 @@ M0, S0, TAU, SIGMA = 0.5, 3.0, 0.7, 1.0
 
 def normal_normal() -> HierarchicalModel:
     """mu ~ N(M0, S0); theta_k ~ N(mu, TAU); y ~ N(theta_k, SIGMA): TAU, SIGMA known."""
+    return normal_normal_model(M0, S0, TAU, SIGMA, name="nn", n_features=1)
 
-    def hyperprior():
-        numpyro.sample("mu", dist.Normal(M0, S0))
 
-    def client_prior(phi):
-        numpyro.sample("theta", dist.Normal(phi["mu"], TAU))
-
-    def likelihood(theta, phi, x, y):
-        numpyro.sample("y", dist.Normal(theta["theta"], SIGMA), obs=y)
-
-    return HierarchicalModel(hyperprior, client_prior, likelihood, name="nn", n_features=1)
+def _rounds(alg, train, labels, rounds, **kw):
+    """``run_rounds`` for exactly ``rounds`` rounds (no early stop), without a progress bar."""
+    return run_rounds(
+        alg,
+        train,
+        rounds=rounds,
+        labels=labels,
+        progress=False,
+        stop_when_converged=False,
+        **kw,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -84,15 +87,7 @@ def test_conjugate_global_posterior_is_exact(conjugate, site_fit, rounds):
     data, exact = conjugate
     model = normal_normal()
     alg = ep.build(model, site_fit=site_fit, damping=1.0 if rounds == 1 else 0.8)
-    out = run_rounds(
-        alg,
-        data.train,
-        rounds=rounds,
-        labels=data.clients,
-        progress=False,
-        stop_when_converged=False,
-    )
-    st = out.server_state
+    st = _rounds(alg, data.train, data.clients, rounds).server_state
     np.testing.assert_allclose(st.mode[0], exact["mu_mean"], rtol=1e-5)
     np.testing.assert_allclose(1 / st.precision[0, 0], exact["mu_var"], rtol=1e-5)
     # each site is client k's exact likelihood of mu: N(ybar_k; mu, TAU^2 + SIGMA^2/n_k)
@@ -150,10 +145,7 @@ def _glm_federation(n_clients=12, seed=0):
         median_size=10,
         seed=seed,
     )
-    data = FederatedData.from_pandas(
-        fed.data, client_col="client", target="y", features=list(fed.features)
-    )
-    return data, GLM
+    return federation_data(fed), GLM
 
 
 GLM = hierarchical_glm("normal", 1)
@@ -163,19 +155,10 @@ GLM_EP = ep.build(GLM)  # one algorithm object: its compiled client step is reus
 def test_permuting_clients_permutes_results():
     data, model = _glm_federation()
     alg = GLM_EP
-    a = run_rounds(
-        alg, data.train, rounds=4, labels=data.clients, progress=False, stop_when_converged=False
-    )
+    a = _rounds(alg, data.train, data.clients, 4)
     perm = np.random.default_rng(1).permutation(data.n_clients)
     permuted = ClientArrays(*(np.asarray(v)[perm] for v in data.train))
-    b = run_rounds(
-        alg,
-        permuted,
-        rounds=4,
-        labels=[data.clients[i] for i in perm],
-        progress=False,
-        stop_when_converged=False,
-    )
+    b = _rounds(alg, permuted, [data.clients[i] for i in perm], 4)
     np.testing.assert_allclose(a.server_state.mode, b.server_state.mode, rtol=1e-7, atol=1e-9)
     np.testing.assert_allclose(a.server_state.precision, b.server_state.precision, rtol=1e-7)
     np.testing.assert_allclose(
@@ -195,39 +178,16 @@ def _with_empty_client(arr: ClientArrays) -> ClientArrays:
 def test_client_without_rows_or_weight_changes_nothing():
     data, model = _glm_federation()
     alg = GLM_EP
-    base = run_rounds(
-        alg, data.train, rounds=3, labels=data.clients, progress=False, stop_when_converged=False
-    )
-    labels = [*data.clients, "empty"]
-    empty = run_rounds(
-        alg,
-        _with_empty_client(data.train),
-        rounds=3,
-        labels=labels,
-        progress=False,
-        stop_when_converged=False,
-    )
+    base = _rounds(alg, data.train, data.clients, 3)
+    empty = _rounds(alg, _with_empty_client(data.train), [*data.clients, "empty"], 3)
     np.testing.assert_allclose(empty.server_state.mode, base.server_state.mode, rtol=1e-10)
     np.testing.assert_allclose(empty.server_state.sites.precision[-1], 0.0)
     # a client that does not take part (zero weight) is the same as a client that is absent
     part = np.ones(data.n_clients, bool)
     part[0] = False
-    skip = run_rounds(
-        alg,
-        data.train,
-        rounds=3,
-        labels=data.clients,
-        participating=part,
-        progress=False,
-        stop_when_converged=False,
-    )
-    without = run_rounds(
-        alg,
-        ClientArrays(*(np.asarray(v)[1:] for v in data.train)),
-        rounds=3,
-        labels=data.clients[1:],
-        progress=False,
-        stop_when_converged=False,
+    skip = _rounds(alg, data.train, data.clients, 3, participating=part)
+    without = _rounds(
+        alg, ClientArrays(*(np.asarray(v)[1:] for v in data.train)), data.clients[1:], 3
     )
     np.testing.assert_allclose(skip.server_state.mode, without.server_state.mode, rtol=1e-10)
     np.testing.assert_allclose(skip.server_state.sites.shift[0], 0.0)
@@ -240,26 +200,11 @@ def test_faulty_client_is_rejected_by_name_and_does_not_corrupt_state():
     y[3, 0] = np.nan  # client 3 sends a non-finite summary
     bad = data.clients[3]
     with pytest.warns(UserWarning, match=f"local inference failed on 1 client.*'{bad}'"):
-        out = run_rounds(
-            alg,
-            ClientArrays(x, y, m),
-            rounds=3,
-            labels=data.clients,
-            progress=False,
-            stop_when_converged=False,
-        )
+        out = _rounds(alg, ClientArrays(x, y, m), data.clients, 3)
     assert all(h["failed"] == [bad] for h in out.history)
     part = np.ones(data.n_clients, bool)
     part[3] = False
-    ref = run_rounds(
-        alg,
-        data.train,
-        rounds=3,
-        labels=data.clients,
-        participating=part,
-        progress=False,
-        stop_when_converged=False,
-    )
+    ref = _rounds(alg, data.train, data.clients, 3, participating=part)
     np.testing.assert_allclose(out.server_state.mode, ref.server_state.mode, rtol=1e-10)
     assert np.all(np.isfinite(out.server_state.precision))
 
@@ -282,29 +227,10 @@ def test_bad_summaries_are_named():
 def test_checkpoint_and_resume_give_the_same_run(tmp_path):
     data, model = _glm_federation()
     alg = GLM_EP
-    straight = run_rounds(
-        alg, data.train, rounds=5, labels=data.clients, progress=False, stop_when_converged=False
-    )
+    straight = _rounds(alg, data.train, data.clients, 5)
     ckpt = tmp_path / "ep-state"
-    run_rounds(
-        alg,
-        data.train,
-        rounds=2,
-        labels=data.clients,
-        progress=False,
-        stop_when_converged=False,
-        checkpoint=ckpt,
-    )
-    resumed = run_rounds(
-        alg,
-        data.train,
-        rounds=5,
-        labels=data.clients,
-        progress=False,
-        stop_when_converged=False,
-        checkpoint=ckpt,
-        resume=True,
-    )
+    _rounds(alg, data.train, data.clients, 2, checkpoint=ckpt)
+    resumed = _rounds(alg, data.train, data.clients, 5, checkpoint=ckpt, resume=True)
     assert len(resumed.history) == 5
     np.testing.assert_allclose(resumed.server_state.mode, straight.server_state.mode, rtol=1e-12)
     np.testing.assert_allclose(resumed.server_state.precision, straight.server_state.precision)
@@ -344,16 +270,7 @@ def test_cold_start_conjugate(conjugate):
     with pytest.raises(ValueError, match="x must be"):
         cold_start(fit, x=np.zeros(3), y=y_new)
     with pytest.raises(ValueError, match="federated FitResult"):
-        cold_start(
-            fit_nuts(
-                normal_normal(),
-                data,
-                num_chains=1,
-                num_warmup=50,
-                num_samples=50,
-                progress_bar=False,
-            )
-        )
+        cold_start(nuts(normal_normal(), data, chains=1, warmup=50, samples=50))
 
 
 def test_ep_agrees_with_centralized_nuts_on_a_small_model():
@@ -364,9 +281,7 @@ def test_ep_agrees_with_centralized_nuts_on_a_small_model():
     runs of 4000 draws (≤ 0.05 sd each at ESS ≥ 400).
     """
     data, model = _glm_federation(seed=4)
-    ref = fit_nuts(
-        model, data, num_chains=4, num_warmup=1000, num_samples=1000, seed=0, progress_bar=False
-    )
+    ref = nuts(model, data, chains=4, warmup=1000, samples=1000, seed=0)
     fit = fit_ep(model, data, rounds=10, progress=False, seed=0)
     for group in ("phi", "theta"):
         for name, r in getattr(ref, group).items():
@@ -383,7 +298,7 @@ def test_federated_result_has_the_centralized_layout(conjugate):
     data, _ = conjugate
     model = normal_normal()
     fed = fit_one_shot(model, data, progress=False, num_samples=200, num_warmup=200)
-    ref = fit_nuts(model, data, num_chains=2, num_warmup=200, num_samples=200, progress_bar=False)
+    ref = nuts(model, data, chains=2, warmup=200, samples=200)
     a, b = fed.to_datatree(data), ref.to_datatree(data)
     assert set(a.posterior.data_vars) == set(b.posterior.data_vars)
     for v in a.posterior.data_vars:
@@ -521,21 +436,11 @@ def test_ragged_clients_bucketed_equal_padded():
     3 clients (``client_batch``: 10 clients = 3 + 3 + 3 + 1, and per bucket)."""
     from bayes_pfl.posterior import _personalize_kernel
 
-    fed = make_federation(family="normal", n_clients=10, n_features=1, sizes=SIZES, seed=4)
-    data = FederatedData.from_pandas(
-        fed.data, client_col="client", target="y", features=list(fed.features)
+    data = federation_data(
+        make_federation(family="normal", n_clients=10, n_features=1, sizes=SIZES, seed=4)
     )
     runs = [
-        run_rounds(
-            _sums_algorithm(),
-            data.train,
-            rounds=2,
-            labels=data.clients,
-            progress=False,
-            bucket_rows=b,
-            stop_when_converged=False,
-            **chunks,
-        )
+        _rounds(_sums_algorithm(), data.train, data.clients, 2, bucket_rows=b, **chunks)
         for b in (False, True)
         for chunks in ({}, {"client_batch": np.int64(3)})  # a numpy integer is accepted
     ]

@@ -6,13 +6,12 @@ import warnings
 
 import arviz as az
 import numpy as np
-import numpyro
-import numpyro.distributions as dist
 import pandas as pd
 import pytest
 import xarray as xr
+from _helpers import federation_data, normal_normal, nuts
 
-from bayes_pfl import FederatedData, fit_nuts, load
+from bayes_pfl import FederatedData, load
 from bayes_pfl.diagnostics import DiagnosticsWarning, diagnostics
 from bayes_pfl.inspection import (
     ParetoKWarning,
@@ -39,19 +38,6 @@ COLUMNS = [
 Z90 = 1.6448536269514722  # Phi^-1(0.95)
 
 
-def _nuts(model, data, *, chains=4, warmup=1000, samples=1000, seed=0, **kw):
-    return fit_nuts(
-        model,
-        data,
-        num_chains=chains,
-        num_warmup=warmup,
-        num_samples=samples,
-        seed=seed,
-        progress_bar=False,
-        **kw,
-    )
-
-
 def _record(fn, *args, **kwargs):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -71,15 +57,8 @@ def _warned_diagnostics(fit):
 
 
 @pytest.fixture(scope="module")
-def schools():
-    return FederatedData.from_pandas(
-        load("eight_schools"), client_col="school", target="y", features=["sigma"]
-    )
-
-
-@pytest.fixture(scope="module")
 def schools_fit(schools):
-    return _nuts(eight_schools(), schools, seed=1, target_accept_prob=0.95)
+    return nuts(eight_schools(), schools, seed=1, target_accept_prob=0.95)
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +76,7 @@ def radon():
         target="log_radon",
         features=["log_uppm", "floor"],
     )
-    fit = _nuts(radon_intercept(), data, chains=2, warmup=500, samples=1000, seed=0)
+    fit = nuts(radon_intercept(), data, chains=2, warmup=500, samples=1000, seed=0)
     return data, fit, fit.to_datatree(data)
 
 
@@ -109,17 +88,7 @@ OFFSETS = [2.0, -1.5, 1.5, -2.0, 1.0]  # ybar_k - MU, away from 0 so shrinkage i
 
 def known_scales() -> HierarchicalModel:
     """mu ~ N(MU, 1e-3) (mu is effectively known); theta_k ~ N(mu, TAU); y ~ N(theta_k, SIGMA)."""
-
-    def hyperprior():
-        numpyro.sample("mu", dist.Normal(MU, 1e-3))
-
-    def client_prior(phi):
-        numpyro.sample("theta", dist.Normal(phi["mu"], TAU))
-
-    def likelihood(theta, phi, x, y):
-        numpyro.sample("y", dist.Normal(theta["theta"], SIGMA), obs=y)
-
-    return HierarchicalModel(hyperprior, client_prior, likelihood, name="known", n_features=1)
+    return normal_normal(MU, 1e-3, TAU, SIGMA, name="known", n_features=1)
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +102,7 @@ def conjugate():
     data = FederatedData.from_pandas(
         pd.DataFrame(rows), client_col="client", target="y", features=["x"]
     )
-    fit = _nuts(known_scales(), data, chains=2, warmup=500, samples=1000, seed=0)
+    fit = nuts(known_scales(), data, chains=2, warmup=500, samples=1000, seed=0)
     n = np.asarray(SIZES, float)
     ybar = MU + np.asarray(OFFSETS)
     local = pd.DataFrame(
@@ -229,10 +198,8 @@ def test_local_estimates_radon(radon):
 def test_shrinkage_vector_client_variable():
     """The normal GLM's b has one element per client: rows are (client, element)."""
     fed = make_federation(family="normal", n_clients=6, n_features=1, median_size=10, seed=1)
-    data = FederatedData.from_pandas(
-        fed.data, client_col="client", target="y", features=list(fed.features)
-    )
-    fit = _nuts(hierarchical_glm("normal", 1), data, chains=2, warmup=400, samples=500)
+    data = federation_data(fed)
+    fit = nuts(hierarchical_glm("normal", 1), data, chains=2, warmup=400, samples=500)
     table = shrinkage_table(fit, data)
     assert table.index.names == ["client", "element"]
     assert list(table.index) == [(c, 0) for c in data.clients]
@@ -267,7 +234,7 @@ def test_agreement_with_itself(schools_fit, schools_dt):
 
 def test_agreement_two_seeds(schools, schools_dt):
     """Two NUTS runs agree up to Monte Carlo error: z ~ sqrt(mcse_ref^2 + mcse_other^2) / sd_ref."""
-    other = _nuts(eight_schools(), schools, seed=2, target_accept_prob=0.95)
+    other = nuts(eight_schools(), schools, seed=2, target_accept_prob=0.95)
     cmp = agreement(schools_dt, other)
     noise = np.sqrt(2) * cmp["mcse_ref"] / cmp["sd_ref"]
     assert (cmp["z"] < 5 * noise).all(), cmp[["z"]].assign(noise=noise)
@@ -306,7 +273,7 @@ def test_diagnostics_good_fit(schools_fit, schools_dt):
 
 
 def test_diagnostics_short_fit_warns(schools):
-    short = _nuts(eight_schools(), schools, chains=2, warmup=5, samples=20, seed=3)
+    short = nuts(eight_schools(), schools, chains=2, warmup=5, samples=20, seed=3)
     with pytest.warns(DiagnosticsWarning, match=r"parameter\(s\) fail r_hat") as rec:
         diag = diagnostics(short)
     assert not diag["ok"] and diag["failing"]

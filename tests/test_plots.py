@@ -6,10 +6,11 @@ import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
+from _helpers import nuts
 from matplotlib.figure import Figure
 from matplotlib.text import Annotation
 
-from bayes_pfl import FederatedData, fit_nuts, load
+from bayes_pfl import load
 from bayes_pfl.federated import fit_ep
 from bayes_pfl.models import eight_schools
 from bayes_pfl.plots import (
@@ -29,23 +30,14 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def data():
-    return FederatedData.from_pandas(
-        load("eight_schools"), client_col="school", target="y", features=["sigma"]
-    )
+def data(schools):
+    return schools
 
 
 def _nuts(data, seed):
-    fit = fit_nuts(
-        eight_schools(),
-        data,
-        num_chains=2,
-        num_warmup=500,
-        num_samples=500,
-        seed=seed,
-        progress_bar=False,
+    return nuts(eight_schools(), data, chains=2, warmup=500, samples=500, seed=seed).to_datatree(
+        data
     )
-    return fit.to_datatree(data)
 
 
 @pytest.fixture(scope="module")

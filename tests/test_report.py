@@ -4,8 +4,9 @@ import shutil
 import subprocess
 
 import pytest
+from _helpers import federation_data, nuts
 
-from bayes_pfl import FederatedData, fit_nuts, load, save_fit
+from bayes_pfl import save_fit
 from bayes_pfl.cli import main
 from bayes_pfl.models import eight_schools, logistic
 from bayes_pfl.report import shrinkage_for_fit, write_report
@@ -13,16 +14,11 @@ from bayes_pfl.synthetic import make_federation
 
 
 @pytest.fixture(scope="module")
-def schools_dir(tmp_path_factory):
+def schools_dir(tmp_path_factory, schools):
     out = tmp_path_factory.mktemp("schools")
-    data = FederatedData.from_pandas(
-        load("eight_schools"), client_col="school", target="y", features=["sigma"]
-    )
-    fit = fit_nuts(
-        eight_schools(), data, num_chains=2, num_warmup=500, num_samples=500, progress_bar=False
-    )
-    save_fit(fit, data, out)
-    shrinkage_for_fit(fit.to_datatree(data), data).to_csv(out / "shrinkage.csv")
+    fit = nuts(eight_schools(), schools, chains=2, warmup=500, samples=500)
+    save_fit(fit, schools, out)
+    shrinkage_for_fit(fit.to_datatree(schools), schools).to_csv(out / "shrinkage.csv")
     return out
 
 
@@ -42,17 +38,8 @@ def test_report_sections_and_embedded_figures(schools_dir):
 
 def test_report_calibration_for_binary_target(tmp_path):
     fed = make_federation(family="bernoulli", n_clients=6, n_features=2, sizes=40, seed=5)
-    data = FederatedData.from_pandas(
-        fed.data,
-        client_col="client",
-        target="y",
-        features=list(fed.features),
-        test_size=0.25,
-        seed=0,
-    )
-    fit = fit_nuts(
-        logistic(2), data, num_chains=2, num_warmup=300, num_samples=300, progress_bar=False
-    )
+    data = federation_data(fed, test_size=0.25, seed=0)
+    fit = nuts(logistic(2), data, chains=2, warmup=300, samples=300)
     save_fit(fit, data, tmp_path)
     page = write_report(tmp_path).read_text()
     assert "Calibration on held-out rows" in page and "Expected calibration error" in page

@@ -6,6 +6,7 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pytest
+from _helpers import normal_normal_parts
 from numpyro.infer.util import log_density, potential_energy
 
 from bayes_pfl.data import FederatedData
@@ -156,11 +157,7 @@ def test_centered_and_noncentered_glm_agree_on_likelihood(family, varying):
 
 
 def test_spec_errors_are_clear():
-    def hyper():
-        numpyro.sample("mu", dist.Normal(0, 1))
-
-    def prior(phi):
-        numpyro.sample("theta", dist.Normal(phi["mu"], 1))
+    hyper, prior, _ = normal_normal_parts(0, 1, 1, 1)
 
     def lik_scalar(theta, phi, x, y):
         numpyro.sample("y", dist.Normal(theta["theta"], 1).expand([x.shape[0]]).to_event(1), obs=y)
@@ -231,15 +228,7 @@ def test_every_zoo_model_declares_its_likelihood_family():
 
 
 def test_a_declared_family_is_checked_and_optional():
-    def hyper():
-        numpyro.sample("mu", dist.Normal(0, 1))
-
-    def prior(phi):
-        numpyro.sample("theta", dist.Normal(phi["mu"], 1))
-
-    def lik(theta, phi, x, y):
-        numpyro.sample("y", dist.Normal(theta["theta"], 1), obs=y)
-
+    hyper, prior, lik = normal_normal_parts(0, 1, 1, 1)
     assert HierarchicalModel(hyper, prior, lik, name="bernoulli_like").family is None
     assert HierarchicalModel(hyper, prior, lik, name="m", family="normal").family == "normal"
     with pytest.raises(ModelSpecError, match="unknown likelihood family 'gaussian'.*bernoulli"):
