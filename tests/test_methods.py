@@ -98,3 +98,21 @@ def test_front_ends_list_the_registry():
     posterior = (*method_names(kind="reference"), *method_names(kind="federated"))
     assert set(FIT_METHODS) == set(posterior) == set(BAYESIAN_METHODS)
     assert set(method_names("compare")) == set(method_names())
+
+
+def test_flower_runs_the_registry():
+    """Flower's posterior methods are the registry's federated ones; its phases come from it."""
+    from bayes_pfl.flower.config import METHODS, FlowerSettings, build_phases
+
+    assert set(METHODS) == set(method_names(kind="federated"))
+    settings = FlowerSettings(data="eight_schools", method="vi", rounds=3)
+    (phase,) = build_phases(settings)
+    model = settings.hierarchical_model
+    assert phase.algorithm is effect_algorithm(
+        model, damping=1.0, tol=0.05, local="vi", vi_iterations=10
+    )
+    assert phase.rounds == 3
+    base = build_phases(FlowerSettings(data="radon", method="fedavg", rounds=2))
+    assert base[0].rounds == 2 and base[0].algorithm.name == "fedavg"
+    with pytest.raises(ValueError, match="does not run on flower: pools every"):
+        build_phases(FlowerSettings(data="eight_schools", method="nuts"))

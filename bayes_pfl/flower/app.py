@@ -26,6 +26,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from bayes_pfl.flower.config import (
+    METHODS,
     FlowerSettings,
     build_phases,
     cached_client_data,
@@ -144,7 +145,7 @@ def run_from_settings(grid: Grid, settings: FlowerSettings, *, run_id: int = 0):
         state, converged, accepted = res.server_state, res.converged, res.accepted
         tag = dict(phase.tag)
         history += [{**h, **tag} for h in res.history]
-    if settings.method not in ("ep", "one-shot"):
+    if settings.method not in METHODS:  # a baseline: no posterior to read out
         _save_baseline(out, settings, federation, state, history, converged, run_id, t_start)
         return None
     result = finish(

@@ -37,7 +37,6 @@ __all__ = [
     "METHODS",
     "ClientData",
     "FlowerSettings",
-    "Phase",
     "build_phases",
     "cached_client_data",
     "configure_jax",
@@ -46,8 +45,11 @@ __all__ = [
     "standardization_stats",
 ]
 
-METHODS = ("ep", "one-shot")
-"""Built-in methods; any other name ``m`` builds ``bayes_pfl.baselines.m.build(model, **options)``."""
+METHODS = ("ep", "one-shot", "vi")
+"""The posterior methods (the registry's ``federated`` kind, :mod:`bayes_pfl.methods`; a
+test keeps them equal, written here so that a ClientApp process need not build the
+registry). Any other method of the registry that runs on Flower (the baselines) is
+accepted by :func:`build_phases`."""
 
 # The values FlowerSettings.check accepts: copies of bayes_pfl.federated.SITES and
 # bayes_pfl.algorithms.ep.TILTED / SITE_FITS (a test keeps them equal). Importing those
@@ -203,6 +205,14 @@ class FlowerSettings:
         return client_col, target, features, info.default_model if info else None
 
     @property
+    def outcome_family(self) -> str:
+        """The likelihood family the model declares (baselines fit the same outcome);
+        ``"bernoulli"`` for a CSV without a model."""
+        if not (self.model or self.dataset[3]):
+            return "bernoulli"
+        return self.hierarchical_model.family or "bernoulli"
+
+    @property
     def n_features(self) -> int:
         return len(self.dataset[2])
 
@@ -256,14 +266,16 @@ class FlowerSettings:
             if self.sites == "effects":
                 return {"sites": "effects"}
             return {"sites": "global", "tilted": self.tilted, "site_fit": self.site_fit}
-        if self.method == "ep":
+        if self.method in ("ep", "vi"):
             out = {
                 "rounds": self.rounds,
                 "damping": self.ep_damping,
                 "sites": self.sites,
                 "tol": self.ep_tol,
             }
-            if self.sites == "global":
+            if self.method == "vi":
+                out["vi_iterations"] = 10
+            elif self.sites == "global":
                 out.update(tilted=self.tilted, site_fit=self.site_fit, site_points=None)
             return out
         return {"rounds": self.rounds, "method_options": self.method_options}
@@ -275,78 +287,32 @@ class FlowerSettings:
         return (home / "bayes-pfl-results" / f"run-{run_id}").resolve()
 
 
-class Phase(NamedTuple):
-    """One stretch of rounds with one algorithm (``run_rounds`` call of the in-process fit)."""
-
-    tag: dict  # what fit_ep adds to each history entry ({"tilted": ...} or {"sites": ...})
-    algorithm: Any  # bayes_pfl.algorithms.Algorithm
-    rounds: int
-    warm_start: bool  # start from the previous phase's server and client states
-    bucket_rows: bool = False  # nodes pad their rows as run_rounds(bucket_rows=True) does
-
-
-# the GLM family a zoo model's name stands for, for baselines run on its data
-_BASELINE_FAMILY = {"linear": "normal", "logistic": "bernoulli", "poisson": "poisson"}
-
-
 @functools.cache
-def build_phases(settings: FlowerSettings) -> tuple[Phase, ...]:
-    """The algorithm phases of ``settings.method``, as :func:`bayes_pfl.federated.fit_ep` runs them.
+def build_phases(settings: FlowerSettings) -> tuple:
+    """The phases of ``settings.method``, from the method registry: the very phases the
+    in-process fit runs (:func:`bayes_pfl.federated.ep_phases` for EP, one-shot and VI).
 
     Cached per settings, so a process builds (and compiles) each algorithm once.
     """
-    from bayes_pfl.algorithms import ep
-    from bayes_pfl.federated import effect_algorithm
+    from bayes_pfl.methods import UnknownMethod, get_method
 
-    model = settings.hierarchical_model
-    if settings.method in METHODS and settings.sites == "effects":
-        one = settings.method == "one-shot"
-        alg = effect_algorithm(
-            model,
-            damping=1.0 if one else settings.ep_damping,
-            tol=0.0 if one else settings.ep_tol,
-        )
-        return (Phase({"sites": "effects"}, alg, 1 if one else settings.rounds, False, True),)
-    if settings.method == "one-shot":
-        alg = ep.build(
-            model, tilted=settings.tilted, damping=1.0, tol=0.0, site_fit=settings.site_fit
-        )
-        return (Phase({"tilted": settings.tilted}, alg, 1, False, True),)
-    if settings.method == "ep":
-        phases = []
-        if settings.tilted == "nuts" and settings.rounds > 1:
-            warm = ep.build(
-                model,
-                tilted="laplace",
-                damping=settings.ep_damping,
-                tol=1e-3,
-                site_fit=settings.site_fit,
-            )
-            phases.append(Phase({"tilted": "laplace"}, warm, settings.rounds, False, True))
-        alg = ep.build(
-            model,
-            tilted=settings.tilted,
-            damping=settings.ep_damping,
-            tol=settings.ep_tol,
-            site_fit=settings.site_fit,
-        )
-        tag = {"tilted": settings.tilted}
-        phases.append(Phase(tag, alg, settings.rounds, bool(phases), True))
-        return tuple(phases)
-    from bayes_pfl.baselines import BASELINE_NAMES
-    from bayes_pfl.baselines.fit import baseline_algorithm
-
-    if settings.method not in BASELINE_NAMES:
-        raise ValueError(
-            f"unknown method {settings.method!r}: not one of {METHODS} nor of the "
-            f"baselines {BASELINE_NAMES}"
-        )
+    try:
+        info = get_method(settings.method, "flower")
+    except UnknownMethod as exc:
+        raise ValueError(str(exc)) from None
+    if info.kind == "federated":
+        options = {
+            "rounds": settings.rounds,
+            "sites": settings.sites,
+            "damping": settings.ep_damping,
+            "tol": settings.ep_tol,
+        }
+        if settings.sites == "global":
+            options.update(tilted=settings.tilted, site_fit=settings.site_fit)
+        return info.phases(model=settings.hierarchical_model, **options)
     options = json.loads(settings.method_options) if settings.method_options else {}
-    name = settings.model or settings.dataset[3] or ""
-    family = _BASELINE_FAMILY.get(name.split("_")[0], "bernoulli")
-    options = {"family": family, "seed": settings.seed, **options}
-    alg = baseline_algorithm(settings.method, settings.n_features, **options).algorithm
-    return (Phase({}, alg, settings.rounds, False),)
+    options = {"family": settings.outcome_family, "seed": settings.seed, **options}
+    return info.phases(n_features=settings.n_features, rounds=settings.rounds, **options)
 
 
 def configure_jax(settings: FlowerSettings) -> None:
@@ -407,14 +373,14 @@ def cached_client_data(
     path = Path(str(source)).expanduser()
     if not path.is_file():
         return load_client_data(settings, node_config)
-    from bayes_pfl.flower.steps import _atomic_write, _version, source_fingerprint
+    from bayes_pfl.flower.steps import atomic_write, package_version, source_fingerprint
 
     stat = path.stat()
     spec = {
         "settings": settings.step_identity(),
         "node": sorted((str(k), str(v)) for k, v in node_config.items()),
         "file": [str(path.resolve()), stat.st_size, stat.st_mtime_ns],
-        "bayes-pfl": _version("bayes-pfl"),
+        "bayes-pfl": package_version("bayes-pfl"),
         "source": source_fingerprint(),
     }
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
@@ -442,7 +408,7 @@ def cached_client_data(
     )
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(target, buf.getvalue())
+        atomic_write(target, buf.getvalue())
     except OSError:  # a read-only folder costs speed, not the answer
         pass
     return data
@@ -483,23 +449,25 @@ def _local_csv(settings: FlowerSettings, position: int, node_config) -> ClientDa
 def _federated_data(settings: FlowerSettings):
     import warnings
 
-    import pandas as pd
-
     from bayes_pfl.data import FederatedData
-    from bayes_pfl.datasets import DATASETS
+    from bayes_pfl.datasets import source
 
     client_col, target, features, _ = settings.dataset
-    if settings.data in DATASETS:
-        df = DATASETS[settings.data].loader()
-    else:
-        df = pd.read_csv(Path(settings.data).expanduser())
+    src = source(
+        settings.data,
+        client_col=client_col,
+        target=target,
+        features=list(features),
+        flag="run-config data",
+        column_flags=("client-col", "target", "features"),
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # missing="drop" counts, reported in-process
         return FederatedData.from_pandas(
-            df,
-            client_col=client_col,
-            target=target,
-            features=list(features),
+            src.frame,
+            client_col=src.client_col,
+            target=src.target,
+            features=src.features,
             seed=settings.seed,
             standardize=settings.standardize,
             missing=settings.missing,

@@ -8,7 +8,7 @@ for replies until the round's timeout (polling every ``poll_interval_s``, not
 Flower's fixed 3 s), decodes each reply against the structure ``client_update``
 returns, rejects (and logs by node id) clients that did not answer, answered with
 an error, or sent a malformed or non-finite message
-(:func:`bayes_pfl.simulation.check_messages`), and applies the *same*
+(:func:`bayes_pfl.simulation.screen`, the driver's server boundary), and applies the *same*
 ``server_update`` with ``accept`` False for them: EP keeps their previous site.
 History entries have the keys of the in-process history, plus ``no_reply`` (clients
 that timed out or whose node left), timings and wire sizes: ``client_round_trip_s``
@@ -50,13 +50,7 @@ from bayes_pfl.flower.records import (
     record_nbytes,
     to_array_record,
 )
-from bayes_pfl.simulation import (
-    _scalars,
-    check_messages,
-    compiled,
-    message_nbytes,
-    row_buckets,
-)
+from bayes_pfl.simulation import compiled, round_entry, row_buckets, screen
 
 __all__ = [
     "Federation",
@@ -559,44 +553,46 @@ def run_server(
                 reasons[labels[i]] = f"malformed message: {exc}"
         answered = np.array([m is not None for m in messages])
         stacked = _stack([m if m is not None else _zeros_like(message_tmpl) for m in messages])
-        ok, bad = check_messages(stacked, labels)
-        for lab, why in bad.items():
-            if answered[labels.index(lab)]:
-                reasons.setdefault(lab, why)
+        cinfo = _stack(infos) if infos else None
+        # the driver's server boundary: the same checks, reasons and acceptance as in process
+        screened = screen(
+            algorithm,
+            stacked,
+            cinfo,
+            labels,
+            participating,
+            round=r + 1,
+            answered=answered,
+            rejected={lab: why for lab, why in reasons.items() if lab not in no_reply},
+        )
+        reasons.update(screened.rejected)
         for lab, why in reasons.items():
             i = labels.index(lab)
             level = logging.INFO if lab in no_reply else logging.WARNING
             log.log(level, "round %d: node %s (%r) left out: %s", r + 1, nodes[i], lab, why)
-        accept_np = ok & answered & participating
-        local_ok = np.asarray(getattr(stacked, "ok", np.ones(k, bool)), bool)
-        failed = [labels[i] for i in np.flatnonzero(~local_ok & accept_np)]
+        accept_np = screened.accept
         accept = jnp.asarray(accept_np)
-        bytes_down = message_nbytes(broadcast, k)
+        sent = broadcast
         server_state, sinfo = server_step(
             jax.random.fold_in(rkey, 2), server_state, jax.tree.map(jnp.asarray, stacked), accept
         )
         broadcast = jax.block_until_ready(broadcast_step(server_state))
         accepted_last = accept_np.copy()
-        rejected = [lab for lab in reasons if lab not in no_reply]
-        entry = {
-            "round": r + 1,
-            "wall_time_s": time.perf_counter() - t0,
-            "bytes_up_per_client": message_nbytes(stacked, k),
-            "bytes_down_per_client": bytes_down,
-            "n_rejected": len(rejected),
-            "rejected": [str(lab) for lab in rejected],
-            "failed": [str(lab) for lab in failed],
-            **_scalars(sinfo),
-            **(_scalars(_stack(infos), "client_") if infos else {}),
-            "n_no_reply": len(no_reply),
-            "no_reply": [str(lab) for lab in no_reply],
-            "reply_wait_s": t_reply,
-            "client_update_s_max": max(update_s) if update_s else float("nan"),
-            **_breakdown(replied),
-            "push_s": timings["push_s"],
-            "wire_bytes_down": wire_down,
-            "wire_bytes_up": wire_up,
-        }
+        entry = round_entry(
+            r + 1, time.perf_counter() - t0, stacked, sent, screened, sinfo, cinfo, k
+        )
+        entry.update(
+            {
+                "n_no_reply": len(no_reply),
+                "no_reply": [str(lab) for lab in no_reply],
+                "reply_wait_s": t_reply,
+                "client_update_s_max": max(update_s) if update_s else float("nan"),
+                **_breakdown(replied),
+                "push_s": timings["push_s"],
+                "wire_bytes_down": wire_down,
+                "wire_bytes_up": wire_up,
+            }
+        )
         history.append(entry)
         converged = bool(entry.get("converged", False))
         log.info(

@@ -65,7 +65,7 @@ def source_fingerprint() -> str:
     return h.hexdigest()
 
 
-def _version(dist: str) -> str:
+def package_version(dist: str) -> str:
     try:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
@@ -102,8 +102,8 @@ class StepCache:
                 for g in inputs
             ],
             "jax": jax.__version__,
-            "numpyro": _version("numpyro"),
-            "bayes-pfl": _version("bayes-pfl"),
+            "numpyro": package_version("numpyro"),
+            "bayes-pfl": package_version("bayes-pfl"),
             "source": source_fingerprint(),
             "x64": bool(jax.config.jax_enable_x64),
         }
@@ -177,8 +177,8 @@ class StepCache:
         meta = {"name": name, "in_keys": in_keys, "out_keys": out_keys}
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            _atomic_write(blob_path, bytes(exported.serialize()))
-            _atomic_write(meta_path, json.dumps(meta).encode())
+            atomic_write(blob_path, bytes(exported.serialize()))
+            atomic_write(meta_path, json.dumps(meta).encode())
         except OSError as err:  # a read-only folder costs speed, not the answer
             log.warning("cannot store exported step %s in %s: %s", name, self.folder, err)
         return _Loaded(jax.jit(exported.call), in_keys, out_keys)
@@ -226,7 +226,7 @@ def _split(outs, out_keys: list[list[str]]) -> list[Flat]:
     return result
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
