@@ -86,11 +86,7 @@ def _cli_data(args) -> Callable[[int], FederatedData]:
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # rows dropped: reported in the table
-            return FederatedData.from_pandas(
-                src.frame,
-                client_col=src.client_col,
-                target=src.target,
-                features=src.features,
+            return src.federated(
                 test_size=args.test_size,
                 val_size=args.val_size,
                 seed=seed,

@@ -247,15 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_data(args):
     """``(FederatedData, the bundled dataset's default model name or None)`` of the data options."""
-    from bayes_pfl.data import FederatedData
     from bayes_pfl.datasets import source
 
     src = source(args.data, client_col=args.client_col, target=args.target, features=args.features)
-    data = FederatedData.from_pandas(
-        src.frame,
-        client_col=src.client_col,
-        target=src.target,
-        features=src.features,
+    data = src.federated(
         test_size=args.test_size,
         seed=args.seed,
         standardize=args.standardize,

@@ -413,6 +413,19 @@ class DataSource(NamedTuple):
     features: list[str]
     default_model: str | None  # the bundled dataset's model, None for a CSV
 
+    def federated(self, **options):
+        """:meth:`~bayes_pfl.data.FederatedData.from_pandas` of this table and its columns
+        (``options``: ``test_size``, ``seed``, ``standardize``, ``missing``, ...)."""
+        from bayes_pfl.data import FederatedData
+
+        return FederatedData.from_pandas(
+            self.frame,
+            client_col=self.client_col,
+            target=self.target,
+            features=self.features,
+            **options,
+        )
+
 
 def source(
     data: str,

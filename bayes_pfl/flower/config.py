@@ -449,7 +449,6 @@ def _local_csv(settings: FlowerSettings, position: int, node_config) -> ClientDa
 def _federated_data(settings: FlowerSettings):
     import warnings
 
-    from bayes_pfl.data import FederatedData
     from bayes_pfl.datasets import source
 
     client_col, target, features, _ = settings.dataset
@@ -463,11 +462,7 @@ def _federated_data(settings: FlowerSettings):
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # missing="drop" counts, reported in-process
-        return FederatedData.from_pandas(
-            src.frame,
-            client_col=src.client_col,
-            target=src.target,
-            features=src.features,
+        return src.federated(
             seed=settings.seed,
             standardize=settings.standardize,
             missing=settings.missing,
