@@ -289,6 +289,7 @@ def flower(
 
     nodes = [{"partition-id": i} for i in range(n_clients)] if deployment else []
     out = Path(run_config["out"])
+    _first_to_go()
     load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
     batch = 10 if deployment else 0  # 100 SuperNodes starting at once time out registering
@@ -334,6 +335,16 @@ def flower(
     }
 
 
+def _first_to_go() -> None:
+    """Should memory run out, let the kernel stop this benchmark's processes (the Flower
+    processes inherit it) before other users' (``oom_score_adj`` 1000; raising it needs
+    no privilege)."""
+    try:
+        Path("/proc/self/oom_score_adj").write_text("1000")
+    except OSError:
+        pass
+
+
 def _wait(fed, run_id: int, result: Path, timeout_s: float) -> str:
     """Wait for the ServerApp's result file, then for Flower's final status. ``flwr ls``
     starts a Python process (about 1.5 CPU-s): ask it once a minute while the run goes on,
@@ -366,10 +377,12 @@ def _markdown(results: dict) -> str:
         "| load avg after |",
         "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    errors: list[str] = []
     for k, by_runtime in results["runs"].items():
         for runtime, r in by_runtime.items():
             if "error" in r:
-                lines.append(f"| {k} | {runtime} | error: {r['error'][:60]} |" + " |" * 10)
+                lines.append(f"| {k} | {runtime} | see below |" + " |" * 10)
+                errors.append(f"* {k} clients, {runtime}: {r['error'][:300]}")
                 continue
 
             def f(key, fmt="{:.2f}", r=r):
@@ -395,12 +408,16 @@ def _markdown(results: dict) -> str:
             "",
             f"(No deployment for {', '.join(map(str, skipped))} clients in this run.)",
         ]
-    for k, earlier in results.get("earlier", {}).items():
-        lines += [
-            "",
-            f"(The {k}-client rows are from an earlier run: {earlier['machine']['date']}, "
-            f"{earlier['rounds']} rounds.)",
-        ]
+    if errors:
+        lines += ["", *errors]
+    earlier = [
+        f"{k} clients {runtime}: {r['date']}, {r.get('rounds', '?')} rounds"
+        for k, by_runtime in results["runs"].items()
+        for runtime, r in by_runtime.items()
+        if r.get("date", results["machine"]["date"]) != results["machine"]["date"]
+    ]
+    if earlier:
+        lines += ["", "Rows from earlier runs of this script: " + "; ".join(earlier) + "."]
     lines += _breakdown_table(results)
     lines += _cpu_table(results)
     lines += ["", results["notes"], ""]
@@ -520,8 +537,25 @@ What a Flower round costs, and why:
   busy for nearly all of `cores x round`, and most of a message's "process start" is
   waiting for a core (its CPU column is what the start-up itself costs). The polling
   delays overlap other processes' work. A round cannot be shorter than its federation's
-  CPU seconds over 2 cores (about 37 CPU-s for 10 clients: about 19 s), and other users'
-  processes ("outside") add theirs.
+  CPU seconds over 2 cores (about 37 CPU-s for 10 clients: about 18-19 s), and other
+  users' processes ("outside") add theirs. A 10-client round of 13 s or less would need
+  the federation under 26 CPU-s: fewer than the ten ClientApp processes alone cost
+  (about 3 CPU-s each, nearly all of it Flower's ClientApp runtime and JAX starting,
+  loading the step and exiting; bayes-pfl's own code is under 0.1 CPU-s).
+* 100 clients: besides about 2.9 CPU-s per ClientApp process, the 100 idle SuperNodes
+  pulling the SuperLink every 3 s cost about 0.35 cores all the time (SuperNodes and
+  SuperLink: about 180 CPU-s of a 350 s round, against 6 CPU-s of a 21 s round with 10);
+  the SuperExecs poll every 5 s (LocalFederation's default for 100 nodes: about 0.05
+  core in all), so a message waits about 2.5 s for its process to start, overlapped by
+  the other 3 messages in flight. Other users' tests took about 29% of the machine during
+  the 2026-12-04 100-client run ("outside"): alone, its round would take about 250 s
+  (about 490 federation CPU-s over 2 cores); the 2026-11-26 run took 430 s. 100
+  SuperNodes with their SuperExecs and 4 ClientApp processes need about 21 GB of the 24:
+  the benchmark starts a deployment only if its estimate leaves `--memory-margin-gb`
+  (1 GB) available, and raises its own processes' OOM score so that the kernel would stop
+  them, not other users' processes, if memory ran out.
+* Load averages count the federation's own processes (ten ClientApps at once push it
+  above 10); other users' share of a round is the CPU table's "outside".
 * Before and after (2026-12-04, 10 clients, 4 rounds, measured back to back on this shared
   machine): the previous code (numpyro/SciPy and pandas in every ClientApp process) with
   the previous settings (max-in-flight 4, SuperExec poll 1 s, pull every 50 ms): steady
@@ -601,16 +635,28 @@ def main(argv=None) -> int:
     p.add_argument(
         "--memory-margin-gb",
         type=float,
-        default=2.0,
+        default=1.0,
         help="start a deployment only if this much memory stays available beyond its estimate",
     )
     p.add_argument("--skip-deployment", action="store_true")
+    p.add_argument(
+        "--render",
+        action="store_true",
+        help="only rewrite the markdown (and the notes in the JSON) from the JSON's results",
+    )
     p.add_argument(
         "--merge",
         action="store_true",
         help="keep the existing results of client counts not measured now",
     )
     args = p.parse_args(argv)
+    if args.render:
+        path = _common.RESULTS / "flower_latency.json"
+        results = json.loads(path.read_text())
+        results["notes"] = NOTES
+        path.write_text(json.dumps(_no_nan(results), indent=2))
+        (_common.RESULTS / "flower_latency.md").write_text(_markdown(results))
+        return 0
     results = {
         "machine": {**_common.machine(), "flwr": _flwr_version()},
         "rounds": args.rounds,
@@ -618,25 +664,25 @@ def main(argv=None) -> int:
         "notes": NOTES,
     }
     old = _common.RESULTS / "flower_latency.json"
-    if args.merge and old.is_file():
+    if args.merge and old.is_file():  # keep the rows not measured now
         previous = json.loads(old.read_text())
-        results["runs"] = {
-            k: v for k, v in previous.get("runs", {}).items() if int(k) not in args.clients
-        }
-        results["earlier"] = {
-            k: {"machine": previous["machine"], "rounds": previous["rounds"]}
-            for k in results["runs"]
-        }
+        for k, by_runtime in previous.get("runs", {}).items():
+            for runtime, r in by_runtime.items():
+                if not (int(k) in args.clients and runtime in args.runtimes):
+                    r.setdefault("date", previous["machine"]["date"])
+                    results["runs"].setdefault(k, {})[runtime] = r
+        results["runs"] = dict(sorted(results["runs"].items(), key=lambda kv: int(kv[0])))
     with tempfile.TemporaryDirectory(prefix="flower-latency-") as tmp:
         tmp = Path(tmp)
         cache = tmp / "jax-cache"
         for k in args.clients:
             csv = _federation_csv(tmp, k)
-            runs = results["runs"][str(k)] = {}
+            runs = results["runs"].setdefault(str(k), {})
             if "in-process" in args.runtimes:
                 cfg = _run_config(csv, args.rounds, tmp / f"out-inproc-{k}", cache)
                 runs["in-process"] = in_process(csv, args.rounds, cfg)
                 runs["in-process"]["load_average_after"] = os.getloadavg()[0]
+                runs["in-process"]["date"] = results["machine"]["date"]
                 print(k, "in-process", runs["in-process"], flush=True)
             todo = []
             if "flower-simulation" in args.runtimes:
@@ -655,7 +701,10 @@ def main(argv=None) -> int:
                     cfg["max-in-flight"] = _default_in_flight(k) if mif is None else mif
                     short = _memory_short_gb(k, cfg["max-in-flight"], args.memory_margin_gb)
                     if short:  # other users' processes share this machine: do not OOM them
-                        runs[name] = {"error": f"not started: {short}"}
+                        runs[name] = {
+                            "error": f"not started: {short}",
+                            "date": results["machine"]["date"],
+                        }
                         print(k, name, runs[name], flush=True)
                         continue
                 try:
@@ -670,10 +719,11 @@ def main(argv=None) -> int:
                 except Exception as exc:  # noqa: BLE001 (report, keep going)
                     runs[name] = {"error": repr(exc)}
                 runs[name]["load_average_after"] = os.getloadavg()[0]
+                runs[name]["date"] = results["machine"]["date"]
                 print(k, name, runs[name], flush=True)
     _common.RESULTS.mkdir(exist_ok=True)
     (_common.RESULTS / "flower_latency.json").write_text(
-        json.dumps(_common.jsonable(results), indent=2)
+        json.dumps(_no_nan(_common.jsonable(results)), indent=2)
     )
     (_common.RESULTS / "flower_latency.md").write_text(_markdown(results))
     print(_markdown(results))
@@ -681,6 +731,18 @@ def main(argv=None) -> int:
 
 
 RUNTIMES = ("in-process", "flower-simulation", "flower-deployment")
+
+
+def _no_nan(obj):
+    """NaN (a timing that does not apply, e.g. process start-up in the simulation runtime)
+    as JSON null."""
+    if isinstance(obj, dict):
+        return {k: _no_nan(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_no_nan(v) for v in obj]
+    if isinstance(obj, float) and obj != obj:
+        return None
+    return obj
 
 
 def _flwr_version() -> str:

@@ -314,15 +314,26 @@ def test_node_rows_are_cached_until_the_csv_changes(small, tmp_path, monkeypatch
 
     config_mod.cached_client_data(settings, {**node, "client-label": "other"}, folder)
     assert len(calls) == 1
+    for damaged in (b"", b"PK\x03\x04 not a zip"):
+        for f in folder.glob("*.npz"):
+            f.write_bytes(damaged)
+        again = config_mod.cached_client_data(settings, node, folder)  # read and stored again
+        np.testing.assert_array_equal(again.x, first.x)
+    assert len(calls) == 3
+    config_mod.cached_client_data(settings, node, folder)
+    assert len(calls) == 3
     csv.write_text("client,y,x0\nh1,0.5,1.0\nh1,1.5,-2.0\nh1,2.5,3.0\n")
     edited = config_mod.cached_client_data(settings, node, folder)
-    assert len(calls) == 2 and edited.x.shape == (3, 1)
+    assert len(calls) == 4 and edited.x.shape == (3, 1)
 
 
 def test_round_trip_breakdown():
     """A reply's round trip splits into process start, handler and waiting; a process older
     than the message (simulation actors, an in-process grid) started no process for it."""
     from bayes_pfl.flower.server import _breakdown, _timing
+
+    age, cpu = client_mod.process_age()  # this test process: older than its CPU time
+    assert cpu > 0 and (np.isnan(age) or age >= cpu / 4)
 
     fresh = _timing(
         5.0,

@@ -236,10 +236,10 @@ def process_age() -> tuple[float, float]:
             start_ticks = int(f.read().rsplit(b")", 1)[1].split()[19])
         with open("/proc/uptime", "rb") as f:
             uptime = float(f.read().split()[0])
-        age = uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+        age = max(uptime - start_ticks / os.sysconf("SC_CLK_TCK"), 0.0)
     except (OSError, ValueError, IndexError):
         age = float("nan")
-    return max(age, 0.0), cpu
+    return age, cpu
 
 
 def _standardization(msg: Message):
