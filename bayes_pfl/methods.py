@@ -100,8 +100,17 @@ def _bayes_fit(name: str) -> Callable[..., Any]:
 
     fn = {"ep": fit_ep, "one-shot": fit_one_shot, "vi": fit_vi}[name]
 
+    params = inspect.signature(fn).parameters
+    open_ended = any(p.kind is p.VAR_KEYWORD for p in params.values())
+
     @functools.wraps(fn)
     def fit(data, *, model, seed: int = 0, progress: bool = False, **options):
+        unknown = sorted(set(options) - set(params))
+        if unknown and not open_ended:
+            known = [n for n in params if n not in ("model", "data", "seed", "progress")]
+            raise TypeError(
+                f"method {name!r} has no option(s) {unknown}; its options: {', '.join(known)}"
+            )
         return fn(model, data, seed=seed, progress=progress, **options)
 
     fit.__signature__ = inspect.signature(fn)  # options read from the real function

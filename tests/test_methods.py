@@ -76,6 +76,8 @@ def test_ep_phases_are_the_in_process_ones():
     assert vphase.algorithm is effect_algorithm(
         model, damping=1.0, tol=0.05, local="vi", vi_iterations=10
     )
+    with pytest.raises(TypeError, match=r"'one-shot' has no option\(s\) \['rounds'\]; its options"):
+        get_method("one-shot").fit(None, model=model, rounds=3)
     with pytest.raises(UnknownMethod, match="sites='global' VI runs in process only"):
         vi.phases(model=model, **{**vi.options, "sites": "global"})
 
@@ -116,3 +118,51 @@ def test_flower_runs_the_registry():
     assert base[0].rounds == 2 and base[0].algorithm.name == "fedavg"
     with pytest.raises(ValueError, match="does not run on flower: pools every"):
         build_phases(FlowerSettings(data="eight_schools", method="nuts"))
+
+
+@pytest.mark.slow
+def test_every_method_runs_through_its_front_ends():
+    """The registry walked on a tiny binary federation: every method fits and predicts
+    through compare (the CLI's ``compare`` runs the same ``make_method``), and every
+    method that runs on Flower runs the phases Flower would run (``build_phases`` over the
+    driver in process; the transport itself is tested in test_flower.py)."""
+    import numpy as np
+    from _helpers import federation_data
+
+    from bayes_pfl.compare import make_method
+    from bayes_pfl.flower.config import FlowerSettings, _federated_data, build_phases
+    from bayes_pfl.simulation import run_phases
+    from bayes_pfl.synthetic import make_federation
+
+    data = federation_data(
+        make_federation(family="bernoulli", n_clients=4, n_features=2, sizes=12, seed=0),
+        test_size=0.25,
+        seed=0,
+    )
+    quick = {
+        "reference": dict(num_chains=1, num_warmup=100, num_samples=100),
+        "federated": dict(rounds=2, num_chains=1, num_warmup=100, num_samples=100),
+        "baseline": dict(rounds=2),
+        "neural": dict(rounds=2, local_steps=2, hidden=4),
+        "constant": {},
+    }
+    for name in method_names("compare"):
+        info = get_method(name)
+        options = {k: v for k, v in quick[info.kind].items() if k in info.options}
+        method = make_method(name, family="bernoulli", **options)
+        pred = method.fit_fn(data, 0).predict(data.test)
+        p = np.asarray(pred.mean)[np.asarray(data.test.mask)]
+        assert p.size and np.all((p >= 0) & (p <= 1)), name
+    import warnings
+
+    for name in method_names("flower"):
+        # eight schools' feature is each school's known sd: not to be standardized
+        settings = FlowerSettings(data="eight_schools", method=name, rounds=2, standardize=False)
+        table = _federated_data(settings)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = run_phases(
+                build_phases(settings), table.train, labels=table.clients, progress=False
+            )
+        assert out.history and all(np.isfinite(h["wall_time_s"]) for h in out.history), name
+        assert not [w for w in caught if "contribut" in str(w.message)], name
