@@ -217,6 +217,7 @@ class Screened(NamedTuple):
     """What the server takes of a round's messages (:func:`screen`)."""
 
     accept: np.ndarray  # bool [K]: messages the server uses
+    used: np.ndarray  # bool [K]: accepted and local inference ok (new information)
     rejected: dict  # {label: why} messages refused at the boundary (non-finite, malformed)
     failed: dict  # {label: why} clients whose local inference failed (previous site kept)
 
@@ -295,7 +296,7 @@ def screen(
             + ", ".join(f"{lab!r} ({why})" for lab, why in list(failed.items())[:20]),
             stacklevel=stacklevel,
         )
-    return Screened(accept, reasons, failed)
+    return Screened(accept, accept & local_ok, reasons, failed)
 
 
 def round_entry(
@@ -476,17 +477,17 @@ def run_rounds(
                 on_rejected=on_rejected,
                 on_failed=on_failed,
             )
-            local_ok = np.asarray(getattr(messages, "ok", np.ones(k, bool)), bool)
-            contributed |= screened.accept & local_ok
+            contributed |= screened.used
             accept = jnp.asarray(screened.accept)
             client_states = select_clients(accept, client_states_new, client_states)
             server_state, sinfo = server_step(
                 jax.random.fold_in(rkey, 2), server_state, messages, accept
             )
             server_state = off_devices(server_state)  # chains on several devices: back to one
-            entry = round_entry(r + 1, 0.0, messages, broadcast, screened, sinfo, cinfo, k)
+            sent = broadcast
             broadcast = jax.block_until_ready(broadcast_step(server_state))
-            entry["wall_time_s"] = time.perf_counter() - t0
+            seconds = time.perf_counter() - t0
+            entry = round_entry(r + 1, seconds, messages, sent, screened, sinfo, cinfo, k)
             if len(schedule) > 1:
                 entry["group"] = g
             history.append(entry)
