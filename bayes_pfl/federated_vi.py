@@ -45,7 +45,14 @@ import numpy as np
 from bayes_pfl.algorithms import vi
 from bayes_pfl.algorithms.ep import gaussian_log_kernel
 from bayes_pfl.centralized import check_model_data
-from bayes_pfl.posterior import check_steps, personalize, server_draws, server_summary, to_result
+from bayes_pfl.posterior import (
+    check_steps,
+    personalize,
+    readout_keys,
+    server_draws,
+    server_summary,
+    to_result,
+)
 from bayes_pfl.results import FitResult
 from bayes_pfl.simulation import ClientError, run_rounds
 from bayes_pfl.spec import HierarchicalModel
@@ -352,7 +359,7 @@ def fit_vi_global(
     state, client_states, history = out.server_state, out.client_states, out.history
     converged = out.converged
     t_rounds = time.perf_counter() - t_start
-    key = jax.random.key(seed + 1)
+    key_global, key_personal = readout_keys(seed)
     t0 = time.perf_counter()
     P = model.phi_dim
     sample_stats = None
@@ -363,11 +370,11 @@ def fit_vi_global(
         q_mean, q_cov = _server_q(
             model, fam, state, steps=first, lr=lr, num_particles=num_particles, seed=seed + 2
         )
-        eps = jax.random.normal(jax.random.fold_in(key, 1), (num_chains, num_samples, P))
+        eps = jax.random.normal(key_global, (num_chains, num_samples, P))
         u = jnp.asarray(q_mean) + eps @ jnp.linalg.cholesky(jnp.asarray(q_cov)).T
     else:
         u, sample_stats = server_draws(
-            jax.random.fold_in(key, 1),
+            key_global,
             model,
             state,
             global_method=global_method,
@@ -382,11 +389,9 @@ def fit_vi_global(
     t0 = time.perf_counter()
     info_extra = {}
     if personalization == "local":
-        theta = local_personalize(
-            jax.random.fold_in(key, 2), model, flat_u, client_states, has_rows
-        )
+        theta = local_personalize(key_personal, model, flat_u, client_states, has_rows)
     else:
-        theta, acc = personalize(jax.random.fold_in(key, 2), model, flat_u, data.train)
+        theta, acc = personalize(key_personal, model, flat_u, data.train)
         info_extra["min_personalize_acceptance"] = float(np.min(np.asarray(acc)))
     t_personal = time.perf_counter() - t0
     result = to_result(

@@ -61,8 +61,10 @@ __all__ = [
     "personalize_client",
     "personalize_effects",
     "readout",
+    "readout_keys",
     "server_draws",
     "server_summary",
+    "timed_server_draws",
     "to_result",
 ]
 
@@ -437,6 +439,24 @@ def server_summary(state, u) -> dict[str, Any]:
     }
 
 
+def readout_keys(seed: int) -> tuple[Array, Array]:
+    """The keys of the readout: the global draws', then the personalization's.
+
+    Every runtime derives them so (in process, Flower), which is what makes their draws
+    equal for the same seed.
+    """
+    key = jax.random.key(seed + 1)
+    return jax.random.fold_in(key, 1), jax.random.fold_in(key, 2)
+
+
+def timed_server_draws(rng_key: Array, model: HierarchicalModel, state, **sampling):
+    """:func:`server_draws` and the seconds they took: ``(u, sample_stats, seconds)``."""
+    t0 = time.perf_counter()
+    u, stats = server_draws(rng_key, model, state, **sampling)
+    u = jax.block_until_ready(u)  # JAX is asynchronous: time the work, not its dispatch
+    return u, stats, time.perf_counter() - t0
+
+
 def readout(
     method: str,
     model: HierarchicalModel,
@@ -453,10 +473,9 @@ def readout(
     mh_steps: int = 5,
 ) -> FitResult:
     state = fitted.server_state
-    key = jax.random.key(seed + 1)
-    t0 = time.perf_counter()
-    u, gstats = server_draws(
-        jax.random.fold_in(key, 1),
+    key_global, key_personal = readout_keys(seed)
+    u, gstats, t_global = timed_server_draws(
+        key_global,
         model,
         state,
         global_method=global_method,
@@ -464,13 +483,11 @@ def readout(
         num_warmup=num_warmup,
         num_samples=num_samples,
     )
-    u = jax.block_until_ready(u)
-    t_global = time.perf_counter() - t0
     c, s, p = u.shape
     t0 = time.perf_counter()
     if isinstance(state, effect_ep.EffectServerState):
         theta, acc = personalize_effects(
-            jax.random.fold_in(key, 2),
+            key_personal,
             model,
             state.sites,
             u.reshape(c * s, p),
@@ -479,7 +496,7 @@ def readout(
         )
     else:
         theta, acc = personalize(
-            jax.random.fold_in(key, 2), model, u.reshape(c * s, p), data.train, mh_steps=mh_steps
+            key_personal, model, u.reshape(c * s, p), data.train, mh_steps=mh_steps
         )
     theta = jax.block_until_ready(theta)  # JAX is asynchronous: time the work, not its dispatch
     t_personal = time.perf_counter() - t0

@@ -640,12 +640,11 @@ def finish(
     sees a row: node ``k`` receives the global draws and returns its ``theta`` draws.
     Nodes that do not answer are left out of the result (``info["left_out"]``).
     """
-    from bayes_pfl.posterior import server_draws, server_summary, to_result
+    from bayes_pfl.posterior import readout_keys, server_summary, timed_server_draws, to_result
 
-    key = jax.random.key(seed + 1)
-    t0 = time.perf_counter()
-    u, gstats = server_draws(
-        jax.random.fold_in(key, 1),
+    key_global, key_personal = readout_keys(seed)
+    u, gstats, t_global = timed_server_draws(
+        key_global,
         model,
         server_state,
         global_method=global_method,
@@ -653,11 +652,10 @@ def finish(
         num_warmup=num_warmup,
         num_samples=num_samples,
     )
-    t_global = time.perf_counter() - t0
     c, s, p = u.shape
     u_flat = np.asarray(u).reshape(c * s, p)
     k = federation.n_clients
-    pkeys = jax.random.key_data(jax.random.split(jax.random.fold_in(key, 2), k))
+    pkeys = jax.random.key_data(jax.random.split(key_personal, k))
     draws = named_record({"u": u_flat})
     data_records = federation.data_records()
     from bayes_pfl.algorithms.effect_ep import EffectServerState
