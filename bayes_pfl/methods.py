@@ -62,22 +62,23 @@ class MethodInfo(NamedTuple):
     summary: str
     fit: Callable[..., Any]
     phases: Callable[..., tuple] | None
-    front_ends: tuple[str, ...]
-    not_in: tuple[tuple[str, str], ...] = ()  # (front end, why not)
-    families: tuple[str, ...] = ("bernoulli", "normal", "poisson")
+    not_in: tuple[tuple[str, str], ...] = ()  # (front end, why the method does not run there)
+
+    @property
+    def front_ends(self) -> tuple[str, ...]:
+        """The front ends the method runs on: all but those ``not_in`` names."""
+        skipped = dict(self.not_in)
+        return tuple(end for end in FRONT_ENDS if end not in skipped)
 
     @property
     def options(self) -> dict[str, Any]:
         """The method's options and their defaults (keyword arguments of its fit)."""
-        fn = self.fit.func if isinstance(self.fit, functools.partial) else self.fit
-        bound = self.fit.keywords if isinstance(self.fit, functools.partial) else {}
         skip = {"data", "model", "seed", "progress", "progress_bar", "method", "variant"}
-        out = {}
-        for p in inspect.signature(fn).parameters.values():
-            if p.kind is p.VAR_KEYWORD or p.name in skip or p.default is p.empty:
-                continue
-            out[p.name] = bound.get(p.name, p.default)
-        return out
+        return {
+            p.name: p.default
+            for p in inspect.signature(self.fit).parameters.values()
+            if p.kind is not p.VAR_KEYWORD and p.name not in skip and p.default is not p.empty
+        }
 
 
 # --------------------------------------------------------------------------- fits
@@ -146,21 +147,22 @@ def _ep_phases(name: str) -> Callable[..., tuple]:
     def phases(*, model, **options):
         from bayes_pfl.federated import ep_phases, site_options
 
-        sites = options.get("sites", "effects")
+        options = {**_registry()[name].options, **options}  # the fit's defaults fill gaps
+        sites = options["sites"]
         tilted, site_fit = site_options(sites, options.get("tilted"), options.get("site_fit"))
         given = dict(sites=sites, damping=options.get("damping"), tol=options.get("tol"))
         if sites == "global":
             given.update(tilted=tilted, site_fit=site_fit, site_points=options.get("site_points"))
         if name == "one-shot":
             return ep_phases(model, rounds=1, **{**given, "damping": 1.0, "tol": 0.0})
-        rounds = options.get("rounds") or 10
+        rounds = options["rounds"] or 10  # fit_vi's rounds=None: 10 with sites="effects"
         if name == "vi":
             if sites != "effects":
                 raise UnknownMethod(
                     "vi runs over the network with sites='effects' (factors over each "
                     "client's effects); sites='global' VI runs in process only"
                 )
-            vi_iter = options.get("vi_iterations", 10)
+            vi_iter = options["vi_iterations"]
             given["effect_options"] = (("local", "vi"), ("vi_iterations", vi_iter))
         elif options.get("effect_options"):
             given["effect_options"] = tuple(sorted(dict(options["effect_options"]).items()))
@@ -201,29 +203,20 @@ def _registry() -> dict[str, MethodInfo]:
             "centralized NUTS on the pooled rows: the gold standard",
             _nuts_fit(),
             None,
-            ("cli", "compare"),
             (("flower", "pools every client's rows on one machine: not a federated method"),),
         )
     }
     for name, summary in federated_summary.items():
-        out[name] = MethodInfo(
-            name, "federated", summary, _bayes_fit(name), _ep_phases(name), FRONT_ENDS
-        )
+        out[name] = MethodInfo(name, "federated", summary, _bayes_fit(name), _ep_phases(name))
     for name in BASELINE_NAMES:
-        not_in = ()
-        ends: tuple[str, ...] = ("cli", "compare", "flower")
-        if name == "pooled":
-            ends = ("cli", "compare")
-            not_in = (("flower", "trains one model on every client's rows pooled"),)
+        pooled = name == "pooled"
         out[name] = MethodInfo(
             name,
             "baseline",
             f"optimization baseline {name!r} (bayes_pfl.baselines)",
             _baseline_fit(name),
-            None if name == "pooled" else _baseline_phases(name),
-            ends,
-            not_in,
-            ("bernoulli", "categorical", "normal", "poisson"),
+            None if pooled else _baseline_phases(name),
+            (("flower", "trains one model on every client's rows pooled"),) if pooled else (),
         )
     for variant in VARIANTS:
         out[variant] = MethodInfo(
@@ -232,9 +225,7 @@ def _registry() -> dict[str, MethodInfo]:
             f"hierarchical Bayesian network {variant!r} (bayes_pfl.neural)",
             _neural_fit(variant),
             None,
-            ("cli", "compare"),
             (("flower", "the network's readout (predictive draws) is in-process only"),),
-            ("bernoulli", "categorical"),
         )
     out["constant"] = MethodInfo(
         "constant",
@@ -242,15 +233,16 @@ def _registry() -> dict[str, MethodInfo]:
         "predicts the pooled training rate (a floor every method must beat)",
         _constant_fit,
         None,
-        ("cli", "compare"),
         (("flower", "nothing to federate"),),
-        ("bernoulli", "categorical", "normal", "poisson"),
     )
     return out
 
 
 def _constant_fit(data, *, family: str = "bernoulli", seed: int = 0, progress: bool = False):
-    raise UnknownMethod("the constant predictor has no fit of its own: use compare")
+    """The pooled training rate (or mean) as every row's prediction: a predictor."""
+    from bayes_pfl.compare import constant_method
+
+    return constant_method(family=family).fit_fn(data, seed)
 
 
 def get_method(name: str, front_end: str | None = None) -> MethodInfo:

@@ -227,11 +227,7 @@ class FlowerSettings:
 
     @property
     def ep_tol(self) -> float:
-        if self.tol >= 0:
-            return self.tol
-        if self.sites == "effects":
-            return 0.05
-        return 1e-3 if self.tilted == "laplace" else 0.05
+        return self.tol if self.tol >= 0 else self._ep_defaults["tol"]
 
     @property
     def final_warmup(self) -> int:
@@ -241,9 +237,15 @@ class FlowerSettings:
 
     @property
     def ep_damping(self) -> float:
-        if self.damping >= 0:
-            return self.damping
-        return 1.0 if self.sites == "effects" else 0.8
+        return self.damping if self.damping >= 0 else self._ep_defaults["damping"]
+
+    @property
+    def _ep_defaults(self) -> dict[str, float]:
+        """:func:`bayes_pfl.federated.ep_defaults` of these sites (imported here, on the
+        server or when tracing: a ClientApp with exported steps never needs them)."""
+        from bayes_pfl.federated import ep_defaults
+
+        return ep_defaults(self.sites, self.tilted)
 
     def step_identity(self) -> str:
         """What decides the clients' steps: every setting but the server's and the I/O ones.
@@ -274,7 +276,9 @@ class FlowerSettings:
                 "tol": self.ep_tol,
             }
             if self.method == "vi":
-                out["vi_iterations"] = 10
+                from bayes_pfl.methods import get_method
+
+                out["vi_iterations"] = get_method("vi").options["vi_iterations"]
             elif self.sites == "global":
                 out.update(tilted=self.tilted, site_fit=self.site_fit, site_points=None)
             return out
