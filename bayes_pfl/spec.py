@@ -50,7 +50,7 @@ Example
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -252,6 +252,11 @@ class HierarchicalModel:
         The outcome family of the likelihood, declared by the model (every zoo model
         does); :mod:`bayes_pfl.compare` reads it to score the model's predictions.
         ``None`` (default): not declared; nothing reads it from ``name``.
+    coords : mapping of str to sequence of str, optional
+        Labels of the entries of vector sites, by site name (``{"b": ("Intercept",
+        "age"), "beta": ("bmi",)}``): the coefficient names the outputs (ArviZ
+        coordinates, summaries, plots) show instead of positions. Each labelled
+        site must be a vector with one label per entry.
 
     Notes
     -----
@@ -272,6 +277,7 @@ class HierarchicalModel:
         feature_names: tuple[str, ...] | None = None,
         description: str = "",
         family: str | None = None,
+        coords: Mapping[str, Sequence[str]] | None = None,
     ):
         if family is not None and family not in LIKELIHOOD_FAMILIES:
             raise ModelSpecError(
@@ -286,7 +292,9 @@ class HierarchicalModel:
         self.feature_names = tuple(feature_names) if feature_names is not None else None
         self.description = description
         self.family = family
+        self.coords = {k: tuple(map(str, v)) for k, v in (coords or {}).items()}
         self._check()
+        self._check_coords()
 
     def __repr__(self) -> str:
         return (
@@ -417,6 +425,31 @@ class HierarchicalModel:
                     f"expected {(2,) + s.shape}; declare its event shape with .to_event()"
                 )
         _ = self._observed
+
+    def _check_coords(self) -> None:
+        shapes = {s.name: s.shape for s in self.phi_space.sites + self.theta_space.sites}
+        for trace in (self.hyper_trace, self.client_trace):
+            shapes.update(
+                {
+                    n: tuple(jnp.shape(s["value"]))
+                    for n, s in trace.items()
+                    if s["type"] == "deterministic"
+                }
+            )
+        for name, labels in self.coords.items():
+            if name not in shapes:
+                raise ModelSpecError(
+                    f"coords names site {name!r}, which the model does not have "
+                    f"(sites: {', '.join(sorted(shapes))})"
+                )
+            shape = shapes[name]
+            if len(shape) != 1 or shape[0] != len(labels):
+                raise ModelSpecError(
+                    f"coords of {name!r} has {len(labels)} label(s) but the site has shape "
+                    f"{shape}; coords label the entries of a vector site"
+                )
+            if len(set(labels)) != len(labels):
+                raise ModelSpecError(f"coords of {name!r} repeat a label: {list(labels)}")
 
     def observed_supports(self, x: Array, y: Array) -> dict[str, Any]:
         """``{observed site: support constraint}`` of the likelihood on rows ``(x, y)``.

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from bayes_pfl.spec import HierarchicalModel, ModelSpecError
 
-from .glm import FAMILIES, VARYING, hierarchical_glm, linear, logistic, poisson
+from .glm import FAMILIES, INTERCEPT, VARYING, Terms, hierarchical_glm, linear, logistic, poisson
 from .posteriordb import eight_schools, radon_intercept
 
 GLM_FAMILY = {"linear": "normal", "logistic": "bernoulli", "poisson": "poisson"}
@@ -21,6 +21,7 @@ MODEL_NAMES = ("radon_intercept", "eight_schools", *GLM_FAMILY)
 
 __all__ = [
     "FAMILIES",
+    "INTERCEPT",
     "MODEL_NAMES",
     "VARYING",
     "eight_schools",
@@ -30,6 +31,7 @@ __all__ = [
     "logistic",
     "poisson",
     "radon_intercept",
+    "Terms",
 ]
 
 
@@ -39,6 +41,7 @@ def get_model(
     *,
     varying: str = "intercept",
     centered: bool = False,
+    feature_names=None,
 ) -> HierarchicalModel:
     """Build a zoo model by name.
 
@@ -48,7 +51,7 @@ def get_model(
         One of :data:`MODEL_NAMES`.
     n_features : int, optional
         Number of features, required by the GLMs (``linear``, ``logistic``, ``poisson``).
-    varying, centered
+    varying, centered, feature_names
         GLM options, see :func:`hierarchical_glm`; ignored by the posteriordb models.
     """
     if name == "radon_intercept":
@@ -58,5 +61,11 @@ def get_model(
     if name in GLM_FAMILY:
         if n_features is None:
             raise ModelSpecError(f"model {name!r} needs n_features")
-        return hierarchical_glm(GLM_FAMILY[name], n_features, varying=varying, centered=centered)
+        return hierarchical_glm(
+            GLM_FAMILY[name],
+            n_features,
+            varying=varying,
+            centered=centered,
+            feature_names=feature_names,
+        )
     raise ModelSpecError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")

@@ -18,7 +18,11 @@ shrinkage tables and comparisons line up:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import jax.numpy as jnp
+import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
@@ -27,18 +31,101 @@ from bayes_pfl.spec import HierarchicalModel, ModelSpecError
 FAMILIES = ("normal", "bernoulli", "poisson")
 VARYING = ("intercept", "slopes")
 
-__all__ = ["FAMILIES", "VARYING", "hierarchical_glm", "linear", "logistic", "poisson"]
+__all__ = [
+    "FAMILIES",
+    "INTERCEPT",
+    "VARYING",
+    "Terms",
+    "hierarchical_glm",
+    "linear",
+    "logistic",
+    "poisson",
+]
+
+
+INTERCEPT = "Intercept"
+"""The name of the intercept term in :class:`Terms` and in coefficient labels."""
+
+
+@dataclass(frozen=True)
+class Terms:
+    """Which coefficients of a GLM vary by client and which have a common effect.
+
+    Parameters
+    ----------
+    features : sequence of str
+        The feature columns of ``x``, in order (no intercept column: the
+        intercept is the term :data:`INTERCEPT`).
+    varying : sequence of str
+        Terms (``"Intercept"`` or feature names) whose coefficient varies by
+        client: ``b[j] = mu[j] + tau[j] * z`` (or ``b[j] ~ N(mu[j], tau[j])``).
+        The intercept, if varying, comes first; features follow in column order.
+    common : sequence of str
+        Terms with a common (population) effect. A varying term that is also
+        common has a population mean ``mu``; a varying term that is not common
+        varies around 0 (lme4's ``y ~ 1 + (0 + x | g)``); a common term that
+        does not vary is a shared coefficient in ``beta``.
+
+    Every feature must be in ``varying`` or ``common``; the lme4 formula
+    ``y ~ 1 + age + bmi + (1 + age | g)`` is ``Terms(("age", "bmi"),
+    varying=("Intercept", "age"), common=("Intercept", "age", "bmi"))``.
+    """
+
+    features: tuple[str, ...]
+    varying: tuple[str, ...]
+    common: tuple[str, ...]
+
+    def __post_init__(self):
+        feats = tuple(map(str, self.features))
+        known = (INTERCEPT, *feats)
+        if len(set(feats)) != len(feats) or INTERCEPT in feats:
+            raise ModelSpecError(f"feature names must be distinct and not {INTERCEPT!r}: {feats}")
+        order = {t: i for i, t in enumerate(known)}
+        for kind in ("varying", "common"):
+            terms = tuple(map(str, getattr(self, kind)))
+            unknown = [t for t in terms if t not in order]
+            if unknown:
+                raise ModelSpecError(
+                    f"{kind} term(s) {unknown} are not among the features {list(feats)} "
+                    f"or {INTERCEPT!r}"
+                )
+            object.__setattr__(self, kind, tuple(sorted(set(terms), key=order.__getitem__)))
+        object.__setattr__(self, "features", feats)
+        if not self.varying:
+            raise ModelSpecError("a hierarchical GLM needs at least one term that varies by client")
+        unused = [f for f in feats if f not in self.varying and f not in self.common]
+        if unused:
+            raise ModelSpecError(f"feature(s) {unused} are in no term (neither varying nor common)")
+
+    @classmethod
+    def preset(cls, varying: str, features: Sequence[str]) -> Terms:
+        """The zoo's presets: ``"intercept"`` (only the intercept varies) or
+        ``"slopes"`` (every coefficient varies)."""
+        feats = tuple(map(str, features))
+        every = (INTERCEPT, *feats)
+        return cls(feats, varying=every if varying == "slopes" else (INTERCEPT,), common=every)
+
+    @property
+    def mean_terms(self) -> tuple[str, ...]:
+        """Varying terms with a population mean (``mu``'s labels)."""
+        return tuple(t for t in self.varying if t in self.common)
+
+    @property
+    def shared_terms(self) -> tuple[str, ...]:
+        """Common terms that do not vary (``beta``'s labels)."""
+        return tuple(t for t in self.common if t not in self.varying)
 
 
 def hierarchical_glm(
     family: str,
-    n_features: int,
+    n_features: int | None = None,
     *,
-    varying: str = "intercept",
+    varying: str | Terms = "intercept",
     centered: bool = False,
     coef_scale: float = 2.5,
     tau_scale: float = 1.0,
     sigma_scale: float = 1.0,
+    feature_names: Sequence[str] | None = None,
     name: str | None = None,
 ) -> HierarchicalModel:
     """A hierarchical GLM with client-varying intercepts (and optionally slopes).
@@ -48,54 +135,103 @@ def hierarchical_glm(
     family : {"normal", "bernoulli", "poisson"}
         Likelihood: Normal with identity link, Bernoulli with logit link,
         Poisson with log link.
-    n_features : int
-        Number of feature columns ``P``.
-    varying : {"intercept", "slopes"}
+    n_features : int, optional
+        Number of feature columns ``P`` (or give ``feature_names``, or
+        ``varying`` as :class:`Terms`).
+    varying : {"intercept", "slopes"} or Terms
         Which coefficients vary by client. ``"slopes"`` makes every coefficient
-        client-specific (``D = 1 + P``).
+        client-specific (``D = 1 + P``); :class:`Terms` chooses term by term (what
+        a formula such as ``y ~ age + bmi + (1 + age | hospital)`` gives).
     centered : bool
         Centered (``b ~ N(mu, tau)``) or non-centered (``b_raw ~ N(0, 1)``)
         parameterization; non-centered suits small clients.
     coef_scale, tau_scale, sigma_scale : float
         Prior scales: ``mu, beta ~ N(0, coef_scale)``, ``tau ~ HalfNormal(tau_scale)``,
         ``sigma_y ~ HalfNormal(sigma_scale)``.
+    feature_names : sequence of str, optional
+        Names of the feature columns: the coefficients' labels (``model.coords``)
+        in outputs. Default ``x0, x1, ...``.
 
     Examples
     --------
     >>> m = hierarchical_glm("bernoulli", 3, varying="slopes")
     >>> m.phi_dim, m.theta_dim
     (8, 4)
+    >>> m = hierarchical_glm("normal", varying=Terms(("age", "bmi"),
+    ...     varying=("Intercept", "age"), common=("Intercept", "age", "bmi")))
+    >>> m.coords["b"], m.coords["beta"]
+    (('Intercept', 'age'), ('bmi',))
     """
     if family not in FAMILIES:
         raise ModelSpecError(f"unknown family {family!r}; choose one of {FAMILIES}")
-    if varying not in VARYING:
-        raise ModelSpecError(f"unknown varying={varying!r}; choose one of {VARYING}")
-    if int(n_features) < 0:
-        raise ModelSpecError("n_features must be >= 0")
-    p = int(n_features)
-    d = 1 if varying == "intercept" else 1 + p
+    if isinstance(varying, Terms):
+        terms = varying
+    else:
+        if varying not in VARYING:
+            raise ModelSpecError(f"unknown varying={varying!r}; choose one of {VARYING}")
+        if feature_names is None:
+            if n_features is None:
+                raise ModelSpecError("give n_features or feature_names")
+            if int(n_features) < 0:
+                raise ModelSpecError("n_features must be >= 0")
+            feature_names = [f"x{j}" for j in range(int(n_features))]
+        terms = Terms.preset(varying, feature_names)
+    p = len(terms.features)
+    if n_features is not None and int(n_features) != p:
+        raise ModelSpecError(f"n_features={n_features} but {p} feature name(s): {terms.features}")
+    d = len(terms.varying)
+    col = {f: j for j, f in enumerate(terms.features)}
+    v_int = terms.varying[0] == INTERCEPT
+    v_cols = np.array([col[t] for t in terms.varying if t != INTERCEPT], dtype=int)
+    s_int = INTERCEPT in terms.shared_terms
+    s_cols = np.array([col[t] for t in terms.shared_terms if t != INTERCEPT], dtype=int)
+    d_mu = len(terms.mean_terms)
+    # mu (the means of the varying terms that have one) placed into the D varying terms
+    place = None
+    if d_mu < d:
+        place = np.zeros((d_mu, d))
+        place[np.arange(d_mu), [terms.varying.index(t) for t in terms.mean_terms]] = 1.0
+
+    def columns(x, idx):
+        return x if np.array_equal(idx, np.arange(x.shape[-1])) else x[..., idx]
 
     def hyperprior():
-        numpyro.sample("mu", dist.Normal(0.0, coef_scale).expand([d]).to_event(1))
+        if d_mu:
+            numpyro.sample("mu", dist.Normal(0.0, coef_scale).expand([d_mu]).to_event(1))
         numpyro.sample("tau", dist.HalfNormal(tau_scale).expand([d]).to_event(1))
-        if varying == "intercept" and p > 0:
-            numpyro.sample("beta", dist.Normal(0.0, coef_scale).expand([p]).to_event(1))
+        if terms.shared_terms:
+            numpyro.sample(
+                "beta",
+                dist.Normal(0.0, coef_scale).expand([len(terms.shared_terms)]).to_event(1),
+            )
         if family == "normal":
             numpyro.sample("sigma_y", dist.HalfNormal(sigma_scale))
 
+    def population_mean(phi):
+        if not d_mu:
+            return jnp.zeros(d)
+        return phi["mu"] if place is None else phi["mu"] @ place
+
     def client_prior(phi):
+        mean = population_mean(phi)
         if centered:
-            numpyro.sample("b", dist.Normal(phi["mu"], phi["tau"]).to_event(1))
+            numpyro.sample("b", dist.Normal(mean, phi["tau"]).to_event(1))
         else:
             b_raw = numpyro.sample("b_raw", dist.Normal(0.0, 1.0).expand([d]).to_event(1))
-            numpyro.deterministic("b", phi["mu"] + phi["tau"] * b_raw)
+            numpyro.deterministic("b", mean + phi["tau"] * b_raw)
 
     def likelihood(theta, phi, x, y):
         b = theta["b"]
-        if varying == "intercept":
-            eta = b[0] + (x @ phi["beta"] if p > 0 else 0.0)
-        else:
-            eta = b[0] + x @ b[1:]
+        eta = b[0] if v_int else 0.0
+        if v_cols.size:
+            eta = eta + columns(x, v_cols) @ b[int(v_int) :]
+        if terms.shared_terms:
+            beta = phi["beta"]
+            if s_int:
+                eta = eta + beta[0]
+            if s_cols.size:
+                eta = eta + columns(x, s_cols) @ beta[int(s_int) :]
+        eta = jnp.broadcast_to(eta, x.shape[:-1])
         if family == "normal":
             obs = dist.Normal(eta, phi["sigma_y"])
         elif family == "bernoulli":
@@ -105,16 +241,28 @@ def hierarchical_glm(
         numpyro.sample("y", obs, obs=y)
 
     param = "centered" if centered else "noncentered"
+    if isinstance(varying, Terms):
+        shape = f"varying {', '.join(terms.varying)}"
+        default_name = f"{family}_terms_{param}"
+    else:
+        shape = f"client-varying {varying}"
+        default_name = f"{family}_{varying}_{param}"
+    coords = {"b": terms.varying, "tau": terms.varying}
+    if d_mu:
+        coords["mu"] = terms.mean_terms
+    if terms.shared_terms:
+        coords["beta"] = terms.shared_terms
+    if not centered:
+        coords["b_raw"] = terms.varying
     return HierarchicalModel(
         hyperprior,
         client_prior,
         likelihood,
-        name=name or f"{family}_{varying}_{param}",
+        name=name or default_name,
         n_features=p,
         family=family,
-        description=(
-            f"Hierarchical {family} GLM, client-varying {varying}, {param} parameterization."
-        ),
+        coords=coords,
+        description=f"Hierarchical {family} GLM, {shape}, {param} parameterization.",
     )
 
 
