@@ -37,6 +37,7 @@ from bayes_pfl.cli.fit import (
     cmd_models,
     cmd_report,
     load_data,
+    load_inputs,
     load_model,
 )
 
@@ -52,6 +53,7 @@ __all__ = [
     "cmd_report",
     "configure_jax",
     "load_data",
+    "load_inputs",
     "load_model",
     "main",
 ]

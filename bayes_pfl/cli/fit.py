@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -92,6 +93,20 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         "e.g. slopes for sleepstudy; intercept otherwise)",
     )
     g.add_argument("--centered", action="store_true", help="GLMs: centered parameterization")
+    g.add_argument(
+        "--formula",
+        help="the model as a formula, e.g. 'outcome ~ age + C(sex) + (1 + age | hospital)': "
+        "terms left of '|' vary by client, the name right of it is the client column; "
+        "--model then names the family (logistic/bernoulli, linear/normal, poisson)",
+    )
+    g.add_argument(
+        "--prior",
+        action="append",
+        default=[],
+        metavar="NAME=SCALE",
+        help="--formula: a prior scale, coef (mu, beta ~ N(0, 2.5)), tau (HalfNormal(1)) "
+        "or sigma (HalfNormal(1)); repeat for several",
+    )
 
 
 def _add_nuts_args(p: argparse.ArgumentParser, *, chains=4, warmup=1000, samples=1000) -> None:
@@ -259,6 +274,70 @@ def load_data(args):
     return data, src.default_model
 
 
+_PRIOR_FLAGS = {"coef": "coef_scale", "tau": "tau_scale", "sigma": "sigma_scale"}
+
+
+def load_inputs(args):
+    """``(data, model, formula schema or None)`` of the data and model options."""
+    from bayes_pfl.data import DataError
+
+    if getattr(args, "formula", None):
+        return _formula_inputs(args)
+    if getattr(args, "prior", None):
+        raise DataError("--prior applies to --formula models")
+    data, default_model = load_data(args)
+    return data, load_model(args, data, default_model), None
+
+
+def _formula_inputs(args):
+    from bayes_pfl.data import DataError
+    from bayes_pfl.datasets import source
+    from bayes_pfl.formula import FAMILY_ALIASES, from_formula, parse_formula
+
+    given = [f for f in ("client_col", "target", "features", "varying") if getattr(args, f)]
+    if given:
+        flags = ", ".join("--" + f.replace("_", "-") for f in given)
+        raise DataError(f"--formula names the client column, outcome and terms; drop {flags}")
+    if args.model not in FAMILY_ALIASES:
+        raise DataError(
+            f"--formula needs --model naming the family: {', '.join(FAMILY_ALIASES)}"
+            + (f" (got {args.model!r})" if args.model else "")
+        )
+    scales = {}
+    for item in args.prior:
+        name, _, value = item.partition("=")
+        try:
+            scales[_PRIOR_FLAGS[name.strip()]] = float(value)
+        except (KeyError, ValueError):
+            raise DataError(
+                f"--prior {item!r}: expected NAME=SCALE with NAME one of "
+                f"{', '.join(_PRIOR_FLAGS)} and a positive number"
+            ) from None
+        if not scales[_PRIOR_FLAGS[name.strip()]] > 0:
+            raise DataError(f"--prior {item!r}: the scale must be positive")
+    parsed = parse_formula(args.formula)
+    # the source only needs the columns to exist; the formula reads its own variables
+    src = source(
+        args.data,
+        client_col=parsed.group,
+        target=parsed.response,
+        features=list(parsed.variables) or [parsed.response],
+    )
+    fm = from_formula(
+        args.formula,
+        src.frame,
+        family=args.model,
+        test_size=args.test_size,
+        seed=args.seed,
+        standardize=args.standardize,
+        missing=args.missing,
+        centered=args.centered,
+        name=args.model,
+        **scales,
+    )
+    return fm.data, fm.model, fm.schema
+
+
 def load_model(args, data, default_model):
     """The zoo model of ``--model`` (default: the dataset's) for ``data``."""
     from bayes_pfl.datasets import DATASETS
@@ -388,8 +467,7 @@ def cmd_fit(args, *, dataset=None) -> int:
         raise DataError("--resume needs --checkpoint PATH (the checkpoint to continue)")
     if getattr(args, "checkpoint", None) and args.method not in ("ep", "vi"):
         raise DataError(f"--checkpoint applies to --method ep or vi, not {args.method}")
-    data, default_model = load_data(args)
-    model = load_model(args, data, default_model)
+    data, model, schema = load_inputs(args)
     import warnings
 
     from bayes_pfl.centralized import check_model_data
@@ -404,6 +482,8 @@ def cmd_fit(args, *, dataset=None) -> int:
     out = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
     try:
         code = _fit_into(args, data, model, out, dataset)
+        if schema is not None:  # what new rows (prediction, cold start) are evaluated against
+            (out / "schema.json").write_text(json.dumps(schema.to_dict(), indent=2) + "\n")
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)
         raise
