@@ -215,3 +215,18 @@ def test_terms_are_checked():
         Terms(("a", "b"), varying=("Intercept",), common=("Intercept", "a"))
     with pytest.raises(Exception, match="at least one term that varies"):
         Terms(("a",), varying=(), common=("Intercept", "a"))
+
+
+@pytest.mark.slow
+def test_formula_nuts_draws_equal_the_zoo_models(frame):
+    """The fit, not only the density: NUTS on the formula model and on the zoo GLM with the
+    same data and seed gives the same draws."""
+    from _helpers import nuts
+
+    fm = from_formula("z ~ age + (1 | hospital)", frame, family="normal", standardize=True)
+    zoo = hierarchical_glm("normal", 1, varying="intercept")
+    a = nuts(fm.model, fm.data, chains=1, warmup=150, samples=150)
+    b = nuts(zoo, fm.data, chains=1, warmup=150, samples=150)
+    for name in ("mu", "tau", "beta", "sigma_y"):
+        np.testing.assert_allclose(a.phi[name], b.phi[name], rtol=1e-10)
+    np.testing.assert_allclose(a.theta["b"], b.theta["b"], rtol=1e-10)

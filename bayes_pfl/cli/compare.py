@@ -57,7 +57,13 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-standardize", action="store_true", help="keep raw feature units")
     p.add_argument("--no-refit", action="store_true", help="final fits on training rows only")
     p.add_argument(
-        "--varying", choices=("intercept", "slopes"), default="slopes", help="Bayesian GLM"
+        "--varying", choices=("intercept", "slopes"), default=None, help="Bayesian GLM (slopes)"
+    )
+    p.add_argument(
+        "--formula",
+        help="the Bayesian methods' model as a formula, e.g. 'y ~ age + C(sex) + (1 + age | "
+        "hospital)' (it names the client column, target and terms; every method gets its "
+        "design columns)",
     )
     p.add_argument("--chains", type=int, default=2, help="NUTS chains (default 2)")
     p.add_argument("--warmup", type=int, default=500, help="NUTS warm-up (default 500)")
@@ -70,10 +76,55 @@ def _build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _cli_data(args) -> Callable[[int], FederatedData]:
+def _cli_data(args) -> tuple[Callable[[int], FederatedData], Any]:
+    """``(seed -> FederatedData, the formula's model or None)``."""
+    import warnings
+
     from bayes_pfl.data import DataError
     from bayes_pfl.datasets import source
 
+    options = {
+        "test_size": args.test_size,
+        "val_size": args.val_size,
+        "standardize": not args.no_standardize,
+        "missing": args.missing,
+    }
+    if args.formula:
+        from bayes_pfl.formula import from_formula, parse_formula
+
+        given = [f for f in ("client_col", "target", "features", "varying") if getattr(args, f)]
+        if given:
+            flags = ", ".join("--" + f.replace("_", "-") for f in given)
+            raise ComparisonError(
+                f"--formula names the client column, outcome and terms; drop {flags}"
+            )
+        parsed = parse_formula(args.formula)
+        src = source(
+            args.data,
+            client_col=parsed.group,
+            target=parsed.response,
+            features=list(parsed.variables) or [parsed.response],
+        )
+        first = from_formula(
+            args.formula, src.frame, family=args.family or "bernoulli", seed=0, **options
+        )
+        family = args.family or infer_family(first.data)
+        if family != first.model.family:
+            first = from_formula(args.formula, src.frame, family=family, seed=0, **options)
+
+        def make(seed: int) -> FederatedData:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # rows dropped: in the table
+                return from_formula(
+                    args.formula,
+                    src.frame,
+                    family=family,
+                    schema=first.schema,
+                    seed=seed,
+                    **options,
+                ).data
+
+        return make, first.model
     try:
         src = source(
             args.data, client_col=args.client_col, target=args.target, features=args.features
@@ -82,19 +133,11 @@ def _cli_data(args) -> Callable[[int], FederatedData]:
         raise ComparisonError(str(exc)) from None
 
     def make(seed: int) -> FederatedData:
-        import warnings
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # rows dropped: reported in the table
-            return src.federated(
-                test_size=args.test_size,
-                val_size=args.val_size,
-                seed=seed,
-                standardize=not args.no_standardize,
-                missing=args.missing,
-            )
+            return src.federated(seed=seed, **options)
 
-    return make
+    return make, None
 
 
 def compare_main(argv: Sequence[str] | None = None) -> int:
@@ -111,7 +154,7 @@ def compare_main(argv: Sequence[str] | None = None) -> int:
     from bayes_pfl.spec import ModelSpecError
 
     try:
-        make_data = _cli_data(args)
+        make_data, formula_model = _cli_data(args)
         family = args.family
         names = [n.strip() for n in args.methods.split(",") if n.strip()]
         fam = family or infer_family(make_data(0))
@@ -125,7 +168,10 @@ def compare_main(argv: Sequence[str] | None = None) -> int:
                 def model_fn(data, glm_family=glm_family):
                     from bayes_pfl.models import hierarchical_glm
 
-                    return hierarchical_glm(glm_family, data.n_features, varying=args.varying)
+                    if formula_model is not None:
+                        return formula_model
+                    varying = args.varying or "slopes"
+                    return hierarchical_glm(glm_family, data.n_features, varying=varying)
 
                 methods.append(bayesian_method(n, model_fn, family=fam, **kw))
             elif n == "constant":
