@@ -72,6 +72,13 @@ FAMILY_ALIASES = {
 """Family names a formula model accepts, and the likelihood each means."""
 
 _STATEFUL = ("center", "scale", "standardize")
+# what a formula's calls may name, besides formulae's own (C, I, ...): numpy as np and its
+# elementwise functions by their plain names (log(x), exp(x), sqrt(x))
+_NAMESPACE = {
+    "np": np,
+    "numpy": np,
+    **{f: getattr(np, f) for f in ("log", "log1p", "exp", "sqrt", "abs")},
+}
 _INTERCEPT = "Intercept"
 
 
@@ -321,7 +328,9 @@ class Schema:
         for part in ("common", "varying"):
             rhs = getattr(parsed, part)
             try:
-                m = formulae.design_matrices(rhs, frame, na_action="error").common
+                m = formulae.design_matrices(
+                    rhs, frame, na_action="error", extra_namespace=_NAMESPACE
+                ).common
             except Exception as exc:
                 raise FormulaError(f"cannot evaluate the terms {rhs!r}: {exc}") from exc
             matrices[part] = m

@@ -230,3 +230,16 @@ def test_formula_nuts_draws_equal_the_zoo_models(frame):
     for name in ("mu", "tau", "beta", "sigma_y"):
         np.testing.assert_allclose(a.phi[name], b.phi[name], rtol=1e-10)
     np.testing.assert_allclose(a.theta["b"], b.theta["b"], rtol=1e-10)
+
+
+def test_transforms_and_interactions_evaluate_per_row(frame):
+    fm = from_formula(
+        "y ~ age:bmi + log(bmi) + np.sqrt(age) + I(age**2) + (1 | hospital)",
+        frame,
+        family="bernoulli",
+    )
+    assert fm.schema.features == ("age:bmi", "log(bmi)", "np.sqrt(age)", "I(age ** 2)")
+    rows = frame[frame.hospital == "h1"]
+    arr = fm.data.arrays()
+    want = np.column_stack([rows.age * rows.bmi, np.log(rows.bmi), np.sqrt(rows.age), rows.age**2])
+    np.testing.assert_allclose(arr.x[0][arr.mask[0]], want, rtol=1e-12)
