@@ -273,7 +273,13 @@ def load_model(args, data, default_model):
     if varying is None:
         info = DATASETS.get(args.data)
         varying = info.varying if info is not None else "intercept"
-    return get_model(name, data.n_features, varying=varying, centered=args.centered)
+    return get_model(
+        name,
+        data.n_features,
+        varying=varying,
+        centered=args.centered,
+        feature_names=data.features,  # the coefficients' labels (ignored by posteriordb's)
+    )
 
 
 def _client_variable(model) -> str:
