@@ -394,6 +394,7 @@ def _plots(dt, var: str, table, out: Path) -> list[Path]:
     matplotlib.use("Agg")
     import numpy as np
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
 
     from bayes_pfl.inspection import population_means
     from bayes_pfl.plots import plot_forest_terms
@@ -406,9 +407,13 @@ def _plots(dt, var: str, table, out: Path) -> list[Path]:
     post = dt.posterior.to_dataset()
     terms = table.index.get_level_values(1).unique() if table.index.nlevels > 1 else [None]
     locs = population_means(post, var, pair[0]) if pair is not None else None
-    fig = Figure(figsize=(5.0 * len(terms), 4.0))
-    axes = np.ravel(fig.subplots(1, len(terms), squeeze=False))
-    for i, (term, ax) in enumerate(zip(terms, axes, strict=True)):
+    ncols = min(len(terms), 2)
+    nrows = -(-len(terms) // ncols)
+    fig = Figure(figsize=(5.5 * ncols, 4.0 * nrows))
+    axes = np.ravel(fig.subplots(nrows, ncols, squeeze=False))
+    for extra_ax in axes[len(terms) :]:
+        extra_ax.set_visible(False)
+    for i, (term, ax) in enumerate(zip(terms, axes[: len(terms)], strict=True)):
         t = table if term is None else table.xs(term, level=1)
         t = t.sort_values("n_train", kind="stable")
         n = t["n_train"].to_numpy(float)
@@ -430,6 +435,12 @@ def _plots(dt, var: str, table, out: Path) -> list[Path]:
             )  # fmt: skip
             ax.legend(fontsize=7, loc="best")
         ax.set_xscale("log")
+        sizes = np.unique(n)
+        ticks = (
+            sizes if len(sizes) <= 8 else np.unique(np.geomspace(sizes[0], sizes[-1], 6).round())
+        )
+        ax.set_xticks(ticks, [f"{v:g}" for v in ticks])  # plain numbers, no 3x10^0
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("rows in client (log scale; equal sizes spread apart)")
         ax.set_ylabel(var if term is None else f"{var}[{term}]")
     fig.suptitle("Small clients borrow strength: wider intervals, pulled to the population mean")
