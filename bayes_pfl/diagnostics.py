@@ -137,7 +137,13 @@ def _history_from_group(ds: xr.Dataset, n_clients: int) -> dict[str, Any]:
     return out
 
 
-def diagnostics(fit, *, r_hat_max: float = 1.01, ess_min: float = 400) -> dict[str, Any]:
+def diagnostics(
+    fit,
+    *,
+    r_hat_max: float = 1.01,
+    ess_min: float = 400,
+    history: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """Convergence checks of a fit, with a warning for each check that fails.
 
     Parameters
@@ -150,6 +156,10 @@ def diagnostics(fit, *, r_hat_max: float = 1.01, ess_min: float = 400) -> dict[s
         A parameter element fails when its rank-normalized split R-hat exceeds this.
     ess_min : float
         ... or when its bulk effective sample size is below this.
+    history : list of dict, optional
+        The fit's round history (``FitResult.history``, or ``run.json``'s
+        ``"history"`` of a saved fit) when ``fit`` is a DataTree: it names the
+        clients that failed or were rejected, which the DataTree does not keep.
 
     Returns
     -------
@@ -186,7 +196,7 @@ def diagnostics(fit, *, r_hat_max: float = 1.01, ess_min: float = 400) -> dict[s
     """
     import arviz as az
 
-    history_list = fit.history if isinstance(fit, FitResult) else None
+    history_list = fit.history if isinstance(fit, FitResult) else history
     dt = as_datatree(fit)
     post = posterior_group(dt)
     n_clients = int(post.sizes.get(CLIENT_DIM, 0))
@@ -297,7 +307,7 @@ def diagnostics(fit, *, r_hat_max: float = 1.01, ess_min: float = 400) -> dict[s
             messages.append(
                 "local inference failed on some client(s) in rounds "
                 f"{[r for r in history['rounds_with_failed'] if r > 1]}; pass the FitResult to "
-                "diagnostics() to have them named"
+                "diagnostics() (or history=, run.json's) to have them named"
             )
     for msg in messages:
         warnings.warn(msg, DiagnosticsWarning, stacklevel=2)

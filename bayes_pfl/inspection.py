@@ -39,7 +39,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from bayes_pfl.results import FitResult
+from bayes_pfl.models import INTERCEPT
+from bayes_pfl.results import TERM_SUFFIX, FitResult
 
 __all__ = [
     "ClientLoo",
@@ -50,12 +51,16 @@ __all__ = [
     "default_client_var",
     "local_estimates",
     "loo_by_client",
+    "population_means",
     "posterior_group",
     "shrinkage_table",
+    "term_labels",
 ]
 
 SAMPLE_DIMS = ("chain", "draw")
 CLIENT_DIM = "client"
+TERM = "term"
+"""The level of the shrinkage table naming a labelled coefficient (``Intercept``, ``age``)."""
 
 # names of a non-centered client variable's standard-normal companion: ``alpha_raw`` -> ``alpha``
 _RAW_SUFFIXES = ("_raw", "_trans", "_tilde", "_std", "_z", "_offset")
@@ -141,7 +146,8 @@ def _client_draws(post: xr.Dataset, var: str) -> np.ndarray:
 
 
 def _table_index(post: xr.Dataset, var: str) -> pd.Index:
-    """Client labels, or ``(client, element)`` pairs for a vector client variable."""
+    """Client labels, or ``(client, term)`` pairs for a labelled vector client variable
+    (``(client, element)`` for an unlabelled one)."""
     da = post[var]
     clients = _labels(post)
     edims = _element_dims(da)
@@ -154,7 +160,42 @@ def _table_index(post: xr.Dataset, var: str) -> pd.Index:
         for d in edims
     ]
     elements = coords[0] if len(coords) == 1 else list(pd.MultiIndex.from_product(coords))
-    return pd.MultiIndex.from_product([clients, elements], names=[CLIENT_DIM, "element"])
+    level = TERM if _term_labels(da) is not None else "element"
+    return pd.MultiIndex.from_product([clients, elements], names=[CLIENT_DIM, level])
+
+
+def _term_labels(da: xr.DataArray) -> list[str] | None:
+    """The labels of ``da``'s one element dimension when the model labels it (``b_term``)."""
+    edims = _element_dims(da)
+    if len(edims) == 1 and edims[0].endswith(TERM_SUFFIX) and edims[0] in da.coords:
+        return [str(v) for v in da[edims[0]].values]
+    return None
+
+
+def term_labels(fit, var: str) -> list[str] | None:
+    """The term labels of a client variable (``["Intercept", "age"]`` for a GLM's ``b``),
+    ``None`` when it is a scalar or its entries are not labelled."""
+    post = posterior_group(as_datatree(fit))
+    if var not in post.data_vars:
+        raise ValueError(f"variable {var!r} is not in the posterior ({list(post.data_vars)})")
+    return _term_labels(post[var])
+
+
+def population_means(post: xr.Dataset, var: str, population: str) -> np.ndarray:
+    """Posterior means of ``population`` for each element of client variable ``var``.
+
+    Labelled variables are matched term by term: a term of ``var`` that ``population``
+    does not label has population mean 0 (a term that varies around 0, without a
+    common effect: lme4's ``(0 + x | g)``). Otherwise ``population`` is used as is (a
+    scalar, or one entry per element).
+    """
+    pop = _posterior_mean(post, population)
+    terms = _term_labels(post[var]) if var in post.data_vars else None
+    pop_terms = _term_labels(post[population])
+    if terms is None or pop_terms is None:
+        return np.atleast_1d(pop).ravel()
+    means = dict(zip(pop_terms, np.atleast_1d(pop).ravel(), strict=True))
+    return np.asarray([means.get(t, 0.0) for t in terms], dtype=float)
 
 
 def _check_clients(post: xr.Dataset, data) -> None:
@@ -204,6 +245,9 @@ def _local_arrays(dt: xr.DataTree, data, var: str) -> tuple[np.ndarray, np.ndarr
 
     radon = var == "alpha" and (model == "radon_intercept" or "mu_alpha" in post.data_vars)
     glm = var == "b" and "mu" in post.data_vars
+    design = _term_design(post, var, data) if var == "b" else None
+    if design is not None and "sigma_y" in post.data_vars:
+        return _glm_least_squares(post, data, *design)
     if (radon or glm) and "sigma_y" in post.data_vars:
         sigma = float(_posterior_mean(post, "sigma_y"))
         beta = _posterior_mean(post, "beta") if "beta" in post.data_vars else None
@@ -241,6 +285,59 @@ def _local_arrays(dt: xr.DataTree, data, var: str) -> tuple[np.ndarray, np.ndarr
     )
 
 
+def _term_columns(terms: list[str], features: list[str]) -> list[int | None] | None:
+    """Column of ``x`` of each term (``None``: the intercept); ``None`` if a term is unknown."""
+    cols = {f: j for j, f in enumerate(features)}
+    if not all(t == INTERCEPT or t in cols for t in terms):
+        return None
+    return [None if t == INTERCEPT else cols[t] for t in terms]
+
+
+def _term_design(post: xr.Dataset, var: str, data):
+    """``(varying columns, shared columns, E[beta])`` of a labelled normal GLM, else ``None``."""
+    terms = _term_labels(post[var])
+    if terms is None:
+        return None
+    features = [str(f) for f in data.features]
+    varying = _term_columns(terms, features)
+    if varying is None:
+        return None
+    shared, beta = [], None
+    if "beta" in post.data_vars:
+        shared_terms = _term_labels(post["beta"])
+        shared = _term_columns(shared_terms, features) if shared_terms is not None else None
+        if shared is None:
+            return None
+        beta = np.atleast_1d(_posterior_mean(post, "beta"))
+    return varying, shared, beta
+
+
+def _columns(x: np.ndarray, cols: list[int | None]) -> np.ndarray:
+    return np.column_stack([np.ones(len(x)) if j is None else x[:, j] for j in cols])
+
+
+def _glm_least_squares(post, data, varying, shared, beta):
+    """No-pooling estimates of a normal GLM's varying coefficients, term by term."""
+    sigma = float(_posterior_mean(post, "sigma_y"))
+    K, d = len(data.clients), len(varying)
+    mean, se = np.full((K, d), np.nan), np.full((K, d), np.nan)
+    for k in range(K):
+        x, y = _train_rows(data, k)
+        if shared:
+            y = y - _columns(x, shared) @ beta
+        design = _columns(x, varying)
+        xtx = design.T @ design
+        if len(y) < d or np.linalg.matrix_rank(xtx) < d:
+            continue  # not identified from this client alone: NaN
+        cov = np.linalg.inv(xtx)
+        mean[k] = cov @ design.T @ y
+        se[k] = sigma * np.sqrt(np.diag(cov))
+    how = "least squares on the varying terms' columns"
+    if shared:
+        how += " of y - (common terms) @ E[beta]"
+    return mean, se, how + ", se from E[sigma_y]"
+
+
 def local_estimates(fit, data, var: str | None = None) -> pd.DataFrame:
     """No-pooling estimates of each client's parameter, from the client's rows alone.
 
@@ -255,10 +352,11 @@ def local_estimates(fit, data, var: str | None = None) -> pd.DataFrame:
         ``y`` with standard error the known ``sigma`` (precision-weighted mean of
         the rows when a school has several);
     normal GLM (``b``)
-        varying intercept: ``b[0] = mean(y - x @ E[beta])``, standard error
-        ``E[sigma_y] / sqrt(n)``; varying slopes: least squares of ``y`` on
-        ``[1, x]`` with standard errors ``E[sigma_y] sqrt(diag((X'X)^-1))``
-        (NaN where the client's rows do not identify the coefficients).
+        least squares of ``y - X_common @ E[beta]`` on the varying terms' columns
+        ``X`` (a column of ones for ``Intercept``, the feature for the others, matched
+        by the terms' labels), standard errors ``E[sigma_y] sqrt(diag((X'X)^-1))``
+        (NaN where the client's rows do not identify the coefficients); a varying
+        intercept alone gives ``mean(y - x @ E[beta])`` with ``E[sigma_y] / sqrt(n)``.
 
     Parameters
     ----------
@@ -339,8 +437,9 @@ def shrinkage_table(
         posterior: ``alpha`` (radon), ``theta`` (eight schools), ``b`` (GLMs).
     population : str or float, optional
         The population mean the clients are pooled toward: a posterior variable
-        (its posterior mean is used; a vector must have one entry per element of
-        ``var``) or a number. Default: ``mu_<var>`` if present, else ``mu``
+        (its posterior mean is used; a labelled vector is matched to ``var``'s terms
+        by label, an unlabelled one must have one entry per element of ``var``) or a
+        number. Default: ``mu_<var>`` if present, else ``mu``
         (``mu_alpha`` for radon, ``mu`` for eight schools and the GLMs).
     local : pandas.DataFrame, optional
         Your own no-pooling estimates, indexed like the result, with column
@@ -355,7 +454,9 @@ def shrinkage_table(
     -------
     pandas.DataFrame
         One row per client (index ``client``, the client labels), or per
-        ``(client, element)`` for a vector client variable, with columns
+        ``(client, term)`` for a vector client variable whose entries the model labels
+        (every varying coefficient of a GLM: ``("cleveland", "age")``; ``(client,
+        element)`` with positions for an unlabelled one), with columns
 
         ``n``
             the client's training rows;
@@ -364,7 +465,8 @@ def shrinkage_table(
         ``personal_mean``, ``personal_lo``, ``personal_hi``
             the partially pooled posterior of ``var``: mean and interval;
         ``pooled_mean``
-            the population mean (complete pooling);
+            the population mean (complete pooling), term by term (0 for a term
+            that varies around 0, without a mean in ``population``);
         ``shrinkage``
             ``(local_mean - personal_mean) / (local_mean - pooled_mean)``: 0 for no
             pooling, 1 for complete pooling; NaN when ``local_mean == pooled_mean``.
@@ -402,7 +504,7 @@ def shrinkage_table(
     if population is None:
         population = _population_var(post, var)
     if isinstance(population, str):
-        pop = _posterior_mean(post, population).ravel()
+        pop = population_means(post, var, population)
     else:
         pop = np.atleast_1d(np.asarray(population, dtype=float)).ravel()
     if pop.size not in (1, E):

@@ -3,10 +3,11 @@
 :func:`write_report` reads ``posterior.nc`` and ``run.json`` (and ``shrinkage.csv``
 when the fit wrote one), draws the figures of :mod:`bayes_pfl.plots` into
 ``DIR/figures/``, and writes ``DIR/report.html`` with the figures embedded (base64),
-so the file can be mailed or opened anywhere. Sections: the run, diagnostics,
-shrinkage (table and plot), per-client posteriors with the population band, the
-federated run's convergence, calibration on held-out rows (binary targets), and
-PSIS-LOO per client.
+so the file can be mailed or opened anywhere. Sections: the run, diagnostics (naming
+the clients that failed or were rejected, from ``run.json``'s history), shrinkage (plot
+and table) and per-client posteriors with the population band, both one panel per term
+of a vector client variable (a GLM's varying coefficients), the federated run's
+convergence, calibration on held-out rows (binary targets), and PSIS-LOO per client.
 """
 
 from __future__ import annotations
@@ -23,9 +24,19 @@ import pandas as pd
 
 from bayes_pfl import inspection, plots
 from bayes_pfl.diagnostics import diagnostics
+from bayes_pfl.plots.terms import table_terms
 from bayes_pfl.results import load_posterior
 
-__all__ = ["population_pair", "shrinkage_for_fit", "write_report"]
+__all__ = [
+    "SHRINKAGE_ROWS",
+    "population_pair",
+    "read_shrinkage",
+    "shrinkage_for_fit",
+    "write_report",
+]
+
+SHRINKAGE_ROWS = 40
+"""Rows of the shrinkage table shown whole in the report; a longer one is summarized by term."""
 
 _POPULATION = {"alpha": ("mu_alpha", "sigma_alpha"), "theta": ("mu", "tau"), "b": ("mu", "tau")}
 
@@ -35,6 +46,7 @@ h1 { font-size: 1.6rem; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2
 table { border-collapse: collapse; font-size: .85rem; margin: .5rem 0 1rem; }
 th, td { border: 1px solid #ddd; padding: .2rem .5rem; text-align: right; }
 th { background: #f4f4f4; } img { max-width: 100%; border: 1px solid #eee; }
+.caption { font-size: .85rem; color: #555; margin-top: .2rem; }
 .warn { background: #fff4e5; border-left: 4px solid #f0a000; padding: .4rem .8rem; }
 .ok { background: #eef8ee; border-left: 4px solid #3a3; padding: .4rem .8rem; }
 """
@@ -46,6 +58,42 @@ def population_pair(dt, var: str) -> tuple[str, str] | None:
     if pair and all(p in dt.posterior for p in pair):
         return pair
     return None
+
+
+def read_shrinkage(path: str | Path) -> pd.DataFrame:
+    """A ``shrinkage.csv`` back as :func:`~bayes_pfl.inspection.shrinkage_table` wrote it:
+    indexed by ``client``, or by ``(client, term)`` (``(client, element)``) for a vector
+    client variable."""
+    table = pd.read_csv(path)
+    keys = [c for c in ("client", inspection.TERM, "element") if c in table.columns]
+    if not keys:  # an index without a name: its first column
+        return table.set_index(table.columns[0])
+    table["client"] = table["client"].astype(str)
+    return table.set_index(keys)
+
+
+def _population_of(dt, var: str) -> tuple[str | None, str] | None:
+    """``population_pair``, or ``(None, scale)`` for terms that vary around 0 (no mean)."""
+    pair = population_pair(dt, var)
+    if pair is None and var in _POPULATION and _POPULATION[var][1] in dt.posterior:
+        return None, _POPULATION[var][1]
+    return pair
+
+
+def _shrinkage_by_term(table: pd.DataFrame) -> pd.DataFrame:
+    level = inspection.TERM if inspection.TERM in table.index.names else "element"
+    grouped = table.groupby(level=level, sort=False)
+    return pd.DataFrame(
+        {
+            "clients": grouped.size(),
+            "pooled_mean": grouped["pooled_mean"].mean(),
+            "personal_mean (min)": grouped["personal_mean"].min(),
+            "personal_mean (max)": grouped["personal_mean"].max(),
+            "shrinkage (median)": grouped["shrinkage"].median(),
+            "shrinkage (min)": grouped["shrinkage"].min(),
+            "shrinkage (max)": grouped["shrinkage"].max(),
+        }
+    )
 
 
 def shrinkage_for_fit(dt, data) -> pd.DataFrame | None:
@@ -103,6 +151,8 @@ def write_report(fit_dir: str | Path, *, data=None) -> Path:
         k: run.get(k)
         for k in ("method", "model", "dataset", "clients", "num_chains", "num_draws", "seed")
     }
+    if run.get("model_description"):
+        info["model description"] = run["model_description"]
     info["wall time (s)"] = round(float(run.get("wall_time_s", float("nan"))), 2)
     if run.get("history"):
         info["rounds"] = len(run["history"])
@@ -116,7 +166,7 @@ def write_report(fit_dir: str | Path, *, data=None) -> Path:
     # --- diagnostics
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        diag = diagnostics(dt)
+        diag = diagnostics(dt, history=run.get("history") or None)  # names the clients
     messages = [str(w.message) for w in caught]
     summary = {k: diag.get(k) for k in ("max_r_hat", "min_ess_bulk", "min_ess_tail", "divergences")}
     body = _table(pd.DataFrame({"value": summary}))
@@ -130,26 +180,41 @@ def write_report(fit_dir: str | Path, *, data=None) -> Path:
     # --- shrinkage
     table = None
     if (fit_dir / "shrinkage.csv").is_file():
-        table = pd.read_csv(fit_dir / "shrinkage.csv", index_col=0)
+        table = read_shrinkage(fit_dir / "shrinkage.csv")
     elif data is not None and var is not None:
         table = shrinkage_for_fit(dt, data)
     if table is not None:
-        res = plots.plot_shrinkage(table, path=figures / "shrinkage.png")
+        res = plots.plot_shrinkage_terms(table, var=var, path=figures / "shrinkage.png")
+        if len(table) <= SHRINKAGE_ROWS:
+            shown = _table(table)
+        else:
+            by_term = table_terms(table) is not None
+            shown = (
+                f"<p>{len(table)} rows: "
+                + ("a summary per term" if by_term else f"the first {SHRINKAGE_ROWS}")
+                + " here; every row is in <code>shrinkage.csv</code>.</p>"
+                + _table(_shrinkage_by_term(table) if by_term else table.head(SHRINKAGE_ROWS))
+            )
         sections.append(
             "<h2>Shrinkage</h2><p>Each client's local (no pooling) estimate, its personalized "
-            "posterior (partial pooling) and the population mean; <em>shrinkage</em> is how "
-            "far the estimate moved from local toward the population (0 = none, 1 = all).</p>"
-            + _img(res.path)
-            + _table(table)
+            "posterior (partial pooling) and the population mean, one panel per term; "
+            "<em>shrinkage</em> is how far the estimate moved from local toward the "
+            "population (0 = none, 1 = all).</p>" + _img(res.path) + shown
         )
     # --- per-client posteriors
     if var is not None:
-        pair = population_pair(dt, var)
-        element = 0 if dt.posterior[var].ndim > 3 else None
-        res = plots.plot_forest(
-            dt, var, population=pair, element=element, path=figures / f"forest_{var}.png"
+        res = plots.plot_forest_terms(
+            dt, var, population=_population_of(dt, var), path=figures / f"forest_{var}.png"
         )
-        sections.append(f"<h2>Per-client {html.escape(var)}</h2>" + _img(res.path))
+        caption = (
+            "Each client's posterior mean and 90% interval, sorted; the band is the "
+            "population's 90% range around its mean (per term). " + res.extra["caption"]
+        )
+        sections.append(
+            f"<h2>Per-client {html.escape(var)}</h2>"
+            + _img(res.path)
+            + f'<p class="caption">{html.escape(caption)}</p>'
+        )
     # --- convergence
     if "fit_history" in dt.children and "mean_change" in dt["fit_history"]:
         res = plots.plot_convergence(dt, path=figures / "convergence.png")

@@ -15,7 +15,19 @@ On disk a fit is a folder with three files (:func:`save_fit`):
     ``arviz.summary`` with 90% equal-tailed intervals, one row per parameter
     element, client labels in the row names (``alpha[AITKIN]``);
 ``run.json``
-    method, model, seed, wall time, package versions, diagnostics, history.
+    method, model (its name, description and coordinate labels), seed, wall time,
+    package versions, diagnostics, history.
+
+Labelled vector sites (:attr:`~bayes_pfl.spec.HierarchicalModel.coords`: a GLM's
+coefficients) get one dimension per site, named ``<site>_term`` (:func:`term_dim`), whose
+coordinate is the labels: ``b[cleveland, age]``, ``beta[floor]`` in ``summary.csv``.
+One dimension per site, not one ``term`` dimension shared where labels agree: a GLM's
+``mu`` (the varying terms with a population mean), ``beta`` (the common terms that do
+not vary) and ``b`` (the varying terms) label different subsets of the terms, and a
+shared dimension must have one set of labels in a Dataset; a per-site name is also the
+same in every fit of a model, whatever the labels. Select a term by label:
+``dt.posterior["b"].sel(b_term="age")``, ``dt.posterior["mu"].sel(mu_term="age")``.
+Sites without labels keep ``<site>_dim_<i>``.
 """
 
 from __future__ import annotations
@@ -36,9 +48,24 @@ import xarray as xr
 
 from bayes_pfl.spec import HierarchicalModel
 
-__all__ = ["FitResult", "load_posterior", "package_versions", "save_fit", "summarize"]
+__all__ = [
+    "FitResult",
+    "TERM_SUFFIX",
+    "load_posterior",
+    "package_versions",
+    "save_fit",
+    "summarize",
+    "term_dim",
+]
 
 SUMMARY_CI_PROB = 0.9
+TERM_SUFFIX = "_term"
+"""Suffix of the dimension of a labelled vector site: ``b`` -> ``b_term``."""
+
+
+def term_dim(site: str) -> str:
+    """The dimension name of a labelled vector site's entries (``"b"`` -> ``"b_term"``)."""
+    return f"{site}{TERM_SUFFIX}"
 
 
 def package_versions() -> dict[str, str]:
@@ -85,6 +112,10 @@ class FitResult:
         What a federated fit keeps for later steps (the global draws in
         unconstrained coordinates, the product of sites): used by
         :func:`~bayes_pfl.federated.cold_start`.
+    coords : dict of str to tuple of str, optional
+        Labels of the entries of vector sites (a GLM's coefficient names), by site.
+        Default: the model's (:attr:`~bayes_pfl.spec.HierarchicalModel.coords`), read
+        when the result is made, so every fit path carries them.
     """
 
     method: str
@@ -96,6 +127,11 @@ class FitResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
     state: dict[str, Any] = field(default_factory=dict)
+    coords: dict[str, tuple[str, ...]] | None = None
+
+    def __post_init__(self):
+        coords = self.model.coords if self.coords is None else self.coords
+        self.coords = {str(k): tuple(map(str, v)) for k, v in coords.items()}
 
     @property
     def num_chains(self) -> int:
@@ -105,13 +141,33 @@ class FitResult:
     def num_draws(self) -> int:
         return next(iter(self.phi.values())).shape[1]
 
+    def _element_dims(self, name: str, shape: tuple[int, ...]) -> list[str]:
+        labels = self.coords.get(name)
+        if labels is None:
+            return [f"{name}_dim_{i}" for i in range(len(shape))]
+        if shape != (len(labels),):
+            raise ValueError(
+                f"coords of {name!r} has {len(labels)} label(s) but its draws have element "
+                f"shape {shape}"
+            )
+        return [term_dim(name)]
+
     def _dims(self) -> dict[str, list[str]]:
         dims = {}
         for name, v in self.phi.items():
-            dims[name] = [f"{name}_dim_{i}" for i in range(v.ndim - 2)]
+            dims[name] = self._element_dims(name, v.shape[2:])
         for name, v in self.theta.items():
-            dims[name] = ["client"] + [f"{name}_dim_{i}" for i in range(v.ndim - 3)]
+            dims[name] = ["client", *self._element_dims(name, v.shape[3:])]
         return dims
+
+    def _term_coords(self) -> dict[str, np.ndarray]:
+        """The labels of the labelled sites present, by dimension name."""
+        present = {*self.phi, *self.theta}
+        return {
+            term_dim(name): np.asarray(labels, dtype=str)
+            for name, labels in self.coords.items()
+            if name in present
+        }
 
     def pointwise_loglik(self, x: np.ndarray, y: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Log-likelihood of every real row under every draw, shape ``(chain, draw, n_obs)``.
@@ -165,7 +221,8 @@ class FitResult:
         """The fit as an ArviZ 1.x ``xarray.DataTree``.
 
         Groups: ``posterior`` (global and client variables; client variables carry
-        a ``client`` dimension labelled with the user's labels), ``sample_stats``
+        a ``client`` dimension labelled with the user's labels, labelled vector sites a
+        ``<site>_term`` dimension labelled with :attr:`coords`), ``sample_stats``
         (when the method has them), and, when ``data`` (a
         :class:`~bayes_pfl.data.FederatedData`) is given, ``observed_data`` and
         ``log_likelihood`` over the training rows (dimension ``obs`` with a
@@ -182,7 +239,7 @@ class FitResult:
         }
         if self.sample_stats:
             groups["sample_stats"] = dict(self.sample_stats)
-        coords: dict[str, Any] = {"client": _label_array(self.clients)}
+        coords: dict[str, Any] = {"client": _label_array(self.clients), **self._term_coords()}
         dims = self._dims()
         obs_name = self.model.observed_name
         obs_client = predictive = held_out = None
@@ -296,6 +353,8 @@ def save_fit(result: FitResult, data, out_dir: str | Path, **run_info) -> dict[s
     run = {
         "method": result.method,
         "model": result.model.name,
+        "model_description": result.model.description,
+        "coords": result.coords,
         "clients": len(result.clients),
         "num_chains": result.num_chains,
         "num_draws": result.num_draws,

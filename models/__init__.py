@@ -53,6 +53,10 @@ def get_model(
         Number of features, required by the GLMs (``linear``, ``logistic``, ``poisson``).
     varying, centered, feature_names
         GLM options, see :func:`hierarchical_glm`; ignored by the posteriordb models.
+
+    The model is named ``name`` (``get_model("logistic", 2).name == "logistic"``, as the
+    user asked for it, in files and reports); the GLM's description says which
+    coefficients vary and how it is parameterized.
     """
     if name == "radon_intercept":
         return radon_intercept()
@@ -67,5 +71,6 @@ def get_model(
             varying=varying,
             centered=centered,
             feature_names=feature_names,
+            name=name,
         )
     raise ModelSpecError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")

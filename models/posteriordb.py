@@ -49,6 +49,7 @@ def radon_intercept() -> HierarchicalModel:
         name="radon_intercept",
         feature_names=("log_uppm", "floor"),
         family="normal",
+        coords={"beta": ("log_uppm", "floor")},
         description="posteriordb radon_mn-radon_hierarchical_intercept_noncentered",
     )
 

@@ -117,8 +117,8 @@ def test_posterior_predictive_for_held_out_rows(tmp_path):
     x = np.asarray(data.test.x)[np.asarray(data.test.mask)]
     mu = (
         post["alpha"].sel(client=xr.DataArray(clients, dims="test_obs"))
-        + post["beta"].isel(beta_dim_0=0) * xr.DataArray(x[:, 0], dims="test_obs")
-        + post["beta"].isel(beta_dim_0=1) * xr.DataArray(x[:, 1], dims="test_obs")
+        + post["beta"].sel(beta_term="log_uppm") * xr.DataArray(x[:, 0], dims="test_obs")
+        + post["beta"].sel(beta_term="floor") * xr.DataArray(x[:, 1], dims="test_obs")
     ).mean(("chain", "draw"))
     sd = float(post["sigma_y"].mean())
     z = (pp.mean(("chain", "draw")) - mu) / (sd / np.sqrt(600))

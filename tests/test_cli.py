@@ -279,3 +279,24 @@ def test_a_feature_warning_is_shown_once(tmp_path):
                 "--out", str(tmp_path / "fit"))  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert r.stderr.count("['const'] are constant") == 1, r.stderr
+
+
+def test_fit_varying_slopes_names_every_term_and_the_model(tmp_path):
+    """sleepstudy with --varying slopes: the model is called as asked, every coefficient is
+    labelled by its term in the files and the printed table, which stays short."""
+    out = tmp_path / "sleep"
+    r = run_cli("fit", "--data", "sleepstudy", "--model", "linear", "--varying", "slopes",
+                "--chains", "2", "--warmup", "150", "--samples", "150", "--no-progress",
+                "--out", str(out))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    run = json.loads((out / "run.json").read_text())
+    assert run["model"] == "linear" and "client-varying slopes" in run["model_description"]
+    assert run["coords"]["b"] == ["Intercept", "Days"]
+    summary = pd.read_csv(out / "summary.csv", index_col=0)
+    assert {"b[308, Days]", "b[308, Intercept]", "mu[Days]", "tau[Intercept]"} <= set(summary.index)
+    shrink = pd.read_csv(out / "shrinkage.csv")
+    assert list(shrink["term"].unique()) == ["Intercept", "Days"] and len(shrink) == 2 * 18
+    assert (
+        "linear: per-client b (posterior mean, sd, 90% interval, terms Intercept, Days)" in r.stdout
+    )
+    assert "Days" in r.stdout and "6 more row(s)" in r.stdout  # 36 rows, 30 printed

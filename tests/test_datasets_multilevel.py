@@ -136,7 +136,14 @@ def test_cli_model_uses_the_dataset_varying(data, varying, expected_theta_dim):
     fed, default_model = load_data(args)
     model = load_model(args, fed, default_model)
     assert model.theta_dim == expected_theta_dim
-    assert model.name.startswith({"sleepstudy": "normal", "guimmun": "bernoulli"}[data])
+    assert model.name == {"sleepstudy": "linear", "guimmun": "logistic"}[data]  # as asked
+    assert model.description.startswith(
+        {"sleepstudy": "Hierarchical normal", "guimmun": "Hierarchical bernoulli"}[data]
+    )
+    assert model.coords["b"][0] == "Intercept" and set(model.coords["b"]) <= {
+        "Intercept",
+        *fed.features,
+    }
 
 
 def test_files_shipped():

@@ -20,7 +20,8 @@ from bayes_pfl.inspection import (
     loo_by_client,
     shrinkage_table,
 )
-from bayes_pfl.models import eight_schools, hierarchical_glm, radon_intercept
+from bayes_pfl.models import Terms, eight_schools, hierarchical_glm, radon_intercept
+from bayes_pfl.results import FitResult
 from bayes_pfl.spec import HierarchicalModel
 from bayes_pfl.synthetic import make_federation
 
@@ -45,10 +46,10 @@ def _record(fn, *args, **kwargs):
     return out, list(caught)
 
 
-def _warned_diagnostics(fit):
-    """``diagnostics(fit)``, which must warn, and the messages of the warnings."""
+def _warned_diagnostics(fit, **kw):
+    """``diagnostics(fit, **kw)``, which must warn, and the messages of the warnings."""
     with pytest.warns(DiagnosticsWarning) as rec:
-        diag = diagnostics(fit)
+        diag = diagnostics(fit, **kw)
     return diag, [str(w.message) for w in rec]
 
 
@@ -196,19 +197,66 @@ def test_local_estimates_radon(radon):
 
 
 def test_shrinkage_vector_client_variable():
-    """The normal GLM's b has one element per client: rows are (client, element)."""
+    """The normal GLM's b has one term per client: rows are (client, term)."""
     fed = make_federation(family="normal", n_clients=6, n_features=1, median_size=10, seed=1)
     data = federation_data(fed)
     fit = nuts(hierarchical_glm("normal", 1), data, chains=2, warmup=400, samples=500)
     table = shrinkage_table(fit, data)
-    assert table.index.names == ["client", "element"]
-    assert list(table.index) == [(c, 0) for c in data.clients]
+    assert table.index.names == ["client", "term"]  # the model labels b's one entry
+    assert list(table.index) == [(c, "Intercept") for c in data.clients]
     beta = fit.phi["beta"].reshape(-1, 1).mean(0)
     df = data.to_pandas()
     resid = df["y"] - df[list(data.features)].to_numpy() @ beta
     expected = resid.groupby(df["client"]).mean().reindex(data.clients)
     np.testing.assert_allclose(table["local_mean"], expected.to_numpy(), rtol=1e-10)
     np.testing.assert_allclose(table["pooled_mean"], fit.phi["mu"].mean())
+
+
+def _fake_fit(model, data, seed=0):
+    """A FitResult with random draws of every site (shapes and labels are what count)."""
+    rng = np.random.default_rng(seed)
+    K = len(data.clients)
+    phi = {s.name: np.abs(rng.normal(size=(2, 50, *s.shape))) for s in model.phi_space.sites}
+    theta = {s.name: rng.normal(size=(2, 50, K, *s.shape)) for s in model.theta_space.sites}
+    for name in model.theta_deterministic:
+        theta[name] = rng.normal(size=(2, 50, K, *np.shape(model.client_trace[name]["value"])))
+    return FitResult("nuts", model, tuple(data.clients), phi, theta)
+
+
+def test_shrinkage_has_every_varying_term():
+    """Terms vary by client with a mean (Intercept, age) or around 0 (dose); bmi is common."""
+    rng = np.random.default_rng(3)
+    df = pd.DataFrame(rng.normal(size=(48, 3)), columns=["age", "bmi", "dose"])
+    df["hospital"] = np.repeat(["h1", "h2", "h3", "h4"], 12)
+    df["y"] = rng.normal(size=48)
+    data = FederatedData.from_pandas(
+        df, client_col="hospital", target="y", features=["age", "bmi", "dose"]
+    )
+    terms = Terms(
+        ("age", "bmi", "dose"),
+        varying=("Intercept", "age", "dose"),
+        common=("Intercept", "age", "bmi"),
+    )
+    fit = _fake_fit(hierarchical_glm("normal", varying=terms), data)
+    table = shrinkage_table(fit, data)
+    assert table.index.names == ["client", "term"]
+    assert list(table.index) == [
+        (c, t) for c in ("h1", "h2", "h3", "h4") for t in ("Intercept", "age", "dose")
+    ]
+    mu = fit.phi["mu"].mean(axis=(0, 1))  # (Intercept, age); dose varies around 0
+    np.testing.assert_allclose(table.xs("age", level="term")["pooled_mean"], mu[1])
+    np.testing.assert_allclose(table.xs("dose", level="term")["pooled_mean"], 0.0)
+    # local: least squares of y - bmi * E[beta] on [1, age, dose], client by client
+    beta, sigma = fit.phi["beta"].mean(), fit.phi["sigma_y"].mean()
+    rows = df[df["hospital"] == "h3"]
+    x = np.column_stack([np.ones(12), rows["age"], rows["dose"]])
+    coef = np.linalg.lstsq(x, rows["y"] - beta * rows["bmi"], rcond=None)[0]
+    np.testing.assert_allclose(table.loc["h3", "local_mean"], coef, rtol=1e-8)
+    se = sigma * np.sqrt(np.diag(np.linalg.inv(x.T @ x)))
+    np.testing.assert_allclose(table.loc["h3", "local_hi"] - coef, Z90 * se, rtol=1e-8)
+    np.testing.assert_allclose(
+        table.loc[("h2", "dose"), "personal_mean"], fit.theta["b"][:, :, 1, 2].mean()
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -322,6 +370,11 @@ def test_diagnostics_history_names_clients(schools_fit):
     assert "messages rejected in rounds [1]" in msgs
     assert diag_dt["history"]["rounds_with_failed"] == [1, 2]
     assert diag_dt["history"]["rounds_with_rejected"] == [1]
+    # ... unless the history is given beside it (a saved fit's run.json holds it)
+    diag_h, msgs = _warned_diagnostics(dt, history=ep_fit.history)
+    assert any("local inference failed" in m and "'B'" in m and "'A'" not in m for m in msgs)
+    assert any("rejected" in m and "'C'" in m for m in msgs)
+    assert diag_h["history"]["failed_clients"] == {"A": [1], "B": [2]}
 
     # a one-shot fit whose client failed in its only round; EP that did not converge
     one = dataclasses.replace(schools_fit, method="one-shot", history=_history([{"failed": ["H"]}]))

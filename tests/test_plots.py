@@ -19,7 +19,9 @@ from bayes_pfl.plots import (
     plot_compare,
     plot_convergence,
     plot_forest,
+    plot_forest_terms,
     plot_shrinkage,
+    plot_shrinkage_terms,
 )
 
 matplotlib.use("Agg")
@@ -375,3 +377,85 @@ def test_forest_vector_client_variable_needs_element():
     )
     with pytest.raises(ValueError, match="does not index"):
         plot_forest(tree, "b", element=5)
+
+
+# ---------------------------------------------------------------------------
+# every term of a vector client variable
+
+
+def _terms_tree(n_clients=50, seed=0):
+    """``b[client, b_term]`` (Intercept, age), ``mu`` over Intercept only (age varies around
+    0), ``tau`` over both: the layout of FitResult.to_datatree for such a GLM."""
+    import arviz as az
+
+    rng = np.random.default_rng(seed)
+    clients = [f"c{i:02d}" for i in range(n_clients)]
+    post = {
+        "b": rng.normal(size=(2, 40, n_clients, 2)) + np.linspace(-1, 1, n_clients)[:, None],
+        "mu": rng.normal(loc=3.0, size=(2, 40, 1)),
+        "tau": np.abs(rng.normal(size=(2, 40, 2))) + 0.5,
+    }
+    dims = {"b": ["client", "b_term"], "mu": ["mu_term"], "tau": ["tau_term"]}
+    coords = {
+        "client": clients,
+        "b_term": ["Intercept", "age"],
+        "mu_term": ["Intercept"],
+        "tau_term": ["Intercept", "age"],
+    }
+    return az.from_dict({"posterior": post}, coords=coords, dims=dims), post
+
+
+def test_forest_terms_one_panel_per_term_with_its_population(tmp_path):
+    tree, post = _terms_tree()
+    res = plot_forest_terms(
+        tree, "b", population=("mu", "tau"), max_labels=10, path=tmp_path / "f.png"
+    )
+    _check_png(res, tmp_path / "f.png")
+    assert [a.get_title() for a in res.axes] == ["b[Intercept]", "b[age]"]
+    assert res.extra["pop_loc"] == pytest.approx({"Intercept": post["mu"].mean(), "age": 0.0})
+    assert res.extra["pop_scale"]["age"] == pytest.approx(post["tau"][..., 1].mean())
+    age = res.data[res.data["term"] == "age"].set_index("client")
+    np.testing.assert_allclose(age.loc["c07", "mean"], post["b"][:, :, 7, 1].mean())
+    assert age.sort_values("y")["mean"].is_monotonic_increasing  # sorted: lowest at the bottom
+    # 50 clients: the 5 lowest and 5 highest of each panel are named, the caption says so
+    labels = [t.get_text() for t in res.axes[1].get_yticklabels()]
+    assert len(labels) == 11 and "(40 more)" in labels
+    assert set(labels) - {"(40 more)"} == set(age.index[age["named"]])
+    assert "only the 5 lowest and 5 highest" in res.extra["caption"]
+    few = plot_forest_terms(_terms_tree(n_clients=40)[0], "b", population=("mu", "tau"))
+    assert len(few.axes[0].get_yticklabels()) == 40 and few.extra["caption"] == ""
+
+
+def test_shrinkage_terms_one_panel_and_mean_line_per_term():
+    idx = pd.MultiIndex.from_product(
+        [["a", "b", "c"], ["Intercept", "age"]], names=["client", "term"]
+    )
+    table = pd.DataFrame(
+        {
+            "n": [3, 3, 10, 10, 30, 30],
+            "local_mean": [1.0, 5.0, 2.0, 6.0, 3.0, 7.0],
+            "personal_mean": [1.5, 4.0, 2.2, 5.5, 3.0, 6.9],
+            "pooled_mean": [2.0, 0.0, 2.0, 0.0, 2.0, 0.0],
+        },
+        index=idx,
+    )
+    res = plot_shrinkage_terms(table, var="b")
+    assert [a.get_title() for a in res.axes] == ["b[Intercept]", "b[age]"]
+    assert res.extra["pooled_line"] == {"Intercept": 2.0, "age": 0.0}
+    assert list(res.data.loc[res.data["term"] == "age", "local"]) == [5.0, 6.0, 7.0]
+    # a table with one row per client is the one-panel plot
+    one = plot_shrinkage_terms(table.xs("age", level="term"))
+    assert len(one.axes) == 1
+
+
+def test_forest_by_term_label_without_a_stray_variable_label():
+    tree, post = _terms_tree(n_clients=6)
+    res = plot_forest(tree, "b", element="age")
+    np.testing.assert_allclose(
+        res.data.set_index("client").loc["c03", "mean"], post["b"][:, :, 3, 1].mean()
+    )
+    assert res.fig._suptitle.get_text() == "Per-client b[age]"
+    label_texts = [t.get_text() for t in res.axes[1].texts]
+    assert "b" not in label_texts and "c03" in label_texts  # clients only, no variable name
+    with pytest.raises(ValueError, match="no such label"):
+        plot_forest(tree, "b", element="bmi")

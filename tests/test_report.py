@@ -103,3 +103,51 @@ def test_cli_report_prints_a_short_table(schools_dir, tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"c{REPORT_ROWS - 1} " in out and f"c{REPORT_ROWS} " not in out
     assert f"{len(long) - REPORT_ROWS} more row(s)" in out
+
+
+def test_report_of_varying_slopes_names_terms_and_failed_clients(tmp_path):
+    """A slopes GLM over 45 clients: a panel per term, every client's terms in shrinkage.csv
+    (summarized by term on the page), and the client whose local inference failed named."""
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    from bayes_pfl import FederatedData
+    from bayes_pfl.models import get_model
+    from bayes_pfl.results import FitResult
+
+    rng = np.random.default_rng(0)
+    clients = [f"c{i:02d}" for i in range(45)]
+    df = pd.DataFrame(rng.normal(size=(45 * 6, 2)), columns=["age", "bmi"])
+    df["hospital"], df["y"] = np.repeat(clients, 6), rng.normal(size=45 * 6)
+    data = FederatedData.from_pandas(df, client_col="hospital", target="y", features=["age", "bmi"])
+    model = get_model("linear", 2, varying="slopes", feature_names=("age", "bmi"))
+    phi = {s.name: np.abs(rng.normal(size=(2, 30, *s.shape))) for s in model.phi_space.sites}
+    theta = {"b_raw": rng.normal(size=(2, 30, 45, 3)), "b": rng.normal(size=(2, 30, 45, 3))}
+    history = [
+        {
+            "round": r,
+            "failed": failed,
+            "rejected": [],
+            "n_rejected": 0,
+            "mean_change": 0.1,
+            "sd_change": 0.1,
+        }  # fmt: skip
+        for r, failed in ((1, []), (2, ["c07"]), (3, []))
+    ]
+    fit = FitResult("ep", model, tuple(clients), phi, theta, history=history)
+    save_fit(fit, data, tmp_path)
+    shrinkage_for_fit(fit.to_datatree(data), data).to_csv(tmp_path / "shrinkage.csv")
+    page = write_report(tmp_path).read_text()
+    assert "<h1>bayes-pfl report: linear (ep)</h1>" in page
+    assert "client-varying slopes" in page  # the model's description
+    assert "local inference failed on client(s) &#x27;c07&#x27; (rounds [2])" in page
+    assert "pass the FitResult" not in page
+    assert "135 rows: a summary per term here" in page  # 45 clients x 3 terms
+    for term in ("Intercept", "age", "bmi"):
+        assert f"<th>{term}</th>" in page
+    assert "only the 20 lowest and 20 highest of each panel are named" in page
+    table = pd.read_csv(tmp_path / "shrinkage.csv")
+    assert list(table["term"].unique()) == ["Intercept", "age", "bmi"]
+    assert json.loads((tmp_path / "run.json").read_text())["history"][1]["failed"] == ["c07"]

@@ -352,7 +352,13 @@ def load_model(args, data, default_model):
     if varying is None:
         info = DATASETS.get(args.data)
         varying = info.varying if info is not None else "intercept"
-    return get_model(name, data.n_features, varying=varying, centered=args.centered)
+    return get_model(
+        name,
+        data.n_features,
+        varying=varying,
+        centered=args.centered,
+        feature_names=data.features,  # the coefficients' labels (ignored by posteriordb's)
+    )
 
 
 def _client_variable(model) -> str:
@@ -361,26 +367,58 @@ def _client_variable(model) -> str:
     return names[0]
 
 
+CLIENT_ROWS = 30
+"""Rows of the per-client table ``bayes-pfl fit`` prints (every row is in summary.csv)."""
+
+
 def client_table(dt, var: str, data) -> pd.DataFrame:  # noqa: F821
-    """Per-client posterior mean, sd and 90% interval of ``var`` (first element of a vector)."""
+    """Per-client posterior mean, sd and 90% interval of ``var``: one row per client, or per
+    ``(client, term)`` for a vector variable (every varying coefficient of a GLM)."""
     import numpy as np
     import pandas as pd
 
     v = dt.posterior[var]
     extra = [d for d in v.dims if d not in ("chain", "draw", "client")]
-    if extra:
-        v = v.isel({d: 0 for d in extra})
-    draws = v.stack(sample=("chain", "draw")).transpose("client", "sample").values
+    v = v.stack(sample=("chain", "draw"))
+    if extra:  # (client, term) rows, terms labelled by the model (positions otherwise)
+        v = v.stack(row=("client", *extra)).transpose("row", "sample")
+        index = pd.MultiIndex.from_tuples(
+            [tuple(map(str, r)) for r in v["row"].values],
+            names=["client", "term" if extra[0].endswith("_term") else "element"],
+        )
+        n_train = np.repeat(data.n_rows("train"), len(index) // len(data.clients))
+    else:
+        v = v.transpose("client", "sample")
+        index = pd.Index(list(data.clients), name="client")
+        n_train = data.n_rows("train")
+    draws = v.values
     return pd.DataFrame(
         {
-            "n_train": data.n_rows("train"),
+            "n_train": n_train,
             "mean": draws.mean(axis=1),
             "sd": draws.std(axis=1, ddof=1),
             "q05": np.quantile(draws, 0.05, axis=1),
             "q95": np.quantile(draws, 0.95, axis=1),
         },
-        index=pd.Index(list(data.clients), name="client"),
+        index=index,
     )
+
+
+def print_client_table(table, var: str, model_name: str, *, rows: int = CLIENT_ROWS) -> None:
+    """The per-client table on the console: its first ``rows`` rows, and where the rest is."""
+    import pandas as pd
+
+    terms = ""
+    if isinstance(table.index, pd.MultiIndex):
+        terms = ", terms " + ", ".join(map(str, table.index.get_level_values(1).unique()))
+    print(f"\n{model_name}: per-client {var} (posterior mean, sd, 90% interval{terms})")
+    with pd.option_context("display.max_rows", rows + 1, "display.width", 120):
+        print(table.head(rows).round(3).to_string())
+    if len(table) > rows:
+        print(
+            f"... {len(table) - rows} more row(s): every {var}[client{', term' if terms else ''}]"
+            " is in summary.csv (and shrinkage.csv, the report)"
+        )
 
 
 def _fit_and_save(args, data, model, out: Path, *, dataset: str):
@@ -415,44 +453,79 @@ def _fit_and_save(args, data, model, out: Path, *, dataset: str):
     return result, paths
 
 
+def _size_jitter(n: np.ndarray) -> np.ndarray:  # noqa: F821
+    """Multiplicative offsets spreading clients of equal size side by side on a log axis."""
+    import numpy as np
+
+    out = np.ones(len(n))
+    for value in np.unique(n):
+        idx = np.flatnonzero(n == value)
+        if len(idx) > 1:
+            out[idx] = np.exp(np.linspace(-0.12, 0.12, len(idx)))
+    return out
+
+
 def _plots(dt, var: str, table, out: Path) -> list[Path]:
+    """The demo's figures: per-client intervals (every term) and estimates against client size,
+    one panel per term, each with its population mean."""
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
 
-    order = np.argsort(table["mean"].to_numpy())
-    fig, ax = plt.subplots(figsize=(7, max(4, 0.12 * len(table))))
-    y = np.arange(len(table))
-    t = table.iloc[order]
-    ax.hlines(y, t["q05"], t["q95"], color="C0", lw=1)
-    ax.scatter(t["mean"], y, s=8 + 2 * np.sqrt(t["n_train"]) * 4, color="C0", zorder=3)
-    ax.set_yticks(y, [str(c) for c in t.index], fontsize=5 if len(t) > 40 else 8)
-    ax.set_xlabel(f"{var} (posterior mean, 90% interval; dot size ~ client size)")
-    ax.set_title(f"Per-client {var}")
-    fig.tight_layout()
+    from bayes_pfl.inspection import population_means
+    from bayes_pfl.plots import plot_forest_terms
+    from bayes_pfl.report import population_pair
+
+    pair = population_pair(dt, var)
     forest = out / f"clients_{var}.png"
-    fig.savefig(forest, dpi=120)
-    plt.close(fig)
+    plot_forest_terms(dt, var, population=pair, path=forest)
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.errorbar(
-        table["n_train"],
-        table["mean"],
-        yerr=[table["mean"] - table["q05"], table["q95"] - table["mean"]],
-        fmt="o",
-        ms=3,
-        alpha=0.7,
-    )
-    ax.set_xscale("log")
-    ax.set_xlabel("rows in client (log scale)")
-    ax.set_ylabel(f"{var}")
-    ax.set_title("Small clients borrow strength: wider intervals, pulled to the mean")
-    fig.tight_layout()
+    post = dt.posterior.to_dataset()
+    terms = table.index.get_level_values(1).unique() if table.index.nlevels > 1 else [None]
+    locs = population_means(post, var, pair[0]) if pair is not None else None
+    ncols = min(len(terms), 2)
+    nrows = -(-len(terms) // ncols)
+    fig = Figure(figsize=(5.5 * ncols, 4.0 * nrows))
+    axes = np.ravel(fig.subplots(nrows, ncols, squeeze=False))
+    for extra_ax in axes[len(terms) :]:
+        extra_ax.set_visible(False)
+    for i, (term, ax) in enumerate(zip(terms, axes[: len(terms)], strict=True)):
+        t = table if term is None else table.xs(term, level=1)
+        t = t.sort_values("n_train", kind="stable")
+        n = t["n_train"].to_numpy(float)
+        x = n * _size_jitter(n)
+        ax.errorbar(
+            x,
+            t["mean"],
+            yerr=[t["mean"] - t["q05"], t["q95"] - t["mean"]],
+            fmt="o",
+            ms=3,
+            lw=0.7,
+            alpha=0.55,
+            color="C0",
+        )
+        if locs is not None:
+            ax.axhline(
+                float(locs[min(i, len(locs) - 1)]), color="0.3", ls="--", lw=1,
+                label="population mean",
+            )  # fmt: skip
+            ax.legend(fontsize=7, loc="best")
+        ax.set_xscale("log")
+        sizes = np.unique(n)
+        ticks = (
+            sizes if len(sizes) <= 8 else np.unique(np.geomspace(sizes[0], sizes[-1], 6).round())
+        )
+        ax.set_xticks(ticks, [f"{v:g}" for v in ticks])  # plain numbers, no 3x10^0
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("rows in client (log scale; equal sizes spread apart)")
+        ax.set_ylabel(var if term is None else f"{var}[{term}]")
+    fig.suptitle("Small clients borrow strength: wider intervals, pulled to the population mean")
+    fig.set_layout_engine("constrained")
     size = out / f"{var}_vs_client_size.png"
     fig.savefig(size, dpi=120)
-    plt.close(fig)
     return [forest, size]
 
 
@@ -503,9 +576,7 @@ def _fit_into(args, data, model, out: Path, dataset) -> int:
     dt = load_posterior(paths["posterior"])
     var = _client_variable(model)
     table = client_table(dt, var, data)
-    with pd.option_context("display.max_rows", 200, "display.width", 120):
-        print(f"\n{model.name}: per-client {var} (posterior mean, sd, 90% interval)")
-        print(table.round(3).to_string())
+    print_client_table(table, var, model.name)
     summary = pd.read_csv(paths["summary"], index_col=0)
     div = int(result.sample_stats["diverging"].sum()) if result.sample_stats else 0
     chains = int(dt.posterior.sizes.get("chain", 1))
@@ -588,7 +659,7 @@ REPORT_ROWS = 20
 def cmd_report(args) -> int:
     import pandas as pd
 
-    from bayes_pfl.report import write_report
+    from bayes_pfl.report import read_shrinkage, write_report
 
     out = Path(args.dir)
     try:
@@ -598,7 +669,7 @@ def cmd_report(args) -> int:
         return 2
     shrink = out / "shrinkage.csv"
     if shrink.is_file():
-        table = pd.read_csv(shrink, index_col=0)
+        table = read_shrinkage(shrink)
         with pd.option_context("display.width", 140):
             print(table.head(REPORT_ROWS).round(3).to_string())
         if len(table) > REPORT_ROWS:

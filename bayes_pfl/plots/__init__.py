@@ -15,6 +15,9 @@ Axes for the two-panel figures) to draw into a figure of your own.
   to its personalized (partially pooled) one, toward the population mean;
 * :func:`plot_forest`: per-client posterior intervals, sorted, over the population
   distribution;
+* :func:`plot_shrinkage_terms`, :func:`plot_forest_terms`: the same for every term of
+  a vector client variable (a GLM's varying coefficients), one panel per term, each
+  over its own population mean;
 * :func:`plot_compare`: the same client variable from two fits (EP against NUTS);
 * :func:`plot_convergence`: the per-round changes and damping of a federated fit;
 * :func:`plot_calibration`: reliability diagram of predicted probabilities, with ECE;
@@ -23,7 +26,8 @@ Axes for the two-panel figures) to draw into a figure of your own.
 
 Modules: :mod:`~bayes_pfl.plots.base` (:class:`PlotResult` and what every figure
 shares), :mod:`~bayes_pfl.plots.fit` (shrinkage, forest, fit against fit, rounds),
-:mod:`~bayes_pfl.plots.calibration`, :mod:`~bayes_pfl.plots.comparison`.
+:mod:`~bayes_pfl.plots.terms` (one panel per term), :mod:`~bayes_pfl.plots.calibration`,
+:mod:`~bayes_pfl.plots.comparison`.
 """
 
 # ``X as X``: public constants of the former single module outside its ``__all__``,
@@ -37,6 +41,7 @@ from bayes_pfl.plots.fit import HISTORY_COLUMNS as HISTORY_COLUMNS
 from bayes_pfl.plots.fit import SAMPLE_DIMS as SAMPLE_DIMS
 from bayes_pfl.plots.fit import SHRINKAGE_COLUMNS as SHRINKAGE_COLUMNS
 from bayes_pfl.plots.fit import plot_compare, plot_convergence, plot_forest, plot_shrinkage
+from bayes_pfl.plots.terms import plot_forest_terms, plot_shrinkage_terms
 
 __all__ = [
     "PlotResult",
@@ -45,6 +50,8 @@ __all__ = [
     "plot_comparison",
     "plot_convergence",
     "plot_forest",
+    "plot_forest_terms",
     "plot_method_calibration",
     "plot_shrinkage",
+    "plot_shrinkage_terms",
 ]

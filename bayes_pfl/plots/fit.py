@@ -53,6 +53,10 @@ def _select_element(da: xr.DataArray, element, var: str, keep: Sequence[str]) ->
             f"{var!r} has element dimensions {shape}: pick one with element= "
             "(an int, a tuple of ints, or a dict of dim to index)"
         )
+    if isinstance(element, str) and len(edims) == 1:  # a term's label: b[..., "age"]
+        if edims[0] not in da.coords or element not in set(map(str, da[edims[0]].values)):
+            raise ValueError(f"element={element!r} does not index {var!r}: no such label")
+        return da.sel({edims[0]: element})
     if isinstance(element, Mapping):
         sel = dict(element)
     else:
@@ -151,8 +155,9 @@ def plot_shrinkage(
     title : str, optional
         Default: from ``table.attrs["var"]`` when present.
     element : optional
-        For a ``(client, element)`` table (a vector client variable): the
-        element to draw.
+        For a ``(client, term)`` or ``(client, element)`` table (a vector client
+        variable): the term (``"age"``) or element to draw
+        (:func:`~bayes_pfl.plots.plot_shrinkage_terms` draws every term).
     ax : matplotlib Axes, optional
     path : str or Path, optional
         Write the figure as a PNG there.
@@ -181,8 +186,13 @@ def plot_shrinkage(
             "(as bayes_pfl.inspection.shrinkage_table returns)"
         )
     t = table
-    if isinstance(t.index, pd.MultiIndex) and "element" in t.index.names:
-        elements = t.index.get_level_values("element").unique()
+    level = next(
+        (lv for lv in ("term", "element") if isinstance(t.index, pd.MultiIndex)
+         and lv in t.index.names),
+        None,
+    )  # fmt: skip
+    if level is not None:
+        elements = t.index.get_level_values(level).unique()
         if element is None and len(elements) > 1:
             raise ValueError(
                 f"the table has several elements per client {list(elements)}: pick one "
@@ -191,7 +201,7 @@ def plot_shrinkage(
         chosen = elements[0] if element is None else element
         if chosen not in set(elements):
             raise ValueError(f"element {chosen!r} not in the table's elements {list(elements)}")
-        t = t.xs(chosen, level="element")
+        t = t.xs(chosen, level=level)
     if CLIENT_DIM in t.columns:
         clients = t[CLIENT_DIM].astype(str).to_numpy()
     elif isinstance(t.index, pd.MultiIndex) and CLIENT_DIM in t.index.names:
@@ -308,9 +318,11 @@ def plot_forest(
         ``("mu_alpha", "sigma_alpha")`` or ``("mu", "tau")``.
     ci_prob : float
         Probability of the intervals and of the band.
-    element : int, tuple or dict, optional
-        For a vector client variable (GLM ``b``): which element to draw; the same
-        element of vector ``population`` variables is used.
+    element : str, int, tuple or dict, optional
+        For a vector client variable (GLM ``b``): which term (its label, ``"age"``) or
+        element (position) to draw; the same element of vector ``population``
+        variables is used (:func:`~bayes_pfl.plots.plot_forest_terms` draws every
+        term, each over its own population).
     title : str, optional
     ax : matplotlib Axes, optional
     path : str or Path, optional
@@ -354,9 +366,10 @@ def plot_forest(
             {"pop_loc": loc, "pop_scale": scale, "z": z, "band": (loc - z * scale, loc + z * scale)}
         )
     pct = f"{100 * ci_prob:g}%"
-    xlabel = f"{var} (posterior mean, {pct} interval)"
+    name = var if element is None else f"{var}[{element}]"  # b[age]: which term is drawn
+    xlabel = f"{name} (posterior mean, {pct} interval)"
     if title is None:
-        title = f"Per-client {var}"
+        title = f"Per-client {name}"
 
     if ax is None:
         fig, axes, data, pc = _forest_arviz(sorted_draws, var, ci_prob)
@@ -410,6 +423,7 @@ def _forest_arviz(sorted_draws: xr.DataArray, var: str, ci_prob: float):
         point_estimate="mean",
         ci_kind="eti",
         ci_probs=(min(0.5, ci_prob), ci_prob),
+        labels=[CLIENT_DIM],  # the clients only: no variable name beside the first one
         backend="matplotlib",
         figure_kwargs={"figsize": (7.0, max(3.0, 0.3 * n + 1.2))},
     )
