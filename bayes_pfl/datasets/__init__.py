@@ -12,7 +12,9 @@ Five small datasets ship inside the package and load without network access
 
 :data:`DATASETS` describes each one (client column, target, features, default
 model of the zoo, which of its coefficients vary by client) and :func:`load` loads
-any of them by name.
+any of them by name. :func:`source` is the one
+loader of the front ends: a bundled dataset, one CSV of all clients, or one CSV file per
+client (a folder or a glob, :mod:`bayes_pfl.datasets.client_files`).
 
 Examples
 --------
@@ -33,8 +35,11 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
+from .client_files import FILE_CLIENT_COL, client_files, is_client_files, read_client_files
+
 __all__ = [
     "DATASETS",
+    "FILE_CLIENT_COL",
     "GUIMMUN_YES_NO",
     "HEART_DISEASE_COLUMNS",
     "HEART_DISEASE_FEATURES",
@@ -42,6 +47,7 @@ __all__ = [
     "HEART_DISEASE_HOSPITALS",
     "DataSource",
     "DatasetInfo",
+    "client_files",
     "load",
     "load_eight_schools",
     "load_guimmun",
@@ -411,7 +417,7 @@ class DataSource(NamedTuple):
     client_col: str
     target: str
     features: list[str]
-    default_model: str | None  # the bundled dataset's model, None for a CSV
+    default_model: str | None  # the bundled dataset's model, None for CSV files
 
     def federated(self, **options):
         """:meth:`~bayes_pfl.data.FederatedData.from_pandas` of this table and its columns
@@ -436,13 +442,23 @@ def source(
     flag: str = "--data",
     column_flags: tuple[str, str, str] = ("--client-col", "--target", "--features"),
 ) -> DataSource:
-    """A bundled dataset's name or a CSV path, with its columns: the one loader of every
-    front end (the command line's ``fit`` and ``compare``, Flower's run config).
+    """A bundled dataset's name, a CSV path, or one CSV file per client (a folder or a
+    glob), with its columns: the one loader of every front end (the command line's
+    ``fit`` and ``compare``, Flower's run config).
 
-    A bundled dataset supplies its own client column, target and features (each may be
-    overridden); a CSV needs all three. ``features`` may be a comma-separated string.
-    Errors name the options (``flag`` for ``data``, ``column_flags`` for the three
-    columns) and what is wrong; they are :class:`~bayes_pfl.data.DataError`.
+    * A bundled dataset supplies its own client column, target and features (each may
+      be overridden).
+    * One CSV of all clients needs all three.
+    * A folder (every ``*.csv`` in it) or a glob (``'hospitals/*.csv'``) holds one file
+      per client (:mod:`~bayes_pfl.datasets.client_files`): it needs the target and the
+      features. Each file is one client labelled by its stem, in a column named
+      ``client_col`` (default :data:`FILE_CLIENT_COL`, ``"client"``); if the files have
+      that column, it labels the rows instead. Clients come in the order of the file
+      names.
+
+    ``features`` may be a comma-separated string. Errors name the options (``flag`` for
+    ``data``, ``column_flags`` for the three columns), the file and what is wrong; they
+    are :class:`~bayes_pfl.data.DataError`.
     """
     from pathlib import Path
 
@@ -460,13 +476,23 @@ def source(
             features or list(info.features),
             info.default_model,
         )
+    if is_client_files(data):
+        missing = [
+            name for name, v in zip(column_flags[1:], (target, features), strict=True) if not v
+        ]
+        if missing:
+            raise DataError(f"CSV files need {', '.join(missing)} ({flag} {data!r})")
+        client_col = client_col or FILE_CLIENT_COL
+        frame = read_client_files(client_files(data, flag=flag), client_col, flag=flag)
+        return DataSource(frame, client_col, target, features, None)
     path = Path(data).expanduser()
     if not path.exists():
         raise DataError(
-            f"{flag} {data!r}: file not found (and not a bundled dataset: {', '.join(DATASETS)})"
+            f"{flag} {data!r}: file not found (nor a folder, nor a bundled dataset: "
+            f"{', '.join(DATASETS)})"
         )
     if not path.is_file():
-        raise DataError(f"{flag} {data!r} is not a CSV file")
+        raise DataError(f"{flag} {data!r} is not a CSV file or a folder")
     given = (client_col, target, features)
     missing = [name for name, value in zip(column_flags, given, strict=True) if not value]
     if missing:

@@ -1,0 +1,155 @@
+"""One CSV file per client (``--data hospitals/`` or ``--data 'hospitals/*.csv'``): the same
+federation as one CSV of all the rows, and the errors naming the file."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bayes_pfl.data import DataError
+from bayes_pfl.datasets import DATASETS, HEART_DISEASE_HOSPITALS, client_files, load, source
+
+INFO = DATASETS["heart_disease"]
+FEATURES = ",".join(INFO.features)
+
+
+@pytest.fixture(scope="module")
+def hospitals(tmp_path_factory):
+    """Heart disease as one file per hospital (raw, missing values kept, no hospital column),
+    written in reverse order, and as one CSV of all rows with a ``client`` column."""
+    root = tmp_path_factory.mktemp("heart")
+    folder = root / "files" / "hospitals"
+    folder.mkdir(parents=True)
+    df = load("heart_disease").rename(columns={"hospital": "client"})
+    for hospital in reversed(HEART_DISEASE_HOSPITALS):  # the order is the files' names'
+        df[df.client == hospital].drop(columns="client").to_csv(
+            folder / f"{hospital}.csv", index=False
+        )
+    (folder / "README.txt").write_text("not a CSV: a folder reads *.csv only\n")
+    single = root / "all.csv"
+    df.to_csv(single, index=False)
+    return folder, single
+
+
+def _same_federation(a, b):
+    assert a.clients == b.clients
+    assert a.features == b.features and a.target == b.target
+    for split in ("train", "test"):
+        for x, y in zip(a.arrays(split), b.arrays(split), strict=True):
+            np.testing.assert_array_equal(x, y)
+        pd.testing.assert_index_equal(a.row_index[split], b.row_index[split])
+    np.testing.assert_array_equal(a.feature_mean, b.feature_mean)
+    np.testing.assert_array_equal(a.feature_scale, b.feature_scale)
+    assert a.dropped_rows == b.dropped_rows
+
+
+@pytest.mark.parametrize("form", ["folder", "folder/", "glob", "recursive glob"])
+def test_files_equal_one_csv_of_all_rows(hospitals, form):
+    folder, single = hospitals
+    data = {
+        "folder": str(folder),
+        "folder/": f"{folder}/",
+        "glob": str(folder / "*.csv"),
+        "recursive glob": str(folder.parent / "**" / "*.csv"),
+    }[form]
+    options = dict(test_size=0.25, seed=3, standardize=True, missing="drop")
+    files = source(data, target="target", features=FEATURES)
+    one = source(str(single), client_col="client", target="target", features=FEATURES)
+    assert files.client_col == "client" and files.default_model is None
+    pd.testing.assert_frame_equal(files.frame, one.frame)
+    with pytest.warns(UserWarning, match="dropped"):
+        got = files.federated(**options)
+    with pytest.warns(UserWarning, match="dropped"):
+        want = one.federated(**options)
+    _same_federation(got, want)
+    assert got.clients == tuple(sorted(HEART_DISEASE_HOSPITALS))
+
+
+def test_client_col_names_the_column_of_file_names(hospitals):
+    folder, _ = hospitals
+    src = source(str(folder), client_col="hospital", target="target", features=FEATURES)
+    assert src.client_col == "hospital" and src.frame.columns[0] == "hospital"
+    assert src.frame["hospital"].unique().tolist() == sorted(HEART_DISEASE_HOSPITALS)
+
+
+def test_columns_typed_once_over_all_files(tmp_path):
+    """An int column in one file and a float one in another is float; text in any file
+    makes a text column; column order may differ: as read_csv types one CSV of all rows."""
+    (tmp_path / "a.csv").write_text("x,grade,y,flag\n1,1,0,True\n2,2,1,False\n")
+    (tmp_path / "b.csv").write_text("y,x,grade,flag\n1,2.5,B,\n0,3,A,True\n")
+    src = source(str(tmp_path), target="y", features="x")
+    one = pd.read_csv(
+        __import__("io").StringIO(
+            "client,x,grade,y,flag\na,1,1,0,True\na,2,2,1,False\nb,2.5,B,1,\nb,3,A,0,True\n"
+        )
+    )
+    pd.testing.assert_frame_equal(src.frame, one)
+    assert src.frame["x"].dtype == np.float64 and src.frame["y"].dtype == np.int64
+    assert src.frame["grade"].tolist() == ["1", "2", "B", "A"]
+
+
+def test_files_with_a_client_column(tmp_path):
+    """A client column in the files labels the rows (a file may hold several clients); a
+    client with rows in two files is an error naming both."""
+    (tmp_path / "east.csv").write_text("site,x,y\nu,1,0\nv,2,1\nu,3,1\n")
+    (tmp_path / "west.csv").write_text("site,x,y\nw,1,0\nw,2,1\n")
+    src = source(str(tmp_path), client_col="site", target="y", features="x")
+    data = src.federated()
+    assert data.clients == ("u", "v", "w") and data.n_rows().tolist() == [2, 1, 2]
+    # the default client column, when the files have it, is used the same way
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "one.csv").write_text("client,x,y\nu,1,0\nv,2,1\n")
+    (tmp_path / "c" / "two.csv").write_text("client,x,y\nw,1,0\n")
+    assert source(str(tmp_path / "c"), target="y", features="x").federated().clients == (
+        "u",
+        "v",
+        "w",
+    )
+    (tmp_path / "north.csv").write_text("site,x,y\nx1,1,0\nv,5,1\n")
+    with pytest.raises(DataError, match=r"client 'v'.*east\.csv and .*north\.csv"):
+        source(str(tmp_path / "*.csv"), client_col="site", target="y", features="x")
+
+
+def _error(data, **kw):
+    kw = {"target": "y", "features": "x", **kw}
+    with pytest.raises(DataError) as err:
+        source(str(data), **kw)
+    return str(err.value)
+
+
+def test_errors_name_the_file(tmp_path):
+    good = "x,y\n1,0\n2,1\n"
+    assert "no file matches" in _error(tmp_path / "nothing-*.csv")
+    (tmp_path / "empty-folder").mkdir()
+    (tmp_path / "empty-folder" / "notes.txt").write_text(good)
+    assert "no *.csv file in the folder" in _error(tmp_path / "empty-folder")
+
+    def folder(name, **files):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "a.csv").write_text(good)
+        for stem, text in files.items():
+            (d / f"{stem}.csv").write_bytes(text if isinstance(text, bytes) else text.encode())
+        return d
+
+    msg = _error(folder("cols", b="x,z,w\n1,2,3\n"))
+    assert "b.csv has other columns than" in msg and "a.csv" in msg
+    assert "missing 'y'" in msg and "extra 'z', 'w'" in msg
+    assert "b.csv: empty file" in _error(folder("empty", b=""))
+    assert "b.csv: no rows (only a header)" in _error(folder("header", b="x,y\n"))
+    msg = _error(folder("ragged", b="x,y\n1,2\n3,4,5\n"))
+    assert "b.csv: cannot be parsed as CSV" in msg
+    assert "b.csv: cannot be parsed as CSV" in _error(folder("binary", b=bytes(range(256)) * 8))
+    for sub in ("one", "two"):
+        (tmp_path / "same" / sub).mkdir(parents=True)
+        (tmp_path / "same" / sub / "site.csv").write_text(good)
+    msg = _error(tmp_path / "same" / "*" / "*.csv")
+    assert "one/site.csv and " in msg and "two/site.csv have the same name 'site'" in msg
+    msg = _error(tmp_path / "header", target=None, features=None)
+    assert msg.startswith("CSV files need --target, --features")
+    assert "absent.csv': file not found (nor a folder" in _error(tmp_path / "absent.csv")
+
+
+def test_client_files_sorted_by_name(tmp_path):
+    for name in ("b.csv", "a-1.csv", "a.csv", "C.CSV", "skip.txt"):
+        (tmp_path / name).write_text("x,y\n1,0\n")
+    assert [p.name for p in client_files(str(tmp_path))] == ["C.CSV", "a-1.csv", "a.csv", "b.csv"]
