@@ -1,5 +1,6 @@
 """One CSV file per client (``--data hospitals/`` or ``--data 'hospitals/*.csv'``): the same
-federation as one CSV of all the rows, and the errors naming the file."""
+federation as one CSV of all the rows, and the errors naming the file; datasets whose
+features keep their units (eight schools' sigma)."""
 
 import numpy as np
 import pandas as pd
@@ -153,3 +154,32 @@ def test_client_files_sorted_by_name(tmp_path):
     for name in ("b.csv", "a-1.csv", "a.csv", "C.CSV", "skip.txt"):
         (tmp_path / name).write_text("x,y\n1,0\n")
     assert [p.name for p in client_files(str(tmp_path))] == ["C.CSV", "a-1.csv", "a.csv", "b.csv"]
+
+
+# ---------------------------------------------------- features that keep their units
+
+
+def test_eight_schools_is_never_standardized():
+    src = source("eight_schools")
+    assert not src.standardizable and not DATASETS["eight_schools"].standardizable
+    with pytest.raises(DataError, match="sigma.*standard error.*drop --standardize"):
+        src.federated(standardize=True)
+    assert all(info.standardizable for name, info in DATASETS.items() if name != "eight_schools")
+
+
+def test_flower_default_leaves_eight_schools_sigma_raw():
+    """Flower's default (standardize = true) keeps eight schools' sigma a standard error:
+    standardized, five of the eight schools get a negative one and their local inference
+    fails. Nodes without a file take their partition raw; nodes with one are not asked
+    for statistics."""
+    from bayes_pfl.flower.config import FlowerSettings, _federated_data, load_client_data
+
+    settings = FlowerSettings(data="eight_schools")
+    assert settings.standardize and not settings.standardize_features
+    data = _federated_data(settings)
+    assert data.feature_mean is None
+    sigma = load("eight_schools")["sigma"].to_numpy()
+    np.testing.assert_array_equal(data.train.x[:, 0, 0], sigma)
+    node = load_client_data(settings, {"partition-id": 2})
+    assert node.label == "C" and node.x[0, 0] == sigma[2] and node.standardized
+    assert FlowerSettings(data="heart_disease").standardize_features

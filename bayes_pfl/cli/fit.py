@@ -76,7 +76,11 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
         help="rows with missing features: raise an error (default) or drop them and report",
     )
     g.add_argument("--test-size", type=float, default=0.0, help="held-out fraction per client")
-    g.add_argument("--standardize", action="store_true", help="standardize features")
+    g.add_argument(
+        "--standardize",
+        action="store_true",
+        help="standardize features (not eight_schools: its sigma is each school's known sd)",
+    )
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:

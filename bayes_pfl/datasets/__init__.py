@@ -11,8 +11,8 @@ Five small datasets ship inside the package and load without network access
   161 communities.
 
 :data:`DATASETS` describes each one (client column, target, features, default
-model of the zoo, which of its coefficients vary by client) and :func:`load` loads
-any of them by name. :func:`source` is the one
+model of the zoo, which of its coefficients vary by client, whether its features may
+be standardized) and :func:`load` loads any of them by name. :func:`source` is the one
 loader of the front ends: a bundled dataset, one CSV of all clients, or one CSV file per
 client (a folder or a glob, :mod:`bayes_pfl.datasets.client_files`).
 
@@ -283,6 +283,13 @@ class DatasetInfo:
     varying : {"intercept", "slopes"}
         Which coefficients of a zoo GLM vary by client by default (the command
         line's ``--varying`` when it is not given).
+    standardizable : bool
+        Whether its features may be standardized. ``False`` when a feature is a known
+        quantity the model reads in its own units (eight schools' ``sigma`` is each
+        school's standard error: standardized, it would no longer be one, and negative
+        values break the likelihood). Front ends that standardize by default (Flower's
+        run config, ``bayes-pfl compare``) leave such features raw; asking for it
+        explicitly (``bayes-pfl fit --standardize``) is an error.
     """
 
     name: str
@@ -295,6 +302,7 @@ class DatasetInfo:
     citation: str
     licence: str
     varying: str = "intercept"
+    standardizable: bool = True
 
 
 DATASETS: dict[str, DatasetInfo] = {
@@ -326,6 +334,7 @@ DATASETS: dict[str, DatasetInfo] = {
             "Journal of Educational Statistics, 6(4), 377-401."
         ),
         licence="Published summary statistics (Rubin 1981).",
+        standardizable=False,  # sigma is each school's known standard error
     ),
     "heart_disease": DatasetInfo(
         name="heart_disease",
@@ -418,12 +427,24 @@ class DataSource(NamedTuple):
     target: str
     features: list[str]
     default_model: str | None  # the bundled dataset's model, None for CSV files
+    name: str | None = None  # the bundled dataset's name
+    standardizable: bool = True  # DatasetInfo.standardizable; True for CSV files
 
     def federated(self, **options):
         """:meth:`~bayes_pfl.data.FederatedData.from_pandas` of this table and its columns
-        (``options``: ``test_size``, ``seed``, ``standardize``, ``missing``, ...)."""
-        from bayes_pfl.data import FederatedData
+        (``options``: ``test_size``, ``seed``, ``standardize``, ``missing``, ...).
 
+        ``standardize=True`` on a dataset whose features keep their units
+        (:attr:`DatasetInfo.standardizable`) is a :class:`~bayes_pfl.data.DataError`.
+        """
+        from bayes_pfl.data import DataError, FederatedData
+
+        if options.get("standardize") and not self.standardizable:
+            raise DataError(
+                f"{self.name}: feature(s) {', '.join(self.features)} are known quantities its "
+                "model reads in their own units (eight schools: each school's standard "
+                "error), never standardized; drop --standardize"
+            )
         return FederatedData.from_pandas(
             self.frame,
             client_col=self.client_col,
@@ -475,6 +496,8 @@ def source(
             target or info.target,
             features or list(info.features),
             info.default_model,
+            info.name,
+            info.standardizable,
         )
     if is_client_files(data):
         missing = [

@@ -77,7 +77,8 @@ class FlowerSettings:
     missing : {"error", "drop", "keep"}
         Rows with missing values, as in :meth:`~bayes_pfl.data.FederatedData.from_pandas`.
     standardize : bool
-        Standardize features with pooled training statistics.
+        Standardize features with pooled training statistics, unless the dataset's
+        features keep their units (:attr:`standardize_features`).
     method : str
         ``"ep"``, ``"one-shot"`` or a baseline module name in ``bayes_pfl.baselines``.
     method_options : str
@@ -203,6 +204,18 @@ class FlowerSettings:
                 "in the run config"
             )
         return client_col, target, features, info.default_model if info else None
+
+    @property
+    def standardize_features(self) -> bool:
+        """``standardize``, unless ``data`` is a bundled dataset whose features keep their
+        units (:attr:`bayes_pfl.datasets.DatasetInfo.standardizable`: eight schools' sigma
+        is each school's standard error). The run config's ``standardize`` is on by
+        default, so it cannot tell a request from the default: the dataset's declaration
+        wins and the server logs it."""
+        from bayes_pfl.datasets import DATASETS
+
+        info = DATASETS.get(self.data)
+        return self.standardize and (info is None or info.standardizable)
 
     @property
     def outcome_family(self) -> str:
@@ -448,7 +461,7 @@ def _local_csv(settings: FlowerSettings, position: int, node_config) -> ClientDa
         x, y = x[~bad], y[~bad]
     if len(y) == 0:
         raise DataError(f"{path}: no rows")
-    return ClientData(label, position, x, y, standardized=not settings.standardize)
+    return ClientData(label, position, x, y, standardized=not settings.standardize_features)
 
 
 @functools.cache
@@ -470,7 +483,7 @@ def _federated_data(settings: FlowerSettings):
         warnings.simplefilter("ignore", UserWarning)  # missing="drop" counts, reported in-process
         return src.federated(
             seed=settings.seed,
-            standardize=settings.standardize,
+            standardize=settings.standardize_features,
             missing=settings.missing,
         )
 
