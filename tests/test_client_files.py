@@ -1,6 +1,9 @@
 """One CSV file per client (``--data hospitals/`` or ``--data 'hospitals/*.csv'``): the same
-federation as one CSV of all the rows, and the errors naming the file; datasets whose
-features keep their units (eight schools' sigma)."""
+federation as one CSV of all the rows, the errors naming the file, Flower nodes each reading
+their own file; and datasets whose features keep their units (eight schools' sigma)."""
+
+import importlib.util
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,6 +14,7 @@ from bayes_pfl.datasets import DATASETS, HEART_DISEASE_HOSPITALS, client_files, 
 
 INFO = DATASETS["heart_disease"]
 FEATURES = ",".join(INFO.features)
+APP_DIR = Path(__file__).resolve().parents[1] / "examples" / "flower_app"
 
 
 @pytest.fixture(scope="module")
@@ -183,3 +187,134 @@ def test_flower_default_leaves_eight_schools_sigma_raw():
     node = load_client_data(settings, {"partition-id": 2})
     assert node.label == "C" and node.x[0, 0] == sigma[2] and node.standardized
     assert FlowerSettings(data="heart_disease").standardize_features
+
+
+# ------------------------------------------------------------ Flower: a file per node
+
+
+def _settings(folder, **extra):
+    from bayes_pfl.flower.config import FlowerSettings
+
+    run_config = {
+        "data": str(folder),
+        "target": "target",
+        "features": FEATURES,
+        "model": "logistic",
+        "missing": "drop",
+        **extra,
+    }
+    return FlowerSettings.from_run_config(run_config)
+
+
+def test_flower_node_reads_its_own_file(hospitals):
+    """A SuperNode given its file (data-path) reads only it, labelled by the file's stem; with
+    the pooled statistics its rows equal the partition of the folder read in process (and
+    what a node without data-path takes from the run config's folder)."""
+    import warnings
+
+    from bayes_pfl.flower.client import prepare_arrays
+    from bayes_pfl.flower.config import (
+        load_client_data,
+        pooled_standardization,
+        standardization_stats,
+    )
+
+    folder, _ = hospitals
+    settings = _settings(folder)
+    nodes = [
+        load_client_data(settings, {"partition-id": i, "data-path": str(path)})
+        for i, path in enumerate(client_files(str(folder)))
+    ]
+    assert [n.label for n in nodes] == sorted(HEART_DISEASE_HOSPITALS)
+    assert not any(n.standardized for n in nodes)
+    mean, scale = pooled_standardization([standardization_stats(n.x) for n in nodes])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        data = source(str(folder), target="target", features=FEATURES).federated(
+            standardize=True, missing="drop"
+        )
+    np.testing.assert_allclose(mean, data.feature_mean, rtol=1e-12)
+    np.testing.assert_allclose(scale, data.feature_scale, rtol=1e-12)
+    n_max = int(data.train.n.max())
+    for k, node in enumerate(nodes):
+        got = prepare_arrays(node, n_max, mean, scale)
+        want = data.train.client(k)
+        np.testing.assert_array_equal(got.mask, want.mask)
+        np.testing.assert_allclose(got.x, want.x, rtol=1e-12, atol=1e-12)
+        np.testing.assert_array_equal(got.y, want.y)
+        partition = load_client_data(settings, {"partition-id": k})  # the folder, no data-path
+        assert partition.label == node.label and partition.standardized
+        np.testing.assert_allclose(partition.x, got.x[: len(node.y)], rtol=1e-12, atol=1e-12)
+
+
+def test_flower_nodes_described_by_their_files(hospitals):
+    """Through the ClientApp (test_flower's in-process grid): nodes given their files describe
+    themselves by the files' stems, in the folder's order, and the server's pooled
+    standardization is the in-process one."""
+    pytest.importorskip("flwr")
+    import warnings
+
+    from test_flower import FakeGrid
+
+    from bayes_pfl.flower.app import client_app
+    from bayes_pfl.flower.server import discover
+
+    folder, _ = hospitals
+    run_config = {"data": str(folder), "target": "target", "features": FEATURES}
+    run_config.update({"model": "logistic", "missing": "drop"})
+    nodes = _deploy_local().client_nodes(str(folder / "*.csv"))
+    grid = FakeGrid(client_app(), nodes[::-1], run_config)  # node ids in another order
+    federation = discover(grid, n_clients=4, node_wait_s=5, timeout_s=5, standardize=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        data = source(str(folder), target="target", features=FEATURES).federated(
+            standardize=True, missing="drop"
+        )
+    assert federation.labels == data.clients
+    np.testing.assert_array_equal(federation.n_rows, data.n_rows())
+    np.testing.assert_allclose(federation.mean, data.feature_mean, rtol=1e-12)
+    np.testing.assert_allclose(federation.scale, data.feature_scale, rtol=1e-12)
+
+
+def test_flower_node_file_with_several_clients_is_an_error(tmp_path):
+    from bayes_pfl.flower.config import load_client_data
+
+    path = tmp_path / "region.csv"
+    path.write_text("client,target,age\nu,0,50\nv,1,60\n")
+    settings = _settings(tmp_path, features="age")
+    with pytest.raises(DataError, match=r"region\.csv: column 'client' names 2 clients"):
+        load_client_data(settings, {"partition-id": 0, "data-path": str(path)})
+    node = {"partition-id": 0, "data-path": str(path), "client-label": "region"}
+    assert load_client_data(settings, node).label == "region"
+
+
+def _deploy_local():
+    spec = importlib.util.spec_from_file_location("deploy_local", APP_DIR / "deploy_local.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_deploy_local_gives_each_node_its_file(hospitals, tmp_path, monkeypatch):
+    """deploy_local.py --data FOLDER|GLOB: one SuperNode per file, each with data-path to its
+    own file, in the order of source(); its working folder is not the current folder."""
+    deploy = _deploy_local()
+    folder, _ = hospitals
+    for data in (str(folder), str(folder / "*.csv")):
+        nodes = deploy.client_nodes(data)
+        assert nodes == [
+            {"partition-id": i, "data-path": str(p.resolve())}
+            for i, p in enumerate(client_files(str(folder)))
+        ]
+    monkeypatch.chdir(tmp_path)
+    given = ["--data", str(folder), "--target", "target", "--features", "age"]
+    with pytest.raises(SystemExit):
+        deploy.parse_args(given)  # no --model
+    args = deploy.parse_args([*given, "--model", "logistic"])
+    work = Path(args.workdir).resolve()
+    try:
+        assert work.is_dir() and not work.is_relative_to(tmp_path)
+        assert Path(args.out).resolve() == work / "fit"
+    finally:
+        work.rmdir()
+    assert not any(tmp_path.iterdir())
