@@ -37,9 +37,14 @@ def _build_parser() -> argparse.ArgumentParser:
         "(per client and by client size); writes CSV tables, summary.md and plots.",
     )
     p.add_argument(
-        "--data", required=True, help="a bundled dataset (e.g. heart_disease) or a CSV path"
+        "--data",
+        required=True,
+        help="a bundled dataset (e.g. heart_disease), a CSV path, or one CSV per client: a "
+        "folder or a quoted glob ('hospitals/*.csv'; see `bayes-pfl fit --help`)",
     )
-    p.add_argument("--client-col", help="client column (default: the dataset's)")
+    p.add_argument(
+        "--client-col", help="client column (default: the dataset's; 'client' for a folder)"
+    )
     p.add_argument("--target", help="target column (default: the dataset's)")
     p.add_argument("--features", help="comma-separated features (default: the dataset's)")
     p.add_argument("--missing", choices=("error", "drop"), default="error")
