@@ -318,3 +318,28 @@ def test_deploy_local_gives_each_node_its_file(hospitals, tmp_path, monkeypatch)
     finally:
         work.rmdir()
     assert not any(tmp_path.iterdir())
+
+
+def test_cli_fit_reads_a_folder_of_client_files(tmp_path):
+    """``bayes-pfl fit --data FOLDER``: one school per file, labelled by the file names (a
+    short NUTS fit); a bad file and ``--standardize`` on eight schools exit 2 naming why."""
+    import xarray as xr
+    from _helpers import run_cli
+
+    folder = tmp_path / "schools"
+    folder.mkdir()
+    for _, row in load("eight_schools").iterrows():
+        row.drop("school").to_frame().T.to_csv(folder / f"{row['school']}.csv", index=False)
+    out = tmp_path / "out"
+    columns = ("--target", "y", "--features", "sigma", "--model", "eight_schools")
+    quick = ("--chains", "1", "--warmup", "50", "--samples", "50", "--no-progress")
+    r = run_cli("fit", "--data", str(folder), *columns, "--out", str(out), *quick)
+    assert r.returncode == 0, r.stderr
+    assert list(xr.open_datatree(out / "posterior.nc").posterior["client"].values) == list(
+        "ABCDEFGH"
+    )
+    (folder / "I.csv").write_text("")
+    r = run_cli("fit", "--data", f"{folder}/*.csv", *columns, "--out", str(tmp_path / "o2"))
+    assert r.returncode == 2 and "I.csv: empty file" in r.stderr, r.stderr
+    r = run_cli("fit", "--data", "eight_schools", "--standardize", "--out", str(tmp_path / "o3"))
+    assert r.returncode == 2 and "drop --standardize" in r.stderr, r.stderr
