@@ -155,7 +155,7 @@ def test_errors_name_the_file(tmp_path):
 
 
 def test_client_files_sorted_by_name(tmp_path):
-    for name in ("b.csv", "a-1.csv", "a.csv", "C.CSV", "skip.txt"):
+    for name in ("b.csv", "a-1.csv", "a.csv", "C.CSV", "skip.txt", "._a.csv"):
         (tmp_path / name).write_text("x,y\n1,0\n")
     assert [p.name for p in client_files(str(tmp_path))] == ["C.CSV", "a-1.csv", "a.csv", "b.csv"]
 

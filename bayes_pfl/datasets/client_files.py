@@ -60,14 +60,19 @@ def is_client_files(data: str) -> bool:
 
 
 def client_files(data: str, *, flag: str = "--data") -> list[Path]:
-    """The CSV files of a folder (every ``*.csv`` in it) or of a glob, sorted by file name.
+    """The CSV files of a folder (every ``*.csv`` in it but hidden ones, as a glob skips
+    them: ``._x.csv`` copies of macOS) or of a glob, sorted by file name.
 
     Raises :class:`~bayes_pfl.data.DataError` when nothing matches, or when ``data`` is
     neither a folder nor a glob.
     """
     path = Path(data).expanduser()
     if path.is_dir():
-        found = [p for p in path.iterdir() if p.suffix.lower() == ".csv" and p.is_file()]
+        found = [
+            p
+            for p in path.iterdir()
+            if p.suffix.lower() == ".csv" and not p.name.startswith(".") and p.is_file()
+        ]
         if not found:
             raise DataError(f"{flag} {data!r}: no *.csv file in the folder")
     elif is_client_files(data):
