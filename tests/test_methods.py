@@ -156,8 +156,8 @@ def test_every_method_runs_through_its_front_ends():
     import warnings
 
     for name in method_names("flower"):
-        # eight schools' feature is each school's known sd: not to be standardized
-        settings = FlowerSettings(data="eight_schools", method=name, rounds=2, standardize=False)
+        # Flower's defaults (standardize = true): eight schools' sigma is left raw
+        settings = FlowerSettings(data="eight_schools", method=name, rounds=2)
         table = _federated_data(settings)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

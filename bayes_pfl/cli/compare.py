@@ -37,9 +37,14 @@ def _build_parser() -> argparse.ArgumentParser:
         "(per client and by client size); writes CSV tables, summary.md and plots.",
     )
     p.add_argument(
-        "--data", required=True, help="a bundled dataset (e.g. heart_disease) or a CSV path"
+        "--data",
+        required=True,
+        help="a bundled dataset (e.g. heart_disease), a CSV path, or one CSV per client: a "
+        "folder or a quoted glob ('hospitals/*.csv'; see `bayes-pfl fit --help`)",
     )
-    p.add_argument("--client-col", help="client column (default: the dataset's)")
+    p.add_argument(
+        "--client-col", help="client column (default: the dataset's; 'client' for a folder)"
+    )
     p.add_argument("--target", help="target column (default: the dataset's)")
     p.add_argument("--features", help="comma-separated features (default: the dataset's)")
     p.add_argument("--missing", choices=("error", "drop"), default="error")
@@ -54,7 +59,11 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=3, help="number of seeds 0..N-1 (default 3)")
     p.add_argument("--test-size", type=float, default=0.3, help="test fraction per client")
     p.add_argument("--val-size", type=float, default=0.0, help="validation fraction per client")
-    p.add_argument("--no-standardize", action="store_true", help="keep raw feature units")
+    p.add_argument(
+        "--no-standardize",
+        action="store_true",
+        help="keep raw feature units (always for eight_schools, whose sigma is a known sd)",
+    )
     p.add_argument("--no-refit", action="store_true", help="final fits on training rows only")
     p.add_argument(
         "--varying", choices=("intercept", "slopes"), default=None, help="Bayesian GLM (slopes)"
@@ -105,6 +114,7 @@ def _cli_data(args) -> tuple[Callable[[int], FederatedData], Any]:
             target=parsed.response,
             features=list(parsed.variables) or [parsed.response],
         )
+        options["standardize"] = options["standardize"] and src.standardizable
         first = from_formula(
             args.formula, src.frame, family=args.family or "bernoulli", seed=0, **options
         )
@@ -135,7 +145,9 @@ def _cli_data(args) -> tuple[Callable[[int], FederatedData], Any]:
     def make(seed: int) -> FederatedData:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # rows dropped: reported in the table
-            return src.federated(seed=seed, **options)
+            # a dataset whose features keep their units (eight schools) stays raw
+            standardize = options["standardize"] and src.standardizable
+            return src.federated(seed=seed, **{**options, "standardize": standardize})
 
     return make, None
 

@@ -65,9 +65,17 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
         "--data",
         required=True,
         help="a bundled dataset (see `bayes-pfl datasets`: radon, eight_schools, heart_disease, "
-        "sleepstudy, guimmun) or a CSV file path",
+        "sleepstudy, guimmun), a CSV file path with every client's rows, or one CSV per "
+        "client: a folder (every *.csv in it) or a quoted glob ('hospitals/*.csv'); each "
+        "file is a client named by its stem (cleveland.csv: cleveland), clients in file-name "
+        "order",
     )
-    g.add_argument("--client-col", help="column naming each row's client (default: dataset's)")
+    g.add_argument(
+        "--client-col",
+        help="column naming each row's client (default: the dataset's). For a folder or glob: "
+        "the column of the file names (default 'client'); if the files have this column, it "
+        "names the clients instead (a client's rows in one file)",
+    )
     g.add_argument("--target", help="target column (default: dataset's)")
     g.add_argument("--features", help="comma-separated feature columns (default: dataset's)")
     g.add_argument(
@@ -77,7 +85,11 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
         help="rows with missing features: raise an error (default) or drop them and report",
     )
     g.add_argument("--test-size", type=float, default=0.0, help="held-out fraction per client")
-    g.add_argument("--standardize", action="store_true", help="standardize features")
+    g.add_argument(
+        "--standardize",
+        action="store_true",
+        help="standardize features (not eight_schools: its sigma is each school's known sd)",
+    )
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -323,6 +335,8 @@ def _formula_inputs(args):
         target=parsed.response,
         features=list(parsed.variables) or [parsed.response],
     )
+    if args.standardize and not src.standardizable:
+        src.federated(standardize=True)  # the dataset's own error: its features keep units
     fm = from_formula(
         args.formula,
         src.frame,

@@ -11,8 +11,10 @@ Five small datasets ship inside the package and load without network access
   161 communities.
 
 :data:`DATASETS` describes each one (client column, target, features, default
-model of the zoo, which of its coefficients vary by client) and :func:`load` loads
-any of them by name.
+model of the zoo, which of its coefficients vary by client, whether its features may
+be standardized) and :func:`load` loads any of them by name. :func:`source` is the one
+loader of the front ends: a bundled dataset, one CSV of all clients, or one CSV file per
+client (a folder or a glob, :mod:`bayes_pfl.datasets.client_files`).
 
 Examples
 --------
@@ -33,8 +35,11 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
+from .client_files import FILE_CLIENT_COL, client_files, is_client_files, read_client_files
+
 __all__ = [
     "DATASETS",
+    "FILE_CLIENT_COL",
     "GUIMMUN_YES_NO",
     "HEART_DISEASE_COLUMNS",
     "HEART_DISEASE_FEATURES",
@@ -42,6 +47,7 @@ __all__ = [
     "HEART_DISEASE_HOSPITALS",
     "DataSource",
     "DatasetInfo",
+    "client_files",
     "load",
     "load_eight_schools",
     "load_guimmun",
@@ -277,6 +283,13 @@ class DatasetInfo:
     varying : {"intercept", "slopes"}
         Which coefficients of a zoo GLM vary by client by default (the command
         line's ``--varying`` when it is not given).
+    standardizable : bool
+        Whether its features may be standardized. ``False`` when a feature is a known
+        quantity the model reads in its own units (eight schools' ``sigma`` is each
+        school's standard error: standardized, it would no longer be one, and negative
+        values break the likelihood). Front ends that standardize by default (Flower's
+        run config, ``bayes-pfl compare``) leave such features raw; asking for it
+        explicitly (``bayes-pfl fit --standardize``) is an error.
     """
 
     name: str
@@ -289,6 +302,7 @@ class DatasetInfo:
     citation: str
     licence: str
     varying: str = "intercept"
+    standardizable: bool = True
 
 
 DATASETS: dict[str, DatasetInfo] = {
@@ -320,6 +334,7 @@ DATASETS: dict[str, DatasetInfo] = {
             "Journal of Educational Statistics, 6(4), 377-401."
         ),
         licence="Published summary statistics (Rubin 1981).",
+        standardizable=False,  # sigma is each school's known standard error
     ),
     "heart_disease": DatasetInfo(
         name="heart_disease",
@@ -411,13 +426,25 @@ class DataSource(NamedTuple):
     client_col: str
     target: str
     features: list[str]
-    default_model: str | None  # the bundled dataset's model, None for a CSV
+    default_model: str | None  # the bundled dataset's model, None for CSV files
+    name: str | None = None  # the bundled dataset's name
+    standardizable: bool = True  # DatasetInfo.standardizable; True for CSV files
 
     def federated(self, **options):
         """:meth:`~bayes_pfl.data.FederatedData.from_pandas` of this table and its columns
-        (``options``: ``test_size``, ``seed``, ``standardize``, ``missing``, ...)."""
-        from bayes_pfl.data import FederatedData
+        (``options``: ``test_size``, ``seed``, ``standardize``, ``missing``, ...).
 
+        ``standardize=True`` on a dataset whose features keep their units
+        (:attr:`DatasetInfo.standardizable`) is a :class:`~bayes_pfl.data.DataError`.
+        """
+        from bayes_pfl.data import DataError, FederatedData
+
+        if options.get("standardize") and not self.standardizable:
+            raise DataError(
+                f"{self.name}: feature(s) {', '.join(self.features)} are known quantities its "
+                "model reads in their own units (eight schools: each school's standard "
+                "error), never standardized; drop --standardize"
+            )
         return FederatedData.from_pandas(
             self.frame,
             client_col=self.client_col,
@@ -436,13 +463,23 @@ def source(
     flag: str = "--data",
     column_flags: tuple[str, str, str] = ("--client-col", "--target", "--features"),
 ) -> DataSource:
-    """A bundled dataset's name or a CSV path, with its columns: the one loader of every
-    front end (the command line's ``fit`` and ``compare``, Flower's run config).
+    """A bundled dataset's name, a CSV path, or one CSV file per client (a folder or a
+    glob), with its columns: the one loader of every front end (the command line's
+    ``fit`` and ``compare``, Flower's run config).
 
-    A bundled dataset supplies its own client column, target and features (each may be
-    overridden); a CSV needs all three. ``features`` may be a comma-separated string.
-    Errors name the options (``flag`` for ``data``, ``column_flags`` for the three
-    columns) and what is wrong; they are :class:`~bayes_pfl.data.DataError`.
+    * A bundled dataset supplies its own client column, target and features (each may
+      be overridden).
+    * One CSV of all clients needs all three.
+    * A folder (every ``*.csv`` in it) or a glob (``'hospitals/*.csv'``) holds one file
+      per client (:mod:`~bayes_pfl.datasets.client_files`): it needs the target and the
+      features. Each file is one client labelled by its stem, in a column named
+      ``client_col`` (default :data:`FILE_CLIENT_COL`, ``"client"``); if the files have
+      that column, it labels the rows instead. Clients come in the order of the file
+      names.
+
+    ``features`` may be a comma-separated string. Errors name the options (``flag`` for
+    ``data``, ``column_flags`` for the three columns), the file and what is wrong; they
+    are :class:`~bayes_pfl.data.DataError`.
     """
     from pathlib import Path
 
@@ -459,14 +496,26 @@ def source(
             target or info.target,
             features or list(info.features),
             info.default_model,
+            info.name,
+            info.standardizable,
         )
+    if is_client_files(data):
+        missing = [
+            name for name, v in zip(column_flags[1:], (target, features), strict=True) if not v
+        ]
+        if missing:
+            raise DataError(f"CSV files need {', '.join(missing)} ({flag} {data!r})")
+        client_col = client_col or FILE_CLIENT_COL
+        frame = read_client_files(client_files(data, flag=flag), client_col, flag=flag)
+        return DataSource(frame, client_col, target, features, None)
     path = Path(data).expanduser()
     if not path.exists():
         raise DataError(
-            f"{flag} {data!r}: file not found (and not a bundled dataset: {', '.join(DATASETS)})"
+            f"{flag} {data!r}: file not found (nor a folder, nor a bundled dataset: "
+            f"{', '.join(DATASETS)})"
         )
     if not path.is_file():
-        raise DataError(f"{flag} {data!r} is not a CSV file")
+        raise DataError(f"{flag} {data!r} is not a CSV file or a folder")
     given = (client_col, target, features)
     missing = [name for name, value in zip(column_flags, given, strict=True) if not value]
     if missing:

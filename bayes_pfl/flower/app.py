@@ -109,6 +109,8 @@ def run_from_settings(grid: Grid, settings: FlowerSettings, *, run_id: int = 0):
     out = settings.out_dir(run_id)
     out.mkdir(parents=True, exist_ok=True)
     log.info("bayes-pfl on Flower: method %s, results in %s", settings.method, out)
+    if settings.standardize and not settings.standardize_features:
+        log.warning("%s: its features keep their units, not standardized", settings.data)
     federation = discover(
         grid,
         n_clients=settings.num_clients,
@@ -116,7 +118,7 @@ def run_from_settings(grid: Grid, settings: FlowerSettings, *, run_id: int = 0):
         timeout_s=settings.round_timeout_s,
         poll_interval_s=settings.poll_interval_s,
         max_in_flight=settings.max_in_flight,
-        standardize=settings.standardize,
+        standardize=settings.standardize_features,
     )
     log.info(
         "federation: %s", dict(zip(federation.labels, federation.n_rows.tolist(), strict=True))

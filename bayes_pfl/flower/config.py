@@ -11,13 +11,15 @@ built once per process and reused across messages.
 A node's rows come from one of two places (:func:`load_client_data`):
 
 * ``node_config["data-path"]``: a CSV holding only this node's rows (a real
-  deployment: a hospital reads its own file). Features are raw; when
-  ``standardize`` is on, the server pools per-client counts, means and sums of
+  deployment: a hospital reads its own file; its label is the file's client column,
+  else its stem, as when ``data`` is the folder of these files). Features are raw;
+  when ``standardize`` is on, the server pools per-client counts, means and sums of
   squared deviations (never rows) and sends back the pooled statistics;
-* otherwise the run config's ``data`` (a bundled dataset or a CSV path) split into
-  clients exactly as :meth:`bayes_pfl.data.FederatedData.from_pandas` splits it, and
-  the node takes client ``partition-id`` (a simulation, or a demo where every node
-  sees the same file).
+* otherwise the run config's ``data`` (a bundled dataset, a CSV path, or a folder or
+  glob of one CSV per client: :func:`bayes_pfl.datasets.source`) split into clients
+  exactly as :meth:`bayes_pfl.data.FederatedData.from_pandas` splits it, and the node
+  takes client ``partition-id`` (a simulation, or a demo where every node sees the
+  same files).
 """
 
 from __future__ import annotations
@@ -67,7 +69,8 @@ class FlowerSettings:
     Attributes
     ----------
     data : str
-        Bundled dataset name or CSV path: where nodes without ``data-path`` in their
+        Bundled dataset name, CSV path, or a folder or glob of one CSV per client (see
+        :func:`bayes_pfl.datasets.source`): where nodes without ``data-path`` in their
         node config take their partition from.
     client_col, target, features : str
         Client column, target and comma-separated features (empty: the bundled
@@ -77,7 +80,8 @@ class FlowerSettings:
     missing : {"error", "drop", "keep"}
         Rows with missing values, as in :meth:`~bayes_pfl.data.FederatedData.from_pandas`.
     standardize : bool
-        Standardize features with pooled training statistics.
+        Standardize features with pooled training statistics, unless the dataset's
+        features keep their units (:attr:`standardize_features`).
     method : str
         ``"ep"``, ``"one-shot"`` or a baseline module name in ``bayes_pfl.baselines``.
     method_options : str
@@ -203,6 +207,18 @@ class FlowerSettings:
                 "in the run config"
             )
         return client_col, target, features, info.default_model if info else None
+
+    @property
+    def standardize_features(self) -> bool:
+        """``standardize``, unless ``data`` is a bundled dataset whose features keep their
+        units (:attr:`bayes_pfl.datasets.DatasetInfo.standardizable`: eight schools' sigma
+        is each school's standard error). The run config's ``standardize`` is on by
+        default, so it cannot tell a request from the default: the dataset's declaration
+        wins and the server logs it."""
+        from bayes_pfl.datasets import DATASETS
+
+        info = DATASETS.get(self.data)
+        return self.standardize and (info is None or info.standardizable)
 
     @property
     def outcome_family(self) -> str:
@@ -349,7 +365,8 @@ def load_client_data(settings: FlowerSettings, node_config: dict[str, Any]) -> C
     ``node_config["partition-id"]`` is the node's position in the federation (the
     client axis of the in-process run); ``data-path`` names a CSV holding only this
     node's rows; ``client-label`` names the client (default: the CSV's client column,
-    else ``client-<partition-id>``).
+    ``client-col`` or ``client``; else the file's stem, as
+    :func:`bayes_pfl.datasets.source` labels a folder of such files).
     """
     if "partition-id" not in node_config:
         raise ValueError("the node config needs partition-id (the client's position)")
@@ -424,6 +441,7 @@ def _local_csv(settings: FlowerSettings, position: int, node_config) -> ClientDa
     import pandas as pd
 
     from bayes_pfl.data import DataError
+    from bayes_pfl.datasets import FILE_CLIENT_COL
 
     path = Path(str(node_config["data-path"])).expanduser()
     df = pd.read_csv(path)
@@ -432,9 +450,17 @@ def _local_csv(settings: FlowerSettings, position: int, node_config) -> ClientDa
     if missing_cols:
         raise DataError(f"{path}: missing column(s) {missing_cols}")
     label = str(node_config.get("client-label", ""))
-    if not label and client_col in df.columns and df[client_col].nunique() == 1:
-        label = str(df[client_col].iloc[0])
-    label = label or f"client-{position}"
+    client_col = client_col or FILE_CLIENT_COL
+    if not label and client_col in df.columns:
+        held = df[client_col].dropna().unique()
+        if len(held) > 1:
+            shown = ", ".join(repr(str(v)) for v in held[:5]) + (", ..." if len(held) > 5 else "")
+            raise DataError(
+                f"{path}: column {client_col!r} names {len(held)} clients ({shown}); a node "
+                "holds one client: give each its own file, or set client-label"
+            )
+        label = str(held[0]) if len(held) else ""
+    label = label or path.stem
     x = df[list(features)].apply(pd.to_numeric, errors="raise").to_numpy(np.float64)
     y = pd.to_numeric(df[target]).to_numpy(np.float64)
     if np.isinf(x).any() or np.isinf(y).any():
@@ -448,7 +474,7 @@ def _local_csv(settings: FlowerSettings, position: int, node_config) -> ClientDa
         x, y = x[~bad], y[~bad]
     if len(y) == 0:
         raise DataError(f"{path}: no rows")
-    return ClientData(label, position, x, y, standardized=not settings.standardize)
+    return ClientData(label, position, x, y, standardized=not settings.standardize_features)
 
 
 @functools.cache
@@ -470,7 +496,7 @@ def _federated_data(settings: FlowerSettings):
         warnings.simplefilter("ignore", UserWarning)  # missing="drop" counts, reported in-process
         return src.federated(
             seed=settings.seed,
-            standardize=settings.standardize,
+            standardize=settings.standardize_features,
             missing=settings.missing,
         )
 

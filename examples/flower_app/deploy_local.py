@@ -1,12 +1,19 @@
-"""Deploy bayes-pfl on Flower on this machine: a SuperLink and one SuperNode per hospital.
+"""Deploy bayes-pfl on Flower on this machine: a SuperLink and one SuperNode per client file.
 
-Every process listens on 127.0.0.1 only. Each SuperNode reads only its own hospital's
-CSV of the UCI heart-disease data (written to ``--workdir``); the ServerApp runs
-federated EP with the hierarchical logistic model and writes the result folder of
-``bayes-pfl fit`` to ``--out``. Everything is stopped on exit (also on Ctrl-C).
+Every process listens on 127.0.0.1 only. Each SuperNode reads only its own CSV: by
+default one per hospital of the UCI heart-disease data (written to ``--workdir``), or,
+with ``--data``, each file of a folder or glob (one client per file, labelled by its
+stem, as ``bayes-pfl fit --data`` reads the same files in process). The ServerApp runs
+federated EP (the hierarchical logistic model by default) and writes the result folder
+of ``bayes-pfl fit`` to ``--out``. Everything is stopped on exit (also on Ctrl-C). Logs,
+Flower's home and the JAX cache go to ``--workdir`` (default: a new temporary folder,
+printed; nothing is written to the current folder).
 
     python examples/flower_app/deploy_local.py --rounds 10 --out results/heart-flower
     bayes-pfl report results/heart-flower
+
+    python examples/flower_app/deploy_local.py --data 'sites/*.csv' --target y \\
+        --features age,dose --model logistic --out results/sites
 
 With ``--keep-running`` the federation stays up after the run (Ctrl-C stops it) and
 prints the ``flwr run`` command to start more runs against it.
@@ -16,11 +23,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-from bayes_pfl.datasets import HEART_DISEASE_HOSPITALS, load
+from bayes_pfl.data import DataError
+from bayes_pfl.datasets import HEART_DISEASE_HOSPITALS, client_files, load, source
 from bayes_pfl.flower.launch import LocalFederation
 
 APP_DIR = Path(__file__).resolve().parent
@@ -38,26 +48,81 @@ def write_hospital_csvs(folder: Path) -> list[dict]:
     return nodes
 
 
-def main(argv: list[str] | None = None) -> int:
+def client_nodes(data: str) -> list[dict]:
+    """The node configs of one CSV per client (a folder or glob): node ``i`` reads only
+    the ``i``-th file, in the order :func:`bayes_pfl.datasets.source` gives the clients."""
+    return [
+        {"partition-id": i, "data-path": str(path.resolve())}
+        for i, path in enumerate(client_files(data))
+    ]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--workdir", default="flower-local", help="FLWR_HOME, logs and hospital CSVs")
-    p.add_argument("--out", default="flower-local/fit", help="result folder")
+    p.add_argument(
+        "--data",
+        help="one CSV per client: a folder (every *.csv) or a quoted glob ('sites/*.csv'); "
+        "default: the four heart-disease hospitals",
+    )
+    p.add_argument("--client-col", default="", help="with --data: see `bayes-pfl fit --help`")
+    p.add_argument("--target", default="", help="with --data: the target column")
+    p.add_argument("--features", default="", help="with --data: comma-separated features")
+    p.add_argument("--model", default="", help="zoo model (with --data: required)")
+    p.add_argument(
+        "--workdir",
+        default=None,
+        help="FLWR_HOME, logs, JAX cache, hospital CSVs (default: a new temporary folder)",
+    )
+    p.add_argument("--out", default=None, help="result folder (default: WORKDIR/fit)")
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--method", default="ep", help="ep or one-shot")
     p.add_argument("--port", type=int, default=None, help="SuperLink port (default: a free one)")
     p.add_argument("--run-config", default="", help="extra run config, 'key=value key=value'")
     p.add_argument("--keep-running", action="store_true", help="leave the federation up")
     args = p.parse_args(argv)
+    if args.data and not (args.target and args.features and args.model):
+        p.error("--data needs --target, --features and --model")
+    if args.workdir is None:
+        args.workdir = tempfile.mkdtemp(prefix="bayes-pfl-flower-")
+    if args.out is None:
+        args.out = str(Path(args.workdir) / "fit")
+    return args
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     work = Path(args.workdir).resolve()
-    nodes = write_hospital_csvs(work / "hospitals")
     run_config: dict = {
         "method": args.method,
         "rounds": args.rounds,
-        "num-clients": len(nodes),
         "out": str(Path(args.out).resolve()),
         "jax-cache-dir": str(work / "jax-cache"),
     }
+    if args.data:
+        try:  # the launcher checks the files once; each node then reads only its own
+            src = source(
+                args.data, client_col=args.client_col, target=args.target, features=args.features
+            )
+        except DataError as exc:
+            print(f"deploy_local: error: {exc}", file=sys.stderr)
+            return 2
+        nodes = client_nodes(args.data)
+        n_clients = src.frame[src.client_col].nunique()
+        if n_clients != len(nodes):
+            print(
+                f"deploy_local: error: {len(nodes)} files hold {n_clients} clients; a "
+                "SuperNode holds one client: give each client its own file",
+                file=sys.stderr,
+            )
+            return 2
+        data = os.path.abspath(os.path.expanduser(args.data))
+        run_config.update(data=data, target=args.target, features=args.features)
+        run_config.update({"client-col": args.client_col} if args.client_col else {})
+    else:
+        nodes = write_hospital_csvs(work / "hospitals")
+    if args.model:
+        run_config["model"] = args.model
+    run_config["num-clients"] = len(nodes)
     for item in args.run_config.split():
         key, value = item.split("=", 1)
         try:

@@ -5,13 +5,16 @@
 #   examples/flower_app/deploy_local.sh [ROUNDS] [OUT]
 #
 # Needs bayes-pfl[flower] installed in the active environment. Every process started here is
-# stopped on exit (trap), also when the run fails.
+# stopped on exit (trap), also when the run fails. Logs, FLWR_HOME and the hospital CSVs go to
+# $WORK (default: a new temporary folder; nothing is written to the current folder), the
+# result to OUT (default: $WORK/fit).
 set -euo pipefail
 
 ROUNDS=${1:-10}
-OUT=$(realpath -m "${2:-flower-local/fit}")
+WORK=$(realpath -m "${WORK:-$(mktemp -d "${TMPDIR:-/tmp}/bayes-pfl-flower-XXXXXX")}")
+OUT=$(realpath -m "${2:-$WORK/fit}")
 APP=$(cd "$(dirname "$0")" && pwd)
-WORK=$(realpath -m flower-local)
+echo "logs in $WORK"
 PORT=${PORT:-9191}
 
 export FLWR_HOME="$WORK/flwr-home" FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1
