@@ -57,6 +57,7 @@ __all__ = [
     "FormulaError",
     "FormulaModel",
     "Schema",
+    "formula_model",
     "from_formula",
     "parse_formula",
 ]
@@ -490,8 +491,6 @@ def from_formula(
     FormulaModel
         ``(model, data, schema)``.
     """
-    from bayes_pfl.models import Terms, hierarchical_glm
-
     if family not in FAMILY_ALIASES:
         raise FormulaError(f"unknown family {family!r}; choose one of {', '.join(FAMILY_ALIASES)}")
     if missing not in ("error", "drop"):
@@ -533,6 +532,33 @@ def from_formula(
         standardize=standardize,
         missing=missing,
     )
+    model = formula_model(
+        schema,
+        family,
+        centered=centered,
+        coef_scale=coef_scale,
+        tau_scale=tau_scale,
+        sigma_scale=sigma_scale,
+        name=name,
+    )
+    return FormulaModel(model, data, schema)
+
+
+def formula_model(
+    schema: Schema,
+    family: str,
+    *,
+    centered: bool = False,
+    coef_scale: float = 2.5,
+    tau_scale: float = 1.0,
+    sigma_scale: float = 1.0,
+    name: str | None = None,
+) -> HierarchicalModel:
+    """The hierarchical GLM of a schema's terms (see :func:`from_formula` for the options)."""
+    from bayes_pfl.models import Terms, hierarchical_glm
+
+    if family not in FAMILY_ALIASES:
+        raise FormulaError(f"unknown family {family!r}; choose one of {', '.join(FAMILY_ALIASES)}")
     terms = Terms(schema.features, varying=schema.varying, common=schema.common)
     model = hierarchical_glm(
         FAMILY_ALIASES[family],
@@ -543,5 +569,5 @@ def from_formula(
         sigma_scale=sigma_scale,
         name=name or family,
     )
-    model.description = f"{model.description} Formula: {formula}"
-    return FormulaModel(model, data, schema)
+    model.description = f"{model.description} Formula: {schema.formula}"
+    return model

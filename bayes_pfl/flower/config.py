@@ -77,6 +77,13 @@ class FlowerSettings:
         dataset's defaults).
     model, varying, centered
         Zoo model (empty: the dataset's default), see :func:`bayes_pfl.models.get_model`.
+    formula, schema
+        A model as a formula (:mod:`bayes_pfl.formula`; ``model`` then names the family:
+        ``logistic``, ``linear``, ``poisson``, ...); it names the client column, target
+        and terms. ``schema``: the JSON of :meth:`bayes_pfl.formula.Schema.to_dict`, the
+        design every node evaluates its own rows against. Nodes reading their own file
+        (``data-path``) need it (``deploy_local.py --formula`` writes it from the files'
+        level sets); otherwise it is made from ``data``'s clients.
     missing : {"error", "drop", "keep"}
         Rows with missing values, as in :meth:`~bayes_pfl.data.FederatedData.from_pandas`.
     standardize : bool
@@ -118,6 +125,8 @@ class FlowerSettings:
     target: str = ""
     features: str = ""
     model: str = ""
+    formula: str = ""
+    schema: str = ""
     varying: str = "intercept"
     centered: bool = False
     missing: str = "drop"
@@ -190,9 +199,46 @@ class FlowerSettings:
     # ------------------------------------------------------------ data and model
 
     @functools.cached_property
+    def formula_schema(self):
+        """The :class:`bayes_pfl.formula.Schema` of ``formula`` (``None`` without one): the
+        run config's ``schema``, else made from ``data``'s clients' level sets."""
+        if not self.formula:
+            if self.schema:
+                raise ValueError("run-config schema needs formula")
+            return None
+        from bayes_pfl.formula import FormulaError, Schema, parse_formula
+
+        if self.schema:
+            try:
+                schema = Schema.from_dict(json.loads(self.schema))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"run-config schema is not JSON: {exc}") from None
+            if schema.formula != self.formula:
+                raise FormulaError(f"the schema is for {schema.formula!r}, not {self.formula!r}")
+            return schema
+        from bayes_pfl.datasets import source
+
+        parsed = parse_formula(self.formula)
+        src = source(
+            self.data,
+            client_col=parsed.group,
+            target=parsed.response,
+            features=list(parsed.variables) or [parsed.response],
+            flag="run-config data",
+        )
+        return Schema.from_clients(self.formula, src.frame)
+
+    @functools.cached_property
     def dataset(self) -> tuple[str, str, tuple[str, ...], str | None]:
         """``(client_col, target, features, default_model)`` after applying defaults."""
         from bayes_pfl.datasets import DATASETS
+
+        if self.formula:
+            if self.client_col or self.target or self.features:
+                raise ValueError("formula names the client column, target and terms: drop "
+                                 "client-col, target and features from the run config")  # fmt: skip
+            schema = self.formula_schema
+            return schema.group, schema.response, schema.features, None
 
         info = DATASETS.get(self.data)
         client_col = self.client_col or (info.client_col if info else "")
@@ -235,6 +281,11 @@ class FlowerSettings:
     @functools.cached_property
     def hierarchical_model(self):
         from bayes_pfl.models import get_model
+
+        if self.formula:
+            from bayes_pfl.formula import formula_model
+
+            return formula_model(self.formula_schema, self.model, centered=self.centered)
 
         name = self.model or self.dataset[3]
         if not name:
@@ -446,7 +497,8 @@ def _local_csv(settings: FlowerSettings, position: int, node_config) -> ClientDa
     path = Path(str(node_config["data-path"])).expanduser()
     df = pd.read_csv(path)
     client_col, target, features, _ = settings.dataset
-    missing_cols = [c for c in (*features, target) if c not in df.columns]
+    needed = settings.formula_schema.parsed.variables if settings.formula else features
+    missing_cols = [c for c in (*needed, target) if c not in df.columns]
     if missing_cols:
         raise DataError(f"{path}: missing column(s) {missing_cols}")
     label = str(node_config.get("client-label", ""))
@@ -461,6 +513,16 @@ def _local_csv(settings: FlowerSettings, position: int, node_config) -> ClientDa
             )
         label = str(held[0]) if len(held) else ""
     label = label or path.stem
+    if settings.formula:
+        if not settings.schema:
+            raise DataError(
+                f"{path}: a node reading its own file needs the federation's schema (run-config "
+                "schema: the JSON of bayes_pfl.formula.Schema.to_dict(); deploy_local.py "
+                "--formula writes it from the files' level sets)"
+            )
+        design = settings.formula_schema.design(df, client=label)
+        df = design.assign(**{target: df[target]})
+        features = tuple(design.columns)
     x = df[list(features)].apply(pd.to_numeric, errors="raise").to_numpy(np.float64)
     y = pd.to_numeric(df[target]).to_numpy(np.float64)
     if np.isinf(x).any() or np.isinf(y).any():
@@ -484,16 +546,29 @@ def _federated_data(settings: FlowerSettings):
     from bayes_pfl.datasets import source
 
     client_col, target, features, _ = settings.dataset
+    schema = settings.formula_schema
     src = source(
         settings.data,
         client_col=client_col,
         target=target,
-        features=list(features),
+        features=list(schema.parsed.variables) or [target] if schema else list(features),
         flag="run-config data",
         column_flags=("client-col", "target", "features"),
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # missing="drop" counts, reported in-process
+        if schema is not None:
+            from bayes_pfl.formula import from_formula
+
+            return from_formula(
+                settings.formula,
+                src.frame,
+                family=settings.model,
+                schema=schema,
+                seed=settings.seed,
+                standardize=settings.standardize_features,
+                missing=settings.missing,
+            ).data
         return src.federated(
             seed=settings.seed,
             standardize=settings.standardize_features,
