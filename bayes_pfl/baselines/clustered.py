@@ -39,19 +39,17 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 from jax.flatten_util import ravel_pytree
 
 from bayes_pfl.algorithms import Algorithm
-from bayes_pfl.baselines.networks import Family, Network, Params
+from bayes_pfl.baselines.networks import Params
 from bayes_pfl.baselines.training import (
     Baseline,
     ClientInfo,
+    LocalTraining,
     Metrics,
     accepted_weight,
-    client_loss_fn,
     client_metrics,
-    local_steps_fn,
     n_rows,
     sample_active,
     server_info,
@@ -223,26 +221,22 @@ def choose_clusters(
 
 
 def build_clustered(
-    network: Network,
-    family: Family,
+    training: LocalTraining,
     init: tuple[Params, Params],
     *,
-    tx: optax.GradientTransformation,
-    local_steps: int = 5,
     n_clusters: int | None = None,
     max_clusters: int = 4,
     min_silhouette: float = 0.25,
     max_similarity: float = 0.5,
     cluster_round: int = 1,
-    fraction: float = 1.0,
-    weight_decay: float = 0.0,
 ) -> Baseline:
     """Gradient-similarity clustering followed by per-cluster FedAvg (see the module docstring)."""
     params0, stats0 = init
     c_max = n_clusters if n_clusters is not None else max_clusters
-    loss_fn = client_loss_fn(network, family, weight_decay)
+    loss_fn = training.loss_fn()
     grad_fn = jax.grad(lambda p, s, d: loss_fn(p, s, d)[0])
-    run = local_steps_fn(loss_fn, tx, family, local_steps)
+    run = training.run_fn(loss_fn)
+    fraction = training.fraction
 
     def active_for(rng_key, n_clients, next_round):
         # every client answers in the clustering round
@@ -307,21 +301,13 @@ class IFCAClientState(NamedTuple):
     n: Array
 
 
-def build_ifca(
-    network: Network,
-    family: Family,
-    inits: tuple[Params, Params],
-    *,
-    tx: optax.GradientTransformation,
-    local_steps: int = 5,
-    fraction: float = 1.0,
-    weight_decay: float = 0.0,
-) -> Baseline:
+def build_ifca(training: LocalTraining, inits: tuple[Params, Params]) -> Baseline:
     """IFCA (see the module docstring); ``inits`` holds one starting model per cluster ``[C, ...]``."""
     params0, stats0 = inits
     c = jax.tree.leaves(params0)[0].shape[0]
-    loss_fn = client_loss_fn(network, family, weight_decay)
-    run = local_steps_fn(loss_fn, tx, family, local_steps)
+    loss_fn = training.loss_fn()
+    run = training.run_fn(loss_fn)
+    fraction = training.fraction
 
     def server_init(rng_key: Array, n_clients: int) -> ClusterServerState:
         return ClusterServerState(

@@ -21,7 +21,13 @@ from bayes_pfl.baselines.networks import (
     build_network,
     get_family,
 )
-from bayes_pfl.baselines.training import OPTIMIZERS, Baseline, make_optimizer, stack_copies
+from bayes_pfl.baselines.training import (
+    OPTIMIZERS,
+    Baseline,
+    LocalTraining,
+    make_optimizer,
+    stack_copies,
+)
 from bayes_pfl.data import ClientArrays, DataError, FederatedData
 
 __all__ = ["BASELINE_NAMES", "HPARAM_DEFAULTS", "BaselineFit", "fit_baseline"]
@@ -492,14 +498,10 @@ def fit_baseline(
     if method == "pooled":
         t0 = time.perf_counter()
         params, stats, losses, accs = local.fit_pooled(
-            net,
-            fam,
+            _training(net, fam, hp, local_steps, lr),
             init,
             tuple(jnp.asarray(a) for a in train),
-            tx=make_optimizer(hp["optimizer"], lr),
-            steps=rounds * local_steps,
-            record_every=local_steps,
-            weight_decay=float(hp["weight_decay"]),
+            rounds=rounds,
         )
         losses = np.asarray(losses)
         per_round = (time.perf_counter() - t0) / rounds
@@ -613,12 +615,22 @@ def _noise_sd(fit: BaselineFit, train: ClientArrays) -> np.ndarray:
     return np.where(n > 0, sd, pooled)
 
 
+def _training(net, fam, hp, local_steps, lr) -> LocalTraining:
+    return LocalTraining(
+        net,
+        fam,
+        make_optimizer(hp["optimizer"], lr),
+        local_steps=local_steps,
+        learning_rate=lr,
+        weight_decay=float(hp["weight_decay"]),
+        fraction=float(hp.get("fraction", 1.0)),
+    )
+
+
 def _build(method, net, fam, init, hp, local_steps, lr, seed, meta_std) -> Baseline:
-    tx = make_optimizer(hp["optimizer"], lr)
-    common = {"tx": tx, "local_steps": local_steps, "weight_decay": float(hp["weight_decay"])}
-    fed = {**common, "fraction": float(hp.get("fraction", 1.0))}
+    training = _training(net, fam, hp, local_steps, lr)
     if method == "local":
-        return local.build(net, fam, init, **common)
+        return local.build(training, init)
     if method in ("fedavg", "fedprox", "fedbn", "fedper"):
         if method == "fedbn" and not any(r == "norm" for r in net.roles.values()):
             warnings.warn(
@@ -627,75 +639,56 @@ def _build(method, net, fam, init, hp, local_steps, lr, seed, meta_std) -> Basel
                 UserWarning,
                 stacklevel=3,
             )
-        return fedavg.build(
-            net,
-            fam,
-            init,
-            shared_roles=fedavg.SHARED_ROLES[method],
-            mu=float(hp.get("mu", 0.0)),
-            learning_rate=lr,
-            name=method,
-            **fed,
-        )
+        roles = fedavg.SHARED_ROLES[method]
+        mu = float(hp.get("mu", 0.0))
+        return fedavg.build(training, init, shared_roles=roles, mu=mu, name=method)
     if method == "ditto":
-        return ditto.build(net, fam, init, lam=float(hp["lam"]), learning_rate=lr, **fed)
+        return ditto.build(training, init, lam=float(hp["lam"]))
     if method == "pfedme":
         personal_lr = lr if hp["personal_lr"] is None else float(hp["personal_lr"])
-        fed = {**fed, "tx": make_optimizer(hp["optimizer"], personal_lr)}
         return pfedme.build(
-            net,
-            fam,
+            training._replace(tx=make_optimizer(hp["optimizer"], personal_lr)),
             init,
             lam=float(hp["lam"]),
             inner_steps=_positive_int("inner_steps", hp["inner_steps"]),
             beta=float(hp["beta"]),
-            learning_rate=lr,
             personal_lr=personal_lr,
-            **fed,
         )
     if method == "adapters":
         return adapters.build(
-            net,
-            fam,
+            training,
             init,
             rank=_positive_int("rank", hp["rank"]),
             adapter_strength=float(hp["adapter_strength"]),
-            learning_rate=lr,
-            **fed,
         )
     if method == "clustered":
         n_clusters = hp["n_clusters"]
         if n_clusters is not None:
             n_clusters = _positive_int("n_clusters", n_clusters)
         return clustered.build_clustered(
-            net,
-            fam,
+            training,
             init,
             n_clusters=n_clusters,
             max_clusters=max(2, _positive_int("max_clusters", hp["max_clusters"])),
             min_silhouette=float(hp["min_silhouette"]),
             max_similarity=float(hp["max_similarity"]),
             cluster_round=_positive_int("cluster_round", hp["cluster_round"]),
-            **fed,
         )
     if method == "ifca":
         c = _positive_int("n_clusters", hp["n_clusters"])
         inits = [
             _perturbed(net.init(seed + i), seed + i, float(hp["init_scale"])) for i in range(c)
         ]
-        stacked = jax.tree.map(lambda *a: jnp.stack(a), *inits)
-        return clustered.build_ifca(net, fam, stacked, **fed)
+        return clustered.build_ifca(training, jax.tree.map(lambda *a: jnp.stack(a), *inits))
     if method == "hypernet":
         return hypernet.build(
-            net,
-            fam,
+            training,
             init,
             metadata=meta_std,
             embedding_dim=hp["embedding_dim"],
             hn_hidden=hp["hn_hidden"],
             hn_lr=float(hp["hn_lr"]),
             seed=seed,
-            **fed,
         )
     raise AssertionError(method)  # pragma: no cover
 
