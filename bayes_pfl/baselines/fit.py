@@ -30,7 +30,14 @@ from bayes_pfl.baselines.training import (
 )
 from bayes_pfl.data import ClientArrays, DataError, FederatedData
 
-__all__ = ["BASELINE_NAMES", "HPARAM_DEFAULTS", "BaselineFit", "fit_baseline"]
+__all__ = [
+    "BASELINE_NAMES",
+    "HPARAM_DEFAULTS",
+    "BaselineFit",
+    "checked_rows",
+    "class_count",
+    "fit_baseline",
+]
 
 BASELINE_NAMES = (
     "local",
@@ -91,6 +98,36 @@ def _defaults(method: str) -> dict[str, Any]:
         out.update(_FEDERATED)
     out.update(HPARAM_DEFAULTS[method])
     return out
+
+
+def checked_rows(x, mask, n_features: int, n_clients: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Rows to predict on, checked: ``x`` of shape ``(n_clients, n_rows, n_features)``
+    (``n_clients`` any when ``None``), ``mask`` of shape ``(n_clients, n_rows)``, no NaN
+    in real rows; padding rows set to zero. Raises :class:`~bayes_pfl.data.DataError`."""
+    x = np.asarray(x, dtype=float)
+    if x.ndim != 3 or x.shape[2] != n_features:
+        raise DataError(f"x must have shape (n_clients, n_rows, {n_features}), got {x.shape}")
+    if n_clients is not None and x.shape[0] != n_clients:
+        raise DataError(
+            f"x has {x.shape[0]} clients; this fit has {n_clients} (same clients, same order)"
+        )
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != x.shape[:2]:
+        raise DataError(f"mask must have shape {x.shape[:2]}, got {mask.shape}")
+    if np.isnan(x[mask]).any():
+        raise DataError("x has NaN values in real (unmasked) rows")
+    return np.where(mask[..., None], x, 0.0), mask
+
+
+def class_count(data: FederatedData) -> int:
+    """Classes of a categorical federation: the largest class code in any split plus one."""
+    return 1 + int(
+        max(
+            np.asarray(data.arrays(s).y)[np.asarray(data.arrays(s).mask)].max(initial=0)
+            for s in ("train", "val", "test")
+            if data.n_rows(s).sum() > 0
+        )
+    )
 
 
 class BaselineFit:
@@ -169,23 +206,6 @@ class BaselineFit:
             f"network={self.network!r}, n_clients={len(self.clients)}, rounds={len(self.history)})"
         )
 
-    def _check_x(self, x, mask, n_clients: int | None) -> tuple[np.ndarray, np.ndarray]:
-        x = np.asarray(x, dtype=float)
-        if x.ndim != 3 or x.shape[2] != self._n_features:
-            raise DataError(
-                f"x must have shape (n_clients, n_rows, {self._n_features}), got {x.shape}"
-            )
-        if n_clients is not None and x.shape[0] != n_clients:
-            raise DataError(
-                f"x has {x.shape[0]} clients; this fit has {n_clients} (same clients, same order)"
-            )
-        mask = np.asarray(mask, dtype=bool)
-        if mask.shape != x.shape[:2]:
-            raise DataError(f"mask must have shape {x.shape[:2]}, got {mask.shape}")
-        if np.isnan(x[mask]).any():
-            raise DataError("x has NaN values in real (unmasked) rows")
-        return np.where(mask[..., None], x, 0.0), mask
-
     def predict(self, x, mask) -> np.ndarray:
         """Predictive mean of each client's personal model on its rows.
 
@@ -204,7 +224,7 @@ class BaselineFit:
             ``"categorical"``: class probabilities ``(n_clients, n_rows, C)``;
             ``"normal"``: mean; ``"poisson"``: rate.
         """
-        x, mask = self._check_x(x, mask, len(self.clients))
+        x, mask = checked_rows(x, mask, self._n_features, len(self.clients))
         out = self._predict(self.personal_params, self.personal_stats, x, mask)
         return np.asarray(out)
 
@@ -223,7 +243,7 @@ class BaselineFit:
             the local models; for FedBN/FedPer the global body with the mean
             personal layers; for clustering the largest cluster's model).
         """
-        x, mask = self._check_x(x, mask, None)
+        x, mask = checked_rows(x, mask, self._n_features, None)
         if self._cold_start is not None and self._metadata_scaling is not None:
             if metadata is not None:
                 meta = np.asarray(metadata, dtype=float)
@@ -452,13 +472,7 @@ def fit_baseline(
             _check_arrays(data.arrays(split), family, split)
     if family == "categorical":
         if n_classes is None:
-            n_classes = 1 + int(
-                max(
-                    np.asarray(data.arrays(s).y)[np.asarray(data.arrays(s).mask)].max(initial=0)
-                    for s in ("train", "val", "test")
-                    if data.n_rows(s).sum() > 0
-                )
-            )
+            n_classes = class_count(data)
         n_classes = max(int(n_classes), 2)
         if np.asarray(train.y)[np.asarray(train.mask)].max(initial=0) >= n_classes:
             raise DataError(f"class codes must be below n_classes={n_classes}")
