@@ -57,6 +57,7 @@ import pandas as pd
 from _common import RESULTS, machine, write_results
 
 from bayes_pfl import metrics as M
+from bayes_pfl.baselines import BASELINE_NAMES
 from bayes_pfl.compare import (
     ComparisonResult,
     Method,
@@ -79,20 +80,7 @@ FEATURES = [f for f in HEART_DISEASE_FLAMBY_FEATURES if f != "cp"] + [f"cp_{v}" 
 HOSPITALS = list(HEART_DISEASE_HOSPITALS)
 TEST_SIZE, VAL_SIZE = 0.34, 0.15
 FLAMBY = {"best federated strategy": 0.780, "pooled": 0.774, "fedavg": 0.748}
-BASELINES = (
-    "local",
-    "pooled",
-    "fedavg",
-    "fedprox",
-    "ditto",
-    "pfedme",
-    "fedbn",
-    "fedper",
-    "adapters",
-    "clustered",
-    "ifca",
-    "hypernet",
-)
+BASELINES = BASELINE_NAMES
 # every baseline: L2 weight decay (SGD, learning rate 0.5: it beat 0.1 on validation rows in a
 # first run), chosen on validation log-loss
 BASE_GRID = [{"lr": 0.5, "weight_decay": wd} for wd in (0.0, 0.01)]

@@ -42,6 +42,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from bayes_pfl.algorithms import Algorithm
+from bayes_pfl.baselines import fedavg
 from bayes_pfl.baselines.networks import Params
 from bayes_pfl.baselines.training import (
     Baseline,
@@ -77,12 +78,6 @@ class ClusterServerState(NamedTuple):
     sizes: Array  # [C] rows per cluster in the last round
     round: Array
     active: Array  # [K] clients sampled for the next round
-
-
-class ClusterBroadcast(NamedTuple):
-    params: Params  # clustered: the client's cluster model; IFCA: all models [C, ...]
-    stats: Params
-    active: Array
 
 
 class ClusterMessage(NamedTuple):
@@ -254,14 +249,18 @@ def build_clustered(
             active_for(rng_key, n_clients, 1),
         )
 
-    def broadcast(state: ClusterServerState) -> ClusterBroadcast:
-        return ClusterBroadcast(*take((state.params, state.stats), state.assignment), state.active)
+    def broadcast(state: ClusterServerState) -> fedavg.FedAvgBroadcast:
+        return fedavg.FedAvgBroadcast(
+            *take((state.params, state.stats), state.assignment), state.active
+        )
 
     def client_init(rng_key: Array, data) -> ClusterClientState:
         del rng_key
         return ClusterClientState(n_rows(data))
 
-    def client_update(rng_key: Array, bcast: ClusterBroadcast, state: ClusterClientState, data):
+    def client_update(
+        rng_key: Array, bcast: fedavg.FedAvgBroadcast, state: ClusterClientState, data
+    ):
         del rng_key
         direction, _ = ravel_pytree(grad_fn(bcast.params, bcast.stats, data))
         params, stats, (loss, acc) = run(bcast.params, bcast.stats, data)
@@ -319,15 +318,11 @@ def build_ifca(training: LocalTraining, inits: tuple[Params, Params]) -> Baselin
             sample_active(rng_key, n_clients, fraction),
         )
 
-    def broadcast(state: ClusterServerState) -> ClusterBroadcast:
-        k = state.active.shape[0]
-        return ClusterBroadcast(*stack_copies((state.params, state.stats), k), state.active)
-
     def client_init(rng_key: Array, data) -> IFCAClientState:
         del rng_key
         return IFCAClientState(jnp.asarray(0, jnp.int32), n_rows(data))
 
-    def client_update(rng_key: Array, bcast: ClusterBroadcast, state: IFCAClientState, data):
+    def client_update(rng_key: Array, bcast: fedavg.FedAvgBroadcast, state: IFCAClientState, data):
         del rng_key
         losses = jax.vmap(lambda p, s: loss_fn(p, s, data)[0])(bcast.params, bcast.stats)
         choice = jnp.argmin(losses).astype(jnp.int32)
@@ -351,5 +346,7 @@ def build_ifca(training: LocalTraining, inits: tuple[Params, Params]) -> Baselin
         # the model each client would pick now, by its last choice
         return take((state.params, state.stats), clients.choice)
 
-    algorithm = Algorithm(server_init, client_init, client_update, server_update, broadcast, "ifca")
+    algorithm = Algorithm(
+        server_init, client_init, client_update, server_update, fedavg.broadcast_copies, "ifca"
+    )
     return Baseline(algorithm, personal_fn, _largest_cluster)

@@ -63,6 +63,7 @@ __all__ = [
     "FedAvgClientState",
     "FedAvgMessage",
     "FedAvgServerState",
+    "broadcast_copies",
     "build",
     "server_update_fn",
 ]
@@ -91,7 +92,7 @@ class FedAvgClientState(NamedTuple):
 
 
 class FedAvgBroadcast(NamedTuple):
-    params: Params
+    params: Params  # one client's model (clustered: its cluster's; IFCA: all models [C, ...])
     stats: Params
     active: Array
 
@@ -104,6 +105,13 @@ class FedAvgMessage(NamedTuple):
 
 def _split(tree: Params, keys) -> Params:
     return {k: v for k, v in tree.items() if k in keys}
+
+
+def broadcast_copies(state: FedAvgServerState) -> FedAvgBroadcast:
+    """FedAvg's ``broadcast``: every client gets copies of the server's ``params`` and
+    ``stats`` and the sampled set ``active`` (IFCA's too: all cluster models)."""
+    k = state.active.shape[0]
+    return FedAvgBroadcast(*stack_copies((state.params, state.stats), k), state.active)
 
 
 def server_update_fn(fraction: float, combine: Callable[[Params, Params], Params] | None = None):
@@ -166,10 +174,6 @@ def build(
             sample_active(rng_key, n_clients, fraction),
         )
 
-    def broadcast(state: FedAvgServerState) -> FedAvgBroadcast:
-        k = state.active.shape[0]
-        return FedAvgBroadcast(*stack_copies((state.params, state.stats), k), state.active)
-
     def client_init(rng_key: Array, data) -> FedAvgClientState:
         del rng_key
         return FedAvgClientState(dict(params0), dict(stats0), n_rows(data))
@@ -204,5 +208,7 @@ def build(
         )
 
     server_update = server_update_fn(fraction)
-    algorithm = Algorithm(server_init, client_init, client_update, server_update, broadcast, name)
+    algorithm = Algorithm(
+        server_init, client_init, client_update, server_update, broadcast_copies, name
+    )
     return Baseline(algorithm, personal_fn, global_fn)
