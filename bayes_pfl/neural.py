@@ -711,25 +711,6 @@ def fit_neural(
     fam = get_family("categorical", max(int(n_classes), 2))
     hidden = (hidden,) if isinstance(hidden, int) else tuple(hidden)
     net = build_network(spec["network"], data.n_features, fam.out_dim, hidden=hidden)
-    hn = build(
-        net,
-        fam,
-        net.init(seed),
-        local_roles=spec["local_roles"],
-        adapter_rank=spec.get("adapter_rank", 0),
-        tau=tau,
-        learn_tau=learn_tau,
-        prior_sd=prior_sd,
-        kl_weight=kl_weight,
-        local_steps=local_steps,
-        learning_rate=lr,
-        optimizer=optimizer,
-        head_learning_rate=head_lr,
-        mc_samples=mc_samples,
-        damping=damping,
-        init_sd=init_sd,
-        name=variant,
-    )
     hparams = dict(
         variant=variant,
         n_classes=int(n_classes),
@@ -747,6 +728,21 @@ def fit_neural(
         damping=damping,
         init_sd=init_sd,
         seed=seed,
+    )
+    # every other hyper-parameter is an option of build, two under build's longer names
+    options = {
+        {"lr": "learning_rate", "head_lr": "head_learning_rate"}.get(k, k): v
+        for k, v in hparams.items()
+        if k not in ("variant", "n_classes", "hidden", "rounds", "seed")
+    }
+    hn = build(
+        net,
+        fam,
+        net.init(seed),
+        local_roles=spec["local_roles"],
+        adapter_rank=spec.get("adapter_rank", 0),
+        name=variant,
+        **options,
     )
     result = run_rounds(
         hn.algorithm,
