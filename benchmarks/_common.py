@@ -189,6 +189,32 @@ def compare(
     }
 
 
+def global_figures(fit) -> dict[str, Any]:
+    """A fit's seconds for the global and the personalized draws, its lowest personalization
+    acceptance and its global divergences (``None`` where the fit does not report them)."""
+    import numpy as np
+
+    stats = fit.sample_stats
+    return {
+        "global_time_s": fit.info.get("global_time_s"),
+        "personalize_time_s": fit.info.get("personalize_time_s"),
+        "min_personalize_acceptance": fit.info.get("min_personalize_acceptance"),
+        "global_divergences": int(np.sum(stats["diverging"]))
+        if stats and "diverging" in stats
+        else None,
+    }
+
+
+def last_round_figures(fit) -> dict[str, Any]:
+    """The changes of the last round's global moments and the messages the server rejected."""
+    hist = fit.history
+    return {
+        "last_mean_change": hist[-1].get("mean_change") if hist else None,
+        "last_sd_change": hist[-1].get("sd_change") if hist else None,
+        "rejected_messages": int(sum(h.get("n_rejected", 0) for h in hist)),
+    }
+
+
 def save_stats(path, stats: dict[str, dict[str, Any]]) -> None:
     """Write :func:`reference_stats` to an ``.npz`` file (``var/field`` keys)."""
     import numpy as np

@@ -39,6 +39,8 @@ import numpy as np
 from _common import (
     RESULTS,
     compare,
+    global_figures,
+    last_round_figures,
     machine,
     md_table,
     reference_stats,
@@ -220,6 +222,23 @@ def _methods(case: Case) -> dict[str, tuple[Callable, dict]]:
     return methods
 
 
+def reference_settings(case: Case, quick: bool) -> dict:
+    """The case's reference NUTS settings (300 + 300 draws a chain when ``quick``)."""
+    settings = dict(case.reference)
+    if quick:
+        settings.update(num_warmup=300, num_samples=300)
+    return settings
+
+
+def run_reference(model, data, settings: dict) -> tuple[dict, dict]:
+    """Centralized NUTS with ``settings``: the per-variable statistics and a summary of the run."""
+    t0 = time.perf_counter()
+    ref_fit = fit_nuts(model, data, seed=SEED, progress_bar=False, **settings)
+    seconds = time.perf_counter() - t0
+    stats = reference_stats(ref_fit)
+    return stats, _reference_summary(ref_fit, stats, seconds)
+
+
 def _reference_summary(ref_fit, stats, seconds: float) -> dict:
     rel_mcse = np.concatenate([s["mcse_mean"] / s["sd"] for s in stats.values()])
     return {
@@ -246,16 +265,10 @@ def _reference_summary(ref_fit, stats, seconds: float) -> dict:
 def run_case(name: str, case: Case, quick: bool, only: list[str] | None = None) -> dict:
     model, data, desc = case.build()
     print(f"\n=== {name}: {desc['clients']} clients, {desc['rows']} rows", flush=True)
-    settings = dict(case.reference)
-    if quick:
-        settings.update(num_warmup=300, num_samples=300)
-    t0 = time.perf_counter()
-    ref_fit = fit_nuts(model, data, seed=SEED, progress_bar=False, **settings)
-    ref_seconds = time.perf_counter() - t0
-    stats = reference_stats(ref_fit)
-    reference = _reference_summary(ref_fit, stats, ref_seconds)
+    settings = reference_settings(case, quick)
+    stats, reference = run_reference(model, data, settings)
     print(
-        f"reference NUTS {settings}: {ref_seconds:.1f} s, "
+        f"reference NUTS {settings}: {reference['wall_time_s']:.1f} s, "
         f"{reference['divergences']} divergences, max R-hat {reference['max_r_hat']:.3f}, "
         f"min ESS {reference['min_ess_bulk']:.0f}",
         flush=True,
@@ -277,21 +290,13 @@ def run_case(name: str, case: Case, quick: bool, only: list[str] | None = None) 
         seconds = time.perf_counter() - t0
         fits[label] = fit
         cmp = compare(fit, stats, case.bounds, case.default_bound, SD_RANGE)
-        hist = fit.history
         methods[label] = {
             "call": f"{fit_fn.__name__}(model, data, {_kwargs_repr(kwargs)})",
             "rounds": fit.info["rounds"],
             "converged": fit.info["converged"],
             "wall_time_s": seconds,
-            "global_time_s": fit.info.get("global_time_s"),
-            "personalize_time_s": fit.info.get("personalize_time_s"),
-            "min_personalize_acceptance": fit.info.get("min_personalize_acceptance"),
-            "global_divergences": int(np.sum(fit.sample_stats["diverging"]))
-            if fit.sample_stats and "diverging" in fit.sample_stats
-            else None,
-            "last_mean_change": hist[-1].get("mean_change") if hist else None,
-            "last_sd_change": hist[-1].get("sd_change") if hist else None,
-            "rejected_messages": int(sum(h.get("n_rejected", 0) for h in hist)),
+            **global_figures(fit),
+            **last_round_figures(fit),
             **cmp,
         }
         w, lo, hi = cmp["worst_z"], cmp["sd_ratio_min"], cmp["sd_ratio_max"]

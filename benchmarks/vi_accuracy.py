@@ -31,19 +31,27 @@ import time
 import traceback
 from pathlib import Path
 
-import numpy as np
 from _common import (
     RESULTS,
     compare,
+    global_figures,
+    last_round_figures,
     load_stats,
     machine,
-    reference_stats,
     save_stats,
     write_results,
 )
-from federated_accuracy import CASES, SD_RANGE, SEED, Case, _kwargs_repr, markdown
+from federated_accuracy import (
+    CASES,
+    SD_RANGE,
+    SEED,
+    Case,
+    _kwargs_repr,
+    markdown,
+    reference_settings,
+    run_reference,
+)
 
-from bayes_pfl import fit_nuts
 from bayes_pfl.federated_vi import fit_vi
 
 METHODS = {
@@ -57,37 +65,11 @@ METHODS = {
 
 def _reference(name: str, case: Case, quick: bool, cache: Path | None):
     model, data, desc = case.build()
-    settings = dict(case.reference)
-    if quick:
-        settings.update(num_warmup=300, num_samples=300)
     path = cache / f"{name}{'_quick' if quick else ''}.npz" if cache else None
     meta_path = path.with_suffix(".json") if path else None
     if path is not None and path.exists():
         return model, data, desc, load_stats(path), json.loads(meta_path.read_text())
-    t0 = time.perf_counter()
-    ref_fit = fit_nuts(model, data, seed=SEED, progress_bar=False, **settings)
-    seconds = time.perf_counter() - t0
-    stats = reference_stats(ref_fit)
-    rel = np.concatenate([s["mcse_mean"] / s["sd"] for s in stats.values()])
-    summary = {
-        "settings": ref_fit.info["settings"],
-        "seed": SEED,
-        "wall_time_s": seconds,
-        "divergences": int(np.sum(ref_fit.sample_stats["diverging"])),
-        "max_r_hat": float(max(np.nanmax(s["r_hat"]) for s in stats.values())),
-        "min_ess_bulk": float(min(np.nanmin(s["ess_bulk"]) for s in stats.values())),
-        "max_mcse_over_sd": float(np.nanmax(rel)),
-        "median_mcse_over_sd": float(np.nanmedian(rel)),
-        "per_variable": {
-            v: {
-                "max_mcse_mean": float(np.max(s["mcse_mean"])),
-                "max_mcse_over_sd": float(np.max(s["mcse_mean"] / s["sd"])),
-                "min_ess_bulk": float(np.min(s["ess_bulk"])),
-                "max_r_hat": float(np.max(s["r_hat"])),
-            }
-            for v, s in stats.items()
-        },
-    }
+    stats, summary = run_reference(model, data, reference_settings(case, quick))
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         save_stats(path, stats)
@@ -126,13 +108,9 @@ def run_case(name: str, case: Case, quick: bool, cache: Path | None, methods: di
             "rounds_time_s": fit.info["rounds_time_s"],
             "global_time_s": fit.info["global_time_s"],
             "personalize_time_s": fit.info["personalize_time_s"],
-            "global_divergences": int(np.sum(fit.sample_stats["diverging"]))
-            if fit.sample_stats and "diverging" in fit.sample_stats
-            else None,
-            "last_mean_change": hist[-1].get("mean_change") if hist else None,
-            "last_sd_change": hist[-1].get("sd_change") if hist else None,
+            "global_divergences": global_figures(fit)["global_divergences"],
             "bytes_up_per_client": hist[-1].get("bytes_up_per_client") if hist else None,
-            "rejected_messages": int(sum(h.get("n_rejected", 0) for h in hist)),
+            **last_round_figures(fit),
             **cmp,
         }
         w, lo, hi = cmp["worst_z"], cmp["sd_ratio_min"], cmp["sd_ratio_max"]
