@@ -267,6 +267,38 @@ def write_results(stem: str, payload: dict[str, Any], markdown: str) -> tuple[Pa
     return js, md
 
 
+def saved_cases(stem: str) -> dict[str, Any]:
+    """The cases of the last run's ``results/{stem}.json`` (none without one): a run of some
+    cases keeps the others."""
+    previous = RESULTS / f"{stem}.json"
+    return json.loads(previous.read_text()).get("cases", {}) if previous.exists() else {}
+
+
+def rewrite_report(stem: str, markdown_fn) -> str:
+    """``results/{stem}.md`` written again from ``results/{stem}.json`` by
+    ``markdown_fn(cases, meta, quick)``; returns the text."""
+    saved = json.loads((RESULTS / f"{stem}.json").read_text())
+    md = markdown_fn(saved["cases"], saved, saved["quick"])
+    (RESULTS / f"{stem}.md").write_text(md)
+    return md
+
+
+def run_cases(stem: str, names, order, meta: dict, run_fn, markdown_fn) -> int:
+    """Run the cases ``names``: ``run_fn(name, previous)`` returns a case's results
+    (``previous``: its results of the last run, or ``None``). The cases not rerun are kept;
+    ``results/{stem}.json`` and ``.md`` (``markdown_fn(cases, meta, quick)``, the cases in
+    the order of ``order``) are written after every case."""
+    results = saved_cases(stem)
+    for name in names:
+        results[name] = {"run": machine(), **run_fn(name, results.get(name))}
+        ordered = {c: results[c] for c in order if c in results}
+        md = markdown_fn(ordered, meta, meta["quick"])
+        js, mdp = write_results(stem, {**meta, "cases": ordered}, md)
+    print("\n" + md)
+    print(f"wrote {js} and {mdp}")
+    return 0
+
+
 def md_table(header: list[str], rows: list[list[Any]]) -> str:
     """A GitHub markdown table."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]

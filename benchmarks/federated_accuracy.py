@@ -29,7 +29,6 @@ from _common import configure_jax
 configure_jax(host_devices=4)
 
 import argparse
-import json
 import time
 import traceback
 from collections.abc import Callable
@@ -37,16 +36,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from _common import (
-    RESULTS,
     compare,
     global_figures,
     last_round_figures,
     machine,
     md_table,
     reference_stats,
+    rewrite_report,
+    run_cases,
     sd_range_text,
     sd_verdict,
-    write_results,
 )
 
 from bayes_pfl import FederatedData, fit_nuts, load
@@ -504,34 +503,23 @@ def main(argv=None) -> int:
         "--report-only", action="store_true", help="rewrite the .md from the .json, run nothing"
     )
     args = parser.parse_args(argv)
+    stem = "federated_accuracy" + ("_quick" if args.quick else "")
     if args.report_only:
-        stem = "federated_accuracy" + ("_quick" if args.quick else "")
-        saved = json.loads((RESULTS / f"{stem}.json").read_text())
-        md = markdown(saved["cases"], saved, saved["quick"])
-        (RESULTS / f"{stem}.md").write_text(md)
-        print(md)
+        print(rewrite_report(stem, markdown))
         return 0
     names = list(CASES) if "all" in args.case else [c for c in CASES if c in args.case]
     meta = {"machine": machine(), "seed": SEED, "sd_range": SD_RANGE, "quick": args.quick}
-    stem = "federated_accuracy" + ("_quick" if args.quick else "")
-    results = {}
-    previous = RESULTS / f"{stem}.json"
-    if previous.exists():  # keep the cases not rerun now
-        results = json.loads(previous.read_text()).get("cases", {})
-    for name in names:
-        new = {"run": machine(), **run_case(name, CASES[name], args.quick, args.methods)}
-        if args.methods and name in results:  # keep the methods not rerun
-            new["methods"] = {**results[name].get("methods", {}), **new["methods"]}
-            old_q = results[name].get("quadrature")
+
+    def run(name: str, previous: dict | None) -> dict:
+        new = run_case(name, CASES[name], args.quick, args.methods)
+        if args.methods and previous:  # keep the methods not rerun
+            new["methods"] = {**previous.get("methods", {}), **new["methods"]}
+            old_q = previous.get("quadrature")
             if "quadrature" in new and old_q:
                 new["quadrature"]["methods"] = {**old_q["methods"], **new["quadrature"]["methods"]}
-        results[name] = new
-        ordered = {c: results[c] for c in CASES if c in results}
-        md = markdown(ordered, meta, args.quick)  # written after every case
-        js, mdp = write_results(stem, {**meta, "cases": ordered}, md)
-    print("\n" + md)
-    print(f"wrote {js} and {mdp}")
-    return 0
+        return new
+
+    return run_cases(stem, names, CASES, meta, run, markdown)
 
 
 if __name__ == "__main__":

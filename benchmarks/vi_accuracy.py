@@ -32,12 +32,13 @@ import traceback
 from pathlib import Path
 
 from _common import (
-    RESULTS,
     compare,
     global_figures,
     last_round_figures,
     load_stats,
     machine,
+    rewrite_report,
+    run_cases,
     save_stats,
     write_results,
 )
@@ -182,31 +183,21 @@ def main(argv=None) -> int:
         print(f"wrote {js} and {mdp}")
         return 0
     if args.report_only:
-        saved = json.loads((RESULTS / f"{stem}.json").read_text())
-        md = vi_markdown(saved["cases"], saved, saved["quick"])
-        (RESULTS / f"{stem}.md").write_text(md)
-        print(md)
+        print(rewrite_report(stem, vi_markdown))
         return 0
     names = list(CASES) if "all" in args.case else [c for c in CASES if c in args.case]
     methods = (
         METHODS if "all" in args.method else {m: METHODS[m] for m in METHODS if m in args.method}
     )
     meta = {"machine": machine(), "seed": SEED, "sd_range": SD_RANGE, "quick": args.quick}
-    results = {}
-    previous = RESULTS / f"{stem}.json"
-    if previous.exists():  # keep the cases (and methods) not rerun now
-        results = json.loads(previous.read_text()).get("cases", {})
-    for name in names:
-        new = {"run": machine(), **run_case(name, CASES[name], args.quick, args.cache, methods)}
-        if name in results and "all" not in args.method:
-            new["methods"] = {**results[name].get("methods", {}), **new["methods"]}
-        results[name] = new
-        ordered = {c: results[c] for c in CASES if c in results}
-        md = vi_markdown(ordered, meta, args.quick)
-        js, mdp = write_results(stem, {**meta, "cases": ordered}, md)
-    print("\n" + md)
-    print(f"wrote {js} and {mdp}")
-    return 0
+
+    def run(name: str, previous: dict | None) -> dict:
+        new = run_case(name, CASES[name], args.quick, args.cache, methods)
+        if previous and "all" not in args.method:  # keep the methods not rerun
+            new["methods"] = {**previous.get("methods", {}), **new["methods"]}
+        return new
+
+    return run_cases(stem, names, CASES, meta, run, vi_markdown)
 
 
 if __name__ == "__main__":
