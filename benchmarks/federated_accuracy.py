@@ -261,6 +261,17 @@ def _reference_summary(ref_fit, stats, seconds: float) -> dict:
     }
 
 
+def print_accuracy(label: str, width: int, fit, seconds: float, cmp: dict) -> None:
+    """A method's line: rounds, convergence, seconds, the worst z and the range of sd ratios."""
+    w, lo, hi = cmp["worst_z"], cmp["sd_ratio_min"], cmp["sd_ratio_max"]
+    print(
+        f"{label:{width}s} rounds {fit.info['rounds']:2d} conv {fit.info['converged']!s:5s} "
+        f"{seconds:6.1f} s  worst z {w['z']:.3f} ({w['at']}, bound {w['bound']}) "
+        f"sd ratio [{lo['r']:.3f} ({lo['at']}), {hi['r']:.3f} ({hi['at']})]",
+        flush=True,
+    )
+
+
 def run_case(name: str, case: Case, quick: bool, only: list[str] | None = None) -> dict:
     model, data, desc = case.build()
     print(f"\n=== {name}: {desc['clients']} clients, {desc['rows']} rows", flush=True)
@@ -298,13 +309,7 @@ def run_case(name: str, case: Case, quick: bool, only: list[str] | None = None) 
             **last_round_figures(fit),
             **cmp,
         }
-        w, lo, hi = cmp["worst_z"], cmp["sd_ratio_min"], cmp["sd_ratio_max"]
-        print(
-            f"{label:26s} rounds {fit.info['rounds']:2d} conv {fit.info['converged']!s:5s} "
-            f"{seconds:6.1f} s  worst z {w['z']:.3f} ({w['at']}, bound {w['bound']}) "
-            f"sd ratio [{lo['r']:.3f} ({lo['at']}), {hi['r']:.3f} ({hi['at']})]",
-            flush=True,
-        )
+        print_accuracy(label, 26, fit, seconds, cmp)
     out = {
         "data": desc,
         "model": model.name,

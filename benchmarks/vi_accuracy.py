@@ -49,6 +49,7 @@ from federated_accuracy import (
     Case,
     _kwargs_repr,
     markdown,
+    print_accuracy,
     reference_settings,
     run_reference,
 )
@@ -114,13 +115,7 @@ def run_case(name: str, case: Case, quick: bool, cache: Path | None, methods: di
             **last_round_figures(fit),
             **cmp,
         }
-        w, lo, hi = cmp["worst_z"], cmp["sd_ratio_min"], cmp["sd_ratio_max"]
-        print(
-            f"{label:34s} rounds {fit.info['rounds']:2d} conv {fit.info['converged']!s:5s} "
-            f"{seconds:6.1f} s  worst z {w['z']:.3f} ({w['at']}, bound {w['bound']}) "
-            f"sd ratio [{lo['r']:.3f} ({lo['at']}), {hi['r']:.3f} ({hi['at']})]",
-            flush=True,
-        )
+        print_accuracy(label, 34, fit, seconds, cmp)
     note = (
         "the reference is federated_accuracy.py's; the VI fits keep the default 4 x 1000 "
         "global draws (federated_accuracy.py uses 4 x 250 on this case to bound the cost of "
