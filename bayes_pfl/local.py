@@ -16,7 +16,8 @@ Every function here works on one client and one flat vector, and is meant to be
   conditional ``p(theta | u, D_k)``: a Laplace proposal refined by independence
   Metropolis-Hastings steps (exact when the conditional is Gaussian);
   :func:`sample_conditionals` draws one per global draw from linearly predicted modes.
-* :func:`nuts_draws`: numpyro's functional NUTS on a potential, vmappable.
+* :func:`nuts_run`: numpyro's functional NUTS on a potential, vmappable (the draws,
+  divergences and the adaptation it ended with).
 """
 
 from __future__ import annotations
@@ -44,7 +45,6 @@ __all__ = [
     "newton_maximize",
     "newton_steps",
     "independence_chain",
-    "nuts_draws",
     "nuts_run",
     "sample_conditional",
     "sample_conditionals",
@@ -452,34 +452,6 @@ def map_chains(fn: Callable, per_chain: tuple, shared: tuple = ()):
     return jax.shard_map(mapped, mesh=mesh, in_specs=specs, out_specs=P("chain"), check_vma=False)(
         *per_chain, *shared
     )
-
-
-def nuts_draws(
-    rng_key: Array,
-    logp_fn: LogDensityFn,
-    z0: Array,
-    *,
-    num_warmup: int = 500,
-    num_samples: int = 500,
-    target_accept_prob: float = 0.8,
-    max_tree_depth: int = 8,
-) -> tuple[Array, Array]:
-    """NUTS draws from ``exp(logp_fn(z))`` with numpyro's functional core (vmappable).
-
-    Returns ``(draws [num_samples, n], diverging [num_samples])``. One chain with
-    a dense mass matrix adapted during warm-up; no Python loop, so it can be
-    ``jax.vmap``-ed over clients (all clients then step in lockstep).
-    """
-    run = nuts_run(
-        rng_key,
-        logp_fn,
-        z0,
-        num_warmup=num_warmup,
-        num_samples=num_samples,
-        target_accept_prob=target_accept_prob,
-        max_tree_depth=max_tree_depth,
-    )
-    return run.draws, run.diverging
 
 
 def conditional_mode(

@@ -95,6 +95,7 @@ from jax.flatten_util import ravel_pytree
 
 from bayes_pfl import gaussian
 from bayes_pfl.algorithms import Algorithm
+from bayes_pfl.baselines.fit import checked_rows, class_count
 from bayes_pfl.baselines.networks import (
     Family,
     Network,
@@ -103,7 +104,13 @@ from bayes_pfl.baselines.networks import (
     get_family,
     masked_mean_loss,
 )
-from bayes_pfl.baselines.training import accuracy_of, make_optimizer, weighted_average
+from bayes_pfl.baselines.training import (
+    accuracy_of,
+    keep_where,
+    make_optimizer,
+    stack_copies,
+    weighted_average,
+)
 from bayes_pfl.data import DataError, FederatedData
 from bayes_pfl.gaussian import GaussianFactor
 from bayes_pfl.simulation import ClientError, run_rounds
@@ -211,14 +218,6 @@ class HierarchicalNetwork(NamedTuple):
     unravel_head: Any  # flat head vector -> {"head.bias": ..., "head.kernel": ...}
     personal_fn: Any  # (server_state, client_states) -> (params without head, stats, q mean, q sd)
     population_fn: Any  # (server_state, client_states) -> (params, stats, mean, var incl. tau^2)
-
-
-def _stack(tree, k: int):
-    return jax.tree.map(lambda a: jnp.broadcast_to(a, (k,) + a.shape), tree)
-
-
-def _where(cond, a, b):
-    return jax.tree.map(lambda u, v: jnp.where(cond, u, v), a, b)
 
 
 def _softplus_inv(y):
@@ -365,8 +364,8 @@ def build(
         mean, var = gaussian.to_moments(cavity)
         tau_now = jnp.exp(state.log_tau)
         return NeuralBroadcast(
-            _stack(state.body, k),
-            _stack(state.stats, k),
+            stack_copies(state.body, k),
+            stack_copies(state.stats, k),
             mean,
             var,
             jnp.broadcast_to(tau_now, (k,)),
@@ -442,7 +441,9 @@ def build(
         lam = jnp.maximum(lam_raw, 0.0)
         denom = 1.0 + tau2 * lam
         site = GaussianFactor(lam / denom, jnp.where(lam_raw > 0, eta_l / denom, 0.0))
-        site = _where(state.n > 0, site, GaussianFactor(jnp.zeros_like(lam), jnp.zeros_like(lam)))
+        site = keep_where(
+            state.n > 0, site, GaussianFactor(jnp.zeros_like(lam), jnp.zeros_like(lam))
+        )
         bound = jnp.maximum(jnp.max(jnp.abs(site.precision)), jnp.max(jnp.abs(site.shift)))
         exploding = (jnp.max(site.precision) > max_precision) | (
             jnp.max(jnp.abs(site.shift)) > max_abs_shift
@@ -509,9 +510,9 @@ def build(
     def personal_fn(state: NeuralServerState, clients: NeuralClientState):
         k = clients.n.shape[0]
         params = jax.vmap(with_adapters)(
-            {**clients.params, **_stack(state.body, k)}, clients.adapters
+            {**clients.params, **stack_copies(state.body, k)}, clients.adapters
         )
-        stats = {**clients.stats, **_stack(state.stats, k)}
+        stats = {**clients.stats, **stack_copies(state.stats, k)}
         return params, stats, clients.head_mean, jax.nn.softplus(clients.head_raw_sd)
 
     def population_fn(state: NeuralServerState, clients: NeuralClientState):
@@ -597,17 +598,8 @@ class NeuralFit:
         )
 
     def _check_x(self, x, mask, n_clients):
-        x = np.asarray(x, dtype=float)
-        if x.ndim != 3 or x.shape[2] != self._n_features:
-            raise DataError(
-                f"x must have shape (n_clients, n_rows, {self._n_features}), got {x.shape}"
-            )
-        if n_clients is not None and x.shape[0] != n_clients:
-            raise DataError(f"x has {x.shape[0]} clients; this fit has {n_clients}")
-        mask = np.asarray(mask, dtype=bool)
-        if mask.shape != x.shape[:2]:
-            raise DataError(f"mask must have shape {x.shape[:2]}, got {mask.shape}")
-        return jnp.asarray(np.where(mask[..., None], x, 0.0)), jnp.asarray(mask)
+        x, mask = checked_rows(x, mask, self._n_features, n_clients)
+        return jnp.asarray(x), jnp.asarray(mask)
 
     def predict(self, x, mask, *, n_draws: int = 32, seed: int = 0) -> np.ndarray:
         """Posterior predictive class probabilities of each training client, ``(K, n, C)``.
@@ -715,35 +707,10 @@ def fit_neural(
     spec = VARIANTS[variant]
     train = data.arrays(split)
     if n_classes is None:
-        n_classes = 1 + int(
-            max(
-                np.asarray(data.arrays(s).y)[np.asarray(data.arrays(s).mask)].max(initial=0)
-                for s in ("train", "val", "test")
-                if data.n_rows(s).sum() > 0
-            )
-        )
+        n_classes = class_count(data)
     fam = get_family("categorical", max(int(n_classes), 2))
     hidden = (hidden,) if isinstance(hidden, int) else tuple(hidden)
     net = build_network(spec["network"], data.n_features, fam.out_dim, hidden=hidden)
-    hn = build(
-        net,
-        fam,
-        net.init(seed),
-        local_roles=spec["local_roles"],
-        adapter_rank=spec.get("adapter_rank", 0),
-        tau=tau,
-        learn_tau=learn_tau,
-        prior_sd=prior_sd,
-        kl_weight=kl_weight,
-        local_steps=local_steps,
-        learning_rate=lr,
-        optimizer=optimizer,
-        head_learning_rate=head_lr,
-        mc_samples=mc_samples,
-        damping=damping,
-        init_sd=init_sd,
-        name=variant,
-    )
     hparams = dict(
         variant=variant,
         n_classes=int(n_classes),
@@ -761,6 +728,21 @@ def fit_neural(
         damping=damping,
         init_sd=init_sd,
         seed=seed,
+    )
+    # every other hyper-parameter is an option of build, two under build's longer names
+    options = {
+        {"lr": "learning_rate", "head_lr": "head_learning_rate"}.get(k, k): v
+        for k, v in hparams.items()
+        if k not in ("variant", "n_classes", "hidden", "rounds", "seed")
+    }
+    hn = build(
+        net,
+        fam,
+        net.init(seed),
+        local_roles=spec["local_roles"],
+        adapter_rank=spec.get("adapter_rank", 0),
+        name=variant,
+        **options,
     )
     result = run_rounds(
         hn.algorithm,

@@ -37,7 +37,6 @@ from bayes_pfl.algorithms.ep import gaussian_log_kernel
 from bayes_pfl.gaussian import GaussianFactor
 from bayes_pfl.local import (
     map_chains,
-    nuts_draws,
     nuts_run,
     sample_conditional,
     sample_conditionals,
@@ -108,11 +107,11 @@ def global_draws(
     @jax.jit
     def run(keys, inits):
         return jax.vmap(
-            lambda k, z0: nuts_draws(k, logp, z0, num_warmup=num_warmup, num_samples=num_samples)
+            lambda k, z0: nuts_run(k, logp, z0, num_warmup=num_warmup, num_samples=num_samples)
         )(keys, inits)
 
-    draws, diverging = run(keys, inits)
-    return draws, {"diverging": np.asarray(diverging)}
+    chains = run(keys, inits)
+    return chains.draws, {"diverging": np.asarray(chains.diverging)}
 
 
 def effect_global_draws(

@@ -189,6 +189,32 @@ def compare(
     }
 
 
+def global_figures(fit) -> dict[str, Any]:
+    """A fit's seconds for the global and the personalized draws, its lowest personalization
+    acceptance and its global divergences (``None`` where the fit does not report them)."""
+    import numpy as np
+
+    stats = fit.sample_stats
+    return {
+        "global_time_s": fit.info.get("global_time_s"),
+        "personalize_time_s": fit.info.get("personalize_time_s"),
+        "min_personalize_acceptance": fit.info.get("min_personalize_acceptance"),
+        "global_divergences": int(np.sum(stats["diverging"]))
+        if stats and "diverging" in stats
+        else None,
+    }
+
+
+def last_round_figures(fit) -> dict[str, Any]:
+    """The changes of the last round's global moments and the messages the server rejected."""
+    hist = fit.history
+    return {
+        "last_mean_change": hist[-1].get("mean_change") if hist else None,
+        "last_sd_change": hist[-1].get("sd_change") if hist else None,
+        "rejected_messages": int(sum(h.get("n_rejected", 0) for h in hist)),
+    }
+
+
 def save_stats(path, stats: dict[str, dict[str, Any]]) -> None:
     """Write :func:`reference_stats` to an ``.npz`` file (``var/field`` keys)."""
     import numpy as np
@@ -239,6 +265,38 @@ def write_results(stem: str, payload: dict[str, Any], markdown: str) -> tuple[Pa
     js.write_text(json.dumps(jsonable(payload), indent=1) + "\n")
     md.write_text(markdown)
     return js, md
+
+
+def saved_cases(stem: str) -> dict[str, Any]:
+    """The cases of the last run's ``results/{stem}.json`` (none without one): a run of some
+    cases keeps the others."""
+    previous = RESULTS / f"{stem}.json"
+    return json.loads(previous.read_text()).get("cases", {}) if previous.exists() else {}
+
+
+def rewrite_report(stem: str, markdown_fn) -> str:
+    """``results/{stem}.md`` written again from ``results/{stem}.json`` by
+    ``markdown_fn(cases, meta, quick)``; returns the text."""
+    saved = json.loads((RESULTS / f"{stem}.json").read_text())
+    md = markdown_fn(saved["cases"], saved, saved["quick"])
+    (RESULTS / f"{stem}.md").write_text(md)
+    return md
+
+
+def run_cases(stem: str, names, order, meta: dict, run_fn, markdown_fn) -> int:
+    """Run the cases ``names``: ``run_fn(name, previous)`` returns a case's results
+    (``previous``: its results of the last run, or ``None``). The cases not rerun are kept;
+    ``results/{stem}.json`` and ``.md`` (``markdown_fn(cases, meta, quick)``, the cases in
+    the order of ``order``) are written after every case."""
+    results = saved_cases(stem)
+    for name in names:
+        results[name] = {"run": machine(), **run_fn(name, results.get(name))}
+        ordered = {c: results[c] for c in order if c in results}
+        md = markdown_fn(ordered, meta, meta["quick"])
+        js, mdp = write_results(stem, {**meta, "cases": ordered}, md)
+    print("\n" + md)
+    print(f"wrote {js} and {mdp}")
+    return 0
 
 
 def md_table(header: list[str], rows: list[list[Any]]) -> str:

@@ -42,7 +42,7 @@ from _common import RESULTS, machine
 from bayes_pfl.baselines import fedavg as fedavg_lib
 from bayes_pfl.baselines import fit_baseline
 from bayes_pfl.baselines.networks import build_network, get_family
-from bayes_pfl.baselines.training import make_optimizer
+from bayes_pfl.baselines.training import LocalTraining, make_optimizer
 from bayes_pfl.data import FederatedData
 from bayes_pfl.datasets.digits import make_digits_federation
 from bayes_pfl.simulation import run_rounds
@@ -76,7 +76,7 @@ def speed(n_clients: int, rounds: int) -> dict:
     )
     net = build_network("mlp", 5, 1, hidden=32)
     fam = get_family("bernoulli")
-    baseline = fedavg_lib.build(net, fam, net.init(0), tx=make_optimizer("sgd", 0.05))
+    baseline = fedavg_lib.build(LocalTraining(net, fam, make_optimizer("sgd", 0.05)), net.init(0))
     alg = baseline.algorithm
     train = data.arrays("train")
 

@@ -29,7 +29,6 @@ from _common import configure_jax
 configure_jax(host_devices=4)
 
 import argparse
-import json
 import time
 import traceback
 from collections.abc import Callable
@@ -37,14 +36,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from _common import (
-    RESULTS,
     compare,
+    global_figures,
+    last_round_figures,
     machine,
     md_table,
     reference_stats,
+    rewrite_report,
+    run_cases,
     sd_range_text,
     sd_verdict,
-    write_results,
 )
 
 from bayes_pfl import FederatedData, fit_nuts, load
@@ -220,6 +221,23 @@ def _methods(case: Case) -> dict[str, tuple[Callable, dict]]:
     return methods
 
 
+def reference_settings(case: Case, quick: bool) -> dict:
+    """The case's reference NUTS settings (300 + 300 draws a chain when ``quick``)."""
+    settings = dict(case.reference)
+    if quick:
+        settings.update(num_warmup=300, num_samples=300)
+    return settings
+
+
+def run_reference(model, data, settings: dict) -> tuple[dict, dict]:
+    """Centralized NUTS with ``settings``: the per-variable statistics and a summary of the run."""
+    t0 = time.perf_counter()
+    ref_fit = fit_nuts(model, data, seed=SEED, progress_bar=False, **settings)
+    seconds = time.perf_counter() - t0
+    stats = reference_stats(ref_fit)
+    return stats, _reference_summary(ref_fit, stats, seconds)
+
+
 def _reference_summary(ref_fit, stats, seconds: float) -> dict:
     rel_mcse = np.concatenate([s["mcse_mean"] / s["sd"] for s in stats.values()])
     return {
@@ -243,19 +261,24 @@ def _reference_summary(ref_fit, stats, seconds: float) -> dict:
     }
 
 
+def print_accuracy(label: str, width: int, fit, seconds: float, cmp: dict) -> None:
+    """A method's line: rounds, convergence, seconds, the worst z and the range of sd ratios."""
+    w, lo, hi = cmp["worst_z"], cmp["sd_ratio_min"], cmp["sd_ratio_max"]
+    print(
+        f"{label:{width}s} rounds {fit.info['rounds']:2d} conv {fit.info['converged']!s:5s} "
+        f"{seconds:6.1f} s  worst z {w['z']:.3f} ({w['at']}, bound {w['bound']}) "
+        f"sd ratio [{lo['r']:.3f} ({lo['at']}), {hi['r']:.3f} ({hi['at']})]",
+        flush=True,
+    )
+
+
 def run_case(name: str, case: Case, quick: bool, only: list[str] | None = None) -> dict:
     model, data, desc = case.build()
     print(f"\n=== {name}: {desc['clients']} clients, {desc['rows']} rows", flush=True)
-    settings = dict(case.reference)
-    if quick:
-        settings.update(num_warmup=300, num_samples=300)
-    t0 = time.perf_counter()
-    ref_fit = fit_nuts(model, data, seed=SEED, progress_bar=False, **settings)
-    ref_seconds = time.perf_counter() - t0
-    stats = reference_stats(ref_fit)
-    reference = _reference_summary(ref_fit, stats, ref_seconds)
+    settings = reference_settings(case, quick)
+    stats, reference = run_reference(model, data, settings)
     print(
-        f"reference NUTS {settings}: {ref_seconds:.1f} s, "
+        f"reference NUTS {settings}: {reference['wall_time_s']:.1f} s, "
         f"{reference['divergences']} divergences, max R-hat {reference['max_r_hat']:.3f}, "
         f"min ESS {reference['min_ess_bulk']:.0f}",
         flush=True,
@@ -277,30 +300,16 @@ def run_case(name: str, case: Case, quick: bool, only: list[str] | None = None) 
         seconds = time.perf_counter() - t0
         fits[label] = fit
         cmp = compare(fit, stats, case.bounds, case.default_bound, SD_RANGE)
-        hist = fit.history
         methods[label] = {
             "call": f"{fit_fn.__name__}(model, data, {_kwargs_repr(kwargs)})",
             "rounds": fit.info["rounds"],
             "converged": fit.info["converged"],
             "wall_time_s": seconds,
-            "global_time_s": fit.info.get("global_time_s"),
-            "personalize_time_s": fit.info.get("personalize_time_s"),
-            "min_personalize_acceptance": fit.info.get("min_personalize_acceptance"),
-            "global_divergences": int(np.sum(fit.sample_stats["diverging"]))
-            if fit.sample_stats and "diverging" in fit.sample_stats
-            else None,
-            "last_mean_change": hist[-1].get("mean_change") if hist else None,
-            "last_sd_change": hist[-1].get("sd_change") if hist else None,
-            "rejected_messages": int(sum(h.get("n_rejected", 0) for h in hist)),
+            **global_figures(fit),
+            **last_round_figures(fit),
             **cmp,
         }
-        w, lo, hi = cmp["worst_z"], cmp["sd_ratio_min"], cmp["sd_ratio_max"]
-        print(
-            f"{label:26s} rounds {fit.info['rounds']:2d} conv {fit.info['converged']!s:5s} "
-            f"{seconds:6.1f} s  worst z {w['z']:.3f} ({w['at']}, bound {w['bound']}) "
-            f"sd ratio [{lo['r']:.3f} ({lo['at']}), {hi['r']:.3f} ({hi['at']})]",
-            flush=True,
-        )
+        print_accuracy(label, 26, fit, seconds, cmp)
     out = {
         "data": desc,
         "model": model.name,
@@ -499,34 +508,23 @@ def main(argv=None) -> int:
         "--report-only", action="store_true", help="rewrite the .md from the .json, run nothing"
     )
     args = parser.parse_args(argv)
+    stem = "federated_accuracy" + ("_quick" if args.quick else "")
     if args.report_only:
-        stem = "federated_accuracy" + ("_quick" if args.quick else "")
-        saved = json.loads((RESULTS / f"{stem}.json").read_text())
-        md = markdown(saved["cases"], saved, saved["quick"])
-        (RESULTS / f"{stem}.md").write_text(md)
-        print(md)
+        print(rewrite_report(stem, markdown))
         return 0
     names = list(CASES) if "all" in args.case else [c for c in CASES if c in args.case]
     meta = {"machine": machine(), "seed": SEED, "sd_range": SD_RANGE, "quick": args.quick}
-    stem = "federated_accuracy" + ("_quick" if args.quick else "")
-    results = {}
-    previous = RESULTS / f"{stem}.json"
-    if previous.exists():  # keep the cases not rerun now
-        results = json.loads(previous.read_text()).get("cases", {})
-    for name in names:
-        new = {"run": machine(), **run_case(name, CASES[name], args.quick, args.methods)}
-        if args.methods and name in results:  # keep the methods not rerun
-            new["methods"] = {**results[name].get("methods", {}), **new["methods"]}
-            old_q = results[name].get("quadrature")
+
+    def run(name: str, previous: dict | None) -> dict:
+        new = run_case(name, CASES[name], args.quick, args.methods)
+        if args.methods and previous:  # keep the methods not rerun
+            new["methods"] = {**previous.get("methods", {}), **new["methods"]}
+            old_q = previous.get("quadrature")
             if "quadrature" in new and old_q:
                 new["quadrature"]["methods"] = {**old_q["methods"], **new["quadrature"]["methods"]}
-        results[name] = new
-        ordered = {c: results[c] for c in CASES if c in results}
-        md = markdown(ordered, meta, args.quick)  # written after every case
-        js, mdp = write_results(stem, {**meta, "cases": ordered}, md)
-    print("\n" + md)
-    print(f"wrote {js} and {mdp}")
-    return 0
+        return new
+
+    return run_cases(stem, names, CASES, meta, run, markdown)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,16 @@ import time
 import traceback
 
 import numpy as np
-from _common import RESULTS, compare, jsonable, load_stats, machine, md_table, write_results
+from _common import (
+    RESULTS,
+    compare,
+    global_figures,
+    jsonable,
+    load_stats,
+    machine,
+    md_table,
+    write_results,
+)
 from cases import CASES, REFERENCE
 
 METHODS = ("ep", "one-shot", "vi", "ep-global")
@@ -165,12 +174,7 @@ def run_case(name: str, methods: list[str]) -> dict:
             "wall_time_s": seconds,
             "rounds": fit.info.get("rounds"),
             "converged": fit.info.get("converged"),
-            "global_time_s": fit.info.get("global_time_s"),
-            "personalize_time_s": fit.info.get("personalize_time_s"),
-            "min_personalize_acceptance": fit.info.get("min_personalize_acceptance"),
-            "global_divergences": int(np.sum(fit.sample_stats["diverging"]))
-            if fit.sample_stats and "diverging" in fit.sample_stats
-            else None,
+            **global_figures(fit),
             **_round_figures(fit),
             **cmp,
         }

@@ -57,6 +57,7 @@ import pandas as pd
 from _common import RESULTS, machine, write_results
 
 from bayes_pfl import metrics as M
+from bayes_pfl.baselines import BASELINE_NAMES
 from bayes_pfl.compare import (
     ComparisonResult,
     Method,
@@ -79,20 +80,7 @@ FEATURES = [f for f in HEART_DISEASE_FLAMBY_FEATURES if f != "cp"] + [f"cp_{v}" 
 HOSPITALS = list(HEART_DISEASE_HOSPITALS)
 TEST_SIZE, VAL_SIZE = 0.34, 0.15
 FLAMBY = {"best federated strategy": 0.780, "pooled": 0.774, "fedavg": 0.748}
-BASELINES = (
-    "local",
-    "pooled",
-    "fedavg",
-    "fedprox",
-    "ditto",
-    "pfedme",
-    "fedbn",
-    "fedper",
-    "adapters",
-    "clustered",
-    "ifca",
-    "hypernet",
-)
+BASELINES = BASELINE_NAMES
 # every baseline: L2 weight decay (SGD, learning rate 0.5: it beat 0.1 on validation rows in a
 # first run), chosen on validation log-loss
 BASE_GRID = [{"lr": 0.5, "weight_decay": wd} for wd in (0.0, 0.01)]
@@ -140,18 +128,29 @@ def heart_bayes(quick: bool, *, missing: bool, federated: bool) -> list:
         def model(d):
             return missing_logistic(d.n_features, tau_scale=0.5, name="heart")
 
-    def glm(d):
-        return hierarchical_glm("bernoulli", d.n_features, varying="slopes")
-
-    out = [bayesian_method("nuts", model, name="hb-nuts", family="bernoulli", **kw)]
-    if federated:
-        out += [
-            bayesian_method("ep", model, name="hb-ep", family="bernoulli", rounds=20, **ep_kw),
-            bayesian_method("one-shot", model, name="hb-one-shot", family="bernoulli", **ep_kw),
-            bayesian_method("vi", model, name="hb-vi", family="bernoulli", rounds=20, **ep_kw),
-        ]
+    out = hb_methods(model, kw, ep_kw, federated)
     if not missing:
-        out.append(bayesian_method("nuts", glm, name="glm-slopes-nuts", family="bernoulli", **kw))
+        out.append(
+            bayesian_method("nuts", glm_slopes, name="glm-slopes-nuts", family="bernoulli", **kw)
+        )
+    return out
+
+
+def glm_slopes(d):
+    return hierarchical_glm("bernoulli", d.n_features, varying="slopes")
+
+
+def hb_methods(model, nuts_kw: dict, federated_kw: dict, federated: bool) -> list:
+    """``model`` fitted by NUTS (``hb-nuts``) and, when ``federated``, by EP, one-shot EP
+    and VI (``federated_kw``: their global draws)."""
+    out = [bayesian_method("nuts", model, name="hb-nuts", family="bernoulli", **nuts_kw)]
+    if federated:
+        kw = federated_kw
+        out += [
+            bayesian_method("ep", model, name="hb-ep", family="bernoulli", rounds=20, **kw),
+            bayesian_method("one-shot", model, name="hb-one-shot", family="bernoulli", **kw),
+            bayesian_method("vi", model, name="hb-vi", family="bernoulli", rounds=20, **kw),
+        ]
     return out
 
 
@@ -196,23 +195,10 @@ def heart_data(seed: int) -> tuple[FederatedData, FederatedData, np.ndarray]:
     """
     df = heart_frame()
     complete = df[FEATURES].notna().all(axis=1)
-    flamby = _quiet_from_pandas(
-        df[complete],
-        features=FEATURES,
-        clients=HOSPITALS,
-        test_size=TEST_SIZE,
-        val_size=VAL_SIZE,
-        seed=seed,
-        standardize=True,
-    )
-    rest = _quiet_from_pandas(
-        df[~complete],
-        features=FEATURES,
-        test_size=TEST_SIZE,
-        val_size=VAL_SIZE,
-        seed=seed,
-        missing="keep",
-    )
+    # the complete and the incomplete rows are split alike
+    split = {"features": FEATURES, "test_size": TEST_SIZE, "val_size": VAL_SIZE, "seed": seed}
+    flamby = _quiet_from_pandas(df[complete], clients=HOSPITALS, standardize=True, **split)
+    rest = _quiet_from_pandas(df[~complete], missing="keep", **split)
     kept = df.copy()
     kept.loc[kept["chol"] == 0, "chol"] = np.nan  # "0" = not measured (see PROVENANCE.md)
     kept["in_flamby_test"] = False
@@ -510,17 +496,7 @@ def _min_ess(fits: dict) -> dict:
 
 def run_synthetic(seeds, quick, rounds, out_dir, federated, case="synthetic"):
     kw = nuts_kw(quick)
-
-    def glm(d):
-        return hierarchical_glm("bernoulli", d.n_features, varying="slopes")
-
-    bayes = [bayesian_method("nuts", glm, name="hb-nuts", family="bernoulli", **kw)]
-    if federated:
-        bayes += [
-            bayesian_method("ep", glm, name="hb-ep", family="bernoulli", rounds=20, **kw),
-            bayesian_method("one-shot", glm, name="hb-one-shot", family="bernoulli", **kw),
-            bayesian_method("vi", glm, name="hb-vi", family="bernoulli", rounds=20, **kw),
-        ]
+    bayes = hb_methods(glm_slopes, kw, kw, federated)
     oracle_fits: dict = {}
     t0 = time.perf_counter()
     res = compare(

@@ -31,19 +31,29 @@ import time
 import traceback
 from pathlib import Path
 
-import numpy as np
 from _common import (
-    RESULTS,
     compare,
+    global_figures,
+    last_round_figures,
     load_stats,
     machine,
-    reference_stats,
+    rewrite_report,
+    run_cases,
     save_stats,
     write_results,
 )
-from federated_accuracy import CASES, SD_RANGE, SEED, Case, _kwargs_repr, markdown
+from federated_accuracy import (
+    CASES,
+    SD_RANGE,
+    SEED,
+    Case,
+    _kwargs_repr,
+    markdown,
+    print_accuracy,
+    reference_settings,
+    run_reference,
+)
 
-from bayes_pfl import fit_nuts
 from bayes_pfl.federated_vi import fit_vi
 
 METHODS = {
@@ -57,37 +67,11 @@ METHODS = {
 
 def _reference(name: str, case: Case, quick: bool, cache: Path | None):
     model, data, desc = case.build()
-    settings = dict(case.reference)
-    if quick:
-        settings.update(num_warmup=300, num_samples=300)
     path = cache / f"{name}{'_quick' if quick else ''}.npz" if cache else None
     meta_path = path.with_suffix(".json") if path else None
     if path is not None and path.exists():
         return model, data, desc, load_stats(path), json.loads(meta_path.read_text())
-    t0 = time.perf_counter()
-    ref_fit = fit_nuts(model, data, seed=SEED, progress_bar=False, **settings)
-    seconds = time.perf_counter() - t0
-    stats = reference_stats(ref_fit)
-    rel = np.concatenate([s["mcse_mean"] / s["sd"] for s in stats.values()])
-    summary = {
-        "settings": ref_fit.info["settings"],
-        "seed": SEED,
-        "wall_time_s": seconds,
-        "divergences": int(np.sum(ref_fit.sample_stats["diverging"])),
-        "max_r_hat": float(max(np.nanmax(s["r_hat"]) for s in stats.values())),
-        "min_ess_bulk": float(min(np.nanmin(s["ess_bulk"]) for s in stats.values())),
-        "max_mcse_over_sd": float(np.nanmax(rel)),
-        "median_mcse_over_sd": float(np.nanmedian(rel)),
-        "per_variable": {
-            v: {
-                "max_mcse_mean": float(np.max(s["mcse_mean"])),
-                "max_mcse_over_sd": float(np.max(s["mcse_mean"] / s["sd"])),
-                "min_ess_bulk": float(np.min(s["ess_bulk"])),
-                "max_r_hat": float(np.max(s["r_hat"])),
-            }
-            for v, s in stats.items()
-        },
-    }
+    stats, summary = run_reference(model, data, reference_settings(case, quick))
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         save_stats(path, stats)
@@ -126,22 +110,12 @@ def run_case(name: str, case: Case, quick: bool, cache: Path | None, methods: di
             "rounds_time_s": fit.info["rounds_time_s"],
             "global_time_s": fit.info["global_time_s"],
             "personalize_time_s": fit.info["personalize_time_s"],
-            "global_divergences": int(np.sum(fit.sample_stats["diverging"]))
-            if fit.sample_stats and "diverging" in fit.sample_stats
-            else None,
-            "last_mean_change": hist[-1].get("mean_change") if hist else None,
-            "last_sd_change": hist[-1].get("sd_change") if hist else None,
+            "global_divergences": global_figures(fit)["global_divergences"],
             "bytes_up_per_client": hist[-1].get("bytes_up_per_client") if hist else None,
-            "rejected_messages": int(sum(h.get("n_rejected", 0) for h in hist)),
+            **last_round_figures(fit),
             **cmp,
         }
-        w, lo, hi = cmp["worst_z"], cmp["sd_ratio_min"], cmp["sd_ratio_max"]
-        print(
-            f"{label:34s} rounds {fit.info['rounds']:2d} conv {fit.info['converged']!s:5s} "
-            f"{seconds:6.1f} s  worst z {w['z']:.3f} ({w['at']}, bound {w['bound']}) "
-            f"sd ratio [{lo['r']:.3f} ({lo['at']}), {hi['r']:.3f} ({hi['at']})]",
-            flush=True,
-        )
+        print_accuracy(label, 34, fit, seconds, cmp)
     note = (
         "the reference is federated_accuracy.py's; the VI fits keep the default 4 x 1000 "
         "global draws (federated_accuracy.py uses 4 x 250 on this case to bound the cost of "
@@ -204,31 +178,21 @@ def main(argv=None) -> int:
         print(f"wrote {js} and {mdp}")
         return 0
     if args.report_only:
-        saved = json.loads((RESULTS / f"{stem}.json").read_text())
-        md = vi_markdown(saved["cases"], saved, saved["quick"])
-        (RESULTS / f"{stem}.md").write_text(md)
-        print(md)
+        print(rewrite_report(stem, vi_markdown))
         return 0
     names = list(CASES) if "all" in args.case else [c for c in CASES if c in args.case]
     methods = (
         METHODS if "all" in args.method else {m: METHODS[m] for m in METHODS if m in args.method}
     )
     meta = {"machine": machine(), "seed": SEED, "sd_range": SD_RANGE, "quick": args.quick}
-    results = {}
-    previous = RESULTS / f"{stem}.json"
-    if previous.exists():  # keep the cases (and methods) not rerun now
-        results = json.loads(previous.read_text()).get("cases", {})
-    for name in names:
-        new = {"run": machine(), **run_case(name, CASES[name], args.quick, args.cache, methods)}
-        if name in results and "all" not in args.method:
-            new["methods"] = {**results[name].get("methods", {}), **new["methods"]}
-        results[name] = new
-        ordered = {c: results[c] for c in CASES if c in results}
-        md = vi_markdown(ordered, meta, args.quick)
-        js, mdp = write_results(stem, {**meta, "cases": ordered}, md)
-    print("\n" + md)
-    print(f"wrote {js} and {mdp}")
-    return 0
+
+    def run(name: str, previous: dict | None) -> dict:
+        new = run_case(name, CASES[name], args.quick, args.cache, methods)
+        if previous and "all" not in args.method:  # keep the methods not rerun
+            new["methods"] = {**previous.get("methods", {}), **new["methods"]}
+        return new
+
+    return run_cases(stem, names, CASES, meta, run, vi_markdown)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import numpyro
 import numpyro.distributions as dist
 import pandas as pd
 import pytest
+from _helpers import normal_normal_parts
 
 from bayes_pfl import FederatedData
 from bayes_pfl.algorithms import vi
@@ -28,11 +29,7 @@ def normal_normal(bad_x: float | None = None) -> HierarchicalModel:
     With ``bad_x``, rows whose feature exceeds it give a NaN log-likelihood.
     """
 
-    def hyperprior():
-        numpyro.sample("mu", dist.Normal(M0, S0))
-
-    def client_prior(phi):
-        numpyro.sample("theta", dist.Normal(phi["mu"], TAU))
+    hyperprior, client_prior, _ = normal_normal_parts(M0, S0, TAU, SIGMA)
 
     def likelihood(theta, phi, x, y):
         loc = theta["theta"] + 0.0 * x[:, 0]

@@ -67,7 +67,7 @@ from bayes_pfl.local import (
     conditional_mode,
     laplace_log_marginal,
     newton_maximize,
-    nuts_draws,
+    nuts_run,
 )
 from bayes_pfl.spec import HierarchicalModel
 
@@ -338,9 +338,10 @@ def build(
             start = newton_maximize(
                 log_tilted, jnp.concatenate([state.u_mode, theta0]), max_iter=newton_iter
             )
-            draws, div = nuts_draws(
+            chain = nuts_run(
                 rng_key, log_tilted, start.mode, num_warmup=nuts_warmup, num_samples=nuts_samples
             )
+            draws, div = chain.draws, chain.diverging
             u = draws[:, :P]
             m_t = jnp.mean(u, axis=0)
             tilted_factor = gf.from_moments(m_t, jnp.atleast_2d(jnp.cov(u, rowvar=False)))

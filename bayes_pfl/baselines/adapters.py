@@ -22,18 +22,15 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 
-from bayes_pfl.algorithms import Algorithm
 from bayes_pfl.baselines import fedavg
-from bayes_pfl.baselines.networks import Family, Network, Params
+from bayes_pfl.baselines.networks import Params
 from bayes_pfl.baselines.training import (
     Baseline,
     ClientInfo,
-    client_loss_fn,
+    LocalTraining,
     client_metrics,
     keep_where,
-    local_steps_fn,
     n_rows,
     server_models,
     shrink,
@@ -62,26 +59,17 @@ def adapted(params: Params, adapter: Params) -> Params:
 
 
 def build(
-    network: Network,
-    family: Family,
+    training: LocalTraining,
     init: tuple[Params, Params],
     *,
-    tx: optax.GradientTransformation,
-    local_steps: int = 5,
     rank: int = 2,
     adapter_strength: float = 0.1,
-    learning_rate: float = 0.05,
-    fraction: float = 1.0,
-    weight_decay: float = 0.0,
 ) -> Baseline:
     """Build the adapter method (see the module docstring)."""
     params0, stats0 = init
-    base = fedavg.build(network, family, init, tx=tx, fraction=fraction, name="adapters")
-    loss_fn = client_loss_fn(
-        network, family, weight_decay, to_params=lambda z: adapted(z["shared"], z["adapter"])
-    )
-    run = local_steps_fn(loss_fn, tx, family, local_steps)
-    strength = adapter_strength * learning_rate
+    base = fedavg.build(training, init, name="adapters")
+    run = training.run_fn(training.loss_fn(to_params=lambda z: adapted(z["shared"], z["adapter"])))
+    strength = adapter_strength * training.learning_rate
 
     def post(z):
         return {"shared": z["shared"], "adapter": shrink(z["adapter"], strength)}
@@ -115,8 +103,5 @@ def build(
         params = jax.vmap(adapted, in_axes=(None, 0))(state.params, clients.adapter)
         return params, stack_copies(state.stats, clients.n.shape[0])
 
-    a = base.algorithm
-    algorithm = Algorithm(
-        a.server_init, client_init, client_update, a.server_update, a.broadcast, "adapters"
-    )
+    algorithm = base.algorithm._replace(client_init=client_init, client_update=client_update)
     return Baseline(algorithm, personal_fn, server_models)

@@ -39,19 +39,18 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 from jax.flatten_util import ravel_pytree
 
 from bayes_pfl.algorithms import Algorithm
-from bayes_pfl.baselines.networks import Family, Network, Params
+from bayes_pfl.baselines import fedavg
+from bayes_pfl.baselines.networks import Params
 from bayes_pfl.baselines.training import (
     Baseline,
     ClientInfo,
+    LocalTraining,
     Metrics,
     accepted_weight,
-    client_loss_fn,
     client_metrics,
-    local_steps_fn,
     n_rows,
     sample_active,
     server_info,
@@ -79,12 +78,6 @@ class ClusterServerState(NamedTuple):
     sizes: Array  # [C] rows per cluster in the last round
     round: Array
     active: Array  # [K] clients sampled for the next round
-
-
-class ClusterBroadcast(NamedTuple):
-    params: Params  # clustered: the client's cluster model; IFCA: all models [C, ...]
-    stats: Params
-    active: Array
 
 
 class ClusterMessage(NamedTuple):
@@ -223,26 +216,22 @@ def choose_clusters(
 
 
 def build_clustered(
-    network: Network,
-    family: Family,
+    training: LocalTraining,
     init: tuple[Params, Params],
     *,
-    tx: optax.GradientTransformation,
-    local_steps: int = 5,
     n_clusters: int | None = None,
     max_clusters: int = 4,
     min_silhouette: float = 0.25,
     max_similarity: float = 0.5,
     cluster_round: int = 1,
-    fraction: float = 1.0,
-    weight_decay: float = 0.0,
 ) -> Baseline:
     """Gradient-similarity clustering followed by per-cluster FedAvg (see the module docstring)."""
     params0, stats0 = init
     c_max = n_clusters if n_clusters is not None else max_clusters
-    loss_fn = client_loss_fn(network, family, weight_decay)
+    loss_fn = training.loss_fn()
     grad_fn = jax.grad(lambda p, s, d: loss_fn(p, s, d)[0])
-    run = local_steps_fn(loss_fn, tx, family, local_steps)
+    run = training.run_fn(loss_fn)
+    fraction = training.fraction
 
     def active_for(rng_key, n_clients, next_round):
         # every client answers in the clustering round
@@ -260,14 +249,18 @@ def build_clustered(
             active_for(rng_key, n_clients, 1),
         )
 
-    def broadcast(state: ClusterServerState) -> ClusterBroadcast:
-        return ClusterBroadcast(*take((state.params, state.stats), state.assignment), state.active)
+    def broadcast(state: ClusterServerState) -> fedavg.FedAvgBroadcast:
+        return fedavg.FedAvgBroadcast(
+            *take((state.params, state.stats), state.assignment), state.active
+        )
 
     def client_init(rng_key: Array, data) -> ClusterClientState:
         del rng_key
         return ClusterClientState(n_rows(data))
 
-    def client_update(rng_key: Array, bcast: ClusterBroadcast, state: ClusterClientState, data):
+    def client_update(
+        rng_key: Array, bcast: fedavg.FedAvgBroadcast, state: ClusterClientState, data
+    ):
         del rng_key
         direction, _ = ravel_pytree(grad_fn(bcast.params, bcast.stats, data))
         params, stats, (loss, acc) = run(bcast.params, bcast.stats, data)
@@ -307,21 +300,13 @@ class IFCAClientState(NamedTuple):
     n: Array
 
 
-def build_ifca(
-    network: Network,
-    family: Family,
-    inits: tuple[Params, Params],
-    *,
-    tx: optax.GradientTransformation,
-    local_steps: int = 5,
-    fraction: float = 1.0,
-    weight_decay: float = 0.0,
-) -> Baseline:
+def build_ifca(training: LocalTraining, inits: tuple[Params, Params]) -> Baseline:
     """IFCA (see the module docstring); ``inits`` holds one starting model per cluster ``[C, ...]``."""
     params0, stats0 = inits
     c = jax.tree.leaves(params0)[0].shape[0]
-    loss_fn = client_loss_fn(network, family, weight_decay)
-    run = local_steps_fn(loss_fn, tx, family, local_steps)
+    loss_fn = training.loss_fn()
+    run = training.run_fn(loss_fn)
+    fraction = training.fraction
 
     def server_init(rng_key: Array, n_clients: int) -> ClusterServerState:
         return ClusterServerState(
@@ -333,15 +318,11 @@ def build_ifca(
             sample_active(rng_key, n_clients, fraction),
         )
 
-    def broadcast(state: ClusterServerState) -> ClusterBroadcast:
-        k = state.active.shape[0]
-        return ClusterBroadcast(*stack_copies((state.params, state.stats), k), state.active)
-
     def client_init(rng_key: Array, data) -> IFCAClientState:
         del rng_key
         return IFCAClientState(jnp.asarray(0, jnp.int32), n_rows(data))
 
-    def client_update(rng_key: Array, bcast: ClusterBroadcast, state: IFCAClientState, data):
+    def client_update(rng_key: Array, bcast: fedavg.FedAvgBroadcast, state: IFCAClientState, data):
         del rng_key
         losses = jax.vmap(lambda p, s: loss_fn(p, s, data)[0])(bcast.params, bcast.stats)
         choice = jnp.argmin(losses).astype(jnp.int32)
@@ -365,5 +346,7 @@ def build_ifca(
         # the model each client would pick now, by its last choice
         return take((state.params, state.stats), clients.choice)
 
-    algorithm = Algorithm(server_init, client_init, client_update, server_update, broadcast, "ifca")
+    algorithm = Algorithm(
+        server_init, client_init, client_update, server_update, fedavg.broadcast_copies, "ifca"
+    )
     return Baseline(algorithm, personal_fn, _largest_cluster)

@@ -21,16 +21,13 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import jax
-import optax
 
-from bayes_pfl.algorithms import Algorithm
 from bayes_pfl.baselines import fedavg
-from bayes_pfl.baselines.networks import Family, Network, Params
+from bayes_pfl.baselines.networks import Params
 from bayes_pfl.baselines.training import (
     Baseline,
-    client_loss_fn,
+    LocalTraining,
     keep_where,
-    local_steps_fn,
     own_models,
     prox_toward,
 )
@@ -46,32 +43,12 @@ class DittoClientState(NamedTuple):
     stats: Params
 
 
-def build(
-    network: Network,
-    family: Family,
-    init: tuple[Params, Params],
-    *,
-    tx: optax.GradientTransformation,
-    local_steps: int = 5,
-    lam: float = 0.1,
-    learning_rate: float = 0.05,
-    fraction: float = 1.0,
-    weight_decay: float = 0.0,
-) -> Baseline:
+def build(training: LocalTraining, init: tuple[Params, Params], *, lam: float = 0.1) -> Baseline:
     """Build Ditto (see the module docstring); ``lam`` is the pull strength :math:`\\lambda`."""
     params0, stats0 = init
-    base = fedavg.build(
-        network,
-        family,
-        init,
-        tx=tx,
-        local_steps=local_steps,
-        fraction=fraction,
-        weight_decay=weight_decay,
-        name="ditto",
-    )
-    run = local_steps_fn(client_loss_fn(network, family, weight_decay), tx, family, local_steps)
-    strength = lam * learning_rate
+    base = fedavg.build(training, init, name="ditto")
+    run = training.run_fn()
+    strength = lam * training.learning_rate
 
     def client_init(rng_key: Array, data) -> DittoClientState:
         return DittoClientState(
@@ -89,8 +66,5 @@ def build(
     def global_fn(state, clients: DittoClientState):
         return base.global_fn(state, clients.shared)
 
-    a = base.algorithm
-    algorithm = Algorithm(
-        a.server_init, client_init, client_update, a.server_update, a.broadcast, "ditto"
-    )
+    algorithm = base.algorithm._replace(client_init=client_init, client_update=client_update)
     return Baseline(algorithm, own_models, global_fn)

@@ -38,19 +38,17 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
-import optax
 
 from bayes_pfl.algorithms import Algorithm
-from bayes_pfl.baselines.networks import Family, Network, Params
+from bayes_pfl.baselines.networks import Params
 from bayes_pfl.baselines.training import (
     Baseline,
     ClientInfo,
+    LocalTraining,
     Metrics,
     accepted_weight,
-    client_loss_fn,
     client_metrics,
     keep_where,
-    local_steps_fn,
     n_rows,
     prox_toward,
     sample_active,
@@ -65,6 +63,7 @@ __all__ = [
     "FedAvgClientState",
     "FedAvgMessage",
     "FedAvgServerState",
+    "broadcast_copies",
     "build",
     "server_update_fn",
 ]
@@ -93,7 +92,7 @@ class FedAvgClientState(NamedTuple):
 
 
 class FedAvgBroadcast(NamedTuple):
-    params: Params
+    params: Params  # one client's model (clustered: its cluster's; IFCA: all models [C, ...])
     stats: Params
     active: Array
 
@@ -106,6 +105,13 @@ class FedAvgMessage(NamedTuple):
 
 def _split(tree: Params, keys) -> Params:
     return {k: v for k, v in tree.items() if k in keys}
+
+
+def broadcast_copies(state: FedAvgServerState) -> FedAvgBroadcast:
+    """FedAvg's ``broadcast``: every client gets copies of the server's ``params`` and
+    ``stats`` and the sampled set ``active`` (IFCA's too: all cluster models)."""
+    k = state.active.shape[0]
+    return FedAvgBroadcast(*stack_copies((state.params, state.stats), k), state.active)
 
 
 def server_update_fn(fraction: float, combine: Callable[[Params, Params], Params] | None = None):
@@ -129,49 +135,37 @@ def server_update_fn(fraction: float, combine: Callable[[Params, Params], Params
 
 
 def build(
-    network: Network,
-    family: Family,
+    training: LocalTraining,
     init: tuple[Params, Params],
     *,
-    tx: optax.GradientTransformation,
-    local_steps: int = 5,
     shared_roles=SHARED_ROLES["fedavg"],
     mu: float = 0.0,
-    learning_rate: float = 0.05,
-    fraction: float = 1.0,
-    weight_decay: float = 0.0,
     name: str = "fedavg",
 ) -> Baseline:
     """Build the partial-sharing algorithm (see the module docstring).
 
     Parameters
     ----------
-    network, family
-        The model (:func:`~bayes_pfl.baselines.networks.build_network`,
-        :func:`~bayes_pfl.baselines.networks.get_family`).
+    training : LocalTraining
+        The model, the local optimizer (a fresh state every round), the local
+        steps, the weight decay and the fraction of clients sampled per round.
     init : (params, stats)
         Starting model, the same for every client.
-    tx : optax.GradientTransformation
-        Local optimizer (a fresh state every round).
-    local_steps : int, default 5
-        Full-batch optimizer steps per client and round.
     shared_roles : tuple of str
         Roles of the averaged leaves (:data:`SHARED_ROLES`).
     mu : float, default 0.0
-        FedProx proximal strength (0: FedAvg).
-    learning_rate : float
-        Scales the proximal step (``mu * learning_rate``).
-    fraction : float, default 1.0
-        Fraction of clients sampled per round.
-    weight_decay : float, default 0.0
-        L2 penalty added to every client's loss.
+        FedProx proximal strength (0: FedAvg); the proximal step is
+        ``mu * training.learning_rate``.
+    name : str
+        The algorithm's name.
     """
     params0, stats0 = init
-    shared_p = tuple(k for k in params0 if network.roles[k] in shared_roles)
-    shared_s = tuple(k for k in stats0 if network.roles[k] in shared_roles)
-    loss_fn = client_loss_fn(network, family, weight_decay)
-    run = local_steps_fn(loss_fn, tx, family, local_steps)
-    strength = mu * learning_rate
+    roles = training.network.roles
+    shared_p = tuple(k for k in params0 if roles[k] in shared_roles)
+    shared_s = tuple(k for k in stats0 if roles[k] in shared_roles)
+    fraction = training.fraction
+    run = training.run_fn()
+    strength = mu * training.learning_rate
 
     def server_init(rng_key: Array, n_clients: int) -> FedAvgServerState:
         return FedAvgServerState(
@@ -179,10 +173,6 @@ def build(
             _split(stats0, shared_s),
             sample_active(rng_key, n_clients, fraction),
         )
-
-    def broadcast(state: FedAvgServerState) -> FedAvgBroadcast:
-        k = state.active.shape[0]
-        return FedAvgBroadcast(*stack_copies((state.params, state.stats), k), state.active)
 
     def client_init(rng_key: Array, data) -> FedAvgClientState:
         del rng_key
@@ -218,5 +208,7 @@ def build(
         )
 
     server_update = server_update_fn(fraction)
-    algorithm = Algorithm(server_init, client_init, client_update, server_update, broadcast, name)
+    algorithm = Algorithm(
+        server_init, client_init, client_update, server_update, broadcast_copies, name
+    )
     return Baseline(algorithm, personal_fn, global_fn)

@@ -21,10 +21,23 @@ from bayes_pfl.baselines.networks import (
     build_network,
     get_family,
 )
-from bayes_pfl.baselines.training import OPTIMIZERS, Baseline, make_optimizer, stack_copies
+from bayes_pfl.baselines.training import (
+    OPTIMIZERS,
+    Baseline,
+    LocalTraining,
+    make_optimizer,
+    stack_copies,
+)
 from bayes_pfl.data import ClientArrays, DataError, FederatedData
 
-__all__ = ["BASELINE_NAMES", "HPARAM_DEFAULTS", "BaselineFit", "fit_baseline"]
+__all__ = [
+    "BASELINE_NAMES",
+    "HPARAM_DEFAULTS",
+    "BaselineFit",
+    "checked_rows",
+    "class_count",
+    "fit_baseline",
+]
 
 BASELINE_NAMES = (
     "local",
@@ -85,6 +98,36 @@ def _defaults(method: str) -> dict[str, Any]:
         out.update(_FEDERATED)
     out.update(HPARAM_DEFAULTS[method])
     return out
+
+
+def checked_rows(x, mask, n_features: int, n_clients: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Rows to predict on, checked: ``x`` of shape ``(n_clients, n_rows, n_features)``
+    (``n_clients`` any when ``None``), ``mask`` of shape ``(n_clients, n_rows)``, no NaN
+    in real rows; padding rows set to zero. Raises :class:`~bayes_pfl.data.DataError`."""
+    x = np.asarray(x, dtype=float)
+    if x.ndim != 3 or x.shape[2] != n_features:
+        raise DataError(f"x must have shape (n_clients, n_rows, {n_features}), got {x.shape}")
+    if n_clients is not None and x.shape[0] != n_clients:
+        raise DataError(
+            f"x has {x.shape[0]} clients; this fit has {n_clients} (same clients, same order)"
+        )
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != x.shape[:2]:
+        raise DataError(f"mask must have shape {x.shape[:2]}, got {mask.shape}")
+    if np.isnan(x[mask]).any():
+        raise DataError("x has NaN values in real (unmasked) rows")
+    return np.where(mask[..., None], x, 0.0), mask
+
+
+def class_count(data: FederatedData) -> int:
+    """Classes of a categorical federation: the largest class code in any split plus one."""
+    return 1 + int(
+        max(
+            np.asarray(data.arrays(s).y)[np.asarray(data.arrays(s).mask)].max(initial=0)
+            for s in ("train", "val", "test")
+            if data.n_rows(s).sum() > 0
+        )
+    )
 
 
 class BaselineFit:
@@ -163,23 +206,6 @@ class BaselineFit:
             f"network={self.network!r}, n_clients={len(self.clients)}, rounds={len(self.history)})"
         )
 
-    def _check_x(self, x, mask, n_clients: int | None) -> tuple[np.ndarray, np.ndarray]:
-        x = np.asarray(x, dtype=float)
-        if x.ndim != 3 or x.shape[2] != self._n_features:
-            raise DataError(
-                f"x must have shape (n_clients, n_rows, {self._n_features}), got {x.shape}"
-            )
-        if n_clients is not None and x.shape[0] != n_clients:
-            raise DataError(
-                f"x has {x.shape[0]} clients; this fit has {n_clients} (same clients, same order)"
-            )
-        mask = np.asarray(mask, dtype=bool)
-        if mask.shape != x.shape[:2]:
-            raise DataError(f"mask must have shape {x.shape[:2]}, got {mask.shape}")
-        if np.isnan(x[mask]).any():
-            raise DataError("x has NaN values in real (unmasked) rows")
-        return np.where(mask[..., None], x, 0.0), mask
-
     def predict(self, x, mask) -> np.ndarray:
         """Predictive mean of each client's personal model on its rows.
 
@@ -198,7 +224,7 @@ class BaselineFit:
             ``"categorical"``: class probabilities ``(n_clients, n_rows, C)``;
             ``"normal"``: mean; ``"poisson"``: rate.
         """
-        x, mask = self._check_x(x, mask, len(self.clients))
+        x, mask = checked_rows(x, mask, self._n_features, len(self.clients))
         out = self._predict(self.personal_params, self.personal_stats, x, mask)
         return np.asarray(out)
 
@@ -217,7 +243,7 @@ class BaselineFit:
             the local models; for FedBN/FedPer the global body with the mean
             personal layers; for clustering the largest cluster's model).
         """
-        x, mask = self._check_x(x, mask, None)
+        x, mask = checked_rows(x, mask, self._n_features, None)
         if self._cold_start is not None and self._metadata_scaling is not None:
             if metadata is not None:
                 meta = np.asarray(metadata, dtype=float)
@@ -446,13 +472,7 @@ def fit_baseline(
             _check_arrays(data.arrays(split), family, split)
     if family == "categorical":
         if n_classes is None:
-            n_classes = 1 + int(
-                max(
-                    np.asarray(data.arrays(s).y)[np.asarray(data.arrays(s).mask)].max(initial=0)
-                    for s in ("train", "val", "test")
-                    if data.n_rows(s).sum() > 0
-                )
-            )
+            n_classes = class_count(data)
         n_classes = max(int(n_classes), 2)
         if np.asarray(train.y)[np.asarray(train.mask)].max(initial=0) >= n_classes:
             raise DataError(f"class codes must be below n_classes={n_classes}")
@@ -492,14 +512,10 @@ def fit_baseline(
     if method == "pooled":
         t0 = time.perf_counter()
         params, stats, losses, accs = local.fit_pooled(
-            net,
-            fam,
+            _training(net, fam, hp, local_steps, lr),
             init,
             tuple(jnp.asarray(a) for a in train),
-            tx=make_optimizer(hp["optimizer"], lr),
-            steps=rounds * local_steps,
-            record_every=local_steps,
-            weight_decay=float(hp["weight_decay"]),
+            rounds=rounds,
         )
         losses = np.asarray(losses)
         per_round = (time.perf_counter() - t0) / rounds
@@ -613,12 +629,22 @@ def _noise_sd(fit: BaselineFit, train: ClientArrays) -> np.ndarray:
     return np.where(n > 0, sd, pooled)
 
 
+def _training(net, fam, hp, local_steps, lr) -> LocalTraining:
+    return LocalTraining(
+        net,
+        fam,
+        make_optimizer(hp["optimizer"], lr),
+        local_steps=local_steps,
+        learning_rate=lr,
+        weight_decay=float(hp["weight_decay"]),
+        fraction=float(hp.get("fraction", 1.0)),
+    )
+
+
 def _build(method, net, fam, init, hp, local_steps, lr, seed, meta_std) -> Baseline:
-    tx = make_optimizer(hp["optimizer"], lr)
-    common = {"tx": tx, "local_steps": local_steps, "weight_decay": float(hp["weight_decay"])}
-    fed = {**common, "fraction": float(hp.get("fraction", 1.0))}
+    training = _training(net, fam, hp, local_steps, lr)
     if method == "local":
-        return local.build(net, fam, init, **common)
+        return local.build(training, init)
     if method in ("fedavg", "fedprox", "fedbn", "fedper"):
         if method == "fedbn" and not any(r == "norm" for r in net.roles.values()):
             warnings.warn(
@@ -627,75 +653,56 @@ def _build(method, net, fam, init, hp, local_steps, lr, seed, meta_std) -> Basel
                 UserWarning,
                 stacklevel=3,
             )
-        return fedavg.build(
-            net,
-            fam,
-            init,
-            shared_roles=fedavg.SHARED_ROLES[method],
-            mu=float(hp.get("mu", 0.0)),
-            learning_rate=lr,
-            name=method,
-            **fed,
-        )
+        roles = fedavg.SHARED_ROLES[method]
+        mu = float(hp.get("mu", 0.0))
+        return fedavg.build(training, init, shared_roles=roles, mu=mu, name=method)
     if method == "ditto":
-        return ditto.build(net, fam, init, lam=float(hp["lam"]), learning_rate=lr, **fed)
+        return ditto.build(training, init, lam=float(hp["lam"]))
     if method == "pfedme":
         personal_lr = lr if hp["personal_lr"] is None else float(hp["personal_lr"])
-        fed = {**fed, "tx": make_optimizer(hp["optimizer"], personal_lr)}
         return pfedme.build(
-            net,
-            fam,
+            training._replace(tx=make_optimizer(hp["optimizer"], personal_lr)),
             init,
             lam=float(hp["lam"]),
             inner_steps=_positive_int("inner_steps", hp["inner_steps"]),
             beta=float(hp["beta"]),
-            learning_rate=lr,
             personal_lr=personal_lr,
-            **fed,
         )
     if method == "adapters":
         return adapters.build(
-            net,
-            fam,
+            training,
             init,
             rank=_positive_int("rank", hp["rank"]),
             adapter_strength=float(hp["adapter_strength"]),
-            learning_rate=lr,
-            **fed,
         )
     if method == "clustered":
         n_clusters = hp["n_clusters"]
         if n_clusters is not None:
             n_clusters = _positive_int("n_clusters", n_clusters)
         return clustered.build_clustered(
-            net,
-            fam,
+            training,
             init,
             n_clusters=n_clusters,
             max_clusters=max(2, _positive_int("max_clusters", hp["max_clusters"])),
             min_silhouette=float(hp["min_silhouette"]),
             max_similarity=float(hp["max_similarity"]),
             cluster_round=_positive_int("cluster_round", hp["cluster_round"]),
-            **fed,
         )
     if method == "ifca":
         c = _positive_int("n_clusters", hp["n_clusters"])
         inits = [
             _perturbed(net.init(seed + i), seed + i, float(hp["init_scale"])) for i in range(c)
         ]
-        stacked = jax.tree.map(lambda *a: jnp.stack(a), *inits)
-        return clustered.build_ifca(net, fam, stacked, **fed)
+        return clustered.build_ifca(training, jax.tree.map(lambda *a: jnp.stack(a), *inits))
     if method == "hypernet":
         return hypernet.build(
-            net,
-            fam,
+            training,
             init,
             metadata=meta_std,
             embedding_dim=hp["embedding_dim"],
             hn_hidden=hp["hn_hidden"],
             hn_lr=float(hp["hn_lr"]),
             seed=seed,
-            **fed,
         )
     raise AssertionError(method)  # pragma: no cover
 

@@ -35,15 +35,14 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from bayes_pfl.algorithms import Algorithm
-from bayes_pfl.baselines.networks import Family, Network, Params, build_network
+from bayes_pfl.baselines.networks import Params, build_network
 from bayes_pfl.baselines.training import (
     Baseline,
     ClientInfo,
+    LocalTraining,
     Metrics,
-    client_loss_fn,
     client_metrics,
     keep_where,
-    local_steps_fn,
     n_rows,
     sample_active,
     server_info,
@@ -80,18 +79,13 @@ class HyperMessage(NamedTuple):
 
 
 def build(
-    network: Network,
-    family: Family,
+    training: LocalTraining,
     init: tuple[Params, Params],
     *,
-    tx: optax.GradientTransformation,
     metadata: Array | None,
-    local_steps: int = 5,
     embedding_dim: int | None = None,
     hn_hidden: int | tuple[int, ...] = (64,),
     hn_lr: float = 0.01,
-    fraction: float = 1.0,
-    weight_decay: float = 0.0,
     seed: int = 0,
 ) -> Baseline:
     """Build pFedHN (see the module docstring).
@@ -108,8 +102,8 @@ def build(
     hnet = build_network("mlp", m + e, flat0.shape[0], hidden=hn_hidden)
     hn0, _ = hnet.init(seed + 1)
     server_tx = optax.adam(hn_lr)
-    loss_fn = client_loss_fn(network, family, weight_decay)
-    run = local_steps_fn(loss_fn, tx, family, local_steps)
+    fraction = training.fraction
+    run = training.run_fn()
 
     def descriptors(meta: Array | None, emb: Array) -> Array:
         return emb if meta is None else jnp.concatenate([meta.astype(emb.dtype), emb], axis=1)

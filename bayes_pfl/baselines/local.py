@@ -16,17 +16,15 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from bayes_pfl.algorithms import Algorithm
-from bayes_pfl.baselines.networks import Family, Network, Params
+from bayes_pfl.baselines.networks import Params
 from bayes_pfl.baselines.training import (
     Baseline,
     ClientInfo,
+    LocalTraining,
     Metrics,
-    client_loss_fn,
     n_rows,
-    optimizer_steps_fn,
     own_models,
     server_info,
     weighted_average,
@@ -48,18 +46,11 @@ class LocalMessage(NamedTuple):
     metrics: Metrics
 
 
-def build(
-    network: Network,
-    family: Family,
-    init: tuple[Params, Params],
-    *,
-    tx: optax.GradientTransformation,
-    local_steps: int = 5,
-    weight_decay: float = 0.0,
-) -> Baseline:
+def build(training: LocalTraining, init: tuple[Params, Params]) -> Baseline:
     """Local-only training as an :class:`~bayes_pfl.algorithms.Algorithm` (``local_steps`` per round)."""
     params0, stats0 = init
-    run = optimizer_steps_fn(client_loss_fn(network, family, weight_decay), tx, family, local_steps)
+    tx = training.tx
+    run = training.run_from_fn()
 
     def server_init(rng_key: Array, n_clients: int) -> Array:
         del rng_key
@@ -102,21 +93,12 @@ def build(
     return Baseline(algorithm, own_models, global_fn)
 
 
-def fit_pooled(
-    network: Network,
-    family: Family,
-    init: tuple[Params, Params],
-    data,
-    *,
-    tx: optax.GradientTransformation,
-    steps: int,
-    record_every: int,
-    weight_decay: float = 0.0,
-):
-    """Full-batch training on every client's rows pooled.
+def fit_pooled(training: LocalTraining, init: tuple[Params, Params], data, *, rounds: int):
+    """Full-batch training on every client's rows pooled: ``rounds`` blocks of
+    ``training.local_steps`` steps.
 
     Returns ``(params, stats, losses, accuracies)``; the metrics are those of
-    the model *before* each block of ``record_every`` steps (one per "round").
+    the model *before* each block of steps (one per "round").
     """
     x, y, mask = data
     pooled = (
@@ -124,11 +106,12 @@ def fit_pooled(
         jnp.reshape(y, (-1,)),
         jnp.reshape(mask, (-1,)),
     )
-    run = optimizer_steps_fn(client_loss_fn(network, family, weight_decay), tx, family, steps)
+    record_every = training.local_steps
+    run = training.run_from_fn(rounds * record_every)
 
     @jax.jit
     def train(params, stats, data):
-        params, stats, _, (losses, accs) = run(params, stats, tx.init(params), data)
+        params, stats, _, (losses, accs) = run(params, stats, training.tx.init(params), data)
         return params, stats, losses[::record_every], accs[::record_every]
 
     return train(*init, pooled)

@@ -29,18 +29,15 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import jax
-import optax
 
-from bayes_pfl.algorithms import Algorithm
 from bayes_pfl.baselines import fedavg
-from bayes_pfl.baselines.networks import Family, Network, Params
+from bayes_pfl.baselines.networks import Params
 from bayes_pfl.baselines.training import (
     Baseline,
     ClientInfo,
-    client_loss_fn,
+    LocalTraining,
     client_metrics,
     keep_where,
-    local_steps_fn,
     n_rows,
     own_models,
     prox_toward,
@@ -59,31 +56,27 @@ class PFedMeClientState(NamedTuple):
 
 
 def build(
-    network: Network,
-    family: Family,
+    training: LocalTraining,
     init: tuple[Params, Params],
     *,
-    tx: optax.GradientTransformation,
-    local_steps: int = 5,
     lam: float = 15.0,
     inner_steps: int = 5,
     beta: float = 1.0,
-    learning_rate: float = 0.05,
     personal_lr: float | None = None,
-    fraction: float = 1.0,
-    weight_decay: float = 0.0,
 ) -> Baseline:
     """Build pFedMe (see the module docstring).
 
-    ``tx`` drives the inner steps on :math:`\\theta_k` (at rate ``personal_lr``,
-    default ``learning_rate``, when built by :func:`~bayes_pfl.baselines.fit_baseline`);
-    ``learning_rate`` is the outer rate :math:`\\eta`.
+    ``training.tx`` drives the inner steps on :math:`\\theta_k` (at rate ``personal_lr``,
+    default ``training.learning_rate``, when built by
+    :func:`~bayes_pfl.baselines.fit_baseline`); ``training.learning_rate`` is the
+    outer rate :math:`\\eta`.
     """
     params0, stats0 = init
+    learning_rate, local_steps = training.learning_rate, training.local_steps
     personal_lr = learning_rate if personal_lr is None else personal_lr
-    run = local_steps_fn(client_loss_fn(network, family, weight_decay), tx, family, inner_steps)
+    run = training.run_fn(steps=inner_steps)
     pull = personal_lr * lam
-    base = fedavg.build(network, family, init, tx=tx, fraction=fraction, name="pfedme")
+    base = fedavg.build(training, init, name="pfedme")
 
     def client_init(rng_key: Array, data) -> PFedMeClientState:
         del rng_key
@@ -115,9 +108,9 @@ def build(
     def mix(old, mean):
         return jax.tree.map(lambda a, b: (1.0 - beta) * a + beta * b, old, mean)
 
-    server_update = fedavg.server_update_fn(fraction, mix)
-    a = base.algorithm
-    algorithm = Algorithm(
-        a.server_init, client_init, client_update, server_update, a.broadcast, "pfedme"
+    algorithm = base.algorithm._replace(
+        client_init=client_init,
+        client_update=client_update,
+        server_update=fedavg.server_update_fn(training.fraction, mix),
     )
     return Baseline(algorithm, own_models, server_models)

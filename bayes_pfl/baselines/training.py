@@ -20,6 +20,7 @@ __all__ = [
     "OPTIMIZERS",
     "Baseline",
     "ClientInfo",
+    "LocalTraining",
     "Metrics",
     "ServerInfo",
     "accepted_weight",
@@ -168,6 +169,45 @@ def local_steps_fn(loss_fn, tx: optax.GradientTransformation, family: Family, st
         return z, stats, (losses[0], accs[0])
 
     return run
+
+
+class LocalTraining(NamedTuple):
+    """The settings every baseline's clients train with: the model, the optimizer, the steps.
+
+    ``network`` and ``family`` are the model
+    (:func:`~bayes_pfl.baselines.networks.build_network`,
+    :func:`~bayes_pfl.baselines.networks.get_family`); ``tx`` the local optimizer;
+    ``local_steps`` the full-batch optimizer steps per client and round;
+    ``learning_rate`` the rate of ``tx``, which scales the proximal steps
+    (``mu``, ``lam``, ``adapter_strength`` times ``learning_rate``); ``weight_decay``
+    the L2 penalty added to every client's loss; ``fraction`` the fraction of
+    clients sampled per round (federated methods).
+    """
+
+    network: Network
+    family: Family
+    tx: optax.GradientTransformation
+    local_steps: int = 5
+    learning_rate: float = 0.05
+    weight_decay: float = 0.0
+    fraction: float = 1.0
+
+    def loss_fn(self, to_params: Callable[[Any], Params] | None = None):
+        """:func:`client_loss_fn` of this model and weight decay."""
+        return client_loss_fn(self.network, self.family, self.weight_decay, to_params)
+
+    def run_fn(self, loss_fn=None, steps: int | None = None):
+        """:func:`local_steps_fn` (a fresh optimizer state every call) of ``loss_fn``
+        (default :meth:`loss_fn`) for ``steps`` steps (default ``local_steps``)."""
+        loss_fn = self.loss_fn() if loss_fn is None else loss_fn
+        steps = self.local_steps if steps is None else steps
+        return local_steps_fn(loss_fn, self.tx, self.family, steps)
+
+    def run_from_fn(self, steps: int | None = None):
+        """:func:`optimizer_steps_fn` (the optimizer state carried by the caller) of the
+        client loss for ``steps`` steps (default ``local_steps``)."""
+        steps = self.local_steps if steps is None else steps
+        return optimizer_steps_fn(self.loss_fn(), self.tx, self.family, steps)
 
 
 def evaluate(network: Network, family: Family, params, stats, data) -> tuple[Array, Array]:
