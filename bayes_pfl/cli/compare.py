@@ -115,12 +115,14 @@ def _cli_data(args) -> tuple[Callable[[int], FederatedData], Any]:
             features=list(parsed.variables) or [parsed.response],
         )
         options["standardize"] = options["standardize"] and src.standardizable
-        first = from_formula(
-            args.formula, src.frame, family=args.family or "bernoulli", seed=0, **options
-        )
-        family = args.family or infer_family(first.data)
-        if family != first.model.family:
-            first = from_formula(args.formula, src.frame, family=family, seed=0, **options)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # rows dropped: in the table
+            first = from_formula(
+                args.formula, src.frame, family=args.family or "bernoulli", seed=0, **options
+            )
+            family = args.family or infer_family(first.data)
+            if family != first.model.family:
+                first = from_formula(args.formula, src.frame, family=family, seed=0, **options)
 
         def make(seed: int) -> FederatedData:
             with warnings.catch_warnings():

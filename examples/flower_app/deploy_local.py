@@ -14,6 +14,12 @@ printed; nothing is written to the current folder).
 
     python examples/flower_app/deploy_local.py --data 'sites/*.csv' --target y \\
         --features age,dose --model logistic --out results/sites
+    python examples/flower_app/deploy_local.py --data sites/ \\
+        --formula 'y ~ age + C(sex) + (1 + age | site)' --model logistic --out results/f
+
+With ``--formula`` the launcher fixes the federation's schema from each file's *set of
+levels* (what a server would collect; no row leaves a file) and sends it in the run
+config; each node evaluates its own file against it.
 
 With ``--keep-running`` the federation stays up after the run (Ctrl-C stops it) and
 prints the ``flwr run`` command to start more runs against it.
@@ -69,6 +75,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--features", default="", help="with --data: comma-separated features")
     p.add_argument("--model", default="", help="zoo model (with --data: required)")
     p.add_argument(
+        "--formula",
+        default="",
+        help="with --data: the model as a formula (--model then names the family); it "
+        "names the client column, target and terms",
+    )
+    p.add_argument(
         "--workdir",
         default=None,
         help="FLWR_HOME, logs, JAX cache, hospital CSVs (default: a new temporary folder)",
@@ -80,8 +92,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--run-config", default="", help="extra run config, 'key=value key=value'")
     p.add_argument("--keep-running", action="store_true", help="leave the federation up")
     args = p.parse_args(argv)
-    if args.data and not (args.target and args.features and args.model):
-        p.error("--data needs --target, --features and --model")
+    if args.formula and not (args.data and args.model):
+        p.error("--formula needs --data and --model (the family)")
+    if args.data and not args.formula and not (args.target and args.features and args.model):
+        p.error("--data needs --target, --features and --model (or --formula and --model)")
     if args.workdir is None:
         args.workdir = tempfile.mkdtemp(prefix="bayes-pfl-flower-")
     if args.out is None:
@@ -100,10 +114,26 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.data:
         try:  # the launcher checks the files once; each node then reads only its own
-            src = source(
-                args.data, client_col=args.client_col, target=args.target, features=args.features
-            )
-        except DataError as exc:
+            if args.formula:
+                from bayes_pfl.formula import Schema, parse_formula
+
+                parsed = parse_formula(args.formula)
+                src = source(
+                    args.data,
+                    client_col=parsed.group,
+                    target=parsed.response,
+                    features=list(parsed.variables) or [parsed.response],
+                )
+                schema = Schema.from_clients(args.formula, src.frame)
+                run_config.update(formula=args.formula, schema=json.dumps(schema.to_dict()))
+            else:
+                src = source(
+                    args.data,
+                    client_col=args.client_col,
+                    target=args.target,
+                    features=args.features,
+                )
+        except (DataError, ValueError) as exc:
             print(f"deploy_local: error: {exc}", file=sys.stderr)
             return 2
         nodes = client_nodes(args.data)
@@ -116,8 +146,10 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
         data = os.path.abspath(os.path.expanduser(args.data))
-        run_config.update(data=data, target=args.target, features=args.features)
-        run_config.update({"client-col": args.client_col} if args.client_col else {})
+        run_config["data"] = data
+        if not args.formula:
+            run_config.update(target=args.target, features=args.features)
+            run_config.update({"client-col": args.client_col} if args.client_col else {})
     else:
         nodes = write_hospital_csvs(work / "hospitals")
     if args.model:
