@@ -237,6 +237,15 @@ def write_report(fit_dir: str | Path, *, data=None) -> Path:
             f"<h2>PSIS-LOO per client</h2><p>Total elpd_loo {loo.total.elpd:.2f} "
             f"(se {loo.total.se:.2f}).</p>" + text + _table(loo.table)
         )
+    elif (fit_dir / "loo.csv").is_file() and run.get("loo"):  # computed when the fit was saved
+        saved = run["loo"]
+        text = "".join(f'<p class="warn">{html.escape(m)}</p>' for m in saved.get("warnings", []))
+        sections.append(
+            f"<h2>PSIS-LOO per client</h2><p>Total elpd_loo {saved['elpd_loo']:.2f} "
+            f"(se {saved['se']:.2f}).</p>"
+            + text
+            + _table(pd.read_csv(fit_dir / "loo.csv", index_col=0))
+        )
     title = f"bayes-pfl report: {run.get('model')} ({run.get('method')})"
     page = (
         f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"

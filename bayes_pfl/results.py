@@ -326,10 +326,17 @@ def _jsonable(obj):
     return obj
 
 
-def save_fit(result: FitResult, data, out_dir: str | Path, **run_info) -> dict[str, Path]:
+def save_fit(
+    result: FitResult, data, out_dir: str | Path, *, log_likelihood: bool = True, **run_info
+) -> dict[str, Path]:
     """Write ``posterior.nc``, ``summary.csv`` and ``run.json`` for a fit.
 
     Returns the paths written, by name. ``run_info`` is merged into ``run.json``.
+
+    ``log_likelihood=False`` leaves the pointwise log-likelihood (chains x draws x rows:
+    most of the file on a large federation) out of ``posterior.nc``; the per-client
+    PSIS-LOO it serves is computed now instead and written to ``loo.csv``, with the total
+    and any Pareto-k warning in ``run.json`` (``loo``), which is what the report shows.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -339,6 +346,11 @@ def save_fit(result: FitResult, data, out_dir: str | Path, **run_info) -> dict[s
         "summary": out / "summary.csv",
         "run": out / "run.json",
     }
+    if not log_likelihood and "log_likelihood" in dt.children:
+        paths["loo"] = out / "loo.csv"
+        run_info["loo"] = _save_loo(dt, paths["loo"])
+        dt = dt.copy()
+        del dt["log_likelihood"]
     dt.to_netcdf(paths["posterior"], engine="h5netcdf")
     summary = summarize(dt)
     summary.to_csv(paths["summary"])
@@ -367,6 +379,23 @@ def save_fit(result: FitResult, data, out_dir: str | Path, **run_info) -> dict[s
     }
     paths["run"].write_text(json.dumps(_jsonable(run), indent=2))
     return paths
+
+
+def _save_loo(dt, path: Path) -> dict[str, Any]:
+    """Per-client PSIS-LOO of ``dt`` to ``path``; its total and warnings, for ``run.json``."""
+    import warnings
+
+    from bayes_pfl.inspection import ParetoKWarning, loo_by_client
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loo = loo_by_client(dt)
+    loo.table.to_csv(path)
+    return {
+        "elpd_loo": float(loo.total.elpd),
+        "se": float(loo.total.se),
+        "warnings": [str(w.message) for w in caught if isinstance(w.message, ParetoKWarning)],
+    }
 
 
 def load_posterior(path: str | Path):

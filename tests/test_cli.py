@@ -44,7 +44,7 @@ def test_fit_radon_nuts_writes_three_files(tmp_path):
     )
     assert r.returncode == 0, r.stderr
     names = {p.name for p in out.iterdir()}
-    assert names == {"posterior.nc", "summary.csv", "run.json", "shrinkage.csv"}
+    assert names == {"posterior.nc", "summary.csv", "run.json", "shrinkage.csv", "loo.csv"}
     summary = pd.read_csv(out / "summary.csv", index_col=0)
     assert summary["r_hat"].max() <= 1.01
     assert "alpha[AITKIN]" in summary.index and "sigma_y" in summary.index
@@ -104,7 +104,7 @@ def test_fit_federated_methods(tmp_path, method):
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     names = {p.name for p in out.iterdir()}
-    assert names == {"posterior.nc", "summary.csv", "run.json", "shrinkage.csv"}
+    assert names == {"posterior.nc", "summary.csv", "run.json", "shrinkage.csv", "loo.csv"}
     run = json.loads((out / "run.json").read_text())
     assert run["method"] == method
     assert 1 <= len(run["history"]) <= (1 if method == "one-shot" else 3)

@@ -151,3 +151,31 @@ def test_report_of_varying_slopes_names_terms_and_failed_clients(tmp_path):
     table = pd.read_csv(tmp_path / "shrinkage.csv")
     assert list(table["term"].unique()) == ["Intercept", "age", "bmi"]
     assert json.loads((tmp_path / "run.json").read_text())["history"][1]["failed"] == ["c07"]
+
+
+def test_without_the_pointwise_log_likelihood_the_report_keeps_loo(schools_dir, schools, tmp_path):
+    """``save_fit(log_likelihood=False)`` (the CLI's default): posterior.nc has no
+    log_likelihood group, loo.csv and run.json hold the per-client PSIS-LOO computed at
+    save time, and the report shows the same table as from the full posterior."""
+    import json
+
+    import pandas as pd
+    import xarray as xr
+
+    from bayes_pfl.inspection import loo_by_client
+    from bayes_pfl.results import load_posterior
+
+    fit = nuts(eight_schools(), schools, chains=2, warmup=300, samples=300)
+    paths = save_fit(fit, schools, tmp_path, log_likelihood=False)
+    dt = xr.open_datatree(paths["posterior"])
+    assert "log_likelihood" not in dt.children and "posterior" in dt.children
+    full = loo_by_client(fit.to_datatree(schools))
+    saved = pd.read_csv(tmp_path / "loo.csv", index_col=0)
+    pd.testing.assert_frame_equal(
+        saved.reset_index(drop=True), full.table.reset_index(drop=True), check_dtype=False
+    )
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert abs(run["loo"]["elpd_loo"] - full.total.elpd) < 1e-9
+    page = write_report(tmp_path).read_text()
+    assert "<h2>PSIS-LOO per client" in page and f"{full.total.elpd:.2f}" in page
+    assert load_posterior(paths["posterior"]).posterior["mu"].shape == (2, 300)

@@ -246,6 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--report", action="store_true", help="also write OUT/report.html (see `bayes-pfl report`)"
     )
     fit.add_argument(
+        "--save-log-likelihood",
+        action="store_true",
+        help="keep the pointwise log-likelihood (chains x draws x rows) in posterior.nc; "
+        "by default the per-client PSIS-LOO is computed at once and written to loo.csv",
+    )
+    fit.add_argument(
         "--strict",
         action="store_true",
         help="exit with status 3 when any diagnostic warns (r_hat > 1.01, ess_bulk < 400, "
@@ -462,7 +468,13 @@ def _fit_and_save(args, data, model, out: Path, *, dataset: str):
         )
     result = info.fit(data, model=model, seed=args.seed, progress=_progress(args), **options)
     paths = save_fit(
-        result, data, out, dataset=dataset, seed=args.seed, total_time_s=time.perf_counter() - t0
+        result,
+        data,
+        out,
+        log_likelihood=getattr(args, "save_log_likelihood", False),
+        dataset=dataset,
+        seed=args.seed,
+        total_time_s=time.perf_counter() - t0,
     )
     return result, paths
 
