@@ -92,3 +92,20 @@ def test_a_node_file_needs_the_schema_and_its_levels(site_files, tmp_path):
     settings = FlowerSettings.from_run_config(_run_config(folder, narrow, tmp_path))
     with pytest.raises(DataError, match=r"client 'a': column 'ward' has level\(s\) \('c',\)"):
         load_client_data(settings, node)
+
+
+def test_the_app_declares_every_setting():
+    """Flower refuses a run-config key the app's pyproject does not declare ("Invalid run
+    configuration"): every FlowerSettings field must be there, with the field's default."""
+    import dataclasses
+    import tomllib
+    from pathlib import Path
+
+    app = Path(__file__).resolve().parents[1] / "examples" / "flower_app" / "pyproject.toml"
+    declared = tomllib.loads(app.read_text())["tool"]["flwr"]["app"]["config"]
+    fields = {f.name.replace("_", "-"): f.default for f in dataclasses.fields(FlowerSettings)}
+    assert set(declared) == set(fields)
+    defaults = {"data", "missing", "standardize", "jax-cache-dir"}  # the app's own choices
+    for key, value in declared.items():
+        if key not in defaults:
+            assert value == fields[key], key

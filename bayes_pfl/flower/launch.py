@@ -234,6 +234,7 @@ class LocalFederation:
         self.simulation = simulation
         self.port = port or free_port()
         self._ports = {self.port}  # promised to our processes (not bound yet, maybe)
+        self._runs = 0  # runs started: each writes its run config to its own file
         self._restarts: dict[int, int] = {}
         self.tls = tls
         if superexec_poll_s is None:
@@ -423,10 +424,14 @@ class LocalFederation:
         """``flwr run APP local-link`` (detached); returns the run id."""
         args = ["run", str(Path(app_dir).resolve()), "local-link", "--format", "json"]
         if run_config:
-            args += [
-                "--run-config",
-                " ".join(f"{k}={_toml_value(v)}" for k, v in run_config.items()),
-            ]
+            # a TOML file, not 'key=value' pairs: flwr splits those with a pattern that
+            # cannot hold a quote inside a value (a formula's schema is JSON)
+            self._runs += 1
+            path = Path(self.home) / f"run-config-{self._runs}.toml"
+            path.write_text(
+                "".join(f"{json.dumps(str(k))} = {_toml_value(v)}\n" for k, v in run_config.items())
+            )
+            args += ["--run-config", str(path)]
         if self.simulation:
             n = num_supernodes or len(self.node_configs)
             args += [
