@@ -331,7 +331,9 @@ def save_fit(
 ) -> dict[str, Path]:
     """Write ``posterior.nc``, ``summary.csv`` and ``run.json`` for a fit.
 
-    Returns the paths written, by name. ``run_info`` is merged into ``run.json``.
+    Returns the paths written, by name. ``run_info`` is merged into ``run.json``, and so
+    are ``data``'s standardization constants (``standardization``: feature -> mean, scale)
+    when its features were standardized: new rows must be scaled with them.
 
     ``log_likelihood=False`` leaves the pointwise log-likelihood (chains x draws x rows:
     most of the file on a large federation) out of ``posterior.nc``; the per-client
@@ -362,6 +364,17 @@ def save_fit(
         diag["min_ess_bulk"] = float(np.nanmin(summary["ess_bulk"]))
     if result.sample_stats and "diverging" in result.sample_stats:
         diag["divergences"] = int(np.sum(result.sample_stats["diverging"]))
+    if data is not None and getattr(data, "feature_mean", None) is not None:
+        # new rows (prediction, cold start) must be scaled with these same constants
+        run_info.setdefault(
+            "standardization",
+            {
+                str(f): {"mean": float(m), "scale": float(sc)}
+                for f, m, sc in zip(
+                    data.features, data.feature_mean, data.feature_scale, strict=True
+                )
+            },
+        )
     run = {
         "method": result.method,
         "model": result.model.name,

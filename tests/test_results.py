@@ -120,3 +120,42 @@ def test_zoo_models_are_named_as_asked():
         assert model.name == name
         assert "slopes" in model.description and "centered" in model.description
     assert get_model("radon_intercept").name == "radon_intercept"
+
+
+def test_standardization_constants_are_kept_in_run_json(tmp_path):
+    """New rows must be scaled like the fitted ones: run.json keeps the pooled constants."""
+    rng = np.random.default_rng(2)
+    df = pd.DataFrame({"client": np.repeat(CLIENTS, 6), "age": rng.normal(50, 9, 18)})
+    df["y"] = (rng.random(18) < 0.5).astype(int)
+    data = FederatedData.from_pandas(
+        df, client_col="client", target="y", features=["age"], standardize=True
+    )
+    model = hierarchical_glm("bernoulli", 1, varying="intercept")
+    save_fit(_fake_result(model), data, tmp_path)
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["standardization"] == {
+        "age": {"mean": pytest.approx(df.age.mean()), "scale": pytest.approx(df.age.std(ddof=0))}
+    }
+    save_fit(_fake_result(model), _data(), tmp_path / "raw")
+    assert "standardization" not in json.loads((tmp_path / "raw" / "run.json").read_text())
+
+
+def test_the_cli_hints_at_standardization_for_features_far_from_unit_scale(capsys):
+    from types import SimpleNamespace
+
+    from bayes_pfl.cli.fit import _standardization_hint
+
+    rng = np.random.default_rng(3)
+    df = pd.DataFrame({"client": np.repeat(CLIENTS, 6), "age": rng.normal(50, 9, 18),
+                       "z": rng.normal(size=18), "flag": rng.integers(0, 2, 18)})  # fmt: skip
+    df["y"] = (rng.random(18) < 0.5).astype(int)
+    data = FederatedData.from_pandas(
+        df, client_col="client", target="y", features=["age", "z", "flag"]
+    )
+    args = SimpleNamespace(standardize=False, data="my.csv", formula=None)
+    _standardization_hint(args, data)
+    err = capsys.readouterr().err
+    assert "hint: feature(s) age (mean" in err and "--standardize" in err
+    assert "z (" not in err and "flag" not in err  # unit scale and 0/1: no hint
+    _standardization_hint(SimpleNamespace(standardize=True, data="my.csv", formula=None), data)
+    assert capsys.readouterr().err == ""

@@ -555,6 +555,35 @@ def _plots(dt, var: str, table, out: Path) -> list[Path]:
     return [forest, size]
 
 
+def _standardization_hint(args, data) -> None:
+    """A hint on stderr when a user's features are far from unit scale and not standardized:
+    the GLMs' priors (coefficients ~ N(0, 2.5)) assume features of about unit scale."""
+    import numpy as np
+
+    from bayes_pfl.datasets import DATASETS
+
+    if args.standardize or (args.data in DATASETS and not getattr(args, "formula", None)):
+        return  # a bundled dataset's model is written for its units
+    arr = data.arrays()
+    x = np.asarray(arr.x)[np.asarray(arr.mask)]
+    far = []
+    for j, name in enumerate(data.features):
+        col = x[:, j]
+        col = col[np.isfinite(col)]
+        if col.size < 2 or np.all((col == 0) | (col == 1)):
+            continue
+        sd, mean = float(col.std()), float(col.mean())
+        if sd > 5 or sd < 0.2 or abs(mean) > 5 * max(sd, 1e-12):
+            far.append(f"{name} (mean {mean:.3g}, sd {sd:.3g})")
+    if far:
+        print(
+            f"bayes-pfl: hint: feature(s) {', '.join(far[:5])}{' ...' if len(far) > 5 else ''} "
+            "are far from unit scale, which the priors (coefficients ~ N(0, 2.5)) assume; "
+            "--standardize scales them with pooled constants (kept in run.json)",
+            file=sys.stderr,
+        )
+
+
 def cmd_fit(args, *, dataset=None) -> int:
     import shutil
     import tempfile
@@ -567,6 +596,7 @@ def cmd_fit(args, *, dataset=None) -> int:
     if getattr(args, "checkpoint", None) and args.method not in ("ep", "vi"):
         raise DataError(f"--checkpoint applies to --method ep or vi, not {args.method}")
     data, model, schema = load_inputs(args)
+    _standardization_hint(args, data)
     import warnings
 
     from bayes_pfl.centralized import check_model_data
