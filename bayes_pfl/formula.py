@@ -58,6 +58,7 @@ __all__ = [
     "FormulaModel",
     "Schema",
     "formula_model",
+    "formula_source",
     "from_formula",
     "parse_formula",
 ]
@@ -195,6 +196,24 @@ def parse_formula(formula: str) -> ParsedFormula:
         variables=tuple(variables),
         categorical=tuple(categorical),
     )
+
+
+def formula_source(data: str, formula: str, *, flag: str = "--data"):
+    """``(DataSource, ParsedFormula)``: the rows of ``data`` (a bundled dataset, a CSV, or
+    a folder or glob of one CSV per client: :func:`bayes_pfl.datasets.source`) for
+    ``formula``, which names the client column (a folder's files are labelled in it) and
+    the outcome; only the columns the formula reads need to exist."""
+    from bayes_pfl.datasets import source
+
+    parsed = parse_formula(formula)
+    src = source(
+        data,
+        client_col=parsed.group,
+        target=parsed.response,
+        features=list(parsed.variables) or [parsed.response],
+        flag=flag,
+    )
+    return src, parsed
 
 
 def _sort_levels(levels) -> tuple:

@@ -5,7 +5,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["configure_jax"]
+__all__ = ["configure_jax", "formula_conflicts"]
+
+
+def formula_conflicts(args) -> str | None:
+    """What is wrong when ``--formula`` comes with the flags it replaces, or ``None``."""
+    given = [f for f in ("client_col", "target", "features", "varying") if getattr(args, f, None)]
+    if not given:
+        return None
+    flags = ", ".join("--" + f.replace("_", "-") for f in given)
+    return f"--formula names the client column, outcome and terms; drop {flags}"
 
 
 def configure_jax(num_devices: int) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bayes_pfl.cli.common import configure_jax
+from bayes_pfl.cli.common import configure_jax, formula_conflicts
 from bayes_pfl.compare import (
     BAYESIAN_METHODS,
     FAMILIES,
@@ -99,21 +99,11 @@ def _cli_data(args) -> tuple[Callable[[int], FederatedData], Any]:
         "missing": args.missing,
     }
     if args.formula:
-        from bayes_pfl.formula import from_formula, parse_formula
+        from bayes_pfl.formula import formula_source, from_formula
 
-        given = [f for f in ("client_col", "target", "features", "varying") if getattr(args, f)]
-        if given:
-            flags = ", ".join("--" + f.replace("_", "-") for f in given)
-            raise ComparisonError(
-                f"--formula names the client column, outcome and terms; drop {flags}"
-            )
-        parsed = parse_formula(args.formula)
-        src = source(
-            args.data,
-            client_col=parsed.group,
-            target=parsed.response,
-            features=list(parsed.variables) or [parsed.response],
-        )
+        if conflict := formula_conflicts(args):
+            raise ComparisonError(conflict)
+        src, _ = formula_source(args.data, args.formula)
         options["standardize"] = options["standardize"] and src.standardizable
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # rows dropped: in the table

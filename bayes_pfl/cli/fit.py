@@ -308,14 +308,12 @@ def load_inputs(args):
 
 
 def _formula_inputs(args):
+    from bayes_pfl.cli.common import formula_conflicts
     from bayes_pfl.data import DataError
-    from bayes_pfl.datasets import source
-    from bayes_pfl.formula import FAMILY_ALIASES, from_formula, parse_formula
+    from bayes_pfl.formula import FAMILY_ALIASES, formula_source, from_formula
 
-    given = [f for f in ("client_col", "target", "features", "varying") if getattr(args, f)]
-    if given:
-        flags = ", ".join("--" + f.replace("_", "-") for f in given)
-        raise DataError(f"--formula names the client column, outcome and terms; drop {flags}")
+    if conflict := formula_conflicts(args):
+        raise DataError(conflict)
     if args.model not in FAMILY_ALIASES:
         raise DataError(
             f"--formula needs --model naming the family: {', '.join(FAMILY_ALIASES)}"
@@ -333,14 +331,7 @@ def _formula_inputs(args):
             ) from None
         if not scales[_PRIOR_FLAGS[name.strip()]] > 0:
             raise DataError(f"--prior {item!r}: the scale must be positive")
-    parsed = parse_formula(args.formula)
-    # the source only needs the columns to exist; the formula reads its own variables
-    src = source(
-        args.data,
-        client_col=parsed.group,
-        target=parsed.response,
-        features=list(parsed.variables) or [parsed.response],
-    )
+    src, _ = formula_source(args.data, args.formula)
     if args.standardize and not src.standardizable:
         src.federated(standardize=True)  # the dataset's own error: its features keep units
     fm = from_formula(

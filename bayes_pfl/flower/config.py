@@ -206,7 +206,7 @@ class FlowerSettings:
             if self.schema:
                 raise ValueError("run-config schema needs formula")
             return None
-        from bayes_pfl.formula import FormulaError, Schema, parse_formula
+        from bayes_pfl.formula import FormulaError, Schema, formula_source
 
         if self.schema:
             try:
@@ -216,16 +216,7 @@ class FlowerSettings:
             if schema.formula != self.formula:
                 raise FormulaError(f"the schema is for {schema.formula!r}, not {self.formula!r}")
             return schema
-        from bayes_pfl.datasets import source
-
-        parsed = parse_formula(self.formula)
-        src = source(
-            self.data,
-            client_col=parsed.group,
-            target=parsed.response,
-            features=list(parsed.variables) or [parsed.response],
-            flag="run-config data",
-        )
+        src, _ = formula_source(self.data, self.formula, flag="run-config data")
         return Schema.from_clients(self.formula, src.frame)
 
     @functools.cached_property

@@ -115,15 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.data:
         try:  # the launcher checks the files once; each node then reads only its own
             if args.formula:
-                from bayes_pfl.formula import Schema, parse_formula
+                from bayes_pfl.formula import Schema, formula_source
 
-                parsed = parse_formula(args.formula)
-                src = source(
-                    args.data,
-                    client_col=parsed.group,
-                    target=parsed.response,
-                    features=list(parsed.variables) or [parsed.response],
-                )
+                src, _ = formula_source(args.data, args.formula)
                 schema = Schema.from_clients(args.formula, src.frame)
                 run_config.update(formula=args.formula, schema=json.dumps(schema.to_dict()))
             else:
