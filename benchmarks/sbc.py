@@ -178,6 +178,12 @@ def run(case: str, method: str, sims: int) -> None:
     for sim in range(sims):
         if sim in done:
             continue
+        if sim % 25 == 0:
+            # every fit compiles new programs: without this a long run exhausts the process's
+            # JIT code sections ("LLVM ERROR: Cannot allocate memory", vm.max_map_count)
+            import jax
+
+            jax.clear_caches()
         data, truth, true_phi, true_theta = simulate(case, sim)
         t0 = time.perf_counter()
         row = {"sim": sim}
