@@ -180,7 +180,9 @@ def diagnostics(
         tilted importance sampling), ``laplace_fallbacks`` (``{round: clients}`` whose
         tilted moments fell back to the Laplace approximation), ``min_loo_ess`` (of the
         server's leave-one-client-out weights) and ``server_divergences`` (of the
-        server's NUTS runs over the rounds); ``ok``: whether nothing was flagged.
+        server's NUTS runs over the rounds); ``conflict`` (a FitResult with sites over
+        client effects; else ``None``): :func:`bayes_pfl.conflict.client_conflict`'s
+        table; ``ok``: whether nothing was flagged.
 
     Warns
     -----
@@ -192,7 +194,8 @@ def diagnostics(
         without a local mode, e.g. a single row, and is then made good by later
         rounds); with sites over client effects, divergent transitions of the
         server's NUTS runs, and clients whose tilted moments fell back to the
-        Laplace approximation in the last round.
+        Laplace approximation in the last round; clients whose data conflict with the
+        rest (:mod:`bayes_pfl.conflict`).
     """
     import arviz as az
 
@@ -308,6 +311,21 @@ def diagnostics(
                 "local inference failed on some client(s) in rounds "
                 f"{[r for r in history['rounds_with_failed'] if r > 1]}; pass the FitResult to "
                 "diagnostics() (or history=, run.json's) to have them named"
+            )
+    out["conflict"] = None
+    if isinstance(fit, FitResult) and hasattr(fit.state.get("sites"), "precision"):
+        from bayes_pfl.conflict import client_conflict
+
+        table = client_conflict(fit, warn=False)
+        out["conflict"] = table
+        if table["flagged"].any():
+            messages.append(
+                "client(s) whose data conflict with the rest of the federation (leave-one-"
+                f"client-out p-value below 0.05/{len(table)}): "
+                + ", ".join(
+                    f"{c!r} (p {r.p_value:.2g})" for c, r in table[table.flagged].iterrows()
+                )
+                + "; check their data (bayes_pfl.conflict.client_conflict)"
             )
     for msg in messages:
         warnings.warn(msg, DiagnosticsWarning, stacklevel=2)
