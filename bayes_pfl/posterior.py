@@ -25,6 +25,7 @@ and this module is that end:
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from typing import Any, NamedTuple
 
@@ -47,6 +48,9 @@ from bayes_pfl.simulation import bucket_parts, bucketed
 from bayes_pfl.spec import HierarchicalModel
 
 Array = jax.Array
+log = logging.getLogger(__name__)
+"""The readout's stages (global draws, personalization) at INFO: the phases after the
+rounds that show no progress bar (the command line prints them on a terminal)."""
 
 __all__ = [
     "GLOBAL_METHODS",
@@ -473,6 +477,7 @@ def readout(
 ) -> FitResult:
     state = fitted.server_state
     key_global, key_personal = readout_keys(seed)
+    log.info("global draws: %s, %d chain(s) x %d draws", global_method, num_chains, num_samples)
     u, gstats, t_global = timed_server_draws(
         key_global,
         model,
@@ -483,6 +488,12 @@ def readout(
         num_samples=num_samples,
     )
     c, s, p = u.shape
+    log.info(
+        "global draws took %.1f s; personalizing %d client(s) x %d draws",
+        t_global,
+        len(data.clients),
+        c * s,
+    )
     t0 = time.perf_counter()
     if isinstance(state, effect_ep.EffectServerState):
         theta, acc = personalize_effects(
@@ -499,6 +510,7 @@ def readout(
         )
     theta = jax.block_until_ready(theta)  # JAX is asynchronous: time the work, not its dispatch
     t_personal = time.perf_counter() - t0
+    log.info("personalization took %.1f s", t_personal)
     result = to_result(
         method,
         model,

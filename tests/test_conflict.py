@@ -91,3 +91,16 @@ def test_conflict_needs_sites_over_client_effects(schools):
     with pytest.raises(ValueError, match="sites over client effects"):
         client_conflict(fit)
     assert diagnostics(fit)["conflict"] is None
+
+
+def test_the_readout_reports_its_stages(schools, caplog):
+    """The phases after the rounds (global draws, personalization) log at INFO, which the
+    command line prints on a terminal (they have no progress bar)."""
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="bayes_pfl"):
+        fit_one_shot(eight_schools(), schools, num_samples=50, progress=False)
+    messages = [r.getMessage() for r in caplog.records if r.name == "bayes_pfl.posterior"]
+    assert messages[0].startswith("global draws: nuts, 4 chain(s) x 50 draws")
+    assert any("personalizing 8 client(s) x 200 draws" in m for m in messages)
+    assert messages[-1].startswith("personalization took")

@@ -457,7 +457,10 @@ def _fit_and_save(args, data, model, out: Path, *, dataset: str):
         options.update(
             {k: v for k in ("family", "schedule", "steps") if (v := getattr(args, k, None))}
         )
+    stages = _show_stages(args)
     result = info.fit(data, model=model, seed=args.seed, progress=_progress(args), **options)
+    if stages:
+        print("bayes-pfl: summarizing and writing the fit", file=sys.stderr, flush=True)
     paths = save_fit(
         result,
         data,
@@ -746,6 +749,23 @@ def cmd_models() -> int:
         print(f"{name:16s} phi={list(m.phi_space.names)} theta={list(m.theta_space.names)}")
         print(f"{'':16s} {m.description}")
     return 0
+
+
+def _show_stages(args) -> bool:
+    """On a terminal (where progress bars show), print the stages that have none: the
+    federated readout's global draws and personalization, summaries and writing."""
+    import logging
+
+    if not _progress(args):
+        return False
+    logger = logging.getLogger("bayes_pfl")
+    if not any(getattr(h, "_bayes_pfl_cli", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("bayes-pfl: %(message)s"))
+        handler._bayes_pfl_cli = True
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    return True
 
 
 def _progress(args) -> bool:
