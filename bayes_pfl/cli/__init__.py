@@ -23,6 +23,7 @@ Modules: :mod:`~bayes_pfl.cli.common` (what the commands share),
 
 from __future__ import annotations
 
+import os
 import sys
 
 from bayes_pfl.cli.common import configure_jax
@@ -95,4 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         print("bayes-pfl: interrupted; nothing was written", file=sys.stderr)
-        return 130
+        # the sampler may still be running in JAX's runtime (one XLA call for all the draws
+        # when no progress bar is shown): a normal exit would wait for it to finish, minutes
+        # later. The output was cleaned up already (cmd_fit); leave at once.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
