@@ -238,8 +238,14 @@ def markdown(results: dict, meta: dict) -> str:
         "",
         f"{meta['date']}, {meta['platform']}, {meta['cpu_count']} cores, jax "
         f"{meta['versions'].get('jax')}. Command: `.venv/bin/python "
-        "benchmarks/federated_hierarchy.py`. References: clean centralized NUTS "
-        "(0 divergences, R-hat <= 1.01, ESS >= 400), `benchmarks/results/references/`.",
+        "benchmarks/federated_hierarchy.py --case <name> --methods ...`, one process per "
+        'case (a single process running every case crashed at the 6th case with "LLVM '
+        "ERROR: Unable to allocate section memory\": the kernel's limit on memory maps, "
+        "reached by XLA's compiled code); per-case runs merge into this file, so rows may "
+        "come from different runs and commits (each case's rows here: see the git log of "
+        "this file). Machine shared with other jobs: wall times are upper bounds. "
+        "References: clean centralized NUTS (0 divergences, R-hat <= 1.01, ESS >= 400), "
+        "`benchmarks/results/references/`.",
         "",
         "Bounds: eight schools z <= 0.05, sd ratio in [0.95, 1.05] against the exact "
         "posterior (quadrature); radon z <= 0.1, [0.9, 1.1]; other cases z <= 0.15, "
