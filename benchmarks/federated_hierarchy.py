@@ -297,6 +297,9 @@ def markdown(results: dict, meta: dict) -> str:
     for case, res in results.items():
         for method, e in res["methods"].items():
             p = e.get("particles")
+            if not p and method.startswith("ep-particles") and "error" not in e:
+                why = "none: the likelihood reads shared global parameters (Gaussian sites kept)"
+                prow.append([case, method, why, "", "", "", "", "", ""])
             if p:
                 prow.append(
                     [
@@ -320,8 +323,8 @@ def markdown(results: dict, meta: dict) -> str:
             "",
             "The particle exchange (one round after the Gaussian rounds; `rounds` above "
             "counts it): clients sending particles (their diagnostic) and clients whose "
-            "`Z_k` the server corrects (correction varying over its draws by more than 1.5 "
-            "times its Monte Carlo error), the senders' lowest tilted ESS, the corrected "
+            "`Z_k` the server corrects (`auto`: those whose weights' median ESS over the "
+            "server's draws reaches 8), the senders' lowest tilted ESS, the corrected "
             "clients' lowest median ESS of the weights over the server's draws, the largest "
             "sd of `log(L/t)` under a client's Gaussian tilted, bytes up of a client keeping "
             "its Gaussian site (flags only) / of a client sending particles / mean over "
