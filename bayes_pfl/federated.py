@@ -3,7 +3,9 @@ r"""Federated EP and one-shot end to end: the rounds, then the readout.
 * the rounds of :mod:`bayes_pfl.algorithms.effect_ep` (sites over each client's own
   effects, the population integrated exactly by the server; default) or of
   :mod:`bayes_pfl.algorithms.ep` (sites over the global parameters), run by the
-  driver :func:`bayes_pfl.simulation.run_rounds`; one-shot is EP's first round;
+  driver :func:`bayes_pfl.simulation.run_rounds`; one-shot is EP's first round; with
+  ``summary="auto"``/``"particles"`` one exchange of importance-weighted particles relative
+  to the Gaussian sites follows (:mod:`bayes_pfl.algorithms.particles`);
 * then :func:`bayes_pfl.posterior.readout`: global draws, personalized draws, the
   :class:`~bayes_pfl.results.FitResult` in the same layout as the centralized fit.
 
@@ -15,10 +17,12 @@ from __future__ import annotations
 
 import functools
 import time
+import warnings
 from typing import Any
 
-from bayes_pfl.algorithms import effect_ep, ep
+from bayes_pfl.algorithms import effect_ep, ep, particles
 from bayes_pfl.centralized import check_model_data
+from bayes_pfl.population import gaussian_population
 from bayes_pfl.posterior import (
     ColdStart,
     Rounds,
@@ -70,6 +74,40 @@ def effect_algorithm(model: HierarchicalModel, **options) -> Any:
     return effect_ep.build(model, **options)
 
 
+SUMMARIES = ("gaussian", "particles", "auto")
+"""Client summaries with ``sites="effects"``: Gaussian sites only; or, after the Gaussian
+rounds, one exchange of importance-weighted particles relative to the site from every
+client (``"particles"``) or from the clients whose diagnostic asks for them (``"auto"``);
+:mod:`bayes_pfl.algorithms.particles`."""
+
+
+@functools.lru_cache(maxsize=16)
+def particle_algorithm(model: HierarchicalModel, effect, **options) -> Any:
+    """``particles.build`` memoized per model, Gaussian-rounds algorithm and options."""
+    return particles.build(model, effect, **options)
+
+
+def particle_summary(model: HierarchicalModel, summary: str, sites: str = "effects") -> str:
+    """The summary a fit will use: ``summary`` checked, ``"gaussian"`` (with a warning
+    saying why) where particles do not apply (shared likelihood parameters)."""
+    if summary not in SUMMARIES:
+        raise ValueError(f"summary must be one of {SUMMARIES}, got {summary!r}")
+    if summary == "gaussian":
+        return summary
+    if sites != "effects":
+        raise ValueError(
+            f"summary={summary!r} needs sites='effects' (particles over each client's effects)"
+        )
+    why = particles.applicable(gaussian_population(model))
+    if why is not None:
+        warnings.warn(
+            f"summary={summary!r}: model {model.name!r} keeps Gaussian sites: {why}",
+            stacklevel=3,
+        )
+        return "gaussian"
+    return summary
+
+
 def ep_defaults(sites: str, tilted: str = "laplace") -> dict[str, float]:
     """EP's ``damping`` and ``tol`` when not given, the one place they are written.
 
@@ -93,11 +131,15 @@ def ep_phases(
     site_fit: str = "gradient",
     site_points: int | None = None,
     effect_options: tuple | None = None,
+    summary: str = "gaussian",
+    n_particles: int = 256,
 ) -> tuple[Phase, ...]:
     """EP's rounds as driver phases; the in-process fits and Flower run this same tuple.
 
     ``sites="effects"``: one phase of :func:`effect_algorithm` (``effect_options`` as
-    frozen ``(name, value)`` pairs; ``("local", "vi")`` makes it federated VI).
+    frozen ``(name, value)`` pairs; ``("local", "vi")`` makes it federated VI); with
+    ``summary`` ``"particles"``/``"auto"`` a one-round phase of :func:`particle_algorithm`
+    follows, warm-started from it (``summary`` as :func:`particle_summary` resolved it).
     ``sites="global"``: :func:`ep_algorithm`; with ``tilted="nuts"`` (and more than one
     round) a Laplace-EP phase first, the NUTS phase warm-started from it (its cavities
     are then well defined and NUTS's Monte Carlo noise only perturbs a good
@@ -108,7 +150,11 @@ def ep_phases(
     tol = given["tol"] if tol is None else tol
     if sites == "effects":
         alg = effect_algorithm(model, damping=damping, tol=tol, **dict(effect_options or ()))
-        return (Phase({"sites": "effects"}, alg, rounds, False, True),)
+        phases = [Phase({"sites": "effects"}, alg, rounds, False, True)]
+        if summary != "gaussian":
+            extra = particle_algorithm(model, alg, mode=summary, n_particles=n_particles)
+            phases.append(Phase({"sites": "effects", "summary": summary}, extra, 1, True, True))
+        return tuple(phases)
     phases = []
     if tilted == "nuts" and rounds > 1:
         warm = ep_algorithm(
@@ -171,6 +217,8 @@ def fit_ep(
     checkpoint=None,
     resume: bool = False,
     effect_options: dict | None = None,
+    summary: str = "gaussian",
+    n_particles: int = 256,
 ) -> FitResult:
     """Federated EP, then global and personalized draws.
 
@@ -215,6 +263,19 @@ def fit_ep(
     effect_options : dict, optional
         Further options of :func:`bayes_pfl.algorithms.effect_ep.build` (the server's
         per-round NUTS settings, the tilted importance-sampling points).
+    summary : {"gaussian", "particles", "auto"}
+        ``sites="effects"`` only. ``"gaussian"``: Gaussian sites. ``"particles"``: after
+        the Gaussian rounds, one more exchange in which every client sends
+        ``n_particles`` importance-weighted particles relative to its site, and the
+        server's density (its final draws) is particle-corrected where a client's
+        likelihood is far from Gaussian (:mod:`bayes_pfl.algorithms.particles`);
+        ``"auto"``: only the clients whose diagnostic (sd of ``log L/t`` under their
+        Gaussian tilted, effective sample size) asks for it. Models whose likelihood
+        reads shared global parameters keep Gaussian sites (with a warning). The round
+        history reports the clients using particles, their lowest ESS and the bytes per
+        client of each form.
+    n_particles : int
+        Particles per client with ``summary`` ``"particles"``/``"auto"``.
 
     Returns
     -------
@@ -228,11 +289,16 @@ def fit_ep(
     given = ep_defaults(sites, tilted)
     damping = given["damping"] if damping is None else damping
     tol = given["tol"] if tol is None else tol
+    summary = particle_summary(model, summary, sites)
     settings = {"rounds": rounds, "damping": damping, "sites": sites, "tol": tol}
     if sites == "global":
         settings.update(tilted=tilted, site_fit=site_fit, site_points=site_points)
-    elif effect_options:
-        settings.update(dict(effect_options))
+    else:
+        settings.update(summary=summary)
+        if summary != "gaussian":
+            settings.update(n_particles=n_particles)
+        if effect_options:
+            settings.update(dict(effect_options))
     return run_fit(
         "ep",
         model,
@@ -242,6 +308,8 @@ def fit_ep(
         site_points=site_points,
         sites=sites,
         effect_options=_freeze(effect_options),
+        summary=summary,
+        n_particles=n_particles,
         seed=seed,
         global_method=global_method,
         num_chains=num_chains,

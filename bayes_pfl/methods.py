@@ -166,6 +166,11 @@ def _ep_phases(name: str) -> Callable[..., tuple]:
             given["effect_options"] = (("local", "vi"), ("vi_iterations", vi_iter))
         elif options.get("effect_options"):
             given["effect_options"] = tuple(sorted(dict(options["effect_options"]).items()))
+        if options.get("summary", "gaussian") != "gaussian":
+            raise UnknownMethod(
+                f"ep with summary={options['summary']!r} runs in process only (Flower's "
+                "readout personalizes from Gaussian sites); use summary='gaussian'"
+            )
         return ep_phases(model, rounds=rounds, **given)
 
     return phases

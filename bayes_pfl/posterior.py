@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bayes_pfl.algorithms import effect_ep
+from bayes_pfl.algorithms import effect_ep, particles
 from bayes_pfl.algorithms.ep import gaussian_log_kernel
 from bayes_pfl.gaussian import GaussianFactor
 from bayes_pfl.local import (
@@ -121,7 +121,7 @@ def global_draws(
 def effect_global_draws(
     rng_key: Array,
     model: HierarchicalModel,
-    state: effect_ep.EffectServerState,
+    state: effect_ep.EffectServerState | particles.ParticleServerState,
     *,
     num_chains: int = 4,
     num_warmup: int = 300,
@@ -130,8 +130,18 @@ def effect_global_draws(
     """NUTS draws ``[chain, draw, P]`` of ``p0(u) prod_k Z_k(u)`` (sites over client effects).
 
     The chains start from the server's last draws with the dense mass matrices its
-    last round adapted, and adapt only their step size during ``num_warmup``.
+    last round adapted, and adapt only their step size during ``num_warmup``. After a
+    particle exchange (:class:`~bayes_pfl.algorithms.particles.ParticleServerState`) the
+    density is the particle-corrected one
+    (:func:`~bayes_pfl.algorithms.particles.corrected_density`) over the clients that
+    sent particles.
     """
+    density_args: tuple = ()
+    if isinstance(state, particles.ParticleServerState):
+        density_args = particles.used_particles(state)
+        state = state.ep
+    else:
+        density_args = (jax.device_get(state.sites),)
     pop = gaussian_population(model)
     log_hyperprior = jax.jit(model.log_hyperprior)
     n_prev = state.draws.shape[0]
@@ -142,19 +152,21 @@ def effect_global_draws(
     step = np.asarray(state.step_size)[pick]
     inv_mass = np.asarray(state.inverse_mass)[pick]
     keys = jax.random.split(rng_key, num_chains)
-    run = _effect_sampler(pop, log_hyperprior, num_warmup, num_samples)
-    draws, diverging = run(keys, inits, step, inv_mass, jax.device_get(state.sites))
+    density = effect_ep.server_density if len(density_args) == 1 else particles.corrected_density
+    run = _effect_sampler(pop, log_hyperprior, num_warmup, num_samples, density)
+    draws, diverging = run(keys, inits, step, inv_mass, density_args)
     return np.asarray(draws), {"diverging": np.asarray(diverging)}
 
 
 @functools.lru_cache(maxsize=16)
-def _effect_sampler(pop, log_hyperprior, num_warmup: int, num_samples: int):
-    """The jitted final NUTS chains of :func:`effect_global_draws` (one compilation per setting)."""
+def _effect_sampler(pop, log_hyperprior, num_warmup: int, num_samples: int, density):
+    """The jitted final NUTS chains of :func:`effect_global_draws` (one compilation per
+    setting); ``density(pop, log_hyperprior, *args)`` is the server's log density."""
 
-    def chain(k, z0, eps, m, sites):
+    def chain(k, z0, eps, m, args):
         return nuts_run(
             k,
-            effect_ep.server_density(pop, log_hyperprior, sites),
+            density(pop, log_hyperprior, *args),
             z0,
             num_warmup=num_warmup,
             num_samples=num_samples,
@@ -164,8 +176,8 @@ def _effect_sampler(pop, log_hyperprior, num_warmup: int, num_samples: int):
         )
 
     @jax.jit
-    def run(keys, inits, step, inv_mass, sites):
-        out = map_chains(chain, (keys, inits, step, inv_mass), (sites,))
+    def run(keys, inits, step, inv_mass, args):
+        out = map_chains(chain, (keys, inits, step, inv_mass), (args,))
         return out.draws, out.diverging
 
     return run
@@ -408,7 +420,7 @@ def server_draws(
     :func:`effect_global_draws`; sites over the global parameters: :func:`global_draws`.
     Used by the in-process fits and by the Flower server alike.
     """
-    if isinstance(state, effect_ep.EffectServerState):
+    if isinstance(state, effect_ep.EffectServerState | particles.ParticleServerState):
         return effect_global_draws(
             rng_key,
             model,
@@ -432,6 +444,15 @@ def server_draws(
 
 def server_summary(state, u) -> dict[str, Any]:
     """What a federated ``FitResult.state`` keeps of the server: draws and sites."""
+    if isinstance(state, particles.ParticleServerState):
+        used = np.asarray(state.particles.use)
+        return {
+            "u_draws": np.asarray(u),
+            "sites": state.ep.sites,
+            "particle_clients": used,
+            "particle_ess": np.asarray(state.ess),
+            "particle_sd_log_ratio": np.asarray(state.sd_log_ratio),
+        }
     if isinstance(state, effect_ep.EffectServerState):
         return {"u_draws": np.asarray(u), "sites": state.sites}
     return {
@@ -495,11 +516,12 @@ def readout(
         c * s,
     )
     t0 = time.perf_counter()
-    if isinstance(state, effect_ep.EffectServerState):
+    if isinstance(state, effect_ep.EffectServerState | particles.ParticleServerState):
+        sites = state.ep.sites if isinstance(state, particles.ParticleServerState) else state.sites
         theta, acc = personalize_effects(
             key_personal,
             model,
-            state.sites,
+            sites,
             u.reshape(c * s, p),
             data.train,
             mh_steps=mh_steps,

@@ -7,7 +7,10 @@ For every parameter element (global and per client, deterministic sites included
 reports ``z = |mean_fed - mean_ref| / sd_ref`` and ``r = sd_fed / sd_ref`` with their
 Monte Carlo noise, per method: ``ep`` (sites over client effects, the default),
 ``one-shot``, ``vi`` (federated VI, its defaults) and ``ep-global`` (the earlier sites over
-the global parameters). Also rounds, convergence, wall time, bytes per client per round,
+the global parameters), ``ep-particles`` (``ep`` then one exchange of importance-weighted
+particles relative to the Gaussian sites from the clients whose diagnostic asks for them,
+``summary="auto"``) and ``ep-particles-all`` (every client sends particles,
+``summary="particles"``). Also rounds, convergence, wall time, bytes per client per round,
 the personalization's lowest acceptance and the cavities' leave-one-out effective sample
 sizes.
 
@@ -46,7 +49,7 @@ from _common import (
 )
 from cases import CASES, REFERENCE
 
-METHODS = ("ep", "one-shot", "vi", "ep-global")
+METHODS = ("ep", "one-shot", "vi", "ep-global", "ep-particles", "ep-particles-all")
 REFS = RESULTS / "references"
 
 # (z bound, sd range) per case for EP/one-shot
@@ -69,6 +72,10 @@ def _fit(method: str, model, data, draws: int, seed: int = 0):
         return fit_one_shot(model, data, **common)
     if method == "ep-global":
         return fit_ep(model, data, sites="global", **common)
+    if method == "ep-particles":
+        return fit_ep(model, data, summary="auto", **common)
+    if method == "ep-particles-all":
+        return fit_ep(model, data, summary="particles", **common)
     return fit_vi(model, data, **common)
 
 
@@ -81,12 +88,30 @@ def _round_figures(fit) -> dict:
         "rejected_messages": int(sum(h.get("n_rejected", 0) for h in hist)),
         "failed_clients": sorted({c for h in hist for c in h.get("failed", [])}),
     }
-    if hist and "min_loo_ess" in hist[-1]:
-        out["min_loo_ess_last_round"] = hist[-1]["min_loo_ess"]
-        out["laplace_fallbacks_last_round"] = hist[-1].get("client_laplace_fallback_count")
-        out["min_tilted_ess_last_round"] = hist[-1].get("client_ess_min")
-        out["last_mean_change"] = hist[-1].get("mean_change")
-        out["last_sd_change"] = hist[-1].get("sd_change")
+    gaussian = [h for h in hist if "min_loo_ess" in h]
+    if gaussian:
+        last = gaussian[-1]
+        out["min_loo_ess_last_round"] = last["min_loo_ess"]
+        out["laplace_fallbacks_last_round"] = last.get("client_laplace_fallback_count")
+        out["min_tilted_ess_last_round"] = last.get("client_ess_min")
+        out["last_mean_change"] = last.get("mean_change")
+        out["last_sd_change"] = last.get("sd_change")
+    particle = [h for h in hist if "n_particle_clients" in h]
+    if particle:
+        p = particle[-1]
+        out["particles"] = {
+            "summary": p.get("summary"),
+            "n_clients": p["n_particle_clients"],
+            "n_sent": p.get("n_particle_messages"),
+            "min_ess": p["min_particle_ess"],
+            "min_server_ess": p.get("min_server_ess"),
+            "max_sd_log_ratio": p["max_sd_log_ratio"],
+            "bytes_up_gaussian_client": p["bytes_up_gaussian_client"],
+            "bytes_up_particle_client": p["bytes_up_particle_client"],
+            "bytes_up_mean": p["bytes_up_mean"],
+            "bytes_down_per_client": p["bytes_down_per_client"],
+            "round_time_s": p["wall_time_s"],
+        }
     return out
 
 
@@ -217,8 +242,14 @@ def markdown(results: dict, meta: dict) -> str:
         "",
         f"{meta['date']}, {meta['platform']}, {meta['cpu_count']} cores, jax "
         f"{meta['versions'].get('jax')}. Command: `.venv/bin/python "
-        "benchmarks/federated_hierarchy.py`. References: clean centralized NUTS "
-        "(0 divergences, R-hat <= 1.01, ESS >= 400), `benchmarks/results/references/`.",
+        "benchmarks/federated_hierarchy.py --case <name> --methods ...`, one process per "
+        'case (a single process running every case crashed at the 6th case with "LLVM '
+        "ERROR: Unable to allocate section memory\": the kernel's limit on memory maps, "
+        "reached by XLA's compiled code); per-case runs merge into this file, so rows may "
+        "come from different runs and commits (each case's rows here: see the git log of "
+        "this file). Machine shared with other jobs: wall times are upper bounds. "
+        "References: clean centralized NUTS (0 divergences, R-hat <= 1.01, ESS >= 400), "
+        "`benchmarks/results/references/`.",
         "",
         "Bounds: eight schools z <= 0.05, sd ratio in [0.95, 1.05] against the exact "
         "posterior (quadrature); radon z <= 0.1, [0.9, 1.1]; other cases z <= 0.15, "
@@ -266,6 +297,58 @@ def markdown(results: dict, meta: dict) -> str:
                 ]
             )
     lines.append(md_table(header, rows))
+    prow = []
+    for case, res in results.items():
+        for method, e in res["methods"].items():
+            p = e.get("particles")
+            if not p and method.startswith("ep-particles") and "error" not in e:
+                why = "none: the likelihood reads shared global parameters (Gaussian sites kept)"
+                prow.append([case, method, why, "", "", "", "", "", ""])
+            if p:
+                prow.append(
+                    [
+                        case,
+                        method,
+                        f"{p.get('n_sent')} / {p['n_clients']} of {res['data'].get('clients')}",
+                        "" if p["min_ess"] != p["min_ess"] else f"{p['min_ess']:.0f}",
+                        ""
+                        if p.get("min_server_ess") is None
+                        or p["min_server_ess"] != p["min_server_ess"]
+                        else f"{p['min_server_ess']:.0f}",
+                        f"{p['max_sd_log_ratio']:.3f}",
+                        f"{p['bytes_up_gaussian_client']} / {p['bytes_up_particle_client']} / "
+                        f"{p['bytes_up_mean']:.0f}",
+                        f"{p['bytes_down_per_client']}",
+                        f"{p['round_time_s']:.1f}",
+                    ]
+                )
+    if prow:
+        lines += [
+            "",
+            "The particle exchange (one round after the Gaussian rounds; `rounds` above "
+            "counts it): clients sending particles (their diagnostic) and clients whose "
+            "`Z_k` the server corrects (`auto`: those whose weights' median ESS over the "
+            "server's draws reaches 8), the senders' lowest tilted ESS, the corrected "
+            "clients' lowest median ESS of the weights over the server's draws, the largest "
+            "sd of `log(L/t)` under a client's Gaussian tilted, bytes up of a client keeping "
+            "its Gaussian site (flags only) / of a client sending particles / mean over "
+            "clients, bytes down (cavity and site), the round's seconds.",
+            "",
+            md_table(
+                [
+                    "case",
+                    "method",
+                    "clients sending / corrected",
+                    "min tilted ESS",
+                    "min server ESS",
+                    "max sd log r",
+                    "bytes up gaussian / particle / mean",
+                    "bytes down",
+                    "round s",
+                ],
+                prow,
+            ),
+        ]
     lines += [
         "",
         "Times include compilation in a process that fits several methods (not a fresh "
