@@ -578,6 +578,29 @@ def _standardization_hint(args, data) -> None:
         )
 
 
+def _in_worker(fn, *args):
+    """``fn(*args)`` in a worker thread, the main thread waiting: Python handles Ctrl-C only
+    in the main thread and between bytecodes, and JAX runs the sampler as one long XLA call
+    when no progress bar is shown, which would hold the signal for minutes."""
+    import threading
+
+    box: dict = {}
+
+    def run():
+        try:
+            box["value"] = fn(*args)
+        except BaseException as exc:  # handed to the main thread as it is
+            box["error"] = exc
+
+    worker = threading.Thread(target=run, name="bayes-pfl-fit", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.2)
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
 def cmd_fit(args, *, dataset=None) -> int:
     import shutil
     import tempfile
@@ -604,7 +627,7 @@ def cmd_fit(args, *, dataset=None) -> int:
     final.parent.mkdir(parents=True, exist_ok=True)
     out = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
     try:
-        code = _fit_into(args, data, model, out, dataset)
+        code = _in_worker(_fit_into, args, data, model, out, dataset)
         if schema is not None:  # what new rows (prediction, cold start) are evaluated against
             (out / "schema.json").write_text(json.dumps(schema.to_dict(), indent=2) + "\n")
     except BaseException:
