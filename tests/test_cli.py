@@ -226,9 +226,12 @@ def test_an_interrupted_fit_leaves_nothing_behind(tmp_path):
     import time
 
     out = tmp_path / "fit"
+    # as from a terminal: SIGINT at its default disposition (a library imported by an earlier
+    # test in this worker may have set it to "ignore", which children inherit)
     p = subprocess.Popen(
         [*CLI, "fit", "--data", "radon", "--samples", "100000", "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     deadline = time.time() + 120
     while time.time() < deadline and not any(tmp_path.iterdir()):
