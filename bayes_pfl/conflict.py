@@ -33,7 +33,13 @@ import warnings
 import numpy as np
 import pandas as pd
 
-__all__ = ["ConflictWarning", "client_conflict", "conflict_scores"]
+__all__ = [
+    "ConflictWarning",
+    "client_conflict",
+    "conflict_scores",
+    "conflict_table",
+    "duplicate_sites",
+]
 
 
 class ConflictWarning(UserWarning):
@@ -130,4 +136,53 @@ def client_conflict(result, *, alpha: float = 0.05, warn: bool = True) -> pd.Dat
             ConflictWarning,
             stacklevel=2,
         )
+    return table
+
+
+def duplicate_sites(result, *, rtol: float = 1e-6) -> list:
+    """Clients whose sites are identical (to ``rtol``) to another client's: copies.
+
+    Two clients with different rows do not produce the same site to six digits; a
+    client that sends another's site (a sybil counting one client's data twice) does.
+    The conflict score cannot see a copy of an ordinary client, this check can. Returns
+    the labels of every client in a group of two or more identical sites (the server
+    cannot tell the original from the copies), in client order.
+    """
+    state = getattr(result, "state", {}) or {}
+    sites = state.get("sites")
+    if sites is None or not hasattr(sites, "precision"):
+        raise ValueError(
+            "duplicate sites need a federated fit with sites over client effects (EP, "
+            f"one-shot or VI, sites='effects'); this is {getattr(result, 'method', result)!r}"
+        )
+    k = np.asarray(sites.shift).shape[0]
+    flat = np.concatenate(
+        [np.asarray(sites.precision).reshape(k, -1), np.asarray(sites.shift).reshape(k, -1)],
+        axis=1,
+    )
+    scale = np.maximum(np.abs(flat).max(axis=1, keepdims=True), 1e-300)
+    dup = np.zeros(k, bool)
+    for i in range(k):
+        diff = np.abs(flat[i + 1 :] - flat[i]).max(axis=1) <= rtol * np.maximum(
+            scale[i, 0], scale[i + 1 :, 0]
+        )
+        if diff.any():
+            dup[i] = True
+            dup[i + 1 :] |= diff
+    return [c for c, d in zip(result.clients, dup, strict=True) if d]
+
+
+def conflict_table(result, *, alpha: float = 0.05) -> pd.DataFrame:
+    """Everything the server can say about each client's message, one row per client.
+
+    :func:`client_conflict`'s columns (``chi2``, ``df``, ``p_value``, ``flagged``), and
+    ``duplicate`` (:func:`duplicate_sites`) and ``capped`` (the precision cap reduced the
+    client's site; ``fit_ep(precision_cap=...)``). What ``bayes-pfl fit`` saves as
+    ``conflict.csv`` and ``bayes-pfl report`` plots.
+    """
+    table = client_conflict(result, alpha=alpha, warn=False)
+    dup = set(duplicate_sites(result))
+    table["duplicate"] = [c in dup for c in table.index]
+    capped = result.state.get("capped")
+    table["capped"] = np.asarray(capped, bool) if capped is not None else np.zeros(len(table), bool)
     return table

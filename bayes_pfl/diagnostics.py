@@ -182,7 +182,10 @@ def diagnostics(
         server's leave-one-client-out weights) and ``server_divergences`` (of the
         server's NUTS runs over the rounds); ``conflict`` (a FitResult with sites over
         client effects; else ``None``): :func:`bayes_pfl.conflict.client_conflict`'s
-        table; ``ok``: whether nothing was flagged.
+        table; ``capped``: the clients whose site the precision cap reduced in their last
+        used round (EP with ``precision_cap``; else empty); ``duplicates``: clients whose
+        sites are copies of one another (:func:`bayes_pfl.conflict.duplicate_sites`);
+        ``ok``: whether nothing was flagged.
 
     Warns
     -----
@@ -195,7 +198,7 @@ def diagnostics(
         rounds); with sites over client effects, divergent transitions of the
         server's NUTS runs, and clients whose tilted moments fell back to the
         Laplace approximation in the last round; clients whose data conflict with the
-        rest (:mod:`bayes_pfl.conflict`).
+        rest (:mod:`bayes_pfl.conflict`); clients whose sites the precision cap bound.
     """
     import arviz as az
 
@@ -312,12 +315,31 @@ def diagnostics(
                 f"{[r for r in history['rounds_with_failed'] if r > 1]}; pass the FitResult to "
                 "diagnostics() (or history=, run.json's) to have them named"
             )
+    out["capped"] = []
+    if isinstance(fit, FitResult) and fit.state.get("capped") is not None:
+        capped = np.asarray(fit.state["capped"], bool)
+        out["capped"] = [c for c, hit in zip(fit.clients, capped, strict=True) if hit]
+        if out["capped"]:
+            messages.append(
+                "the precision cap bound on the site(s) of client(s) "
+                + ", ".join(repr(c) for c in out["capped"])
+                + ": they claimed more information than their declared rows could carry "
+                "(precision_cap); their sites were reduced to the cap"
+            )
     out["conflict"] = None
+    out["duplicates"] = []
     if isinstance(fit, FitResult) and hasattr(fit.state.get("sites"), "precision"):
-        from bayes_pfl.conflict import client_conflict
+        from bayes_pfl.conflict import client_conflict, duplicate_sites
 
         table = client_conflict(fit, warn=False)
         out["conflict"] = table
+        out["duplicates"] = duplicate_sites(fit)
+        if out["duplicates"]:
+            messages.append(
+                "client(s) sent identical sites, copies of one another: "
+                + ", ".join(repr(c) for c in out["duplicates"])
+                + " (one client's data counted more than once; leave the copies out)"
+            )
         if table["flagged"].any():
             messages.append(
                 "client(s) whose data conflict with the rest of the federation (leave-one-"

@@ -98,6 +98,12 @@ def particle_summary(model: HierarchicalModel, summary: str, sites: str = "effec
         raise ValueError(
             f"summary={summary!r} needs sites='effects' (particles over each client's effects)"
         )
+    if model.population_df is not None:
+        raise ValueError(
+            f"summary={summary!r} needs a Gaussian population; model {model.name!r} has a "
+            f"Student-t population (population_df={model.population_df:g}): use "
+            "summary='gaussian'"
+        )
     why = particles.applicable(gaussian_population(model))
     if why is not None:
         warnings.warn(
@@ -219,6 +225,7 @@ def fit_ep(
     effect_options: dict | None = None,
     summary: str = "gaussian",
     n_particles: int = 256,
+    precision_cap: float | None = None,
 ) -> FitResult:
     """Federated EP, then global and personalized draws.
 
@@ -276,6 +283,14 @@ def fit_ep(
         client of each form.
     n_particles : int
         Particles per client with ``summary`` ``"particles"``/``"auto"``.
+    precision_cap : float, optional
+        ``sites="effects"`` only; a robust option. No client's site may carry more
+        information than its declared rows could: each site's precision is capped at
+        ``n_k x precision_cap x`` the federation's median information per row
+        (:func:`bayes_pfl.algorithms.effect_ep.cap_precision`; e.g. 10). ``None``
+        (default): no cap. ``diagnostics()`` names the clients whose cap bound. With a
+        Student-t population (``model.with_population(4)``) an outlying or lying client
+        moves the population little (``benchmarks/robustness.py``).
 
     Returns
     -------
@@ -290,6 +305,7 @@ def fit_ep(
     damping = given["damping"] if damping is None else damping
     tol = given["tol"] if tol is None else tol
     summary = particle_summary(model, summary, sites)
+    effect_options = with_cap(effect_options, precision_cap, sites)
     settings = {"rounds": rounds, "damping": damping, "sites": sites, "tol": tol}
     if sites == "global":
         settings.update(tilted=tilted, site_fit=site_fit, site_points=site_points)
@@ -368,6 +384,19 @@ def run_fit(
     )
 
 
+def with_cap(effect_options: dict | None, precision_cap, sites: str) -> dict | None:
+    """``effect_options`` with the precision cap (checked) where one is given."""
+    if precision_cap is None:
+        return effect_options
+    if sites != "effects":
+        raise ValueError("precision_cap needs sites='effects' (sites over client effects)")
+    if isinstance(precision_cap, bool) or not (
+        isinstance(precision_cap, int | float) and precision_cap >= 1
+    ):
+        raise ValueError(f"precision_cap must be a number >= 1 (or None), got {precision_cap!r}")
+    return {**(effect_options or {}), "precision_cap": float(precision_cap)}
+
+
 def site_options(sites: str, tilted: str | None, site_fit: str | None) -> tuple[str, str]:
     """``tilted``/``site_fit`` belong to sites over the global parameters: defaults there,
     a clear error when given with sites over client effects."""
@@ -410,6 +439,7 @@ def fit_one_shot(
     mh_steps: int = 5,
     progress: bool = True,
     effect_options: dict | None = None,
+    precision_cap: float | None = None,
 ) -> FitResult:
     """One-shot posterior-summary exchange: EP's first round, undamped.
 
@@ -425,7 +455,10 @@ def fit_one_shot(
     mh_steps = check_steps("mh_steps", mh_steps)
     tilted, site_fit = site_options(sites, tilted, site_fit)
     num_warmup = default_warmup(sites, num_warmup)
+    effect_options = with_cap(effect_options, precision_cap, sites)
     settings = {"sites": sites}
+    if precision_cap is not None:
+        settings.update(precision_cap=float(precision_cap))
     if sites == "global":
         settings.update(tilted=tilted, site_fit=site_fit)
     return run_fit(

@@ -154,6 +154,7 @@ def fit_vi(
     progress: bool = True,
     checkpoint=None,
     resume: bool = False,
+    precision_cap: float | None = None,
     **global_options,
 ) -> FitResult:
     """Federated (partitioned) variational inference, then global and personalized draws.
@@ -185,6 +186,8 @@ def fit_vi(
         ``method="vi"``, the same layout as :func:`~bayes_pfl.federated.fit_ep`.
     """
     if sites == "global":
+        if precision_cap is not None:
+            raise ValueError("precision_cap needs sites='effects' (factors over client effects)")
         return fit_vi_global(
             model,
             data,
@@ -217,13 +220,17 @@ def fit_vi(
     damping = given["damping"] if damping is None else damping
     tol = given["tol"] if tol is None else tol
     settings = {"rounds": rounds, "damping": damping, "sites": "effects", "tol": tol}
+    effect_options = {"local": "vi", "vi_iterations": vi_iterations}
+    if precision_cap is not None:
+        effect_options = federated.with_cap(effect_options, precision_cap, "effects")
+        settings["precision_cap"] = effect_options["precision_cap"]
     return federated.run_fit(
         "vi",
         model,
         data,
         dict(rounds=rounds, damping=damping, tol=tol, sites="effects"),
         {**settings, "vi_iterations": vi_iterations},
-        effect_options=(("local", "vi"), ("vi_iterations", vi_iterations)),
+        effect_options=tuple(sorted(effect_options.items())),
         seed=seed,
         global_method="nuts",
         num_chains=num_chains,

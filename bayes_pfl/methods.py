@@ -154,7 +154,9 @@ def _ep_phases(name: str) -> Callable[..., tuple]:
         if sites == "global":
             given.update(tilted=tilted, site_fit=site_fit, site_points=options.get("site_points"))
         if name == "one-shot":
-            return ep_phases(model, rounds=1, **{**given, "damping": 1.0, "tol": 0.0})
+            return ep_phases(
+                model, rounds=1, **_capped({**given, "damping": 1.0, "tol": 0.0}, options)
+            )
         rounds = options["rounds"] or 10  # fit_vi's rounds=None: 10 with sites="effects"
         if name == "vi":
             if sites != "effects":
@@ -171,9 +173,20 @@ def _ep_phases(name: str) -> Callable[..., tuple]:
                 f"ep with summary={options['summary']!r} runs in process only (Flower's "
                 "readout personalizes from Gaussian sites); use summary='gaussian'"
             )
-        return ep_phases(model, rounds=rounds, **given)
+        return ep_phases(model, rounds=rounds, **_capped(given, options))
 
     return phases
+
+
+def _capped(given: dict, options: dict) -> dict:
+    """EP phase options with the fit's ``precision_cap`` among the effect options."""
+    cap = options.get("precision_cap")
+    if cap is None:
+        return given
+    from bayes_pfl.federated import with_cap
+
+    merged = with_cap(dict(given.get("effect_options") or ()), cap, given["sites"])
+    return {**given, "effect_options": tuple(sorted(merged.items()))}
 
 
 def _baseline_phases(name: str) -> Callable[..., tuple]:

@@ -40,11 +40,16 @@ from functools import cached_property
 import jax
 import jax.numpy as jnp
 import numpy as np
-from numpyro import distributions as dist
 from numpyro.distributions import constraints
 
 from bayes_pfl.gaussian import GaussianFactor
-from bayes_pfl.spec import HierarchicalModel, ModelSpecError, isolated_trace, trace_values
+from bayes_pfl.spec import (
+    HierarchicalModel,
+    ModelSpecError,
+    isolated_trace,
+    normal_base,
+    trace_values,
+)
 
 Array = jax.Array
 
@@ -67,11 +72,38 @@ class _Recorder(dict):
         return super().get(key, default)
 
 
-def _normal_base(fn):
-    """The Normal distribution under Independent/Expanded wrappers, or None."""
-    while isinstance(fn, dist.Independent | dist.ExpandedDistribution):
-        fn = fn.base_dist
-    return fn if isinstance(fn, dist.Normal) else None
+_normal_base = normal_base
+
+SCALE_MIXTURE_GRID = (-20.0, 4.0, 0.5)
+"""``(first, last, step)`` of the grid in ``log λ`` of a Student-t population's mixing
+weight (:func:`scale_mixture`; the step for ``df <= 4``, smaller above)."""
+
+
+def scale_mixture(df: float, grid: tuple = SCALE_MIXTURE_GRID) -> tuple[np.ndarray, np.ndarray]:
+    r"""Nodes ``λ_q`` and log weights for ``E[f(λ)] ≈ Σ_q w_q f(λ_q)``, ``λ ~ Gamma(df/2, rate df/2)``.
+
+    The trapezoidal rule in ``v = log λ`` on ``[-20, 4]`` with step ``0.5 min(1,
+    sqrt(4 / df))`` (49 nodes for ``df <= 4``; the prior narrows in ``v`` as ``df``
+    grows). In ``v`` the server's integrand ``Gamma(λ) λ Z_k(phi, λ)`` is smooth and
+    decays exponentially at both ends (as ``λ^{(df + r)/2}`` towards 0, ``r`` the number
+    of effects; as ``e^{-df λ / 2}`` above), and for such integrands the trapezoidal rule
+    converges geometrically: its error is of order ``exp(-2 π² s² / h²)`` for an
+    integrand of width ``s`` in ``v``. The grid reaches ``λ = 2e-9``, the weight of a
+    client ten thousand population sds from the others: an outlier is where a Student-t
+    population matters, and a rule with its nodes near ``λ = 1`` (Gauss-Laguerre) misses
+    it (by 14 in ``log Z`` for a client 35 sds out). Against adaptive quadrature
+    (tests/test_robust.py) ``log Z`` is within 1e-6 for ``df`` from 2.5 to 10, outliers
+    included.
+    """
+    from scipy.stats import gamma
+
+    first, last, step = grid
+    step = step * min(1.0, math.sqrt(4.0 / df))
+    v = np.arange(first, last + 0.5 * step, step)
+    lam = np.exp(v)
+    log_w = gamma.logpdf(lam, 0.5 * df, scale=2.0 / df) + v + np.log(step)
+    log_w = log_w - np.logaddexp.reduce(log_w)  # the rule integrates the prior to 1
+    return lam, log_w
 
 
 class Population:
@@ -125,6 +157,21 @@ class Population:
         self.z_dim = self.e_dim + self.q_dim
         self.theta_dim = model.theta_dim
         self._check_gaussian()
+        self.df = model.population_df
+        if self.df is not None and self.df <= 2:
+            raise ModelSpecError(
+                f"model {model.name!r}: the federated methods need population_df > 2 (a "
+                f"finite population variance for the cavities), got {self.df:g}; centralized "
+                "NUTS accepts any positive value"
+            )
+        if self.df is not None:
+            lam, log_w = scale_mixture(self.df)
+            self.mixture_nodes = jnp.asarray(lam)
+            self.mixture_log_weights = jnp.asarray(log_w)
+            # the population predictive's covariance is C E[1/λ] = C df / (df - 2)
+            self.cov_factor = self.df / (self.df - 2.0)
+        else:
+            self.cov_factor = 1.0
 
     # ------------------------------------------------------------------ population
     def _normal_sites(self, phi):
@@ -243,7 +290,32 @@ class Population:
     def log_z_at(
         self, m: Array, root: Array, u_s: Array, site: GaussianFactor, *, shared_terms: bool = True
     ) -> Array:
-        """:meth:`log_z` from the population moments, for one site or a batch ``[K]`` of sites.
+        r""":meth:`log_z` from the population moments, for one site or a batch ``[K]`` of sites.
+
+        With a Student-t population (``model.population_df``) the effects are
+        ``N(m, C / λ)`` given the mixing weight ``λ ~ Gamma(ν/2, ν/2)``, and
+        ``Z_k = E_λ[Z_k(m, L / sqrt(λ))]`` by quadrature (:func:`scale_mixture`).
+        """
+        if self.df is None:
+            return self._log_z_gauss(m, root, u_s, site, shared_terms=shared_terms)
+        scaled = root[None] / jnp.sqrt(self.mixture_nodes)[:, None, None]
+        per_node = jax.vmap(
+            lambda r: self._log_z_gauss(m, r, u_s, site, shared_terms=shared_terms)
+        )(scaled)  # [Q, ...]
+        log_w = jnp.reshape(self.mixture_log_weights, (-1,) + (1,) * (per_node.ndim - 1))
+        return jax.scipy.special.logsumexp(per_node + log_w, axis=0)
+
+    def mixture_weights(self, m: Array, root: Array, u_s: Array, site: GaussianFactor) -> Array:
+        """Posterior weights of a Student-t population's quadrature nodes for one site,
+        ``p(λ_q | phi, t_k)`` (``[Q]``)."""
+        scaled = root[None] / jnp.sqrt(self.mixture_nodes)[:, None, None]
+        per_node = jax.vmap(lambda r: self._log_z_gauss(m, r, u_s, site))(scaled)
+        return jax.nn.softmax(per_node + self.mixture_log_weights)
+
+    def _log_z_gauss(
+        self, m: Array, root: Array, u_s: Array, site: GaussianFactor, *, shared_terms: bool = True
+    ) -> Array:
+        """:meth:`log_z_at` for a Gaussian population (the body of both forms).
 
         A batch is evaluated with batched products and an unrolled Cholesky factorization
         (:func:`small_cholesky`): the server evaluates it for every client at every step

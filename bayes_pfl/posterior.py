@@ -454,7 +454,7 @@ def server_summary(state, u) -> dict[str, Any]:
             "particle_sd_log_ratio": np.asarray(state.sd_log_ratio),
         }
     if isinstance(state, effect_ep.EffectServerState):
-        return {"u_draws": np.asarray(u), "sites": state.sites}
+        return {"u_draws": np.asarray(u), "sites": state.sites, "capped": np.asarray(state.capped)}
     return {
         "u_draws": np.asarray(u),
         "sites_product": state.sites_product,
@@ -516,7 +516,11 @@ def readout(
         c * s,
     )
     t0 = time.perf_counter()
-    if isinstance(state, effect_ep.EffectServerState | particles.ParticleServerState):
+    if model.population_df is None and isinstance(
+        state, effect_ep.EffectServerState | particles.ParticleServerState
+    ):
+        # (a Student-t population's conditional given phi is not the site's Gaussian
+        # family: the generic sampler below reads the exact client density)
         sites = state.ep.sites if isinstance(state, particles.ParticleServerState) else state.sites
         theta, acc = personalize_effects(
             key_personal,

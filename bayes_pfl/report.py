@@ -215,6 +215,9 @@ def write_report(fit_dir: str | Path, *, data=None) -> Path:
             + _img(res.path)
             + f'<p class="caption">{html.escape(caption)}</p>'
         )
+    # --- conflict
+    if (fit_dir / "conflict.csv").is_file():
+        sections.append(_conflict(fit_dir, run, figures))
     # --- convergence
     if "fit_history" in dt.children and "mean_change" in dt["fit_history"]:
         res = plots.plot_convergence(dt, path=figures / "convergence.png")
@@ -255,6 +258,29 @@ def write_report(fit_dir: str | Path, *, data=None) -> Path:
     out = fit_dir / "report.html"
     out.write_text(page, encoding="utf-8")
     return out
+
+
+def _conflict(fit_dir: Path, run: dict, figures: Path) -> str:
+    """The conflict section: every client's score against the threshold, and who stands out."""
+    table = pd.read_csv(fit_dir / "conflict.csv", index_col=0)
+    table.index = table.index.astype(str)
+    alpha = float((run.get("conflict") or {}).get("alpha", 0.05))
+    res = plots.plot_conflict(table, alpha=alpha, path=figures / "conflict.png")
+    k = len(table)
+    text = (
+        "<p>How surprising each client's site is given every other client (its "
+        "leave-one-client-out cavity; <code>bayes_pfl.conflict</code>): a client is flagged "
+        f"when its p-value is below {alpha:g} / {k} (Bonferroni: with no outlying client, "
+        f"the chance that any is flagged is at most {alpha:g}). Diamonds: a site identical "
+        "to another client's (a copy); squares: a site the precision cap reduced.</p>"
+    )
+    odd = table[table["flagged"] | table.get("duplicate", False) | table.get("capped", False)]
+    if len(odd):
+        text += '<p class="warn">Check these clients\' data, or refit without them:</p>'
+        text += _table(odd)
+    else:
+        text += '<p class="ok">No client stands apart.</p>'
+    return "<h2>Client conflict</h2>" + _img(res.path) + text
 
 
 def _calibration(dt, figures: Path) -> str | None:

@@ -275,6 +275,8 @@ class FitResult:
                     coords=test_coords,
                 )
         attrs = {"/": {"method": self.method, "model": self.model.name}}
+        if self.model.population_df is not None:
+            attrs["/"]["population_df"] = self.model.population_df
         dt = az.from_dict(groups, coords=coords, dims=dims, attrs=attrs)
         if obs_client is not None:
             for group in ("observed_data", "log_likelihood"):
@@ -364,6 +366,19 @@ def save_fit(
         diag["min_ess_bulk"] = float(np.nanmin(summary["ess_bulk"]))
     if result.sample_stats and "diverging" in result.sample_stats:
         diag["divergences"] = int(np.sum(result.sample_stats["diverging"]))
+    if hasattr((result.state or {}).get("sites"), "precision"):
+        from bayes_pfl.conflict import conflict_table
+
+        table = conflict_table(result)
+        paths["conflict"] = out / "conflict.csv"
+        table.to_csv(paths["conflict"])
+        run_info["conflict"] = {
+            "alpha": 0.05,
+            "threshold_p": 0.05 / len(table),
+            "flagged": [str(c) for c in table.index[table["flagged"]]],
+            "duplicates": [str(c) for c in table.index[table["duplicate"]]],
+            "capped": [str(c) for c in table.index[table["capped"]]],
+        }
     if data is not None and getattr(data, "feature_mean", None) is not None:
         # new rows (prediction, cold start) must be scaled with these same constants
         run_info.setdefault(
@@ -379,6 +394,11 @@ def save_fit(
         "method": result.method,
         "model": result.model.name,
         "model_description": result.model.description,
+        "population": (
+            "gaussian"
+            if result.model.population_df is None
+            else {"student_t_df": result.model.population_df}
+        ),
         "coords": result.coords,
         "clients": len(result.clients),
         "num_chains": result.num_chains,

@@ -81,6 +81,7 @@ class EffectServerState(NamedTuple):
     inverse_mass: Array  # [C, P, P] and their dense inverse mass matrices
     cavity: GaussianFactor  # [K] the cavities of the next round
     loo_ess: Array  # [K] effective sample size of each client's leave-one-out weights
+    capped: Array  # [K] bool: the precision cap bound on the client's last used site
     damping: Array  # the damping rate of the next round
     last_change: Array  # the last round's mean change (to detect oscillation)
     mode: Array  # [P] mode of the server's density p0 prod_k Z_k
@@ -99,6 +100,7 @@ class EffectBroadcast(NamedTuple):
 class EffectMessage(NamedTuple):
     site: GaussianFactor  # proposed (undamped) site over z
     ok: Array
+    n_rows: Array  # the rows the client declares its site is computed from
 
 
 class EffectClientInfo(NamedTuple):
@@ -115,6 +117,7 @@ class EffectServerInfo(NamedTuple):
     global_mean_change: Array  # max |Δ mode| / sd of the server density's Laplace summary
     global_sd_change: Array  # max |log(sd_new / sd_old)| of that summary
     n_accepted: Array
+    n_capped: Array  # sites whose precision the cap reduced this round
     server_divergences: Array
     min_loo_ess: Array
     converged: Array
@@ -221,6 +224,47 @@ def _psd(prec: Array) -> Array:
     return (v * jnp.maximum(w, 0.0)) @ v.T
 
 
+def cap_precision(
+    sites: GaussianFactor, n_rows: Array, accept: Array, factor: float, max_rows: float | None
+) -> tuple[GaussianFactor, Array, Array]:
+    r"""Sites whose information is bounded by what their declared rows could carry.
+
+    A row carries at most ``r`` units of information about a site's coordinates, in any
+    direction; client ``k``'s site may then have no eigenvalue of its precision above
+    ``c_k = n_k r``. The server does not know ``r`` a priori (it depends on the model and
+    the features' scale): it takes ``r = factor x median_k(λ_max(Λ_k) / n_k)`` over the
+    round's accepted clients, robust to fewer than half of them inflating their sites.
+    ``n_k`` is the count the client declares, capped at ``max_rows`` by policy. A capped
+    site keeps its mean ``Λ^{-1} η`` (within its range) and its eigenvectors, with
+    eigenvalues ``min(λ, c_k)``: the client says the same thing with the confidence its
+    rows allow.
+
+    Returns ``(sites, capped [K] bool, per-row bound r)``.
+    """
+    n = jnp.maximum(n_rows, 1.0)
+    if max_rows is not None:
+        n = jnp.minimum(n, max_rows)
+    w, v = jnp.linalg.eigh(0.5 * (sites.precision + jnp.swapaxes(sites.precision, -1, -2)))
+    per_row = jnp.max(w, axis=-1) / n
+    finite = accept & jnp.isfinite(per_row)
+    median = jnp.nanmedian(jnp.where(finite, per_row, jnp.nan))
+    bound = factor * median
+    cap = (n * bound)[:, None]
+    w_pos = jnp.maximum(w, 0.0)
+    new_w = jnp.minimum(w_pos, cap)
+    # η' = V diag(min(λ, c) / λ) V' η keeps the mean where λ > 0
+    ratio = jnp.where(w_pos > 0, new_w / jnp.where(w_pos > 0, w_pos, 1.0), 1.0)
+    vt_h = jnp.einsum("kji,kj->ki", v, sites.shift)
+    shift = jnp.einsum("kij,kj->ki", v, ratio * vt_h)
+    prec = jnp.einsum("kij,kj,klj->kil", v, new_w, v)
+    capped = jnp.any(w_pos > cap, axis=-1) & finite
+    out = GaussianFactor(
+        jnp.where(capped[:, None, None], prec, sites.precision),
+        jnp.where(capped[:, None], shift, sites.shift),
+    )
+    return out, capped, bound
+
+
 def cavities(pop: Population, draws: Array, sites: GaussianFactor):
     """Gaussian cavities over ``z_k`` for every client from global draws ``[S, P]``.
 
@@ -234,7 +278,8 @@ def cavities(pop: Population, draws: Array, sites: GaussianFactor):
     def per_draw(u):
         m, root = pop.moments(u)
         u_s = u[pop.shared_index]
-        return m, root @ root.T, u_s, pop.log_z_at(m, root, u_s, sites)
+        # a Student-t population's predictive covariance is C E[1/λ] (pop.cov_factor)
+        return m, pop.cov_factor * (root @ root.T), u_s, pop.log_z_at(m, root, u_s, sites)
 
     m, cov_e, u_s, log_z = jax.vmap(per_draw)(draws)  # [S,E], [S,E,E], [S,Q], [S,K]
     mu = jnp.concatenate([m, u_s], axis=1)  # [S, J]
@@ -270,6 +315,8 @@ def build(
     server_chains: int = 4,
     server_warmup: int = 300,
     server_samples: int = 300,
+    precision_cap: float | None = None,
+    max_rows: float | None = None,
 ) -> Algorithm:
     """EP with sites over client effects (see the module docstring).
 
@@ -307,7 +354,20 @@ def build(
         reference at seed 0 (2 x 1000: 0.11), 4 chains 0.10, 0.07, 0.08 at seeds 0, 1, 2
         (``benchmarks/ep_seed_spread.py``). The chains run
         on separate devices when there are enough (:func:`bayes_pfl.local.map_chains`).
+    precision_cap : float, optional
+        A robust option against clients whose sites claim more than their rows could
+        know: each site's precision is capped at ``n_k`` times ``precision_cap`` times
+        the federation's median information per row (:func:`cap_precision`); ``None``
+        (default): no cap. The round history counts the capped sites (``n_capped``) and
+        the state names them (``capped``).
+    max_rows : float, optional
+        With ``precision_cap``: the most rows the server believes a client has (a
+        policy bound on the declared ``n_k``).
     """
+    if precision_cap is not None and not precision_cap >= 1.0:
+        raise ValueError(f"precision_cap must be at least 1 (or None), got {precision_cap!r}")
+    if max_rows is not None and not max_rows >= 1:
+        raise ValueError(f"max_rows must be at least 1 (or None), got {max_rows!r}")
     if not 0.0 < damping <= 1.0:
         raise ValueError(f"damping must be in (0, 1], got {damping!r}")
     if local not in ("ep", "vi"):
@@ -367,6 +427,7 @@ def build(
             eye,
             cav,
             ess,
+            jnp.zeros(ess.shape, bool),
             jnp.asarray(damping, dtype=draws.dtype),
             jnp.asarray(jnp.inf, dtype=draws.dtype),
             mean,
@@ -454,14 +515,22 @@ def build(
         ok = res.converged & finite & jnp.all(jnp.isfinite(chol))
         new_state = EffectClientState(jnp.where(ok, res.mode, state.z_mode))
         info = EffectClientInfo(ok, res.converged, res.iterations, ess, fallback)
-        return new_state, EffectMessage(site, ok), info
+        n_rows = jnp.sum(mask).astype(site.shift.dtype)
+        return new_state, EffectMessage(site, ok, n_rows), info
 
     def server_update(rng_key: Array, state: EffectServerState, messages: EffectMessage, accept):
         accept = accept & messages.ok
+        proposed = messages.site
+        capped = jnp.zeros(accept.shape, bool)
+        if precision_cap is not None:
+            proposed, capped, _ = cap_precision(
+                proposed, messages.n_rows, accept, precision_cap, max_rows
+            )
+            capped = capped & accept
         # the first exchange is undamped (one-shot; exact sites for Gaussian likelihoods),
         # later ones damped
         rate = jnp.where(state.round == 0, 1.0, state.damping)
-        sites = gf.damp(state.sites, messages.site, rate)
+        sites = gf.damp(state.sites, proposed, rate)
         sites = select_clients(accept, sites, state.sites)
         # the first update starts its chains at the prior draws' mean (prior draws can sit
         # far out in a heavy tail); later ones where the last run ended
@@ -503,6 +572,7 @@ def build(
             run.inverse_mass_matrix,
             cav,
             ess,
+            jnp.where(accept, capped, state.capped),
             next_rate,
             mean_change,
             mode,
@@ -515,6 +585,7 @@ def build(
             g_mean_change,
             g_sd_change,
             jnp.sum(accept),
+            jnp.sum(capped),
             jnp.sum(div),
             jnp.min(ess),
             converged,

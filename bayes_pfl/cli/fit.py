@@ -106,6 +106,15 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--centered", action="store_true", help="GLMs: centered parameterization")
     g.add_argument(
+        "--population-df",
+        type=float,
+        default=None,
+        metavar="DF",
+        help="robust option: a Student-t population of clients with DF degrees of freedom "
+        "(e.g. 4): an outlying client moves the population little and is pooled less "
+        "(default: Gaussian; the federated methods need DF > 2)",
+    )
+    g.add_argument(
         "--formula",
         help="the model as a formula, e.g. 'outcome ~ age + C(sex) + (1 + age | hospital)': "
         "terms left of '|' vary by client, the name right of it is the client column; "
@@ -220,6 +229,15 @@ def build_parser() -> argparse.ArgumentParser:
         "gradient over the tilted region (default), quadratic fit of its values there, or "
         "Taylor expansion at the tilted mode",
     )
+    fed.add_argument(
+        "--precision-cap",
+        type=float,
+        default=None,
+        metavar="FACTOR",
+        help="EP/one-shot, robust option: no client's site may carry more than FACTOR times "
+        "the federation's median information per row times its rows (e.g. 10); the "
+        "diagnostics name the clients whose cap bound (default: no cap)",
+    )
     vi = fit.add_argument_group("federated VI (vi)")
     vi.add_argument(
         "--family",
@@ -300,11 +318,21 @@ def load_inputs(args):
     from bayes_pfl.data import DataError
 
     if getattr(args, "formula", None):
-        return _formula_inputs(args)
-    if getattr(args, "prior", None):
-        raise DataError("--prior applies to --formula models")
-    data, default_model = load_data(args)
-    return data, load_model(args, data, default_model), None
+        data, model, schema = _formula_inputs(args)
+    else:
+        if getattr(args, "prior", None):
+            raise DataError("--prior applies to --formula models")
+        data, default_model = load_data(args)
+        model, schema = load_model(args, data, default_model), None
+    df = getattr(args, "population_df", None)
+    if df is not None:
+        from bayes_pfl.spec import ModelSpecError
+
+        try:
+            model = model.with_population(df)
+        except ModelSpecError as exc:
+            raise DataError(f"--population-df {df:g}: {exc}") from None
+    return data, model, schema
 
 
 def _formula_inputs(args):
@@ -448,7 +476,10 @@ def _fit_and_save(args, data, model, out: Path, *, dataset: str):
         "num_chains": args.chains,
         "num_warmup": args.warmup,
         "num_samples": args.samples,
-        **{k: getattr(args, k, None) for k in ("rounds", "damping", "sites", "tilted", "site_fit")},
+        **{
+            k: getattr(args, k, None)
+            for k in ("rounds", "damping", "sites", "tilted", "site_fit", "precision_cap")
+        },
     }
     if getattr(args, "checkpoint", None):
         given.update(checkpoint=args.checkpoint, resume=args.resume)

@@ -77,6 +77,10 @@ class FlowerSettings:
         dataset's defaults).
     model, varying, centered
         Zoo model (empty: the dataset's default), see :func:`bayes_pfl.models.get_model`.
+    population_df : float
+        ``> 0``: a Student-t population with this many degrees of freedom (a robust
+        option, :meth:`~bayes_pfl.spec.HierarchicalModel.with_population`; the federated
+        methods need it above 2); 0: Gaussian.
     formula, schema
         A model as a formula (:mod:`bayes_pfl.formula`; ``model`` then names the family:
         ``logistic``, ``linear``, ``poisson``, ...); it names the client column, target
@@ -96,6 +100,8 @@ class FlowerSettings:
     rounds, sites, damping, tilted, site_fit, tol
         As in :func:`bayes_pfl.federated.fit_ep` (``damping < 0``, ``tol < 0``: its
         defaults).
+    precision_cap : float
+        As in :func:`bayes_pfl.federated.fit_ep` (a robust option; 0: no cap).
     seed : int
         Seed of every random key (the same keys as the in-process run).
     global_method, num_chains, num_warmup, num_samples
@@ -129,6 +135,7 @@ class FlowerSettings:
     schema: str = ""
     varying: str = "intercept"
     centered: bool = False
+    population_df: float = 0.0
     missing: str = "drop"
     standardize: bool = True
     method: str = "ep"
@@ -138,6 +145,7 @@ class FlowerSettings:
     damping: float = -1.0
     tilted: str = "laplace"
     site_fit: str = "gradient"
+    precision_cap: float = 0.0
     tol: float = -1.0
     seed: int = 0
     global_method: str = "nuts"
@@ -276,12 +284,15 @@ class FlowerSettings:
         if self.formula:
             from bayes_pfl.formula import formula_model
 
-            return formula_model(self.formula_schema, self.model, centered=self.centered)
-
-        name = self.model or self.dataset[3]
-        if not name:
-            raise ValueError("set model in the run config (see `bayes-pfl models`)")
-        return get_model(name, self.n_features, varying=self.varying, centered=self.centered)
+            model = formula_model(self.formula_schema, self.model, centered=self.centered)
+        else:
+            name = self.model or self.dataset[3]
+            if not name:
+                raise ValueError("set model in the run config (see `bayes-pfl models`)")
+            model = get_model(name, self.n_features, varying=self.varying, centered=self.centered)
+        if self.population_df < 0:
+            raise ValueError(f"population-df must be >= 0 (0: Gaussian), got {self.population_df}")
+        return model.with_population(self.population_df) if self.population_df else model
 
     @property
     def ep_tol(self) -> float:
@@ -333,6 +344,8 @@ class FlowerSettings:
                 "sites": self.sites,
                 "tol": self.ep_tol,
             }
+            if self.precision_cap:
+                out["precision_cap"] = self.precision_cap
             if self.method == "vi":
                 from bayes_pfl.methods import get_method
 
@@ -371,6 +384,8 @@ def build_phases(settings: FlowerSettings) -> tuple:
         }
         if settings.sites == "global":
             options.update(tilted=settings.tilted, site_fit=settings.site_fit)
+        if settings.precision_cap:
+            options["precision_cap"] = settings.precision_cap
         return info.phases(model=settings.hierarchical_model, **options)
     options = json.loads(settings.method_options) if settings.method_options else {}
     options = {"family": settings.outcome_family, "seed": settings.seed, **options}

@@ -660,8 +660,11 @@ def finish(
     data_records = federation.data_records()
     from bayes_pfl.algorithms.effect_ep import EffectServerState
 
-    # EP over client effects: each node personalizes from its own site
-    sites = server_state.sites if isinstance(server_state, EffectServerState) else None
+    # EP over client effects: each node personalizes from its own site (a Student-t
+    # population: from the exact client density, as in process)
+    sites = None
+    if isinstance(server_state, EffectServerState) and model.population_df is None:
+        sites = server_state.sites
 
     def site_record(i):
         if sites is None:

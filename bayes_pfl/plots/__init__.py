@@ -21,6 +21,8 @@ Axes for the two-panel figures) to draw into a figure of your own.
 * :func:`plot_compare`: the same client variable from two fits (EP against NUTS);
 * :func:`plot_convergence`: the per-round changes and damping of a federated fit;
 * :func:`plot_calibration`: reliability diagram of predicted probabilities, with ECE;
+* :func:`plot_conflict`: each client's leave-one-client-out conflict score against the
+  flagging threshold (:mod:`bayes_pfl.conflict`);
 * :func:`plot_comparison`, :func:`plot_method_calibration`: figures of a method
   comparison (:mod:`bayes_pfl.compare`).
 
@@ -36,6 +38,7 @@ from bayes_pfl.plots.base import DPI as DPI
 from bayes_pfl.plots.base import PlotResult
 from bayes_pfl.plots.calibration import plot_calibration
 from bayes_pfl.plots.comparison import plot_comparison, plot_method_calibration
+from bayes_pfl.plots.conflict import plot_conflict
 from bayes_pfl.plots.fit import CLIENT_DIM as CLIENT_DIM
 from bayes_pfl.plots.fit import HISTORY_COLUMNS as HISTORY_COLUMNS
 from bayes_pfl.plots.fit import SAMPLE_DIMS as SAMPLE_DIMS
@@ -48,6 +51,7 @@ __all__ = [
     "plot_calibration",
     "plot_compare",
     "plot_comparison",
+    "plot_conflict",
     "plot_convergence",
     "plot_forest",
     "plot_forest_terms",

@@ -1,0 +1,326 @@
+"""Robust options (issue #19): a Student-t population, the precision cap, copied sites."""
+
+import json
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+from _helpers import run_cli
+from scipy import integrate, stats
+
+from bayes_pfl import FederatedData, federated, load
+from bayes_pfl.algorithms.effect_ep import cap_precision
+from bayes_pfl.conflict import client_conflict, duplicate_sites
+from bayes_pfl.diagnostics import diagnostics
+from bayes_pfl.federated import fit_ep, fit_one_shot
+from bayes_pfl.gaussian import GaussianFactor
+from bayes_pfl.models import eight_schools, hierarchical_glm
+from bayes_pfl.population import gaussian_population
+from bayes_pfl.spec import ModelSpecError
+
+
+# ------------------------------------------------------------------ Student-t population
+@pytest.mark.parametrize("df", [3.0, 4.0, 10.0])
+def test_student_t_population_integral_equals_numerical_integration(df):
+    """The server's ``Z_k = ∫ t_df(e | m, C) t_k(e) de`` (quadrature over the mixing
+    weight) against adaptive quadrature over ``e``: one effect (a varying intercept;
+    informative, vague and far-outlying sites) and two (intercept and slope, a correlated
+    site)."""
+    rng = np.random.default_rng(0)
+    one = hierarchical_glm("bernoulli", feature_names=("x",)).with_population(df)
+    pop = gaussian_population(one)
+    u = jnp.asarray(0.5 * rng.standard_normal(one.phi_dim))
+    m, root = pop.moments(u)
+    s, mu = float(root[0, 0]), float(m[0])
+    far = 4.0 * (mu + 40.0 * s)  # a client 40 population sds out, precision 4
+    for a, h in ((4.0, 3.0), (0.3, -0.2), (50.0, 100.0), (4.0, far)):
+        prec = np.zeros((pop.z_dim, pop.z_dim))
+        prec[0, 0] = a
+        shift = np.zeros(pop.z_dim)
+        shift[0] = h
+        got = float(pop.log_z(u, GaussianFactor(jnp.asarray(prec), jnp.asarray(shift))))
+
+        def f(e, a=a, h=h):  # the site over its peak value exp(h^2 / 2a)
+            return stats.t.pdf(e, df, loc=mu, scale=s) * np.exp(-a * (e - h / a) ** 2 / 2)
+
+        cut = sorted([mu, h / a])
+        val = sum(
+            integrate.quad(f, lo, hi, epsabs=0, epsrel=1e-12, limit=500)[0]
+            for lo, hi in ((-np.inf, cut[0]), (cut[0], cut[1]), (cut[1], np.inf))
+        )
+        want = h**2 / (2 * a) + np.log(val)
+        assert abs(got - want) < 1e-5 * max(1.0, abs(want))
+
+    two = hierarchical_glm("bernoulli", feature_names=("x",), varying="slopes")
+    two = two.with_population(df)
+    pop = gaussian_population(two)
+    u = jnp.asarray(0.5 * rng.standard_normal(two.phi_dim))
+    m, root = pop.moments(u)
+    target = stats.multivariate_t(loc=np.asarray(m), shape=np.asarray(root @ root.T), df=df)
+    a = np.array([[6.0, 1.5], [1.5, 3.0]])
+    h = np.array([2.0, -1.0])
+    got = float(pop.log_z(u, GaussianFactor(jnp.asarray(a), jnp.asarray(h))))
+    val, _ = integrate.dblquad(
+        lambda b, e: target.pdf([e, b]) * np.exp(-0.5 * np.array([e, b]) @ a @ [e, b] + h @ [e, b]),
+        -15, 15, -15, 15, epsabs=1e-12, epsrel=1e-10,
+    )  # fmt: skip
+    assert abs(got - np.log(val)) < 1e-5
+
+
+def test_client_prior_is_a_multivariate_student_t():
+    """The client prior's density over the standardized sites is ``t_D(0, I, df)``, one
+    mixing weight per client (not a t per coordinate)."""
+    model = hierarchical_glm("bernoulli", feature_names=("x", "z"), varying="slopes")
+    model = model.with_population(5.0)
+    rng = np.random.default_rng(1)
+    u_phi = jnp.asarray(0.3 * rng.standard_normal(model.phi_dim))
+    for _ in range(3):
+        w = jnp.asarray(2.0 * rng.standard_normal(model.theta_dim))  # b_raw, non-centered
+        want = stats.multivariate_t(loc=np.zeros(3), shape=np.eye(3), df=5.0).logpdf(w)
+        np.testing.assert_allclose(float(model.log_client_prior(w, u_phi)), want, rtol=1e-10)
+
+
+def test_sampled_clients_follow_the_student_t_population():
+    """``sample_theta`` (cold start without rows) draws ``w ~ t_D(0, I, df)``: ``|w|^2 / D``
+    follows ``F(D, df)`` (Kolmogorov-Smirnov on 4,000 draws, fixed seed)."""
+    model = hierarchical_glm("bernoulli", feature_names=("x",), varying="slopes")
+    model = model.with_population(4.0)
+    phi = model.phi_values(jnp.zeros(model.phi_dim))
+    keys = jax.random.split(jax.random.key(3), 4000)
+    w = np.asarray(jax.vmap(lambda k: model.sample_theta(k, phi))(keys))
+    d = w.shape[1]
+    assert stats.kstest(np.sum(w**2, 1) / d, stats.f(d, 4.0).cdf).pvalue > 1e-3
+    # the Gaussian population's draws do not pass the same test
+    gauss = np.asarray(jax.vmap(lambda k: model.with_population(None).sample_theta(k, phi))(keys))
+    assert stats.kstest(np.sum(gauss**2, 1) / d, stats.f(d, 4.0).cdf).pvalue < 1e-6
+
+
+def test_population_df_is_checked():
+    model = eight_schools()
+    for bad in (0, -1.0, float("nan"), True, "4"):
+        with pytest.raises(ModelSpecError, match="population_df"):
+            model.with_population(bad)
+    with pytest.raises(ModelSpecError, match="population_df > 2"):
+        gaussian_population(model.with_population(2.0))
+    assert "population_df=4" in repr(model.with_population(4))
+    assert model.with_population(4).with_population(None).population_df is None
+
+
+@pytest.fixture(scope="module")
+def schools_outlier():
+    """Eight schools plus four like them and school 'X', 60 points off."""
+    df = load("eight_schools")
+    extra = pd.DataFrame(
+        {
+            "school": ["I", "J", "K", "L", "X"],
+            "y": [4.0, 10.0, 1.0, 7.0, 70.0],
+            "sigma": [10.0, 12.0, 9.0, 11.0, 8.0],
+        }  # fmt: skip
+    )
+    return FederatedData.from_pandas(
+        pd.concat([df, extra], ignore_index=True), client_col="school", target="y",
+        features=["sigma"],
+    )  # fmt: skip
+
+
+def test_student_t_population_nuts_and_one_shot_agree_and_pool_the_outlier_less(
+    schools_outlier,
+):
+    """Eight schools' likelihoods are Gaussian, so one-shot with a Student-t population is
+    exact up to the server's quadrature and Monte Carlo: it matches centralized NUTS of the
+    same model (which samples the marginal t) within Monte Carlo error; and the t
+    population pools the outlying school less and lets it move ``mu`` less than the
+    Gaussian one does."""
+    from _helpers import nuts
+
+    robust = eight_schools().with_population(4.0)
+    ref = nuts(robust, schools_outlier, warmup=1000, samples=2000, target_accept_prob=0.95)
+    assert int(np.sum(ref.sample_stats["diverging"])) == 0
+    fed = fit_one_shot(robust, schools_outlier, num_samples=2000, progress=False)
+    for name in ("mu", "tau"):
+        a, b = np.ravel(ref.phi[name]), np.ravel(fed.phi[name])
+        # both chains' Monte Carlo errors; tau's heavy tail: 10% of the sd
+        assert abs(a.mean() - b.mean()) < 0.1 * a.std(), name
+        assert abs(a.std() - b.std()) < 0.15 * a.std(), name
+    x = list(schools_outlier.clients).index("X")
+    gauss = fit_one_shot(eight_schools(), schools_outlier, num_samples=2000, progress=False)
+    theta_t = np.asarray(fed.theta["theta"])[..., x].mean()
+    theta_g = np.asarray(gauss.theta["theta"])[..., x].mean()
+    assert abs(theta_t - 70.0) < abs(theta_g - 70.0)  # pooled less toward the others
+    assert np.mean(fed.phi["mu"]) < np.mean(gauss.phi["mu"])  # pulled up less by X
+
+
+def test_student_t_population_is_refused_where_particles_are_asked_for(schools):
+    with pytest.raises(ValueError, match="Student-t population"):
+        fit_ep(eight_schools().with_population(4.0), schools, summary="particles")
+
+
+# ------------------------------------------------------------------ precision cap
+def test_cap_bounds_each_sites_information_by_its_rows_and_keeps_its_mean():
+    rng = np.random.default_rng(2)
+    k, j = 7, 2
+    n = np.array([10, 20, 30, 40, 50, 60, 70], float)
+    per_row = np.array([[1.0, 0.3], [0.3, 0.5]])
+    prec = np.stack([n_k * per_row for n_k in n])
+    means = rng.standard_normal((k, j))
+    prec[3] *= 1000.0  # one client claims a thousand times what its rows carry
+    shift = np.einsum("kij,kj->ki", prec, means)
+    sites = GaussianFactor(jnp.asarray(prec), jnp.asarray(shift))
+    accept = jnp.ones(k, bool)
+    out, capped, bound = cap_precision(sites, jnp.asarray(n), accept, 10.0, None)
+    assert np.asarray(capped).tolist() == [i == 3 for i in range(k)]
+    lam_max = np.linalg.eigvalsh(per_row).max()
+    np.testing.assert_allclose(float(bound), 10 * lam_max, rtol=1e-10)
+    assert np.linalg.eigvalsh(np.asarray(out.precision[3])).max() <= n[3] * float(bound) * (
+        1 + 1e-10
+    )
+    # the capped site says the same thing (its mean), with less confidence
+    np.testing.assert_allclose(np.linalg.solve(out.precision[3], out.shift[3]), means[3])
+    keep = np.arange(k) != 3
+    np.testing.assert_array_equal(np.asarray(out.precision)[keep], prec[keep])
+    np.testing.assert_array_equal(np.asarray(out.shift)[keep], shift[keep])
+    # a client that declares a million rows is held to the server's policy
+    n_lie = n.copy()
+    n_lie[3] = 1e6
+    _, capped, _ = cap_precision(sites, jnp.asarray(n_lie), accept, 10.0, None)
+    assert not bool(capped[3])
+    _, capped, _ = cap_precision(sites, jnp.asarray(n_lie), accept, 10.0, 100.0)
+    assert bool(capped[3])
+
+
+def _forging(monkeypatch, forge):
+    """The server receives ``forge(site)`` instead of the clients' sites (as an attacker
+    between client and server, or a lying client, would send)."""
+    orig = federated.effect_algorithm
+
+    def patched(model, **options):
+        alg = orig(model, **options)
+
+        def server_update(rng_key, state, messages, accept):
+            forged = messages._replace(site=forge(messages.site))
+            return alg.server_update(rng_key, state, forged, accept)
+
+        return alg._replace(server_update=server_update)
+
+    monkeypatch.setattr(federated, "effect_algorithm", patched)
+
+
+def test_a_crafted_site_is_capped_and_named_in_diagnostics(monkeypatch, schools):
+    """School A sends a site of precision 1e6 centred at 80: the cap bounds it, the
+    diagnostics name A as capped and as conflicting with the rest."""
+
+    def forge(site):
+        prec = site.precision.at[0].set(1e6 * jnp.eye(site.shift.shape[-1]))
+        return GaussianFactor(prec, site.shift.at[0].set(1e6 * 80.0))
+
+    _forging(monkeypatch, forge)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = fit_one_shot(eight_schools(), schools, precision_cap=10.0, num_samples=300,
+                           progress=False)  # fmt: skip
+        assert fit.info["settings"]["precision_cap"] == 10.0
+        diag = diagnostics(fit)
+    assert diag["capped"] == ["A"]
+    assert not diag["ok"]
+    table = client_conflict(fit, warn=False)
+    assert table["chi2"].idxmax() == "A" and table.loc["A", "flagged"]
+
+
+def test_a_copied_site_is_named(monkeypatch, schools):
+    """School B sends school C's site (a sybil): the conflict score cannot see a copy of an
+    ordinary school, the duplicate check names both."""
+
+    def forge(site):
+        return GaussianFactor(site.precision.at[1].set(site.precision[2]),
+                              site.shift.at[1].set(site.shift[2]))  # fmt: skip
+
+    _forging(monkeypatch, forge)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = fit_one_shot(eight_schools(), schools, num_samples=300, progress=False)
+        diag = diagnostics(fit)
+    assert duplicate_sites(fit) == ["B", "C"] == diag["duplicates"]
+    assert not diag["ok"]
+
+
+def test_no_cap_binds_and_no_copy_is_seen_on_honest_clients(schools):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = fit_one_shot(eight_schools(), schools, precision_cap=10.0, num_samples=300,
+                           progress=False)  # fmt: skip
+        diag = diagnostics(fit)
+    assert diag["capped"] == [] and diag["duplicates"] == []
+
+
+def test_precision_cap_is_checked(schools):
+    for bad in (0.5, -1, True, "10"):
+        with pytest.raises(ValueError, match="precision_cap"):
+            fit_one_shot(eight_schools(), schools, precision_cap=bad)
+    with pytest.raises(ValueError, match="sites='effects'"):
+        fit_ep(eight_schools(), schools, sites="global", precision_cap=10.0)
+
+
+# ------------------------------------------------------------------ front ends
+def test_cli_fits_a_robust_model(tmp_path):
+    out = tmp_path / "robust"
+    r = run_cli(
+        "fit", "--data", "eight_schools", "--method", "one-shot", "--population-df", "4",
+        "--precision-cap", "10", "--samples", "200", "--out", str(out),
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    run = json.loads((out / "run.json").read_text())
+    assert run["population"] == {"student_t_df": 4.0}
+    assert run["settings"]["precision_cap"] == 10.0
+    assert run["conflict"]["flagged"] == [] and run["conflict"]["threshold_p"] == 0.05 / 8
+    table = pd.read_csv(out / "conflict.csv", index_col=0)
+    assert list(table.columns) == ["chi2", "df", "p_value", "flagged", "duplicate", "capped"]
+    assert len(table) == 8
+    r = run_cli("report", str(out))
+    assert r.returncode == 0, r.stderr
+    page = (out / "report.html").read_text()
+    assert "Client conflict" in page and (out / "figures" / "conflict.png").is_file()
+    r = run_cli(
+        "fit", "--data", "eight_schools", "--method", "ep", "--population-df", "2",
+        "--out", str(tmp_path / "bad"),
+    )  # fmt: skip
+    assert r.returncode == 2 and "population_df > 2" in r.stderr
+
+
+def test_flower_settings_carry_the_robust_options():
+    from bayes_pfl.flower.config import FlowerSettings, build_phases
+
+    settings = FlowerSettings(
+        data="eight_schools", model="eight_schools", method="ep", population_df=4.0,
+        precision_cap=10.0,
+    )  # fmt: skip
+    assert settings.hierarchical_model.population_df == 4.0
+    (phase,) = build_phases(settings)
+    want = federated.effect_algorithm(
+        settings.hierarchical_model, damping=1.0, tol=0.05, precision_cap=10.0
+    )
+    assert phase.algorithm is want
+
+
+def test_conflict_plot_draws_every_client_against_the_threshold():
+    from bayes_pfl.plots import plot_conflict
+
+    table = pd.DataFrame(
+        {
+            "chi2": [1.0, 30.0, 2.0, 0.5],
+            "df": [1, 1, 1, 1],
+            "p_value": [0.3, 1e-7, 0.15, 0.5],
+            "flagged": [False, True, False, False],
+            "duplicate": [False, False, True, True],
+        },
+        index=pd.Index(["a", "b", "c", "d"], name="client"),
+    )
+    res = plot_conflict(table)
+    assert res.data.index.tolist() == ["b", "c", "a", "d"]  # most surprising first
+    np.testing.assert_allclose(res.extra["threshold"], -np.log10(0.05 / 4))
+    assert res.extra["flagged"] == ["b"]
+    assert len(res.axes[0].patches) == 4
+    with pytest.raises(ValueError, match="p_value"):
+        plot_conflict(table.drop(columns="p_value"))
