@@ -39,6 +39,7 @@ __all__ = [
     "conflict_scores",
     "conflict_table",
     "duplicate_sites",
+    "flagged_clients",
 ]
 
 
@@ -186,3 +187,18 @@ def conflict_table(result, *, alpha: float = 0.05) -> pd.DataFrame:
     capped = result.state.get("capped")
     table["capped"] = np.asarray(capped, bool) if capped is not None else np.zeros(len(table), bool)
     return table
+
+
+def flagged_clients(result, *, alpha: float = 0.05) -> list:
+    """The clients a server has reason to leave out: flagged by the conflict score, sending
+    a copy of another's site, or capped (claiming more than their rows could carry).
+
+    The remedy they call for is to fit again without them (``data.subset``); their own
+    rows still give them a personalized posterior from the refitted population
+    (:func:`bayes_pfl.posterior.cold_start` with their rows). Flag under the Gaussian
+    population: it is the null the score tests, and a Student-t population, which by
+    design finds outliers less surprising, hides them from it.
+    """
+    table = conflict_table(result, alpha=alpha)
+    odd = table["flagged"] | table["duplicate"] | table["capped"]
+    return [c for c, hit in zip(table.index, odd, strict=True) if hit]

@@ -13,7 +13,7 @@ from scipy import integrate, stats
 
 from bayes_pfl import FederatedData, federated, load
 from bayes_pfl.algorithms.effect_ep import cap_precision
-from bayes_pfl.conflict import client_conflict, duplicate_sites
+from bayes_pfl.conflict import client_conflict, duplicate_sites, flagged_clients
 from bayes_pfl.diagnostics import diagnostics
 from bayes_pfl.federated import fit_ep, fit_one_shot
 from bayes_pfl.gaussian import GaussianFactor
@@ -227,6 +227,7 @@ def test_a_crafted_site_is_capped_and_named_in_diagnostics(monkeypatch, schools)
     assert not diag["ok"]
     table = client_conflict(fit, warn=False)
     assert table["chi2"].idxmax() == "A" and table.loc["A", "flagged"]
+    assert flagged_clients(fit) == ["A"]
 
 
 def test_a_copied_site_is_named(monkeypatch, schools):
@@ -242,7 +243,7 @@ def test_a_copied_site_is_named(monkeypatch, schools):
         warnings.simplefilter("ignore")
         fit = fit_one_shot(eight_schools(), schools, num_samples=300, progress=False)
         diag = diagnostics(fit)
-    assert duplicate_sites(fit) == ["B", "C"] == diag["duplicates"]
+    assert duplicate_sites(fit) == ["B", "C"] == diag["duplicates"] == flagged_clients(fit)
     assert not diag["ok"]
 
 
