@@ -40,6 +40,7 @@ __all__ = [
     "conflict_table",
     "duplicate_sites",
     "flagged_clients",
+    "refit_without_flagged",
 ]
 
 
@@ -202,3 +203,40 @@ def flagged_clients(result, *, alpha: float = 0.05) -> list:
     table = conflict_table(result, alpha=alpha)
     odd = table["flagged"] | table["duplicate"] | table["capped"]
     return [c for c, hit in zip(table.index, odd, strict=True) if hit]
+
+
+def refit_without_flagged(result, data, fit, *, alpha: float = 0.05):
+    """Fit again without the clients :func:`flagged_clients` names in ``result``.
+
+    Parameters
+    ----------
+    result : FitResult
+        A federated fit with sites over client effects; flag under the Gaussian
+        population (see :func:`flagged_clients`).
+    data : FederatedData
+        The data ``result`` was fitted to.
+    fit : callable
+        ``fit(data) -> FitResult``, e.g. ``lambda d: fit_ep(model.with_population(4), d,
+        precision_cap=10)``.
+
+    Returns
+    -------
+    (FitResult, FederatedData, list)
+        The refit (``result`` itself when nobody is flagged), the data it used, and the
+        excluded clients (also in the refit's ``info["excluded_clients"]``). An excluded
+        client still gets a personalized posterior from its own rows:
+        ``cold_start(refit, x_k, y_k)``.
+    """
+    flagged = flagged_clients(result, alpha=alpha)
+    if not flagged:
+        return result, data, []
+    keep = [c for c in data.clients if c not in set(flagged)]
+    if len(keep) < 2:
+        raise ValueError(
+            f"{len(flagged)} of {len(data.clients)} clients are flagged; fewer than two "
+            "would remain: check the data before excluding anyone"
+        )
+    data = data.subset(keep)
+    refit = fit(data)
+    refit.info["excluded_clients"] = [str(c) for c in flagged]
+    return refit, data, flagged

@@ -230,6 +230,13 @@ def build_parser() -> argparse.ArgumentParser:
         "Taylor expansion at the tilted mode",
     )
     fed.add_argument(
+        "--exclude-flagged",
+        action="store_true",
+        help="robust option: fit under the Gaussian population first, leave out the clients "
+        "it flags (conflict with the others, copied or capped sites) and fit again without "
+        "them; run.json lists them (excluded_clients)",
+    )
+    fed.add_argument(
         "--precision-cap",
         type=float,
         default=None,
@@ -489,7 +496,11 @@ def _fit_and_save(args, data, model, out: Path, *, dataset: str):
             {k: v for k in ("family", "schedule", "steps") if (v := getattr(args, k, None))}
         )
     stages = _show_stages(args)
-    result = info.fit(data, model=model, seed=args.seed, progress=_progress(args), **options)
+    run_info = {}
+    if getattr(args, "exclude_flagged", False):
+        result, data, run_info = _fit_excluding_flagged(args, info, data, model, options)
+    else:
+        result = info.fit(data, model=model, seed=args.seed, progress=_progress(args), **options)
     if stages:
         print("bayes-pfl: summarizing and writing the fit", file=sys.stderr, flush=True)
     paths = save_fit(
@@ -500,8 +511,44 @@ def _fit_and_save(args, data, model, out: Path, *, dataset: str):
         dataset=dataset,
         seed=args.seed,
         total_time_s=time.perf_counter() - t0,
+        **run_info,
     )
-    return result, paths
+    return result, paths, data
+
+
+def _fit_excluding_flagged(args, info, data, model, options):
+    """``--exclude-flagged``: a fit under the Gaussian population names the clients to leave
+    out (conflict score, copied sites, capped sites); the model is then fitted without them."""
+    from bayes_pfl.conflict import flagged_clients
+    from bayes_pfl.data import DataError
+
+    if info.kind != "federated" or options.get("sites", "effects") != "effects":
+        raise DataError(
+            "--exclude-flagged needs a federated method with sites over client effects "
+            "(--method ep, one-shot or vi, --sites effects)"
+        )
+    gaussian = model.with_population(None) if model.population_df is not None else model
+    first = info.fit(data, model=gaussian, seed=args.seed, progress=_progress(args), **options)
+    flagged = flagged_clients(first)
+    if not flagged and gaussian is model:
+        return first, data, {"excluded_clients": []}
+    keep = [c for c in data.clients if c not in set(flagged)]
+    if len(keep) < 2:
+        raise DataError(
+            f"--exclude-flagged: {len(flagged)} of {len(data.clients)} clients are flagged; "
+            "fewer than two would remain: check the data"
+        )
+    if flagged:
+        print(
+            f"bayes-pfl: leaving out {len(flagged)} flagged client(s) and fitting again: "
+            + ", ".join(map(repr, flagged)),
+            file=sys.stderr,
+            flush=True,
+        )
+        data = data.subset(keep)
+    result = info.fit(data, model=model, seed=args.seed, progress=_progress(args), **options)
+    result.info["excluded_clients"] = [str(c) for c in flagged]
+    return result, data, {"excluded_clients": [str(c) for c in flagged]}
 
 
 def _size_jitter(n: np.ndarray) -> np.ndarray:  # noqa: F821
@@ -676,7 +723,7 @@ def _fit_into(args, data, model, out: Path, dataset) -> int:
 
     from bayes_pfl.results import load_posterior
 
-    result, paths = _fit_and_save(args, data, model, out, dataset=dataset or args.data)
+    result, paths, data = _fit_and_save(args, data, model, out, dataset=dataset or args.data)
     dt = load_posterior(paths["posterior"])
     var = _client_variable(model)
     table = client_table(dt, var, data)
