@@ -71,6 +71,7 @@ from bayes_pfl._preprocess import (
     split_client,
     standardization,
 )
+from bayes_pfl.metadata import MetadataEncoding, metadata_table
 
 __all__ = ["ClientArrays", "DataError", "FederatedData", "UnknownClientError"]
 
@@ -177,6 +178,13 @@ class FederatedData:
         labels of that split's rows, in the row order of :meth:`to_pandas`
         (client by client, frame order within a client). Use it to attach
         per-row results (e.g. predictions) back to the original frame.
+    covariates : numpy.ndarray or None
+        The clients' metadata encoded as covariates, float64 ``[n_clients, M]``
+        (row ``k`` for ``clients[k]``), for a model with client covariates; ``None``
+        without ``metadata=``.
+    metadata_encoding : MetadataEncoding or None
+        How the metadata were encoded (:mod:`bayes_pfl.metadata`): its ``names`` label
+        the covariates' columns, and it encodes a new client's metadata (cold start).
 
     Examples
     --------
@@ -211,6 +219,13 @@ class FederatedData:
     dropped_rows: dict[Hashable, int]
     seed: int
     row_index: dict[str, pd.Index] = field(default_factory=dict)
+    covariates: np.ndarray | None = None
+    metadata_encoding: MetadataEncoding | None = None
+
+    @property
+    def covariate_names(self) -> tuple[str, ...] | None:
+        """The covariates' names (``"region=south"``, ``"size"``), or ``None``."""
+        return None if self.metadata_encoding is None else self.metadata_encoding.names
 
     # ------------------------------------------------------------------ build
 
@@ -229,6 +244,8 @@ class FederatedData:
         standardize: bool = False,
         missing: Missing = "error",
         dtype: Any = np.float64,
+        metadata: pd.DataFrame | None = None,
+        metadata_cols: Sequence[Hashable] | None = None,
     ) -> FederatedData:
         """Build federated data from a long-format data frame.
 
@@ -278,6 +295,15 @@ class FederatedData:
             always an error.
         dtype : numpy float dtype, default numpy.float64
             Dtype of ``x`` and ``y``.
+        metadata : pandas.DataFrame, optional
+            Client metadata, one row per client, the client label in a column named
+            ``client_col`` or in the index: encoded into :attr:`covariates` for models
+            with client covariates (:mod:`bayes_pfl.metadata`: categorical columns
+            one-hot with the first level dropped, numeric ones standardized over the
+            clients). Every client needs a row, without missing values; a row of a
+            client not in the federation is an error.
+        metadata_cols : sequence of str, optional
+            The metadata columns to encode (default: every column but ``client_col``).
 
         Returns
         -------
@@ -386,6 +412,11 @@ class FederatedData:
             for name in _SPLITS
             if arrays[name] is not None
         }
+        covariates = encoding = None
+        if metadata is not None:
+            covariates, encoding = _encode_metadata(metadata, metadata_cols, labels, client_col)
+        elif metadata_cols is not None:
+            raise DataError("metadata_cols given without metadata")
         return cls(
             clients=tuple(labels),
             features=features,
@@ -399,6 +430,8 @@ class FederatedData:
             dropped_rows=dropped,
             seed=seed,
             row_index=row_index,
+            covariates=covariates,
+            metadata_encoding=encoding,
         )
 
     # ------------------------------------------------------------- accessors
@@ -566,6 +599,7 @@ class FederatedData:
             val=_take(self.val, pos),
             dropped_rows={c: n for c, n in self.dropped_rows.items() if c in kept},
             row_index=new_index,
+            covariates=None if self.covariates is None else _readonly(self.covariates[pos]),
         )
 
     # ---------------------------------------------------------------- encode
@@ -758,6 +792,16 @@ class FederatedData:
 
 # ---------------------------------------------------------------------------
 # packing
+
+
+def _encode_metadata(metadata, metadata_cols, labels, client_col):
+    """``(covariates [K, M], encoding)`` of the metadata table for the clients ``labels``."""
+    table = metadata_table(metadata, labels, client_col)
+    cols = list(table.columns) if metadata_cols is None else metadata_cols
+    if isinstance(cols, str):
+        cols = [c.strip() for c in cols.split(",")]
+    encoding = MetadataEncoding.fit(table, list(cols))
+    return _readonly(encoding.encode(table, labels)), encoding
 
 
 def _readonly(a: np.ndarray | None) -> np.ndarray | None:
