@@ -292,7 +292,7 @@ def _predict(cs, x: np.ndarray) -> np.ndarray:
 def test_cold_start_from_metadata_beats_the_population_average(federation, ep_fit):
     """New clients of the same federation, unseen in training: their metadata alone give a
     better held-out log-loss than the population average (the model without metadata,
-    fitted the same way; 0.53 against 0.58 per row at this seed), and with a few rows the
+    fitted the same way: 0.598 against 0.643 per row at this seed), and with a few rows the
     metadata still move the client."""
     plain = fit_ep(hierarchical_glm("bernoulli", 1), federation, rounds=8, progress=False)
     rows, meta = _federation(7, n_clients=200, n_rows=30, prefix="new")
