@@ -50,13 +50,14 @@ def check_model_covariates(model: HierarchicalModel, data) -> None:
     gets data without them, or with other covariates than it declares."""
     if model.client_covariates is None:
         return
-    names = getattr(data, "covariate_names", None)
-    if names is None:
+    metadata = getattr(data, "metadata", None)
+    if metadata is None:
         raise ModelSpecError(
             f"model {model.name!r} declares client covariates {list(model.client_covariates)}; "
             "the data have no client metadata (FederatedData.from_pandas(..., metadata=, "
             "metadata_cols=))"
         )
+    names = metadata.names
     if tuple(names) != tuple(model.client_covariates):
         raise ModelSpecError(
             f"model {model.name!r} declares client covariates {list(model.client_covariates)} "
@@ -66,7 +67,7 @@ def check_model_covariates(model: HierarchicalModel, data) -> None:
 
 def data_covariates(model: HierarchicalModel, data):
     """The clients' covariates ``[K, M]`` the model reads from ``data`` (``None`` without)."""
-    return None if model.client_covariates is None else np.asarray(data.covariates, float)
+    return None if model.client_covariates is None else np.asarray(data.metadata.covariates, float)
 
 
 def _warn_degenerate_features(data) -> None:

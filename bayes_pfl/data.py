@@ -68,10 +68,11 @@ from bayes_pfl._preprocess import (
     plural,
     raise_missing_features,
     raise_missing_target,
+    readonly,
     split_client,
     standardization,
 )
-from bayes_pfl.metadata import MetadataEncoding, metadata_table
+from bayes_pfl.metadata import ClientMetadata
 
 __all__ = ["ClientArrays", "DataError", "FederatedData", "UnknownClientError"]
 
@@ -178,13 +179,8 @@ class FederatedData:
         labels of that split's rows, in the row order of :meth:`to_pandas`
         (client by client, frame order within a client). Use it to attach
         per-row results (e.g. predictions) back to the original frame.
-    covariates : numpy.ndarray or None
-        The clients' metadata encoded as covariates, float64 ``[n_clients, M]``
-        (row ``k`` for ``clients[k]``), for a model with client covariates; ``None``
-        without ``metadata=``.
-    metadata_encoding : MetadataEncoding or None
-        How the metadata were encoded (:mod:`bayes_pfl.metadata`): its ``names`` label
-        the covariates' columns, and it encodes a new client's metadata (cold start).
+    metadata : ClientMetadata or None
+        The clients' metadata as covariates ``[n_clients, M]`` (:mod:`bayes_pfl.metadata`).
 
     Examples
     --------
@@ -219,13 +215,7 @@ class FederatedData:
     dropped_rows: dict[Hashable, int]
     seed: int
     row_index: dict[str, pd.Index] = field(default_factory=dict)
-    covariates: np.ndarray | None = None
-    metadata_encoding: MetadataEncoding | None = None
-
-    @property
-    def covariate_names(self) -> tuple[str, ...] | None:
-        """The covariates' names (``"region=south"``, ``"size"``), or ``None``."""
-        return None if self.metadata_encoding is None else self.metadata_encoding.names
+    metadata: ClientMetadata | None = None
 
     # ------------------------------------------------------------------ build
 
@@ -295,15 +285,9 @@ class FederatedData:
             always an error.
         dtype : numpy float dtype, default numpy.float64
             Dtype of ``x`` and ``y``.
-        metadata : pandas.DataFrame, optional
-            Client metadata, one row per client, the client label in a column named
-            ``client_col`` or in the index: encoded into :attr:`covariates` for models
-            with client covariates (:mod:`bayes_pfl.metadata`: categorical columns
-            one-hot with the first level dropped, numeric ones standardized over the
-            clients). Every client needs a row, without missing values; a row of a
-            client not in the federation is an error.
-        metadata_cols : sequence of str, optional
-            The metadata columns to encode (default: every column but ``client_col``).
+        metadata, metadata_cols : pandas.DataFrame, sequence of str, optional
+            Client metadata, one row per client (label in ``client_col`` or the index), and
+            the columns (default: all) to encode into :attr:`metadata` (covariates).
 
         Returns
         -------
@@ -412,11 +396,6 @@ class FederatedData:
             for name in _SPLITS
             if arrays[name] is not None
         }
-        covariates = encoding = None
-        if metadata is not None:
-            covariates, encoding = _encode_metadata(metadata, metadata_cols, labels, client_col)
-        elif metadata_cols is not None:
-            raise DataError("metadata_cols given without metadata")
         return cls(
             clients=tuple(labels),
             features=features,
@@ -425,13 +404,12 @@ class FederatedData:
             train=arrays["train"],
             test=arrays["test"],
             val=arrays["val"],
-            feature_mean=_readonly(mean),
-            feature_scale=_readonly(scale),
+            feature_mean=readonly(mean),
+            feature_scale=readonly(scale),
             dropped_rows=dropped,
             seed=seed,
             row_index=row_index,
-            covariates=covariates,
-            metadata_encoding=encoding,
+            metadata=ClientMetadata.encode(metadata, metadata_cols, labels, client_col),
         )
 
     # ------------------------------------------------------------- accessors
@@ -599,7 +577,7 @@ class FederatedData:
             val=_take(self.val, pos),
             dropped_rows={c: n for c, n in self.dropped_rows.items() if c in kept},
             row_index=new_index,
-            covariates=None if self.covariates is None else _readonly(self.covariates[pos]),
+            metadata=None if self.metadata is None else self.metadata.take(pos),
         )
 
     # ---------------------------------------------------------------- encode
@@ -794,22 +772,6 @@ class FederatedData:
 # packing
 
 
-def _encode_metadata(metadata, metadata_cols, labels, client_col):
-    """``(covariates [K, M], encoding)`` of the metadata table for the clients ``labels``."""
-    table = metadata_table(metadata, labels, client_col)
-    cols = list(table.columns) if metadata_cols is None else metadata_cols
-    if isinstance(cols, str):
-        cols = [c.strip() for c in cols.split(",")]
-    encoding = MetadataEncoding.fit(table, list(cols))
-    return _readonly(encoding.encode(table, labels)), encoding
-
-
-def _readonly(a: np.ndarray | None) -> np.ndarray | None:
-    if a is not None:
-        a.flags.writeable = False
-    return a
-
-
 def _pack(
     x: np.ndarray, y: np.ndarray, groups: Sequence[np.ndarray], dtype: np.dtype
 ) -> ClientArrays:
@@ -822,7 +784,7 @@ def _pack(
     for k, rows in enumerate(groups):
         xs[k, : len(rows)] = x[rows]
         ys[k, : len(rows)] = y[rows]
-    return ClientArrays(_readonly(xs), _readonly(ys), _readonly(mask))
+    return ClientArrays(readonly(xs), readonly(ys), readonly(mask))
 
 
 def _take(arr: ClientArrays | None, pos: np.ndarray) -> ClientArrays | None:
@@ -830,7 +792,7 @@ def _take(arr: ClientArrays | None, pos: np.ndarray) -> ClientArrays | None:
         return None
     n_max = int(arr.n[pos].max()) if len(pos) else 0
     return ClientArrays(
-        _readonly(arr.x[pos, :n_max]),
-        _readonly(arr.y[pos, :n_max]),
-        _readonly(arr.mask[pos, :n_max]),
+        readonly(arr.x[pos, :n_max]),
+        readonly(arr.y[pos, :n_max]),
+        readonly(arr.mask[pos, :n_max]),
     )

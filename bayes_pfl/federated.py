@@ -404,7 +404,7 @@ def with_covariates(model: HierarchicalModel, data, phase_options: dict) -> dict
             f"model {model.name!r} has client covariates: summary={summary!r} (particles) does "
             "not support them yet; use summary='gaussian'"
         )
-    z = tuple(map(tuple, np.asarray(data.covariates, dtype=float).tolist()))
+    z = tuple(map(tuple, np.asarray(data.metadata.covariates, dtype=float).tolist()))
     options = dict(phase_options.get("effect_options") or ())
     return {**phase_options, "effect_options": _freeze({**options, "covariates": z})}
 

@@ -34,14 +34,14 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 
-from bayes_pfl._preprocess import DataError, listing
+from bayes_pfl._preprocess import DataError, listing, readonly
 
-__all__ = ["MetadataColumn", "MetadataEncoding", "metadata_table"]
+__all__ = ["ClientMetadata", "MetadataColumn", "MetadataEncoding", "metadata_table"]
 
 
 @dataclass(frozen=True)
@@ -263,3 +263,42 @@ def metadata_table(
     if lacking:
         raise DataError(f"metadata: no row for client(s) {listing(lacking)}")
     return table.loc[list(clients)]
+
+
+class ClientMetadata(NamedTuple):
+    """A federation's client metadata: the covariates ``[K, M]`` (row ``k`` for client ``k``,
+    read-only) and the encoding that made them (it encodes a new client's metadata)."""
+
+    covariates: np.ndarray
+    encoding: MetadataEncoding
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The covariates' names, one per column of ``covariates``."""
+        return self.encoding.names
+
+    def take(self, positions: np.ndarray) -> ClientMetadata:
+        """The metadata of the clients at ``positions``, in that order."""
+        return ClientMetadata(readonly(self.covariates[positions]), self.encoding)
+
+    @classmethod
+    def encode(
+        cls,
+        metadata: pd.DataFrame | None,
+        columns: Sequence[Hashable] | str | None,
+        clients: Sequence[Hashable],
+        client_col: Hashable,
+    ) -> ClientMetadata | None:
+        """The metadata of ``clients`` from a table with one row per client (``None`` without
+        a table); ``columns`` a list or a comma-separated string (default: every column)."""
+        if metadata is None:
+            if columns is not None:
+                raise DataError("metadata_cols given without metadata")
+            return None
+        table = metadata_table(metadata, clients, client_col)
+        if columns is None:
+            columns = list(table.columns)
+        elif isinstance(columns, str):
+            columns = [c.strip() for c in columns.split(",")]
+        encoding = MetadataEncoding.fit(table, list(columns))
+        return cls(readonly(encoding.encode(table, clients)), encoding)

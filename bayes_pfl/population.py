@@ -190,7 +190,7 @@ class Population:
 
     def _normal_sites(self, phi, z=None):
         """``(loc, scale)`` of the client prior's Normal sites, flat in unconstrained order."""
-        args = self.model._prior_args(phi, self._covariates_or_zero(z))
+        args = self.model.prior_args(phi, self._covariates_or_zero(z))
         tr = isolated_trace(self.model.client_prior, *args, rng_key=jax.random.key(0))
         locs, scales = [], []
         for s in self.model.theta_space.sites:

@@ -603,7 +603,7 @@ def readout(
     if covariates is not None:
         result.state.update(
             covariates=np.asarray(covariates),
-            metadata_encoding=getattr(data, "metadata_encoding", None),
+            metadata_encoding=data.metadata.encoding,
         )
     return result
 

@@ -432,7 +432,7 @@ class HierarchicalModel:
             )
         return z
 
-    def _prior_args(self, phi: Params, z) -> tuple:
+    def prior_args(self, phi: Params, z) -> tuple:
         """The arguments of ``client_prior``: ``(phi,)`` or ``(phi, z)`` with covariates."""
         z = self.check_covariates(z)
         return (phi,) if z is None else (phi, z)
@@ -481,7 +481,7 @@ class HierarchicalModel:
         """One run of ``client_prior(phi)`` (seed 0): the sites of a client's theta."""
         phi = trace_values(self.hyper_trace)
         try:
-            return self._trace(self.client_prior, *self._prior_args(phi, self._zero_covariates()))
+            return self._trace(self.client_prior, *self.prior_args(phi, self._zero_covariates()))
         except Exception as exc:
             raise ModelSpecError(
                 f"client_prior(phi) failed when run once: {type(exc).__name__}: {exc}"
@@ -571,7 +571,7 @@ class HierarchicalModel:
         try:
             with handlers.trace() as tr, handlers.seed(rng_seed=0):
                 with numpyro.plate("client", 2):
-                    self.client_prior(*self._prior_args(phi, self._zero_covariates((2,))))
+                    self.client_prior(*self.prior_args(phi, self._zero_covariates((2,))))
         except Exception as exc:
             raise ModelSpecError(
                 "client_prior(phi) does not run under a client plate; declare vector sites with "
@@ -639,7 +639,7 @@ class HierarchicalModel:
         values (and the client's covariates ``z [M]`` when the model declares them)."""
         values, _ = self.theta_space.unflatten(u_theta)
         return trace_values(
-            isolated_trace(self.client_prior, *self._prior_args(phi, z), data=values)
+            isolated_trace(self.client_prior, *self.prior_args(phi, z), data=values)
         )
 
     # ------------------------------------------------------------------ densities
@@ -652,7 +652,7 @@ class HierarchicalModel:
         """``log p(theta_k | phi, z_k) + log|det J|`` for one client, unconstrained coordinates."""
         phi = self.phi_values(u_phi)
         values, logdet = self.theta_space.unflatten(u_theta)
-        tr = isolated_trace(self.client_prior, *self._prior_args(phi, z), data=values)
+        tr = isolated_trace(self.client_prior, *self.prior_args(phi, z), data=values)
         out = _log_prob_sum(tr) + logdet
         if self.population_df is not None:
             out = out + self._population_correction(tr, 1)[0]
@@ -698,7 +698,7 @@ class HierarchicalModel:
         """
         phi = self.phi_values(u_phi)
         values, logdet = self.theta_space.unflatten(u_theta)
-        tr = isolated_trace(self.client_prior, *self._prior_args(phi, z), data=values)
+        tr = isolated_trace(self.client_prior, *self.prior_args(phi, z), data=values)
         lp, theta = _log_prob_sum(tr), trace_values(tr)
         if self.population_df is not None:
             lp = lp + self._population_correction(tr, 1)[0]
@@ -744,7 +744,7 @@ class HierarchicalModel:
             self.hyperprior()
         phi = trace_values(hyper_tr)
         with handlers.trace() as client_tr, numpyro.plate("client", x.shape[0]):
-            self.client_prior(*self._prior_args(phi, z))
+            self.client_prior(*self.prior_args(phi, z))
         theta = trace_values(client_tr)
         if self.population_df is not None:
             numpyro.factor(
@@ -759,7 +759,7 @@ class HierarchicalModel:
     def sample_theta(self, rng_key: Array, phi: Params, z: Array | None = None) -> Array:
         """One draw of ``theta_k ~ p(theta | phi, z)``, unconstrained (a new client, no data;
         ``z [M]`` its covariates when the model declares them)."""
-        args = self._prior_args(phi, z)
+        args = self.prior_args(phi, z)
         if self.population_df is None:
             tr = isolated_trace(self.client_prior, *args, rng_key=rng_key)
             return self.theta_space.flatten({n: tr[n]["value"] for n in self.theta_space.names})

@@ -53,7 +53,7 @@ def federation():
 
 @pytest.fixture(scope="module")
 def meta_model(federation):
-    return hierarchical_glm("bernoulli", 1, client_covariates=federation.covariate_names)
+    return hierarchical_glm("bernoulli", 1, client_covariates=federation.metadata.names)
 
 
 @pytest.fixture(scope="module")
@@ -213,15 +213,17 @@ def test_metadata_are_encoded_once_and_bad_metadata_named():
     meta["size"] = [10.0, 20.0, 30.0, 40.0]
     meta["device"] = pd.Categorical(["ios", "web", "android", "web"])
     data = _data(rows, meta.iloc[::-1])  # the table's row order does not matter
-    assert data.covariate_names == ("group=b", "size", "device=ios", "device=web")
+    assert data.metadata.names == ("group=b", "size", "device=ios", "device=web")
     sd = np.std([10.0, 20.0, 30.0, 40.0])
-    np.testing.assert_allclose(data.covariates[:, 1], (np.array([10, 20, 30, 40]) - 25) / sd)
+    np.testing.assert_allclose(
+        data.metadata.covariates[:, 1], (np.array([10, 20, 30, 40]) - 25) / sd
+    )
     np.testing.assert_array_equal(
-        data.covariates[:, [0, 2, 3]], [[0, 1, 0], [1, 0, 1], [0, 0, 0], [1, 0, 1]]
+        data.metadata.covariates[:, [0, 2, 3]], [[0, 1, 0], [1, 0, 1], [0, 0, 0], [1, 0, 1]]
     )
     sub = data.subset(["c03", "c00"])
-    np.testing.assert_array_equal(sub.covariates, data.covariates[[3, 0]])
-    enc = data.metadata_encoding
+    np.testing.assert_array_equal(sub.metadata.covariates, data.metadata.covariates[[3, 0]])
+    enc = data.metadata.encoding
     np.testing.assert_allclose(
         enc.encode_row({"group": "b", "size": 25.0, "device": "android"}), [1, 0, 0, 0]
     )
