@@ -324,3 +324,29 @@ def test_cold_start_from_metadata_beats_the_population_average(federation, ep_fi
         cold_start(ep_fit, metadata={"group": "c"})
     with pytest.raises(ValueError, match="give the new client's metadata"):
         cold_start(ep_fit)
+
+
+# ------------------------------------------------------------------ command line
+def test_cli_fits_with_a_metadata_file_and_names_bad_metadata(tmp_path):
+    """``bayes-pfl fit --metadata meta.csv --metadata-cols group``: the model's population
+    mean moves with the metadata (``W`` in the summary); a column the file lacks and a
+    model that takes no covariates are clear errors."""
+    from _helpers import run_cli
+
+    rows, meta = _federation(0, n_clients=8, n_rows=20)
+    rows.to_csv(tmp_path / "rows.csv", index=False)
+    meta.assign(size=np.arange(8.0)).to_csv(tmp_path / "meta.csv", index=False)
+    common = ["fit", "--data", str(tmp_path / "rows.csv"), "--client-col", "client"]
+    common += ["--target", "y", "--features", "x", "--metadata", str(tmp_path / "meta.csv")]
+    sampling = ["--chains", "1", "--warmup", "200", "--samples", "100", "--no-progress"]
+    out = tmp_path / "out"
+    r = run_cli(
+        *common, "--metadata-cols", "group", "--model", "logistic", *sampling, "--out", str(out)
+    )
+    assert r.returncode == 0, r.stderr
+    summary = pd.read_csv(out / "summary.csv", index_col=0)
+    assert "W[0, 0]" in summary.index and "group=b" in (out / "run.json").read_text()
+    r = run_cli(*common, "--metadata-cols", "region", "--model", "logistic", "--out", str(out))
+    assert r.returncode == 2 and "metadata column(s) 'region' not in the metadata table" in r.stderr
+    r = run_cli(*common, "--model", "eight_schools", "--out", str(tmp_path / "o2"))
+    assert r.returncode == 2 and "takes no client covariates" in r.stderr
