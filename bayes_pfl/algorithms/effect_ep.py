@@ -513,7 +513,8 @@ def build(
             raise ValueError(
                 f"model {model.name!r} declares client covariates {names}: the server needs "
                 "every client's covariates (effect_ep.build(..., covariates=z [K, M]); "
-                "FederatedData.from_pandas(..., metadata=...) in the fits)"
+                "FederatedData.from_pandas(..., metadata=...) in the in-process fits; the "
+                "Flower runtime does not carry client metadata yet)"
             )
         if given_covariates.shape != (n_clients, pop.n_covariates):
             raise ValueError(
