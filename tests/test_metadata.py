@@ -141,6 +141,16 @@ def test_server_integral_is_the_exact_marginal_with_covariates():
         np.testing.assert_allclose(means[j], pop.moments(u1, z[j])[0], rtol=1e-12)
     with pytest.raises(ValueError, match="needs every client's covariates"):
         effect_ep.server_log_density(pop, model.log_hyperprior, u1, sites)
+    # a Student-t population: the batched integral is the sum of each client's own
+    robust = model.with_population(5.0)
+    pop_t = gaussian_population(robust)
+    one_by_one = 0.0
+    for j in range(k):
+        m, root = pop_t.moments(u1, z[j])
+        site = GaussianFactor(sites.precision[j], sites.shift[j])
+        one_by_one += float(pop_t.log_z_at(m, root, u1[pop_t.shared_index], site))
+    batched = effect_ep.server_log_density(pop_t, robust.log_hyperprior, u1, sites, z)
+    np.testing.assert_allclose(float(batched - robust.log_hyperprior(u1)), one_by_one, rtol=1e-12)
 
 
 def test_covariance_that_depends_on_the_covariates_is_refused():
