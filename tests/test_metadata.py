@@ -80,6 +80,9 @@ def test_glm_population_mean_moves_with_the_client_covariates():
     mean = np.asarray(phi["mu"] + z @ phi["W"])
     want = norm.logpdf(np.asarray(u_theta), mean, np.asarray(phi["tau"])).sum()
     np.testing.assert_allclose(float(model.log_client_prior(u_theta, u_phi, z)), want, rtol=1e-12)
+    # the population's mean for a client: mu + z W (varying slopes: E = D = 2)
+    pop = gaussian_population(model)
+    np.testing.assert_allclose(pop.client_means(u_phi, z[None])[0], mean, rtol=1e-12)
     # the Student-t population keeps the covariates
     assert model.with_population(4.0).client_covariates == model.client_covariates
     with pytest.raises(ModelSpecError, match="declares client covariates"):
