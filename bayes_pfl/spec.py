@@ -484,7 +484,8 @@ class HierarchicalModel:
             return self._trace(self.client_prior, *self.prior_args(phi, self._zero_covariates()))
         except Exception as exc:
             raise ModelSpecError(
-                f"client_prior(phi) failed when run once: {type(exc).__name__}: {exc}"
+                f"client_prior({'phi, z' if self.client_covariates else 'phi'}) failed when run "
+                f"once: {type(exc).__name__}: {exc}"
             ) from exc
 
     @cached_property

@@ -94,6 +94,10 @@ def test_glm_population_mean_moves_with_the_client_covariates():
         plain.sample_theta(jax.random.key(0), plain.phi_values(jnp.zeros(plain.phi_dim)), z)
     with pytest.raises(ModelSpecError, match="sequence of names"):
         HierarchicalModel(*_normal_parts(), name="n", client_covariates="region")
+    from _helpers import normal_normal_parts  # client_prior(phi): no z to take
+
+    with pytest.raises(ModelSpecError, match=r"client_prior\(phi, z\) failed .* 2 were given"):
+        HierarchicalModel(*normal_normal_parts(0, 1, 1, 1), name="n", client_covariates=["a"])
 
 
 def _normal_parts():
