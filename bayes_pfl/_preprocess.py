@@ -47,6 +47,13 @@ DataError.__module__ = UnknownClientError.__module__ = "bayes_pfl.data"
 # checks of the arguments and the frame, client codes, missing values
 
 
+def readonly(a: np.ndarray | None) -> np.ndarray | None:
+    """``a`` made read-only (in place), for the arrays of immutable data objects."""
+    if a is not None:
+        a.flags.writeable = False
+    return a
+
+
 def plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 

@@ -40,8 +40,34 @@ def check_model_data(model: HierarchicalModel, data) -> None:
             f"model {model.name!r} expects {model.n_features} feature(s), "
             f"the data has {data.n_features}: {list(data.features)}"
         )
+    check_model_covariates(model, data)
     _check_target_support(model, data)
     _warn_degenerate_features(data)
+
+
+def check_model_covariates(model: HierarchicalModel, data) -> None:
+    """Raise :class:`~bayes_pfl.spec.ModelSpecError` when a model with client covariates
+    gets data without them, or with other covariates than it declares."""
+    if model.client_covariates is None:
+        return
+    metadata = getattr(data, "metadata", None)
+    if metadata is None:
+        raise ModelSpecError(
+            f"model {model.name!r} declares client covariates {list(model.client_covariates)}; "
+            "the data have no client metadata (FederatedData.from_pandas(..., metadata=, "
+            "metadata_cols=))"
+        )
+    names = metadata.names
+    if tuple(names) != tuple(model.client_covariates):
+        raise ModelSpecError(
+            f"model {model.name!r} declares client covariates {list(model.client_covariates)} "
+            f"in that order, the data have {list(names)}"
+        )
+
+
+def data_covariates(model: HierarchicalModel, data):
+    """The clients' covariates ``[K, M]`` the model reads from ``data`` (``None`` without)."""
+    return None if model.client_covariates is None else np.asarray(data.metadata.covariates, float)
 
 
 def _warn_degenerate_features(data) -> None:
@@ -197,7 +223,9 @@ def fit_nuts(
         progress_bar=progress_bar,
     )
     t0 = time.perf_counter()
-    mcmc.run(jax.random.key(seed), x, y, mask, extra_fields=_EXTRA_FIELDS)
+    z = data_covariates(model, data)
+    z = None if z is None else jnp.asarray(z, dtype=x.dtype)
+    mcmc.run(jax.random.key(seed), x, y, mask, z, extra_fields=_EXTRA_FIELDS)
     samples = jax.block_until_ready(mcmc.get_samples(group_by_chain=True))
     wall = time.perf_counter() - t0
     extra = mcmc.get_extra_fields(group_by_chain=True)

@@ -119,7 +119,7 @@ def client_conflict(result, *, alpha: float = 0.05, warn: bool = True) -> pd.Dat
         raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
     pop = gaussian_population(result.model)
     flat = np.asarray(draws).reshape(-1, np.asarray(draws).shape[-1])
-    cav, _ = cavities(pop, flat, sites)
+    cav, _ = cavities(pop, flat, sites, state.get("covariates"))  # own population (#18)
     mean, cov = gf.to_moments(cav)
     chi2, dof = conflict_scores(sites.precision, sites.shift, mean, cov)
     p = np.where(dof > 0, chi2_dist.sf(chi2, np.maximum(dof, 1)), 1.0)

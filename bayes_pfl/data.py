@@ -68,9 +68,11 @@ from bayes_pfl._preprocess import (
     plural,
     raise_missing_features,
     raise_missing_target,
+    readonly,
     split_client,
     standardization,
 )
+from bayes_pfl.metadata import ClientMetadata
 
 __all__ = ["ClientArrays", "DataError", "FederatedData", "UnknownClientError"]
 
@@ -177,6 +179,8 @@ class FederatedData:
         labels of that split's rows, in the row order of :meth:`to_pandas`
         (client by client, frame order within a client). Use it to attach
         per-row results (e.g. predictions) back to the original frame.
+    metadata : ClientMetadata or None
+        The clients' metadata as covariates ``[n_clients, M]`` (:mod:`bayes_pfl.metadata`).
 
     Examples
     --------
@@ -211,6 +215,7 @@ class FederatedData:
     dropped_rows: dict[Hashable, int]
     seed: int
     row_index: dict[str, pd.Index] = field(default_factory=dict)
+    metadata: ClientMetadata | None = None
 
     # ------------------------------------------------------------------ build
 
@@ -229,6 +234,8 @@ class FederatedData:
         standardize: bool = False,
         missing: Missing = "error",
         dtype: Any = np.float64,
+        metadata: pd.DataFrame | None = None,
+        metadata_cols: Sequence[Hashable] | None = None,
     ) -> FederatedData:
         """Build federated data from a long-format data frame.
 
@@ -278,6 +285,9 @@ class FederatedData:
             always an error.
         dtype : numpy float dtype, default numpy.float64
             Dtype of ``x`` and ``y``.
+        metadata, metadata_cols : pandas.DataFrame, sequence of str, optional
+            Client metadata, one row per client (label in ``client_col`` or the index), and
+            the columns (default: all) to encode into :attr:`metadata` (covariates).
 
         Returns
         -------
@@ -394,11 +404,12 @@ class FederatedData:
             train=arrays["train"],
             test=arrays["test"],
             val=arrays["val"],
-            feature_mean=_readonly(mean),
-            feature_scale=_readonly(scale),
+            feature_mean=readonly(mean),
+            feature_scale=readonly(scale),
             dropped_rows=dropped,
             seed=seed,
             row_index=row_index,
+            metadata=ClientMetadata.encode(metadata, metadata_cols, labels, client_col),
         )
 
     # ------------------------------------------------------------- accessors
@@ -566,6 +577,7 @@ class FederatedData:
             val=_take(self.val, pos),
             dropped_rows={c: n for c, n in self.dropped_rows.items() if c in kept},
             row_index=new_index,
+            metadata=None if self.metadata is None else self.metadata.take(pos),
         )
 
     # ---------------------------------------------------------------- encode
@@ -760,12 +772,6 @@ class FederatedData:
 # packing
 
 
-def _readonly(a: np.ndarray | None) -> np.ndarray | None:
-    if a is not None:
-        a.flags.writeable = False
-    return a
-
-
 def _pack(
     x: np.ndarray, y: np.ndarray, groups: Sequence[np.ndarray], dtype: np.dtype
 ) -> ClientArrays:
@@ -778,7 +784,7 @@ def _pack(
     for k, rows in enumerate(groups):
         xs[k, : len(rows)] = x[rows]
         ys[k, : len(rows)] = y[rows]
-    return ClientArrays(_readonly(xs), _readonly(ys), _readonly(mask))
+    return ClientArrays(readonly(xs), readonly(ys), readonly(mask))
 
 
 def _take(arr: ClientArrays | None, pos: np.ndarray) -> ClientArrays | None:
@@ -786,7 +792,7 @@ def _take(arr: ClientArrays | None, pos: np.ndarray) -> ClientArrays | None:
         return None
     n_max = int(arr.n[pos].max()) if len(pos) else 0
     return ClientArrays(
-        _readonly(arr.x[pos, :n_max]),
-        _readonly(arr.y[pos, :n_max]),
-        _readonly(arr.mask[pos, :n_max]),
+        readonly(arr.x[pos, :n_max]),
+        readonly(arr.y[pos, :n_max]),
+        readonly(arr.mask[pos, :n_max]),
     )

@@ -20,6 +20,8 @@ import time
 import warnings
 from typing import Any
 
+import numpy as np
+
 from bayes_pfl.algorithms import effect_ep, ep, particles
 from bayes_pfl.centralized import check_model_data
 from bayes_pfl.population import gaussian_population
@@ -190,6 +192,7 @@ def ep_rounds(
     **phase_options,
 ) -> Rounds:
     """EP's rounds (:func:`ep_phases`) on ``data.train``; what :func:`readout` needs next."""
+    phase_options = with_covariates(model, data, phase_options)
     out = run_phases(
         ep_phases(model, **phase_options),
         data.train,
@@ -382,6 +385,28 @@ def run_fit(
         mh_steps=mh_steps,
         settings=settings,
     )
+
+
+def with_covariates(model: HierarchicalModel, data, phase_options: dict) -> dict:
+    """``phase_options`` with the clients' covariates for the server (a model with client
+    covariates; they are server-side constants of EP with sites over client effects)."""
+    if not model.n_covariates:
+        return phase_options
+    sites = phase_options.get("sites", "effects")
+    if sites != "effects":
+        raise ValueError(
+            f"model {model.name!r} has client covariates: they need sites='effects' (the "
+            f"server's population integral), got sites={sites!r}"
+        )
+    summary = phase_options.get("summary", "gaussian")
+    if summary != "gaussian":
+        raise ValueError(
+            f"model {model.name!r} has client covariates: summary={summary!r} (particles) does "
+            "not support them yet; use summary='gaussian'"
+        )
+    z = tuple(map(tuple, np.asarray(data.metadata.covariates, dtype=float).tolist()))
+    options = dict(phase_options.get("effect_options") or ())
+    return {**phase_options, "effect_options": _freeze({**options, "covariates": z})}
 
 
 def with_cap(effect_options: dict | None, precision_cap, sites: str) -> dict | None:

@@ -30,6 +30,12 @@ Hall et al. 2020 for EP over random effects).
   ``b ~ N(mu, tau)`` or non-centered ``b = mu + tau * b_raw``), which is checked
   numerically at construction. ``L = J diag(s)`` with ``J`` the Jacobian of the
   effects in the Normal sites and ``s`` their scales, so ``C`` may be singular.
+
+With *client covariates* (``HierarchicalModel(..., client_covariates=...)``) the
+population mean is the client's own, ``m_k = m(phi, z_k)`` (``mu + z_k W`` for the zoo
+GLMs; any function of ``z_k``), while ``C(phi)`` must not depend on ``z_k`` (checked at
+construction): the server's integral is the same with ``m_k`` in place of ``m``
+(:meth:`Population.client_means`), and its ``z [K, M]`` are server-side constants.
 """
 
 from __future__ import annotations
@@ -156,6 +162,7 @@ class Population:
         self.q_dim = len(index)
         self.z_dim = self.e_dim + self.q_dim
         self.theta_dim = model.theta_dim
+        self.n_covariates = model.n_covariates
         self._check_gaussian()
         self.df = model.population_df
         if self.df is not None and self.df <= 2:
@@ -174,9 +181,17 @@ class Population:
             self.cov_factor = 1.0
 
     # ------------------------------------------------------------------ population
-    def _normal_sites(self, phi):
+    def _covariates_or_zero(self, z):
+        """The client's covariates, or zeros (the population's reference point) when not
+        given for a model with covariates; ``None`` without covariates."""
+        if self.n_covariates and z is None:
+            return jnp.zeros(self.n_covariates)
+        return self.model.check_covariates(z)
+
+    def _normal_sites(self, phi, z=None):
         """``(loc, scale)`` of the client prior's Normal sites, flat in unconstrained order."""
-        tr = isolated_trace(self.model.client_prior, phi, rng_key=jax.random.key(0))
+        args = self.model.prior_args(phi, self._covariates_or_zero(z))
+        tr = isolated_trace(self.model.client_prior, *args, rng_key=jax.random.key(0))
         locs, scales = [], []
         for s in self.model.theta_space.sites:
             base = _normal_base(tr[s.name]["fn"])
@@ -185,25 +200,41 @@ class Population:
             scales.append(jnp.broadcast_to(base.scale, shape).reshape(-1))
         return jnp.concatenate(locs), jnp.concatenate(scales)
 
-    def _effects_at(self, u_theta: Array, phi) -> Array:
-        vals = self.model.theta_values(u_theta, phi)
+    def _effects_at(self, u_theta: Array, phi, z=None) -> Array:
+        vals = self.model.theta_values(u_theta, phi, self._covariates_or_zero(z))
         return jnp.concatenate([jnp.reshape(vals[n], (-1,)) for n, _ in self.effect_sites])
 
-    def moments(self, u_phi: Array) -> tuple[Array, Array]:
-        """Population mean ``m [E]`` and a square root ``L [E, D]`` of ``C = L L^T`` at ``u_phi``."""
+    def moments(self, u_phi: Array, z: Array | None = None) -> tuple[Array, Array]:
+        """Population mean ``m [E]`` and a square root ``L [E, D]`` of ``C = L L^T`` at ``u_phi``.
+
+        With client covariates: the population of a client with covariates ``z [M]``
+        (at ``z = 0`` when not given; ``L`` does not depend on ``z``).
+        """
         phi = self.model.phi_values(u_phi)
-        loc, scale = self._normal_sites(phi)
-        m = self._effects_at(loc, phi)
-        jac = jax.jacfwd(self._effects_at)(loc, phi)
+        loc, scale = self._normal_sites(phi, z)
+        m = self._effects_at(loc, phi, z)
+        jac = jax.jacfwd(self._effects_at)(loc, phi, z)
         return m, jac * scale
 
-    def prior_sites(self, u_phi: Array) -> tuple[Array, Array]:
+    def client_means(self, u_phi: Array, covariates: Array) -> Array:
+        r"""Every client's population mean ``m_k = m(phi, z_k)``, ``[K, E]``, from the clients'
+        covariates ``[K, M]`` (``mu + z_k W`` for the zoo GLMs)."""
+        phi = self.model.phi_values(u_phi)
+
+        def one(z):
+            loc, _ = self._normal_sites(phi, z)
+            return self._effects_at(loc, phi, z)
+
+        return jax.vmap(one)(covariates)
+
+    def prior_sites(self, u_phi: Array, z: Array | None = None) -> tuple[Array, Array]:
         """``(loc, scale)`` of the client prior's Normal sites at ``u_phi`` (unconstrained order).
 
         A client's unconstrained parameters are ``u_theta = loc + scale * w`` with
-        ``w ~ N(0, I)`` a priori, and its effects ``e = m + L w`` (:meth:`moments`).
+        ``w ~ N(0, I)`` a priori, and its effects ``e = m + L w`` (:meth:`moments`);
+        ``z``: the client's covariates, with client covariates.
         """
-        return self._normal_sites(self.model.phi_values(u_phi))
+        return self._normal_sites(self.model.phi_values(u_phi), z)
 
     def _check_gaussian(self) -> None:
         model = self.model
@@ -225,13 +256,24 @@ class Population:
         for _ in range(2):
             u_phi = jnp.asarray(0.5 * rng.standard_normal(model.phi_dim))
             phi = model.phi_values(u_phi)
-            loc, scale = self._normal_sites(phi)
-            m, root = self.moments(u_phi)
+            z = None
+            if self.n_covariates:
+                z = jnp.asarray(rng.standard_normal(self.n_covariates))
+                _, root_0 = self.moments(u_phi)
+                _, root_z = self.moments(u_phi, z)
+                if not np.allclose(np.asarray(root_0), np.asarray(root_z), rtol=1e-6, atol=1e-8):
+                    raise ModelSpecError(
+                        f"model {model.name!r}: the population covariance of the client "
+                        "effects depends on the client covariates; the federated methods "
+                        "need the covariates in the population mean only"
+                    )
+            loc, scale = self._normal_sites(phi, z)
+            m, root = self.moments(u_phi, z)
             root = np.asarray(root)
             if self.diagonal_root and np.any(root != np.diag(np.diagonal(root))):
                 self.diagonal_root = False
             v = jnp.asarray(rng.standard_normal(model.theta_dim))
-            got = self._effects_at(loc + scale * v, phi)
+            got = self._effects_at(loc + scale * v, phi, z)
             want = m + root @ v
             if not np.allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-8):
                 raise ModelSpecError(
@@ -266,10 +308,12 @@ class Population:
         ll = self.model.pointwise_loglik_values(self.theta_dict(e), self.phi_dict(u_s), x, y)
         return jnp.sum(jnp.where(mask, ll, 0.0))
 
-    def z_of(self, u_theta: Array, u_phi: Array) -> Array:
-        """The site coordinates ``z`` of unconstrained ``(u_theta, u_phi)``."""
+    def z_of(self, u_theta: Array, u_phi: Array, covariates: Array | None = None) -> Array:
+        """The site coordinates ``z`` of unconstrained ``(u_theta, u_phi)`` (and the client's
+        covariates, with client covariates)."""
         phi = self.model.phi_values(u_phi)
-        return jnp.concatenate([self._effects_at(u_theta, phi), u_phi[self.shared_index]])
+        e = self._effects_at(u_theta, phi, covariates)
+        return jnp.concatenate([e, u_phi[self.shared_index]])
 
     # ------------------------------------------------------------------ population integral
     def log_z(self, u_phi: Array, site: GaussianFactor) -> Array:
@@ -337,7 +381,7 @@ class Population:
             c = -0.5 * jnp.sum(jnp.sum(prec[..., E:, E:] * u_s, -1) * u_s, -1) + jnp.sum(
                 shift[..., E:] * u_s, -1
             )
-        am = jnp.sum(a * m, -1)
+        am = jnp.sum(a * m[..., None, :], -1)  # m [E], or [K, E] with client covariates
         if self.diagonal_root:
             t = jnp.diagonal(root)
             mat = jnp.eye(E, dtype=a.dtype) + a * t[:, None] * t[None, :]

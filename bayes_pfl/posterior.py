@@ -19,7 +19,9 @@ and this module is that end:
 * :func:`cold_start`: a new client with no rows gets the population predictive
   :math:`p(\theta_{new} \mid D)`; with a few rows, its personalized posterior from the
   current global draws, reweighted by its Laplace evidence :math:`\hat L_{new}(u^{(s)})`
-  (importance resampling, no new federation round).
+  (importance resampling, no new federation round). With client covariates
+  (metadata) the new client's population is its own, :math:`p(\theta_{new} \mid u, z_{new})`,
+  from its metadata alone or with its rows.
 """
 
 from __future__ import annotations
@@ -137,11 +139,15 @@ def effect_global_draws(
     sent particles.
     """
     density_args: tuple = ()
+    density = effect_ep.server_density
     if isinstance(state, particles.ParticleServerState):
         density_args = particles.used_particles(state)
+        density = particles.corrected_density
         state = state.ep
     else:
         density_args = (jax.device_get(state.sites),)
+        if model.n_covariates:
+            density_args += (jax.device_get(state.covariates),)
     pop = gaussian_population(model)
     log_hyperprior = jax.jit(model.log_hyperprior)
     n_prev = state.draws.shape[0]
@@ -152,7 +158,6 @@ def effect_global_draws(
     step = np.asarray(state.step_size)[pick]
     inv_mass = np.asarray(state.inverse_mass)[pick]
     keys = jax.random.split(rng_key, num_chains)
-    density = effect_ep.server_density if len(density_args) == 1 else particles.corrected_density
     run = _effect_sampler(pop, log_hyperprior, num_warmup, num_samples, density)
     draws, diverging = run(keys, inits, step, inv_mass, density_args)
     return np.asarray(draws), {"diverging": np.asarray(diverging)}
@@ -183,9 +188,9 @@ def _effect_sampler(pop, log_hyperprior, num_warmup: int, num_samples: int, dens
     return run
 
 
-def _client_logp(model: HierarchicalModel):
+def _client_logp(model: HierarchicalModel, covariates=None):
     def logp(th, u, x, y, mask):
-        return model.client_log_joint(th, u, x, y, mask)
+        return model.client_log_joint(th, u, x, y, mask, covariates)
 
     return logp
 
@@ -200,14 +205,16 @@ def personalize_client(
     *,
     mh_steps: int = 5,
     newton_iter: int = 1,
+    covariates: Array | None = None,
 ) -> tuple[Array, Array]:
     """``theta^(s) ~ p(theta | u^(s), D_k)`` for one client: ``([S, D] draws, mean acceptance)``.
 
     The body of :func:`personalize` for the client whose key is ``rng_key``
     (``jax.random.split(key, K)[k]`` there); the Flower client calls it, so a
-    deployment draws the same values as the in-process run.
+    deployment draws the same values as the in-process run. ``covariates [M]``: the
+    client's covariates, with client covariates.
     """
-    logp = _client_logp(model)
+    logp = _client_logp(model, covariates)
     return sample_conditionals(
         rng_key,
         lambda th, u: logp(th, u, x, y, mask),
@@ -227,6 +234,7 @@ def personalize(
     mh_steps: int = 5,
     newton_iter: int = 1,
     batch_size: int | None = None,
+    covariates: Array | None = None,
 ) -> tuple[Array, Array]:
     """Each client's ``theta`` for every global draw: ``theta_k^(s) ~ p(theta_k | u^(s), D_k)``.
 
@@ -249,6 +257,8 @@ def personalize(
     batch_size : int, optional
         Clients per vectorized batch (default: about 2e7 rows-by-draws numbers). Clients
         are grouped by size first (:func:`bayes_pfl.simulation.row_buckets`).
+    covariates : Array, optional
+        ``[K, M]`` the clients' covariates, for a model with client covariates.
 
     Returns
     -------
@@ -267,13 +277,22 @@ def personalize(
     # depend on the grouping. Batches of clients (lax.map) keep one batch's
     # rows-by-draws work around 2e7 numbers.
 
-    def step(bucket_keys, arrays):
+    z = _client_covariates(model, covariates, k)
+
+    def step(bucket_keys, bucket_z, arrays):
         n_clients, rows = arrays[0].shape[:2]
         per_client = s * rows * max(x.shape[2], 1)
         bs = batch_size or int(max(1, min(n_clients, 2e7 // max(per_client, 1))))
-        return _personalize_kernel(model, mh_steps, newton_iter, bs)(bucket_keys, u_draws, *arrays)
+        kernel = _personalize_kernel(model, mh_steps, newton_iter, bs)
+        return kernel(bucket_keys, u_draws, bucket_z, *arrays)
 
-    return bucketed(step, bucket_parts((x, y, mask), mask), keys, ())
+    return bucketed(step, bucket_parts((x, y, mask), mask), keys, (z,))
+
+
+def _client_covariates(model: HierarchicalModel, covariates, n_clients: int):
+    """The clients' covariates ``[K, M]`` as an array, checked; ``None`` without."""
+    z = model.check_covariates(covariates, (n_clients,))
+    return None if z is None else jnp.asarray(z)
 
 
 def personalize_effects(
@@ -285,28 +304,31 @@ def personalize_effects(
     *,
     mh_steps: int = 5,
     batch_size: int | None = None,
+    covariates: Array | None = None,
 ) -> tuple[Array, Array]:
     """:func:`personalize` from each client's site over its effects (EP with ``sites="effects"``).
 
     Client ``k`` draws ``theta_k^(s) ~ p(theta_k | u^(s), D_k)`` by independence
     Metropolis-Hastings whose proposal is the population times its own site
     (:func:`bayes_pfl.algorithms.effect_ep.personalize_client`): exact in the limit,
-    no optimization per draw. Same keys, shapes and outputs as :func:`personalize`.
+    no optimization per draw. Same keys, shapes and outputs as :func:`personalize`
+    (``covariates [K, M]`` with client covariates).
     """
     mh_steps = check_steps("mh_steps", mh_steps)
     s = u_draws.shape[0]
     x, y, mask = (jnp.asarray(a) for a in (data.x, data.y, data.mask))
     k = x.shape[0]
     keys = jax.random.split(rng_key, k)
+    z = _client_covariates(model, covariates, k)
 
-    def step(bucket_keys, bucket_sites, arrays):
+    def step(bucket_keys, bucket_sites, bucket_z, arrays):
         n_clients, rows = arrays[0].shape[:2]
         per_client = s * (mh_steps + 1) * rows * max(x.shape[2], 1)
         bs = batch_size or int(max(1, min(n_clients, 2e7 // max(per_client, 1))))
         kernel = _effect_personalize_kernel(model, mh_steps, bs)
-        return kernel(bucket_keys, bucket_sites, u_draws, *arrays)
+        return kernel(bucket_keys, bucket_sites, bucket_z, u_draws, *arrays)
 
-    return bucketed(step, bucket_parts((x, y, mask), mask), keys, (sites,))
+    return bucketed(step, bucket_parts((x, y, mask), mask), keys, (sites, z))
 
 
 @functools.lru_cache(maxsize=16)
@@ -314,13 +336,15 @@ def _effect_personalize_kernel(model: HierarchicalModel, mh_steps: int, batch: i
     pop = gaussian_population(model)
 
     def one_client(u_draws, args):
-        key, site, xk, yk, mk = args
-        return effect_ep.personalize_client(key, pop, site, u_draws, xk, yk, mk, mh_steps=mh_steps)
+        key, site, zk, xk, yk, mk = args
+        return effect_ep.personalize_client(
+            key, pop, site, u_draws, xk, yk, mk, mh_steps=mh_steps, covariates=zk
+        )
 
     @jax.jit
-    def run(keys, sites, u_draws, x, y, mask):
+    def run(keys, sites, z, u_draws, x, y, mask):
         return jax.lax.map(
-            functools.partial(one_client, u_draws), (keys, sites, x, y, mask), batch_size=batch
+            functools.partial(one_client, u_draws), (keys, sites, z, x, y, mask), batch_size=batch
         )
 
     return run
@@ -337,30 +361,40 @@ def _personalize_kernel(model: HierarchicalModel, mh_steps: int, newton_iter: in
     """The jitted, client-batched personalization (cached: one compilation per setting)."""
 
     def one_client(u_draws, args):
-        key, xk, yk, mk = args
+        key, zk, xk, yk, mk = args
         return personalize_client(
-            key, model, u_draws, xk, yk, mk, mh_steps=mh_steps, newton_iter=newton_iter
+            key,
+            model,
+            u_draws,
+            xk,
+            yk,
+            mk,
+            mh_steps=mh_steps,
+            newton_iter=newton_iter,
+            covariates=zk,
         )
 
     @jax.jit
-    def run(keys, u_draws, x, y, mask):
+    def run(keys, u_draws, z, x, y, mask):
         return jax.lax.map(
-            functools.partial(one_client, u_draws), (keys, x, y, mask), batch_size=batch
+            functools.partial(one_client, u_draws), (keys, z, x, y, mask), batch_size=batch
         )
 
     return run
 
 
-def _constrain(model: HierarchicalModel, u: Array, theta: Array | None):
-    """Constrained phi (and theta) dicts from flat draws: u [N, P], theta [K, N, D]."""
+def _constrain(model: HierarchicalModel, u: Array, theta: Array | None, covariates=None):
+    """Constrained phi (and theta) dicts from flat draws: u [N, P], theta [K, N, D]
+    (and the clients' covariates [K, M], with client covariates)."""
     phi = jax.jit(jax.vmap(model.phi_values))(u)
     if theta is None:
         return phi, None
+    z = _client_covariates(model, covariates, theta.shape[0])
 
-    def per_client(th):
-        return jax.vmap(model.theta_values)(th, phi)
+    def per_client(th, zk):
+        return jax.vmap(model.theta_values, in_axes=(0, 0, None))(th, phi, zk)
 
-    theta_vals = jax.jit(jax.vmap(per_client))(theta)
+    theta_vals = jax.jit(jax.vmap(per_client))(theta, z)
     return phi, theta_vals
 
 
@@ -374,10 +408,11 @@ def to_result(
     sample_stats: dict | None,
     history: list,
     info: dict,
+    covariates=None,
 ) -> FitResult:
     c, s, _ = u.shape
     flat_u = u.reshape(c * s, -1)
-    phi, theta_vals = _constrain(model, flat_u, theta)
+    phi, theta_vals = _constrain(model, flat_u, theta, covariates)
     phi = {k: np.asarray(v).reshape((c, s) + v.shape[1:]) for k, v in phi.items()}
     # theta_vals: [K, C*S, ...] -> [C, S, K, ...]
     th = {}
@@ -516,6 +551,7 @@ def readout(
         c * s,
     )
     t0 = time.perf_counter()
+    covariates = _state_covariates(model, state)
     if model.population_df is None and isinstance(
         state, effect_ep.EffectServerState | particles.ParticleServerState
     ):
@@ -529,10 +565,16 @@ def readout(
             u.reshape(c * s, p),
             data.train,
             mh_steps=mh_steps,
+            covariates=covariates,
         )
     else:
         theta, acc = personalize(
-            key_personal, model, u.reshape(c * s, p), data.train, mh_steps=mh_steps
+            key_personal,
+            model,
+            u.reshape(c * s, p),
+            data.train,
+            mh_steps=mh_steps,
+            covariates=covariates,
         )
     theta = jax.block_until_ready(theta)  # JAX is asynchronous: time the work, not its dispatch
     t_personal = time.perf_counter() - t0
@@ -555,9 +597,28 @@ def readout(
             "min_personalize_acceptance": float(np.min(np.asarray(acc))),
             "settings": {**settings, "global_method": global_method, "mh_steps": mh_steps},
         },
+        covariates=covariates,
     )
     result.state.update(server_summary(state, u))
+    if covariates is not None:
+        result.state.update(
+            covariates=np.asarray(covariates),
+            metadata_encoding=data.metadata.encoding,
+        )
     return result
+
+
+def _state_covariates(model: HierarchicalModel, state):
+    """The clients' covariates ``[K, M]`` the server state holds (``None`` without)."""
+    if not model.n_covariates:
+        return None
+    ep_state = state.ep if isinstance(state, particles.ParticleServerState) else state
+    if not isinstance(ep_state, effect_ep.EffectServerState):
+        raise ValueError(
+            f"model {model.name!r} has client covariates: only EP with sites over client "
+            "effects (sites='effects') supports them"
+        )
+    return jnp.asarray(ep_state.covariates)
 
 
 class ColdStart(NamedTuple):
@@ -575,6 +636,7 @@ def cold_start(
     *,
     seed: int = 0,
     mh_steps: int = 10,
+    metadata=None,
 ) -> ColdStart:
     """Posterior of a new client's ``theta`` without re-running the federation.
 
@@ -582,19 +644,26 @@ def cold_start(
     using the fit's global draws. With rows ``x [n, P]``, ``y [n]``: global draws
     are reweighted by the new client's Laplace evidence ``L_new(u)`` and
     resampled, and ``theta`` is drawn from ``p(theta | u, D_new)`` for each.
+
+    With client covariates the new client's population is ``p(theta | u, z_new)``:
+    ``metadata`` gives its metadata (a mapping column -> value, a Series or a one-row
+    DataFrame, encoded as the training metadata were; a category level unseen in
+    training is a :class:`~bayes_pfl.data.DataError`), or its covariates ``z [M]``
+    directly as an array.
     """
     state = getattr(result, "state", None)
     if not state or "u_draws" not in state:
         raise ValueError("cold_start needs a federated FitResult (from fit_ep or fit_one_shot)")
     model = result.model
     u = jnp.asarray(state["u_draws"]).reshape(-1, model.phi_dim)
+    z = _new_client_covariates(model, state, metadata)
     key = jax.random.key(seed)
     n = u.shape[0]
     if x is None:
 
         def one(k, uu):
             phi = model.phi_values(uu)
-            return model.sample_theta(k, phi)
+            return model.sample_theta(k, phi, z)
 
         theta = jax.jit(jax.vmap(one))(jax.random.split(key, n), u)
         ess = float(n)
@@ -604,7 +673,7 @@ def cold_start(
         if x.ndim != 2 or y.shape != (x.shape[0],):
             raise ValueError(f"x must be [n, features] and y [n], got {x.shape} and {y.shape}")
         mask = jnp.ones(y.shape[0], bool)
-        logp = _client_logp(model)
+        logp = _client_logp(model, z)
         d = model.theta_dim
 
         def one(k, uu):
@@ -619,9 +688,39 @@ def cold_start(
         ess = float(1.0 / jnp.sum(w**2))
         idx = jax.random.choice(k2, n, (n,), p=w)
         theta, u = theta_all[idx], u[idx]
-    phi, theta_vals = _constrain(model, u, theta[None])
+    phi, theta_vals = _constrain(model, u, theta[None], None if z is None else z[None])
     return ColdStart(
         theta={k: np.asarray(v[0]) for k, v in theta_vals.items()},
         phi={k: np.asarray(v) for k, v in phi.items()},
         ess=ess,
     )
+
+
+def _new_client_covariates(model: HierarchicalModel, state: dict, metadata) -> Array | None:
+    """A new client's covariates ``z [M]`` from its metadata (``None`` without covariates)."""
+    if not model.n_covariates:
+        if metadata is not None:
+            raise ValueError(
+                f"model {model.name!r} has no client covariates: a new client's metadata "
+                "say nothing to it"
+            )
+        return None
+    names = list(model.client_covariates)
+    if metadata is None:
+        raise ValueError(
+            f"model {model.name!r} has client covariates {names}: give the new client's "
+            "metadata (cold_start(..., metadata={column: value}))"
+        )
+    if isinstance(metadata, np.ndarray | jax.Array | list | tuple):
+        z = np.asarray(metadata, dtype=float)
+        if z.shape != (len(names),):
+            raise ValueError(f"covariates must have shape ({len(names)},) ({names}), got {z.shape}")
+    else:
+        encoding = state.get("metadata_encoding")
+        if encoding is None:
+            raise ValueError(
+                "the fit has no metadata encoding (its data had no metadata table): give the "
+                f"new client's covariates z as an array of {len(names)} ({names})"
+            )
+        z = encoding.encode_row(metadata)
+    return jnp.asarray(z, dtype=state["u_draws"].dtype)

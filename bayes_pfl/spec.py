@@ -12,7 +12,11 @@ A hierarchical model in bayes-pfl is three numpyro functions:
     client; bayes-pfl runs it under a ``client`` plate for the centralized model
     and under :func:`jax.vmap` for the federated algorithms, so vector sites
     must declare their event shape (``dist.Normal(0, 1).expand([d]).to_event(1)``)
-    and arithmetic must broadcast over a leading client axis.
+    and arithmetic must broadcast over a leading client axis. A model with *client
+    covariates* (``HierarchicalModel(..., client_covariates=("region=north", ...))``)
+    declares ``client_prior(phi, z)`` instead: ``z [M]`` is the client's metadata
+    vector (``[K, M]`` under the plate), known to the server, e.g.
+    ``theta_k ~ N(mu + z_k W, tau)``.
 ``likelihood(theta, phi, x, y)``
     observes one client's rows: ``x`` has shape ``(n, p)``, ``y`` shape ``(n,)``
     (``None`` when predicting). Each observed site's ``log_prob`` must have shape
@@ -286,7 +290,8 @@ class HierarchicalModel:
     hyperprior : callable
         ``hyperprior()`` samples the global parameters ``phi``.
     client_prior : callable
-        ``client_prior(phi)`` samples one client's ``theta_k``.
+        ``client_prior(phi)`` samples one client's ``theta_k`` (``client_prior(phi, z)``
+        with ``client_covariates``).
     likelihood : callable
         ``likelihood(theta, phi, x, y)`` observes one client's rows.
     name : str
@@ -316,6 +321,13 @@ class HierarchicalModel:
         robust choice (:meth:`with_population`). NUTS samples the marginal t exactly;
         the federated methods integrate ``λ_k`` by quadrature in the server's population
         integral (:class:`~bayes_pfl.population.Population`).
+    client_covariates : sequence of str, optional
+        The names of the client-level covariates (metadata columns, one-hot levels such as
+        ``"region=north"``) that the client prior reads: ``client_prior(phi, z)`` with
+        ``z`` the client's vector of ``M = len(client_covariates)`` values, so that the
+        population is ``theta_k | phi ~ p(theta | phi, z_k)`` (e.g. ``N(mu + z_k W, T)``).
+        ``None`` (default): ``client_prior(phi)``, one population for every client.
+        Every function derived from the declaration then takes the client's ``z``.
 
     Notes
     -----
@@ -338,6 +350,7 @@ class HierarchicalModel:
         family: str | None = None,
         coords: Mapping[str, Sequence[str]] | None = None,
         population_df: float | None = None,
+        client_covariates: Sequence[str] | None = None,
     ):
         if family is not None and family not in LIKELIHOOD_FAMILIES:
             raise ModelSpecError(
@@ -364,6 +377,16 @@ class HierarchicalModel:
                 raise ModelSpecError(f"population_df must be positive, got {population_df!r}")
             population_df = float(population_df)
         self.population_df = population_df
+        if client_covariates is not None:
+            if isinstance(client_covariates, str):
+                raise ModelSpecError(
+                    f"client_covariates must be a sequence of names, got the string "
+                    f"{client_covariates!r}"
+                )
+            client_covariates = tuple(map(str, client_covariates))
+            if len(set(client_covariates)) != len(client_covariates):
+                raise ModelSpecError(f"client_covariates repeat a name: {list(client_covariates)}")
+        self.client_covariates = client_covariates
         self._check()
         self._check_coords()
         if population_df is not None:
@@ -371,10 +394,51 @@ class HierarchicalModel:
 
     def __repr__(self) -> str:
         t = f", population_df={self.population_df:g}" if self.population_df else ""
+        if self.client_covariates is not None:
+            t += f", client_covariates={list(self.client_covariates)}"
         return (
             f"HierarchicalModel({self.name!r}, phi={list(self.phi_space.names)}, "
             f"theta={list(self.theta_space.names)}{t})"
         )
+
+    @property
+    def n_covariates(self) -> int:
+        """Number ``M`` of client covariates (0 without ``client_covariates``)."""
+        return 0 if self.client_covariates is None else len(self.client_covariates)
+
+    def check_covariates(self, z, batch: tuple[int, ...] | None = None) -> Array | None:
+        """``z`` checked against the declared client covariates: ``None`` for a model
+        without them (where a ``z`` with no column, ``[..., 0]``, is accepted), else the
+        array, whose last axis must have the ``M`` covariates (and leading axes ``batch``
+        when given)."""
+        if self.client_covariates is None:
+            if z is not None and jnp.shape(z)[-1:] != (0,):
+                raise ModelSpecError(
+                    f"model {self.name!r} declares no client covariates, but client "
+                    f"covariates of shape {jnp.shape(z)} were given"
+                )
+            return None
+        if z is None:
+            raise ModelSpecError(
+                f"model {self.name!r} declares client covariates "
+                f"{list(self.client_covariates)}: give each client's covariates z"
+            )
+        z = jnp.asarray(z)
+        want = (self.n_covariates,) if batch is None else (*batch, self.n_covariates)
+        if z.shape[-1:] != (self.n_covariates,) or (batch is not None and z.shape != want):
+            raise ModelSpecError(
+                f"model {self.name!r}: client covariates must have shape {want} "
+                f"({list(self.client_covariates)}), got {z.shape}"
+            )
+        return z
+
+    def prior_args(self, phi: Params, z) -> tuple:
+        """The arguments of ``client_prior``: ``(phi,)`` or ``(phi, z)`` with covariates."""
+        z = self.check_covariates(z)
+        return (phi,) if z is None else (phi, z)
+
+    def _zero_covariates(self, batch: tuple[int, ...] = ()) -> Array | None:
+        return None if self.client_covariates is None else jnp.zeros((*batch, self.n_covariates))
 
     def with_population(self, df: float | None) -> HierarchicalModel:
         """The same declaration with a Student-t population of ``df`` degrees of freedom
@@ -390,6 +454,7 @@ class HierarchicalModel:
             family=self.family,
             coords=self.coords,
             population_df=df,
+            client_covariates=self.client_covariates,
         )
 
     def _population_correction(self, trace, batch: int) -> Array:
@@ -416,10 +481,11 @@ class HierarchicalModel:
         """One run of ``client_prior(phi)`` (seed 0): the sites of a client's theta."""
         phi = trace_values(self.hyper_trace)
         try:
-            return self._trace(self.client_prior, phi)
+            return self._trace(self.client_prior, *self.prior_args(phi, self._zero_covariates()))
         except Exception as exc:
             raise ModelSpecError(
-                f"client_prior(phi) failed when run once: {type(exc).__name__}: {exc}"
+                f"client_prior({'phi, z' if self.client_covariates else 'phi'}) failed when run "
+                f"once: {type(exc).__name__}: {exc}"
             ) from exc
 
     @cached_property
@@ -506,7 +572,7 @@ class HierarchicalModel:
         try:
             with handlers.trace() as tr, handlers.seed(rng_seed=0):
                 with numpyro.plate("client", 2):
-                    self.client_prior(phi)
+                    self.client_prior(*self.prior_args(phi, self._zero_covariates((2,))))
         except Exception as exc:
             raise ModelSpecError(
                 "client_prior(phi) does not run under a client plate; declare vector sites with "
@@ -569,10 +635,13 @@ class HierarchicalModel:
         values, _ = self.phi_space.unflatten(u_phi)
         return trace_values(isolated_trace(self.hyperprior, data=values))
 
-    def theta_values(self, u_theta: Array, phi: Params) -> Params:
-        """All client-prior sites of one client at unconstrained ``u_theta``, given ``phi`` values."""
+    def theta_values(self, u_theta: Array, phi: Params, z: Array | None = None) -> Params:
+        """All client-prior sites of one client at unconstrained ``u_theta``, given ``phi``
+        values (and the client's covariates ``z [M]`` when the model declares them)."""
         values, _ = self.theta_space.unflatten(u_theta)
-        return trace_values(isolated_trace(self.client_prior, phi, data=values))
+        return trace_values(
+            isolated_trace(self.client_prior, *self.prior_args(phi, z), data=values)
+        )
 
     # ------------------------------------------------------------------ densities
     def log_hyperprior(self, u_phi: Array) -> Array:
@@ -580,11 +649,11 @@ class HierarchicalModel:
         values, logdet = self.phi_space.unflatten(u_phi)
         return _log_prob_sum(isolated_trace(self.hyperprior, data=values)) + logdet
 
-    def log_client_prior(self, u_theta: Array, u_phi: Array) -> Array:
-        """``log p(theta_k | phi) + log|det J|`` for one client, unconstrained coordinates."""
+    def log_client_prior(self, u_theta: Array, u_phi: Array, z: Array | None = None) -> Array:
+        """``log p(theta_k | phi, z_k) + log|det J|`` for one client, unconstrained coordinates."""
         phi = self.phi_values(u_phi)
         values, logdet = self.theta_space.unflatten(u_theta)
-        tr = isolated_trace(self.client_prior, phi, data=values)
+        tr = isolated_trace(self.client_prior, *self.prior_args(phi, z), data=values)
         out = _log_prob_sum(tr) + logdet
         if self.population_df is not None:
             out = out + self._population_correction(tr, 1)[0]
@@ -598,55 +667,85 @@ class HierarchicalModel:
             out = out + tr[name]["fn"].log_prob(tr[name]["value"])
         return out
 
-    def pointwise_loglik(self, u_theta: Array, u_phi: Array, x: Array, y: Array) -> Array:
+    def pointwise_loglik(
+        self, u_theta: Array, u_phi: Array, x: Array, y: Array, z: Array | None = None
+    ) -> Array:
         """Per-row log-likelihood of one client at unconstrained parameters, shape ``(n,)``."""
         phi = self.phi_values(u_phi)
-        theta = self.theta_values(u_theta, phi)
+        theta = self.theta_values(u_theta, phi, z)
         return self.pointwise_loglik_values(theta, phi, x, y)
 
-    def client_loglik(self, u_theta: Array, u_phi: Array, x: Array, y: Array, mask: Array) -> Array:
+    def client_loglik(
+        self, u_theta: Array, u_phi: Array, x: Array, y: Array, mask: Array, z: Array | None = None
+    ) -> Array:
         """``log p(y_k | theta_k, phi, x_k)`` of one client, padded rows masked out."""
-        ll = self.pointwise_loglik(u_theta, u_phi, x, y)
+        ll = self.pointwise_loglik(u_theta, u_phi, x, y, z)
         return jnp.sum(jnp.where(mask, ll, 0.0))
 
     def client_log_joint(
-        self, u_theta: Array, u_phi: Array, x: Array, y: Array, mask: Array
+        self,
+        u_theta: Array,
+        u_phi: Array,
+        x: Array,
+        y: Array,
+        mask: Array,
+        z: Array | None = None,
     ) -> Array:
-        """``log p(y_k, theta_k | phi)`` of one client in unconstrained coordinates.
+        """``log p(y_k, theta_k | phi, z_k)`` of one client in unconstrained coordinates.
 
         This is the client's whole contribution to the posterior given ``phi``; the
-        federated algorithms integrate ``theta_k`` out of it locally.
+        federated algorithms integrate ``theta_k`` out of it locally. ``z``: the client's
+        covariates ``[M]`` when the model declares them.
         """
         phi = self.phi_values(u_phi)
         values, logdet = self.theta_space.unflatten(u_theta)
-        tr = isolated_trace(self.client_prior, phi, data=values)
+        tr = isolated_trace(self.client_prior, *self.prior_args(phi, z), data=values)
         lp, theta = _log_prob_sum(tr), trace_values(tr)
         if self.population_df is not None:
             lp = lp + self._population_correction(tr, 1)[0]
         ll = self.pointwise_loglik_values(theta, phi, x, y)
         return lp + logdet + jnp.sum(jnp.where(mask, ll, 0.0))
 
-    def log_joint(self, u_phi: Array, u_theta: Array, x: Array, y: Array, mask: Array) -> Array:
-        """Centralized log density over ``u_phi`` and all clients' ``u_theta`` (shape ``(K, d)``)."""
-        per_client = jax.vmap(self.client_log_joint, in_axes=(0, None, 0, 0, 0))(
-            u_theta, u_phi, x, y, mask
-        )
+    def log_joint(
+        self,
+        u_phi: Array,
+        u_theta: Array,
+        x: Array,
+        y: Array,
+        mask: Array,
+        z: Array | None = None,
+    ) -> Array:
+        """Centralized log density over ``u_phi`` and all clients' ``u_theta`` (shape ``(K, d)``);
+        ``z [K, M]``: the clients' covariates when the model declares them."""
+        z = self.check_covariates(z, (x.shape[0],))
+        if z is None:
+            per_client = jax.vmap(self.client_log_joint, in_axes=(0, None, 0, 0, 0))(
+                u_theta, u_phi, x, y, mask
+            )
+        else:
+            per_client = jax.vmap(self.client_log_joint, in_axes=(0, None, 0, 0, 0, 0))(
+                u_theta, u_phi, x, y, mask, z
+            )
         return self.log_hyperprior(u_phi) + jnp.sum(per_client)
 
     # ------------------------------------------------------------------ numpyro model
-    def centralized_model(self, x: Array, y: Array | None, mask: Array) -> None:
+    def centralized_model(
+        self, x: Array, y: Array | None, mask: Array, z: Array | None = None
+    ) -> None:
         """The pooled numpyro model: hyper-prior, a ``client`` plate, masked likelihood.
 
         ``x`` has shape ``(K, n_max, p)``, ``y`` and ``mask`` shape ``(K, n_max)``;
         padded rows (``mask == False``) contribute nothing. The likelihood enters as
         one factor site ``"loglik"`` (the vmapped sum of the clients' masked
         log-likelihoods), so the posterior is exactly that of the declaration.
+        ``z [K, M]``: the clients' covariates, when the model declares them.
         """
+        z = self.check_covariates(z, (x.shape[0],))
         with handlers.trace() as hyper_tr:
             self.hyperprior()
         phi = trace_values(hyper_tr)
         with handlers.trace() as client_tr, numpyro.plate("client", x.shape[0]):
-            self.client_prior(phi)
+            self.client_prior(*self.prior_args(phi, z))
         theta = trace_values(client_tr)
         if self.population_df is not None:
             numpyro.factor(
@@ -658,14 +757,16 @@ class HierarchicalModel:
             ll = jax.vmap(self.pointwise_loglik_values, in_axes=(0, None, 0, 0))(theta, phi, x, y)
         numpyro.factor("loglik", jnp.sum(jnp.where(mask, ll, 0.0)))
 
-    def sample_theta(self, rng_key: Array, phi: Params) -> Array:
-        """One draw of ``theta_k ~ p(theta | phi)``, unconstrained (a new client, no data)."""
+    def sample_theta(self, rng_key: Array, phi: Params, z: Array | None = None) -> Array:
+        """One draw of ``theta_k ~ p(theta | phi, z)``, unconstrained (a new client, no data;
+        ``z [M]`` its covariates when the model declares them)."""
+        args = self.prior_args(phi, z)
         if self.population_df is None:
-            tr = isolated_trace(self.client_prior, phi, rng_key=rng_key)
+            tr = isolated_trace(self.client_prior, *args, rng_key=rng_key)
             return self.theta_space.flatten({n: tr[n]["value"] for n in self.theta_space.names})
         # a Student-t population: the Normal sites' deviations scaled by 1 / sqrt(λ)
         k_theta, k_lam = jax.random.split(rng_key)
-        tr = isolated_trace(self.client_prior, phi, rng_key=k_theta)
+        tr = isolated_trace(self.client_prior, *args, rng_key=k_theta)
         half = 0.5 * self.population_df
         lam = jax.random.gamma(k_lam, half) / half
         values = {}

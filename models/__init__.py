@@ -42,6 +42,7 @@ def get_model(
     varying: str = "intercept",
     centered: bool = False,
     feature_names=None,
+    client_covariates=None,
 ) -> HierarchicalModel:
     """Build a zoo model by name.
 
@@ -51,13 +52,19 @@ def get_model(
         One of :data:`MODEL_NAMES`.
     n_features : int, optional
         Number of features, required by the GLMs (``linear``, ``logistic``, ``poisson``).
-    varying, centered, feature_names
-        GLM options, see :func:`hierarchical_glm`; ignored by the posteriordb models.
+    varying, centered, feature_names, client_covariates
+        GLM options, see :func:`hierarchical_glm`; ignored by the posteriordb models but
+        ``client_covariates``, which they do not take (an error).
 
     The model is named ``name`` (``get_model("logistic", 2).name == "logistic"``, as the
     user asked for it, in files and reports); the GLM's description says which
     coefficients vary and how it is parameterized.
     """
+    if client_covariates is not None and name not in GLM_FAMILY:
+        raise ModelSpecError(
+            f"model {name!r} takes no client covariates (metadata); the GLMs "
+            f"({', '.join(GLM_FAMILY)}) do"
+        )
     if name == "radon_intercept":
         return radon_intercept()
     if name == "eight_schools":
@@ -72,5 +79,6 @@ def get_model(
             centered=centered,
             feature_names=feature_names,
             name=name,
+            client_covariates=client_covariates,
         )
     raise ModelSpecError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")

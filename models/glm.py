@@ -7,9 +7,14 @@ shrinkage tables and comparisons line up:
 * ``tau`` (shape ``[D]``): population sd of the varying coefficients,
 * ``beta`` (shape ``[P]``): shared slopes (only when ``varying="intercept"``),
 * ``sigma_y``: noise scale (only for ``family="normal"``),
+* ``W`` (shape ``[M, D]``): the effects of the client covariates ``z_k`` (metadata) on
+  the client coefficients' mean (only with ``client_covariates``),
 * per client ``b`` (shape ``[D]``): the client's coefficients; with the
   non-centered parameterization the client samples ``b_raw ~ N(0, 1)`` and
   ``b = mu + tau * b_raw`` is a deterministic site.
+
+With client covariates the population of client ``k`` is
+``b_k ~ N(mu + z_k W, diag(tau^2))``.
 
 ``D = 1`` with ``varying="intercept"`` (``b[0]`` is the client's intercept and
 ``eta = b[0] + x @ beta``), ``D = 1 + P`` with ``varying="slopes"``
@@ -127,6 +132,7 @@ def hierarchical_glm(
     sigma_scale: float = 1.0,
     feature_names: Sequence[str] | None = None,
     name: str | None = None,
+    client_covariates: Sequence[str] | int | None = None,
 ) -> HierarchicalModel:
     """A hierarchical GLM with client-varying intercepts (and optionally slopes).
 
@@ -151,6 +157,13 @@ def hierarchical_glm(
     feature_names : sequence of str, optional
         Names of the feature columns: the coefficients' labels (``model.coords``)
         in outputs. Default ``x0, x1, ...``.
+    client_covariates : sequence of str or int, optional
+        Client-level covariates (metadata; e.g. the columns of
+        :attr:`bayes_pfl.data.FederatedData.covariate_names`, or their number ``M``,
+        named ``z0, z1, ...``): the client coefficients' population mean becomes
+        ``mu + z_k W`` with ``W [M, D] ~ N(0, coef_scale)``, so a client's metadata
+        says where it sits in the population (a new client's cold start included).
+        ``client_prior(phi, z)`` then takes the client's ``z [M]``.
 
     Examples
     --------
@@ -161,6 +174,9 @@ def hierarchical_glm(
     ...     varying=("Intercept", "age"), common=("Intercept", "age", "bmi")))
     >>> m.coords["b"], m.coords["beta"]
     (('Intercept', 'age'), ('bmi',))
+    >>> m = hierarchical_glm("bernoulli", 1, varying="slopes", client_covariates=["north"])
+    >>> m.phi_space.names, m.client_covariates
+    (('mu', 'tau', 'W'), ('north',))
     """
     if family not in FAMILIES:
         raise ModelSpecError(f"unknown family {family!r}; choose one of {FAMILIES}")
@@ -186,6 +202,7 @@ def hierarchical_glm(
     s_int = INTERCEPT in terms.shared_terms
     s_cols = np.array([col[t] for t in terms.shared_terms if t != INTERCEPT], dtype=int)
     d_mu = len(terms.mean_terms)
+    covariates = _covariate_names(client_covariates)
     # mu (the means of the varying terms that have one) placed into the D varying terms
     place = None
     if d_mu < d:
@@ -206,14 +223,20 @@ def hierarchical_glm(
             )
         if family == "normal":
             numpyro.sample("sigma_y", dist.HalfNormal(sigma_scale))
+        if covariates is not None:
+            numpyro.sample(
+                "W", dist.Normal(0.0, coef_scale).expand([len(covariates), d]).to_event(2)
+            )
 
     def population_mean(phi):
         if not d_mu:
             return jnp.zeros(d)
         return phi["mu"] if place is None else phi["mu"] @ place
 
-    def client_prior(phi):
+    def client_prior(phi, z=None):
         mean = population_mean(phi)
+        if covariates is not None:
+            mean = mean + z @ phi["W"]
         if centered:
             numpyro.sample("b", dist.Normal(mean, phi["tau"]).to_event(1))
         else:
@@ -262,8 +285,26 @@ def hierarchical_glm(
         n_features=p,
         family=family,
         coords=coords,
-        description=f"Hierarchical {family} GLM, {shape}, {param} parameterization.",
+        description=f"Hierarchical {family} GLM, {shape}, {param} parameterization"
+        + (f", client covariates {', '.join(covariates)}." if covariates else "."),
+        client_covariates=covariates,
     )
+
+
+def _covariate_names(client_covariates: Sequence[str] | int | None) -> tuple[str, ...] | None:
+    """The names of the client covariates: as given, or ``z0, z1, ...`` for a count."""
+    if client_covariates is None:
+        return None
+    if isinstance(client_covariates, bool):
+        raise ModelSpecError(f"client_covariates must be names or a count, got {client_covariates}")
+    if isinstance(client_covariates, int | np.integer):
+        if client_covariates < 1:
+            raise ModelSpecError(f"client_covariates must be at least 1, got {client_covariates}")
+        return tuple(f"z{j}" for j in range(int(client_covariates)))
+    names = tuple(map(str, client_covariates))
+    if not names:
+        raise ModelSpecError("client_covariates is empty; give None for no covariates")
+    return names
 
 
 def linear(n_features: int, **kwargs) -> HierarchicalModel:

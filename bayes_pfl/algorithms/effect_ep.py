@@ -35,6 +35,13 @@ with known noise) its site is exact after one exchange whatever the cavity, so
 one-shot exchange (the first round, undamped, the cavities from the hyper-prior)
 gives the exact posterior. Message size: ``J (J + 1)`` numbers up, the same down,
 ``J = E + Q``, independent of the client's rows.
+
+With *client covariates* (a model declared with ``client_covariates``) each client's
+population is its own, ``e_k | phi ~ N(m(phi, z_k), C(phi))`` (``m = mu + z_k W``
+for the zoo GLMs): the server's integral, the cavities and the personalization use
+``m_k`` in place of ``m``. The covariates are not private: the server holds them,
+``z [K, M]``, as constants of its state (:func:`build`'s ``covariates``), and the
+clients' messages are unchanged.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from bayes_pfl import gaussian as gf
 from bayes_pfl.algorithms import Algorithm, select_clients
@@ -87,6 +95,7 @@ class EffectServerState(NamedTuple):
     mode: Array  # [P] mode of the server's density p0 prod_k Z_k
     precision: Array  # [P, P] its negative Hessian there (a deterministic summary)
     round: Array
+    covariates: Array  # [K, M] the clients' covariates (M = 0 without client covariates)
 
 
 class EffectClientState(NamedTuple):
@@ -123,9 +132,14 @@ class EffectServerInfo(NamedTuple):
     converged: Array
 
 
-def server_density(pop: Population, log_hyperprior, sites: GaussianFactor):
+def server_density(
+    pop: Population, log_hyperprior, sites: GaussianFactor, covariates: Array | None = None
+):
     """``u_phi -> log p0(u_phi) + Σ_k log Z_k(u_phi)``, the server's exact population
     integral, for a sampler's inner loop.
+
+    ``covariates [K, M]``: the clients' covariates with client covariates; client ``k``'s
+    population mean is then ``m(phi, z_k)`` (:meth:`~bayes_pfl.population.Population.client_means`).
 
     The sites' blocks in the shared parameters alone enter ``Σ_k log Z_k`` as one quadratic
     form: they are summed over clients here, once, instead of per client at every
@@ -137,8 +151,12 @@ def server_density(pop: Population, log_hyperprior, sites: GaussianFactor):
         p_ss = jnp.sum(sites.precision[:, E:, E:], axis=0)
         s_s = jnp.sum(sites.shift[:, E:], axis=0)
 
+    with_covariates = _has_covariates(pop, covariates)
+
     def logp(u_phi):
         m, root = pop.moments(u_phi)
+        if with_covariates:
+            m = pop.client_means(u_phi, covariates)  # [K, E]
         u_s = u_phi[pop.shared_index]
         out = log_hyperprior(u_phi) + jnp.sum(pop.log_z_at(m, root, u_s, sites, shared_terms=False))
         if pop.q_dim:
@@ -148,9 +166,29 @@ def server_density(pop: Population, log_hyperprior, sites: GaussianFactor):
     return logp
 
 
-def server_log_density(pop: Population, log_hyperprior, u_phi: Array, sites: GaussianFactor):
+def _has_covariates(pop: Population, covariates) -> bool:
+    """Whether the server's integral reads client covariates: the model declares them
+    (then they must be given) and there is at least one."""
+    if not pop.n_covariates:
+        return False
+    if covariates is None:
+        raise ValueError(
+            f"model {pop.model.name!r} declares client covariates "
+            f"{list(pop.model.client_covariates)}: the server needs every client's "
+            "covariates [K, M]"
+        )
+    return True
+
+
+def server_log_density(
+    pop: Population,
+    log_hyperprior,
+    u_phi: Array,
+    sites: GaussianFactor,
+    covariates: Array | None = None,
+):
     """``log p0(u_phi) + Σ_k log Z_k(u_phi)``: the server's exact population integral."""
-    return server_density(pop, log_hyperprior, sites)(u_phi)
+    return server_density(pop, log_hyperprior, sites, covariates)(u_phi)
 
 
 def personalize_client(
@@ -163,8 +201,12 @@ def personalize_client(
     mask: Array,
     *,
     mh_steps: int = 5,
+    covariates: Array | None = None,
 ) -> tuple[Array, Array]:
     r"""``theta^(s) ~ p(theta_k | u^(s), D_k)`` for one client, exactly, from its own site.
+
+    ``covariates [M]``: the client's covariates, with client covariates (its population
+    mean ``m(phi, z_k)``).
 
     In standardized coordinates ``w`` (``u_theta = loc + scale * w``, ``w ~ N(0, I)`` a
     priori, effects ``e = m + L w``) the conditional is ``N(w | 0, I) L_k(m + L w, u_s)``.
@@ -180,8 +222,8 @@ def personalize_client(
     """
     E = pop.e_dim
     n_draws = u_draws.shape[0]
-    m, root = jax.vmap(pop.moments)(u_draws)  # [S, E], [S, E, D]
-    loc, scale = jax.vmap(pop.prior_sites)(u_draws)  # [S, D]
+    m, root = jax.vmap(lambda u: pop.moments(u, covariates))(u_draws)  # [S, E], [S, E, D]
+    loc, scale = jax.vmap(lambda u: pop.prior_sites(u, covariates))(u_draws)  # [S, D]
     u_s = u_draws[:, pop.shared_index]
     a = site.precision[:E, :E]
     h = site.shift[:E] - u_s @ site.precision[:E, E:].T  # [S, E]
@@ -265,28 +307,34 @@ def cap_precision(
     return out, capped, bound
 
 
-def cavities(pop: Population, draws: Array, sites: GaussianFactor):
+def cavities(pop: Population, draws: Array, sites: GaussianFactor, covariates: Array | None = None):
     """Gaussian cavities over ``z_k`` for every client from global draws ``[S, P]``.
 
     Returns ``(cavity [K], loo_ess [K])``. For draw ``j`` the cavity's conditional of
-    ``e_k`` is the population ``N(m_j, C_j)`` and ``u_s`` is the draw's own value; the
-    draws are reweighted by ``1 / Z_k(u_j)`` to remove client ``k``'s site from ``q``.
+    ``e_k`` is the population ``N(m_j, C_j)`` (``N(m_j(z_k), C_j)`` with client
+    ``covariates [K, M]``) and ``u_s`` is the draw's own value; the draws are reweighted
+    by ``1 / Z_k(u_j)`` to remove client ``k``'s site from ``q``.
     """
     E = pop.e_dim
     s_count = draws.shape[0]
+    with_covariates = _has_covariates(pop, covariates)
 
     def per_draw(u):
         m, root = pop.moments(u)
+        if with_covariates:
+            m = pop.client_means(u, covariates)  # [K, E]
         u_s = u[pop.shared_index]
         # a Student-t population's predictive covariance is C E[1/λ] (pop.cov_factor)
         return m, pop.cov_factor * (root @ root.T), u_s, pop.log_z_at(m, root, u_s, sites)
 
-    m, cov_e, u_s, log_z = jax.vmap(per_draw)(draws)  # [S,E], [S,E,E], [S,Q], [S,K]
-    mu = jnp.concatenate([m, u_s], axis=1)  # [S, J]
-    J = mu.shape[1]
+    m, cov_e, u_s, log_z = jax.vmap(per_draw)(draws)  # [S,(K,)E], [S,E,E], [S,Q], [S,K]
+    if with_covariates:
+        u_s = jnp.broadcast_to(u_s[:, None, :], m.shape[:2] + u_s.shape[-1:])
+    mu = jnp.concatenate([m, u_s], axis=-1)  # [S, J], or [S, K, J] with covariates
+    J = mu.shape[-1]
     cond = jnp.zeros((s_count, J, J), draws.dtype).at[:, :E, :E].set(cov_e)
 
-    def one_client(lz):
+    def one_client(lz, mu):
         lw = -lz - jnp.max(-lz)
         w = jnp.exp(lw)
         w = w / jnp.sum(w)
@@ -299,7 +347,7 @@ def cavities(pop: Population, draws: Array, sites: GaussianFactor):
         cov = 0.5 * (cov + cov.T) + 1e-10 * jnp.eye(J, dtype=cov.dtype)
         return gf.from_moments(mean, cov), ess
 
-    return jax.vmap(one_client, in_axes=1)(log_z)
+    return jax.vmap(one_client, in_axes=(1, 1 if with_covariates else None))(log_z, mu)
 
 
 def build(
@@ -317,6 +365,7 @@ def build(
     server_samples: int = 300,
     precision_cap: float | None = None,
     max_rows: float | None = None,
+    covariates=None,
 ) -> Algorithm:
     """EP with sites over client effects (see the module docstring).
 
@@ -363,6 +412,10 @@ def build(
     max_rows : float, optional
         With ``precision_cap``: the most rows the server believes a client has (a
         policy bound on the declared ``n_k``).
+    covariates : array-like ``[K, M]``, optional
+        The clients' covariates, in client order, for a model with client covariates
+        (required by ``server_init`` then): server-side constants, kept in the server
+        state (``state.covariates``). Nested tuples are accepted (hashable, for caches).
     """
     if precision_cap is not None and not precision_cap >= 1.0:
         raise ValueError(f"precision_cap must be at least 1 (or None), got {precision_cap!r}")
@@ -374,6 +427,7 @@ def build(
         raise ValueError(f"local must be 'ep' or 'vi', got {local!r}")
     pop = gaussian_population(model)
     J, P = pop.z_dim, model.phi_dim
+    given_covariates = None if covariates is None else np.asarray(covariates, dtype=float)
     log_hyperprior = jax.jit(model.log_hyperprior)
     loglik = jax.jit(pop.loglik)
     n_points = tilted_points or max(256, 32 * J)
@@ -383,11 +437,15 @@ def build(
     chol_b = jnp.linalg.cholesky(base.T @ base / base.shape[0])
     base = jax.scipy.linalg.solve_triangular(chol_b, base.T, lower=True).T
 
-    def sample_server(rng_key, sites, starts, step_size, inverse_mass):
-        def chain(k, z0, eps, inv_m, sites):
+    def server_covariates(state):
+        """The covariates the server's integral reads (``None`` without: the same code)."""
+        return state.covariates if pop.n_covariates else None
+
+    def sample_server(rng_key, sites, starts, step_size, inverse_mass, covariates):
+        def chain(k, z0, eps, inv_m, sites, covariates):
             return nuts_run(
                 k,
-                server_density(pop, log_hyperprior, sites),
+                server_density(pop, log_hyperprior, sites, covariates),
                 z0,
                 num_warmup=server_warmup,
                 num_samples=server_samples,
@@ -396,11 +454,13 @@ def build(
             )
 
         keys = jax.random.split(rng_key, starts.shape[0])
-        return map_chains(chain, (keys, starts, step_size, inverse_mass), (sites,))
+        return map_chains(chain, (keys, starts, step_size, inverse_mass), (sites, covariates))
 
-    def summary(sites, start):
+    def summary(sites, start, covariates):
         """Mode and negative Hessian of the server's density (deterministic, exact sites)."""
-        res = newton_maximize(server_density(pop, log_hyperprior, sites), start, max_iter=100)
+        res = newton_maximize(
+            server_density(pop, log_hyperprior, sites, covariates), start, max_iter=100
+        )
         return res.mode, 0.5 * (res.neg_hessian + res.neg_hessian.T)
 
     def prior_draw(key):
@@ -408,7 +468,7 @@ def build(
         return model.phi_space.flatten({n: tr[n]["value"] for n in model.phi_space.names})
 
     @jax.jit
-    def _init(rng_key, sites):
+    def _init(rng_key, sites, covariates):
         # the first cavities come from exact draws of the hyper-prior (no sampler to
         # compile twice: the server's NUTS runs from the first update on, adapting from
         # scratch)
@@ -416,7 +476,7 @@ def build(
         draws = jax.vmap(prior_draw)(jax.random.split(rng_key, n_draws))
         draws = draws.reshape(server_chains, server_samples, P)
         flat_draws = draws.reshape(-1, P)
-        cav, ess = cavities(pop, flat_draws, sites)
+        cav, ess = cavities(pop, flat_draws, sites, covariates if pop.n_covariates else None)
         mean = jnp.mean(flat_draws, axis=0)
         cov = jnp.cov(flat_draws, rowvar=False).reshape(P, P)
         eye = jnp.broadcast_to(jnp.eye(P, dtype=draws.dtype), (server_chains, P, P))
@@ -433,10 +493,37 @@ def build(
             mean,
             jnp.linalg.inv(cov + 1e-9 * jnp.eye(P, dtype=draws.dtype)),
             jnp.zeros((), jnp.int32),  # not weakly typed: the next rounds see the same type
+            covariates.astype(draws.dtype),
         )
 
     def server_init(rng_key: Array, n_clients: int) -> EffectServerState:
-        return _init(rng_key, gf.flat(J, batch_shape=(n_clients,)))
+        return _init(rng_key, gf.flat(J, batch_shape=(n_clients,)), _covariate_table(n_clients))
+
+    def _covariate_table(n_clients: int) -> np.ndarray:
+        """The server's ``z [K, M]``, checked (``[K, 0]`` for a model without covariates)."""
+        if not pop.n_covariates:
+            if given_covariates is not None and given_covariates.size:
+                raise ValueError(
+                    f"model {model.name!r} declares no client covariates, but covariates "
+                    f"of shape {given_covariates.shape} were given"
+                )
+            return np.zeros((n_clients, 0))
+        names = list(model.client_covariates)
+        if given_covariates is None:
+            raise ValueError(
+                f"model {model.name!r} declares client covariates {names}: the server needs "
+                "every client's covariates (effect_ep.build(..., covariates=z [K, M]); "
+                "FederatedData.from_pandas(..., metadata=...) in the in-process fits; the "
+                "Flower runtime does not carry client metadata yet)"
+            )
+        if given_covariates.shape != (n_clients, pop.n_covariates):
+            raise ValueError(
+                f"covariates must have shape ({n_clients}, {pop.n_covariates}) (clients x "
+                f"{names}), got {given_covariates.shape}"
+            )
+        if not np.all(np.isfinite(given_covariates)):
+            raise ValueError("client covariates must be finite")
+        return given_covariates
 
     def broadcast(state: EffectServerState) -> EffectBroadcast:
         return EffectBroadcast(state.cavity)
@@ -539,9 +626,10 @@ def build(
             jnp.broadcast_to(state.mode, state.draws[:, -1, :].shape),
             state.draws[:, -1, :],
         )
-        run = sample_server(rng_key, sites, starts, state.step_size, state.inverse_mass)
+        covariates = server_covariates(state)
+        run = sample_server(rng_key, sites, starts, state.step_size, state.inverse_mass, covariates)
         draws, div = run.draws, run.diverging
-        cav, ess = cavities(pop, draws.reshape(-1, P), sites)
+        cav, ess = cavities(pop, draws.reshape(-1, P), sites, covariates)
         # change of each client's approximate marginal over z under this round's cavity
         old_m, old_c = gf.to_moments(gf.multiply(state.cavity, state.sites))
         new_m, new_c = gf.to_moments(gf.multiply(state.cavity, sites))
@@ -549,7 +637,7 @@ def build(
         new_sd = jnp.sqrt(jnp.diagonal(new_c, axis1=-2, axis2=-1))
         mean_change = jnp.nanmax(jnp.abs(new_m - old_m) / old_sd)
         sd_change = jnp.nanmax(jnp.abs(jnp.log(new_sd / old_sd)))
-        mode, prec = summary(sites, state.mode)
+        mode, prec = summary(sites, state.mode, covariates)
         sd_old = jnp.sqrt(jnp.diagonal(jnp.linalg.inv(state.precision)))
         sd_new = jnp.sqrt(jnp.diagonal(jnp.linalg.inv(prec)))
         g_mean_change = jnp.max(jnp.abs(mode - state.mode) / sd_old)
@@ -578,6 +666,7 @@ def build(
             mode,
             prec,
             state.round + 1,
+            state.covariates,
         )
         info = EffectServerInfo(
             mean_change,

@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from bayes_pfl.cli.metadata import add_metadata_args, attach_metadata
+
 METHODS = ("nuts", "one-shot", "ep", "vi")
 """The methods ``fit`` runs: those of the registry (:mod:`bayes_pfl.methods`) that end in a
 posterior (``reference`` and ``federated`` kinds); a test checks the two agree. The
@@ -90,6 +92,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="standardize features (not eight_schools: its sigma is each school's known sd)",
     )
+    add_metadata_args(g)
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -314,7 +317,7 @@ def load_data(args):
         standardize=args.standardize,
         missing=args.missing,
     )
-    return data, src.default_model
+    return attach_metadata(args, data), src.default_model
 
 
 _PRIOR_FLAGS = {"coef": "coef_scale", "tau": "tau_scale", "sigma": "sigma_scale"}
@@ -326,6 +329,7 @@ def load_inputs(args):
 
     if getattr(args, "formula", None):
         data, model, schema = _formula_inputs(args)
+        attach_metadata(args, data)  # --metadata: not yet with --formula (a clear error)
     else:
         if getattr(args, "prior", None):
             raise DataError("--prior applies to --formula models")
@@ -404,6 +408,7 @@ def load_model(args, data, default_model):
         varying=varying,
         centered=args.centered,
         feature_names=data.features,  # the coefficients' labels (ignored by posteriordb's)
+        client_covariates=None if data.metadata is None else data.metadata.names,
     )
 
 
