@@ -12,7 +12,14 @@ import sys
 import time
 from pathlib import Path
 
+from bayes_pfl.cli.figures import demo_figures
 from bayes_pfl.cli.metadata import add_metadata_args, attach_metadata
+from bayes_pfl.cli.robust import (
+    add_population_args,
+    add_robust_fit_args,
+    fit_excluding_flagged,
+    with_population,
+)
 
 METHODS = ("nuts", "one-shot", "ep", "vi")
 """The methods ``fit`` runs: those of the registry (:mod:`bayes_pfl.methods`) that end in a
@@ -108,15 +115,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         "e.g. slopes for sleepstudy; intercept otherwise)",
     )
     g.add_argument("--centered", action="store_true", help="GLMs: centered parameterization")
-    g.add_argument(
-        "--population-df",
-        type=float,
-        default=None,
-        metavar="DF",
-        help="robust option: a Student-t population of clients with DF degrees of freedom "
-        "(e.g. 4): an outlying client moves the population little and is pooled less "
-        "(default: Gaussian; the federated methods need DF > 2)",
-    )
+    add_population_args(g)
     g.add_argument(
         "--formula",
         help="the model as a formula, e.g. 'outcome ~ age + C(sex) + (1 + age | hospital)': "
@@ -232,22 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
         "gradient over the tilted region (default), quadratic fit of its values there, or "
         "Taylor expansion at the tilted mode",
     )
-    fed.add_argument(
-        "--exclude-flagged",
-        action="store_true",
-        help="robust option: fit under the Gaussian population first, leave out the clients "
-        "it flags (conflict with the others, copied or capped sites) and fit again without "
-        "them; run.json lists them (excluded_clients)",
-    )
-    fed.add_argument(
-        "--precision-cap",
-        type=float,
-        default=None,
-        metavar="FACTOR",
-        help="EP/one-shot, robust option: no client's site may carry more than FACTOR times "
-        "the federation's median information per row times its rows (e.g. 10); the "
-        "diagnostics name the clients whose cap bound (default: no cap)",
-    )
+    add_robust_fit_args(fed)
     vi = fit.add_argument_group("federated VI (vi)")
     vi.add_argument(
         "--family",
@@ -335,15 +319,7 @@ def load_inputs(args):
             raise DataError("--prior applies to --formula models")
         data, default_model = load_data(args)
         model, schema = load_model(args, data, default_model), None
-    df = getattr(args, "population_df", None)
-    if df is not None:
-        from bayes_pfl.spec import ModelSpecError
-
-        try:
-            model = model.with_population(df)
-        except ModelSpecError as exc:
-            raise DataError(f"--population-df {df:g}: {exc}") from None
-    return data, model, schema
+    return data, with_population(args, model), schema
 
 
 def _formula_inputs(args):
@@ -503,7 +479,9 @@ def _fit_and_save(args, data, model, out: Path, *, dataset: str):
     stages = _show_stages(args)
     run_info = {}
     if getattr(args, "exclude_flagged", False):
-        result, data, run_info = _fit_excluding_flagged(args, info, data, model, options)
+        result, data, run_info = fit_excluding_flagged(
+            args, info, data, model, options, progress=_progress(args)
+        )
     else:
         result = info.fit(data, model=model, seed=args.seed, progress=_progress(args), **options)
     if stages:
@@ -519,117 +497,6 @@ def _fit_and_save(args, data, model, out: Path, *, dataset: str):
         **run_info,
     )
     return result, paths, data
-
-
-def _fit_excluding_flagged(args, info, data, model, options):
-    """``--exclude-flagged``: a fit under the Gaussian population names the clients to leave
-    out (conflict score, copied sites, capped sites); the model is then fitted without them."""
-    from bayes_pfl.conflict import flagged_clients
-    from bayes_pfl.data import DataError
-
-    if info.kind != "federated" or options.get("sites", "effects") != "effects":
-        raise DataError(
-            "--exclude-flagged needs a federated method with sites over client effects "
-            "(--method ep, one-shot or vi, --sites effects)"
-        )
-    gaussian = model.with_population(None) if model.population_df is not None else model
-    first = info.fit(data, model=gaussian, seed=args.seed, progress=_progress(args), **options)
-    flagged = flagged_clients(first)
-    if not flagged and gaussian is model:
-        return first, data, {"excluded_clients": []}
-    keep = [c for c in data.clients if c not in set(flagged)]
-    if len(keep) < 2:
-        raise DataError(
-            f"--exclude-flagged: {len(flagged)} of {len(data.clients)} clients are flagged; "
-            "fewer than two would remain: check the data"
-        )
-    if flagged:
-        print(
-            f"bayes-pfl: leaving out {len(flagged)} flagged client(s) and fitting again: "
-            + ", ".join(map(repr, flagged)),
-            file=sys.stderr,
-            flush=True,
-        )
-        data = data.subset(keep)
-    result = info.fit(data, model=model, seed=args.seed, progress=_progress(args), **options)
-    result.info["excluded_clients"] = [str(c) for c in flagged]
-    return result, data, {"excluded_clients": [str(c) for c in flagged]}
-
-
-def _size_jitter(n: np.ndarray) -> np.ndarray:  # noqa: F821
-    """Multiplicative offsets spreading clients of equal size side by side on a log axis."""
-    import numpy as np
-
-    out = np.ones(len(n))
-    for value in np.unique(n):
-        idx = np.flatnonzero(n == value)
-        if len(idx) > 1:
-            out[idx] = np.exp(np.linspace(-0.12, 0.12, len(idx)))
-    return out
-
-
-def _plots(dt, var: str, table, out: Path) -> list[Path]:
-    """The demo's figures: per-client intervals (every term) and estimates against client size,
-    one panel per term, each with its population mean."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import numpy as np
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import NullFormatter
-
-    from bayes_pfl.inspection import population_means
-    from bayes_pfl.plots import plot_forest_terms
-    from bayes_pfl.report import population_pair
-
-    pair = population_pair(dt, var)
-    forest = out / f"clients_{var}.png"
-    plot_forest_terms(dt, var, population=pair, path=forest)
-
-    post = dt.posterior.to_dataset()
-    terms = table.index.get_level_values(1).unique() if table.index.nlevels > 1 else [None]
-    locs = population_means(post, var, pair[0]) if pair is not None else None
-    ncols = min(len(terms), 2)
-    nrows = -(-len(terms) // ncols)
-    fig = Figure(figsize=(5.5 * ncols, 4.0 * nrows))
-    axes = np.ravel(fig.subplots(nrows, ncols, squeeze=False))
-    for extra_ax in axes[len(terms) :]:
-        extra_ax.set_visible(False)
-    for i, (term, ax) in enumerate(zip(terms, axes[: len(terms)], strict=True)):
-        t = table if term is None else table.xs(term, level=1)
-        t = t.sort_values("n_train", kind="stable")
-        n = t["n_train"].to_numpy(float)
-        x = n * _size_jitter(n)
-        ax.errorbar(
-            x,
-            t["mean"],
-            yerr=[t["mean"] - t["q05"], t["q95"] - t["mean"]],
-            fmt="o",
-            ms=3,
-            lw=0.7,
-            alpha=0.55,
-            color="C0",
-        )
-        if locs is not None:
-            ax.axhline(
-                float(locs[min(i, len(locs) - 1)]), color="0.3", ls="--", lw=1,
-                label="population mean",
-            )  # fmt: skip
-            ax.legend(fontsize=7, loc="best")
-        ax.set_xscale("log")
-        sizes = np.unique(n)
-        ticks = (
-            sizes if len(sizes) <= 8 else np.unique(np.geomspace(sizes[0], sizes[-1], 6).round())
-        )
-        ax.set_xticks(ticks, [f"{v:g}" for v in ticks])  # plain numbers, no 3x10^0
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel("rows in client (log scale; equal sizes spread apart)")
-        ax.set_ylabel(var if term is None else f"{var}[{term}]")
-    fig.suptitle("Small clients borrow strength: wider intervals, pulled to the population mean")
-    fig.set_layout_engine("constrained")
-    size = out / f"{var}_vs_client_size.png"
-    fig.savefig(size, dpi=120)
-    return [forest, size]
 
 
 def _standardization_hint(args, data) -> None:
@@ -759,7 +626,7 @@ def _fit_into(args, data, model, out: Path, dataset) -> int:
         paths["shrinkage"] = out / "shrinkage.csv"
         shrink.to_csv(paths["shrinkage"])
     if args.command == "demo":
-        for p in _plots(dt, var, table, out):
+        for p in demo_figures(dt, var, table, out):
             paths[p.stem] = p
     if args.command == "demo" or getattr(args, "report", False):
         paths["report"] = write_report(out)
