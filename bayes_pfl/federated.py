@@ -310,7 +310,10 @@ def fit_ep(
     num_warmup = default_warmup(sites, num_warmup)
     given = ep_defaults(sites, tilted)
     if dp is not None:
-        noise, damping = _dp_setup(dp, data, rounds, sites, summary, damping, effect_options, resume)
+        noise, damping = _dp_setup(
+            dp, data, rounds, sites, summary, damping, effect_options, resume
+        )
+        clip = dp.clip_for(gaussian_population(model).z_dim)
     damping = given["damping"] if damping is None else damping
     tol = given["tol"] if tol is None else tol
     summary = particle_summary(model, summary, sites)
@@ -324,7 +327,7 @@ def fit_ep(
         if effect_options:
             settings.update(dict(effect_options))
     if dp is not None:
-        settings.update(dp_epsilon=dp.epsilon, dp_delta=dp.delta, dp_clip=dp.clip)
+        settings.update(dp_epsilon=dp.epsilon, dp_delta=dp.delta, dp_clip=clip)
     result = run_fit(
         "ep",
         model,
@@ -336,7 +339,7 @@ def fit_ep(
         effect_options=_freeze(effect_options),
         summary=summary,
         n_particles=n_particles,
-        dp=None if dp is None else (noise, dp.clip),
+        dp=None if dp is None else (noise, clip),
         seed=seed,
         global_method=global_method,
         num_chains=num_chains,
@@ -351,6 +354,7 @@ def fit_ep(
         result.info["privacy"] = privacy.privacy_record(
             dp,
             noise,
+            clip=clip,
             rounds_planned=rounds,
             rounds_run=int(result.info["rounds"]),
             labels=data.clients,

@@ -129,24 +129,33 @@ class DPBudget:
         one over a client's rows (``1 / (10 n_k)`` is a common choice): a fit warns when
         it is not. It is not derived from the client's row count, which would make the
         noise depend on the private ``n_k``.
-    clip : float
+    clip : float, optional
         Bound ``C`` on each row's contribution ``(g_i, vech H_i)`` (Euclidean norm).
-        Features are standardized by the package, so for a logistic GLM with ``P``
-        features ``|g_i| <= |x_i| ~ sqrt(P + 1)`` and ``|H_i| <= |x_i|^2 / 4``: ``C``
-        of 1 to 5 keeps most rows whole for a few features; smaller ``C`` means less
-        noise but more rows tempered. Default 1.
+        Default ``sqrt(J)``, ``J`` the site dimension (a property of the model, not of
+        the data): features are standardized by the package, so a GLM row with an
+        intercept and ``J - 1`` varying slopes has ``|x_i| ~ sqrt(J)``, and a logistic
+        row's gradient ``(y_i - p_i) x_i`` is at most that. Too small a ``C`` tempers
+        the rows with large residuals most, which inflates the coefficients (on a
+        4-dimensional synthetic federation, ``C = 1`` moved the population means by up
+        to 0.27 even without noise; ``C = 2`` by 0.05 at epsilon 2); too large a ``C``
+        adds noise for nothing.
     accountant : {"rdp", "pld"}
         ``dp-accounting``'s accountant (:data:`ACCOUNTANTS`).
     """
 
     epsilon: float
     delta: float = 1e-5
-    clip: float = 1.0
+    clip: float | None = None
     accountant: str = "rdp"
+
+    def clip_for(self, z_dim: int) -> float:
+        """The clipping bound for sites of dimension ``z_dim`` (``clip`` or ``sqrt(J)``)."""
+        return self.clip if self.clip is not None else math.sqrt(z_dim)
 
     def __post_init__(self):
         object.__setattr__(self, "epsilon", _positive_number("dp epsilon", self.epsilon))
-        object.__setattr__(self, "clip", _positive_number("dp clip", self.clip))
+        if self.clip is not None:
+            object.__setattr__(self, "clip", _positive_number("dp clip", self.clip))
         if (
             isinstance(self.delta, bool)
             or not isinstance(self.delta, int | float | np.integer | np.floating)
@@ -260,7 +269,10 @@ def row_statistics(pop: Population, points: Array, x: Array, y: Array, mask: Arr
 
 def clip_rows(v: Array, clip: float | Array) -> Array:
     """Rows of ``v [n, d]`` scaled down to Euclidean norm at most ``clip``."""
-    norms = jnp.sqrt(jnp.sum(v**2, axis=1))
+    # scaled by the largest entry first: no overflow of the squares
+    big = jnp.max(jnp.abs(v), axis=1, keepdims=True)
+    big = jnp.where(big > 0, big, 1.0)
+    norms = big[:, 0] * jnp.sqrt(jnp.sum((v / big) ** 2, axis=1))
     scale = jnp.minimum(1.0, clip / jnp.maximum(norms, jnp.finfo(v.dtype).tiny))
     return v * scale[:, None]
 
@@ -427,6 +439,11 @@ def private_algorithm(
     )
 
 
+@functools.cache
+def _vmapped(client_update):
+    return jax.jit(jax.vmap(client_update))
+
+
 def local_sites(algorithm: Algorithm, server_state, data, *, seed: int = 0) -> GaussianFactor:
     """Each client's own noise-free EP site against the fit's final (public) cavity.
 
@@ -438,15 +455,13 @@ def local_sites(algorithm: Algorithm, server_state, data, *, seed: int = 0) -> G
     whose local step fails keep the server's site.
     """
     from bayes_pfl.algorithms import select_clients
-    from bayes_pfl.simulation import CLIENT_BATCH, _compiled_client_step
 
     arrays = tuple(jnp.asarray(a) for a in data)
     k = arrays[0].shape[0]
     keys = jax.random.split(jax.random.key(seed + 7), k)
     states = jax.vmap(algorithm.client_init)(keys, arrays)
     bcast = algorithm.broadcast(server_state)
-    step = _compiled_client_step(algorithm.client_update, CLIENT_BATCH)
-    _, msg, _ = step(keys, bcast, states, arrays)
+    _, msg, _ = _vmapped(algorithm.client_update)(keys, bcast, states, arrays)
     return select_clients(msg.ok, msg.site, server_state.sites)
 
 
@@ -454,6 +469,7 @@ def privacy_record(
     budget: DPBudget,
     noise_multiplier: float,
     *,
+    clip: float,
     rounds_planned: int,
     rounds_run: int,
     labels,
@@ -477,7 +493,7 @@ def privacy_record(
     return {
         "epsilon_budget": budget.epsilon,
         "delta": budget.delta,
-        "clip": budget.clip,
+        "clip": float(clip),
         "accountant": budget.accountant,
         "unit": "one row of a client's data (add/remove one row)",
         "mechanism": "Gaussian, per-row clipped natural-gradient site statistics (DP-PVI)",
