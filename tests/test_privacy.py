@@ -8,8 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _helpers import federation_data
-from scipy import stats
+from _helpers import federation_data, run_cli
 
 from bayes_pfl import gaussian as gf
 from bayes_pfl import privacy
@@ -249,20 +248,15 @@ def _release_fn(noise_multiplier, clip):
     return jax.jit(jax.vmap(release, in_axes=(0, None, None, None)))
 
 
-def _audit_epsilon(a, b, delta, alpha=0.05):
-    """A (1 - alpha) lower bound on epsilon from a threshold test between two samples of
-    a scalar statistic (Clopper-Pearson bounds on both error rates; Jagielski et al. 2020)."""
-    n = len(a)
-    best = 0.0
-    for t in np.quantile(np.concatenate([a, b]), np.linspace(0.01, 0.99, 99)):
-        for s_a, s_b in ((a > t, b > t), (a <= t, b <= t)):
-            k_a, k_b = int(s_a.sum()), int(s_b.sum())
-            # P_a(S) <= e^eps P_b(S) + delta: lower bound of P_a(S), upper of P_b(S)
-            lo_a = stats.beta.ppf(alpha / 2, k_a, n - k_a + 1) if k_a else 0.0
-            hi_b = stats.beta.ppf(1 - alpha / 2, k_b + 1, n - k_b) if k_b < n else 1.0
-            if lo_a - delta > 0 and hi_b > 0:
-                best = max(best, math.log((lo_a - delta) / hi_b))
-    return best
+def test_audit_lower_bound_of_a_gaussian_mechanism():
+    """The audit's bound on N(0, 1) vs N(1 / sigma, 1) draws: below the mechanism's epsilon,
+    and 0 for identical distributions."""
+    rng = np.random.default_rng(0)
+    sigma, n = 0.5, 20_000
+    a, b = rng.normal(1.0 / sigma, 1.0, n), rng.normal(0.0, 1.0, n)
+    lb = privacy.audit_epsilon(a, b, 1e-5)
+    assert 1.0 < lb <= privacy.epsilon_spent(sigma, 1, 1e-5, "pld")
+    assert privacy.audit_epsilon(rng.normal(size=n), rng.normal(size=n), 1e-5) < 0.1
 
 
 @pytest.mark.slow
@@ -288,7 +282,42 @@ def test_empirical_audit_stays_below_the_claimed_epsilon():
         without = np.asarray(release(keys[n:], x_in, y_in, mask_out))
         half = n // 2
         direction = with_row[:half].mean(0) - without[:half].mean(0)
-        return _audit_epsilon(with_row[half:] @ direction, without[half:] @ direction, delta)
+        return privacy.audit_epsilon(with_row[half:] @ direction, without[half:] @ direction, delta)
 
     assert lower_bound(sigma) <= epsilon
     assert lower_bound(sigma / 8) > epsilon  # an under-noised release is caught
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def test_cli_refuses_bad_dp_options_before_reading_data(tmp_path):
+    r = run_cli("fit", "--data", "eight_schools", "--method", "ep", "--dp-epsilon", "-1",
+                "--out", str(tmp_path / "o"), timeout=120)  # fmt: skip
+    assert r.returncode == 2
+    assert "--dp-epsilon must be a finite number > 0, got -1.0" in r.stderr
+    r = run_cli("fit", "--data", "eight_schools", "--dp-epsilon", "1",
+                "--out", str(tmp_path / "o"), timeout=120)  # fmt: skip
+    assert r.returncode == 2 and "--dp-epsilon applies to --method ep" in r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_cli_dp_fit_writes_the_spend(tmp_path):
+    out = tmp_path / "dp"
+    r = run_cli("fit", "--data", "eight_schools", "--method", "ep", "--rounds", "2",
+                "--dp-epsilon", "2", "--dp-clip", "3", "--chains", "1", "--warmup", "100",
+                "--samples", "100", "--out", str(out), "--no-progress", timeout=600)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = json.loads((out / "run.json").read_text())
+    rec = run["privacy"]
+    assert rec["clip"] == 3.0 and rec["rounds_run"] <= 2
+    assert rec["epsilon_spent"] <= 2.0
+    assert rec["epsilon_spent"] == pytest.approx(
+        privacy.epsilon_spent(rec["noise_multiplier"], rec["rounds_run"], 1e-5)
+    )
+    assert run["settings"]["dp_epsilon"] == 2.0
+    import xarray as xr
+
+    dt = xr.open_datatree(out / "posterior.nc")
+    assert dt.attrs["dp_epsilon_spent"] == pytest.approx(rec["epsilon_spent"])
