@@ -28,7 +28,9 @@ Run from the repository root::
     nice .venv/bin/python benchmarks/privacy.py --quick    # smoke run
 
 Writes ``benchmarks/results/privacy.json``, ``.md`` and ``privacy.png`` (``--quick``:
-``privacy_quick.*``). The exit code is 0 whether or not targets are met.
+``privacy_quick.*``) after each case; ``--case`` runs one case and keeps the other's saved
+results; ``--report`` rewrites the ``.md`` and ``.png`` from the ``.json``. The exit code
+is 0 whether or not targets are met.
 """
 
 from _common import configure_jax
@@ -172,6 +174,7 @@ def run_case(case: str, seeds, quick: bool, epsilons) -> dict:
         warnings.simplefilter("ignore", UserWarning)
         res = compare(data_fn, ms, seeds=seeds, family="bernoulli", progress=True)
     per_seed = res.table.groupby(["method", "seed"], sort=False)["log_loss"].mean()
+    per_client = res.table.set_index(["method", "seed", "client"])["log_loss"]
     rows = {}
     for name in res.methods:
         ll = {int(s): float(per_seed[(name, s)]) for s in seeds}
@@ -185,6 +188,10 @@ def run_case(case: str, seeds, quick: bool, epsilons) -> dict:
             entry["population_error"] = {
                 s: population_error(fits, name, s) for s in map(int, seeds)
             }
+            entry["max_client_delta"] = {
+                s: float(np.max(np.abs(per_client[(name, s)] - per_client[("non-private", s)])))
+                for s in map(int, seeds)
+            }
             rec = fits[(name, int(seeds[0]))]["privacy"]
             entry["noise_multiplier"] = rec["noise_multiplier"]
             entry["clip"] = rec["clip"]
@@ -192,7 +199,12 @@ def run_case(case: str, seeds, quick: bool, epsilons) -> dict:
                 fits[(name, int(s))]["privacy"]["epsilon_spent"] for s in seeds
             )
         rows[name] = entry
-    return {"methods": rows, "seeds": list(map(int, seeds)), "wall_s": time.perf_counter() - t0}
+    return {
+        "methods": rows,
+        "seeds": list(map(int, seeds)),
+        "wall_s": time.perf_counter() - t0,
+        "date": machine()["date"],
+    }
 
 
 def audit(epsilon: float = 1.0, n: int = 40_000) -> dict:
@@ -234,9 +246,10 @@ def audit(epsilon: float = 1.0, n: int = 40_000) -> dict:
 # --------------------------------------------------------------------------- report
 
 
-def _ms(vals) -> str:
+def _ms(vals, digits: int = 3) -> str:
     v = np.asarray(list(vals), float)
-    return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if len(v) > 1 else f"{v.mean():.3f}"
+    m, sd = f"{v.mean():.{digits}f}", f"{v.std(ddof=1):.{digits}f}" if len(v) > 1 else ""
+    return f"{m} ± {sd}" if sd else m
 
 
 def case_table(c: dict) -> str:
@@ -248,12 +261,14 @@ def case_table(c: dict) -> str:
                 f"{e['noise_multiplier']:.2f}" if "noise_multiplier" in e else "",
                 f"{e['epsilon_spent']:.3f}" if "epsilon_spent" in e else "",
                 _ms(e["log_loss"].values()),
-                _ms(e["delta_log_loss"].values()) if "delta_log_loss" in e else "",
+                _ms(e["delta_log_loss"].values(), 4) if "delta_log_loss" in e else "",
                 _ms(e["population_error"].values()) if "population_error" in e else "",
+                _ms(e["max_client_delta"].values()) if "max_client_delta" in e else "",
             ]
         )
     header = ["method", "noise multiplier", "epsilon spent (max)", "mean per-client log-loss"]
     header += ["Δ log-loss vs non-private", "population error (sd units)"]
+    header += ["largest per-client abs Δ log-loss"]
     return md_table(header, rows)
 
 
@@ -282,7 +297,7 @@ def verdicts(cases: dict) -> list[str]:
         if "dp eps=1" in c["methods"]:
             e = c["methods"]["dp eps=1"]
             out.append(
-                f"- {case}, epsilon 1: Δ log-loss {_ms(e['delta_log_loss'].values())}, "
+                f"- {case}, epsilon 1: Δ log-loss {_ms(e['delta_log_loss'].values(), 4)}, "
                 f"population error {_ms(e['population_error'].values())} sds"
             )
     return out
@@ -308,12 +323,12 @@ def markdown(payload: dict) -> str:
         *verdicts(payload["cases"]),
         "",
     ]
-    for case, c in payload["cases"].items():
+    for case, c in sorted(payload["cases"].items(), reverse=True):
         title = {
             "synthetic": "Synthetic federation: 50 clients, 100-500 training rows, 3 features",
             "heart": "UCI heart disease, 4 hospitals (FLamby split of pfl_comparison.py)",
         }[case]
-        lines += [f"## {title}", "", f"Seeds {c['seeds']}; {c['wall_s']:.0f} s.", ""]
+        lines += [f"## {title}", "", f"Seeds {c['seeds']}; {c['wall_s']:.0f} s ({c['date']}).", ""]
         lines += [case_table(c), ""]
     if "audit" in payload:
         a = payload["audit"]
@@ -342,6 +357,12 @@ def markdown(payload: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _eps_axis(ax, eps) -> None:
+    ax.set_xscale("log")
+    ax.set_xticks(eps, [f"{e:g}" for e in eps])
+    ax.minorticks_off()
+
+
 def plot(payload: dict, path) -> None:
     import matplotlib
 
@@ -366,7 +387,7 @@ def plot(payload: dict, path) -> None:
             if ref in c["methods"]:
                 v = np.mean(list(c["methods"][ref]["log_loss"].values()))
                 ax.axhline(v, ls=style, color="k" if ref == "non-private" else "C3", label=ref)
-        ax.set_xscale("log")
+        _eps_axis(ax, eps)
         ax.set_title(case)
         ax.set_ylabel("mean per-client test log-loss")
         ax.legend()
@@ -375,7 +396,7 @@ def plot(payload: dict, path) -> None:
         ax.errorbar(
             eps, pe.mean(1), yerr=pe.std(1, ddof=1) if pe.shape[1] > 1 else None, marker="o"
         )
-        ax.set_xscale("log")
+        _eps_axis(ax, eps)
         ax.set_yscale("log")
         ax.set_xlabel("epsilon per client (delta 1e-5)")
         ax.set_ylabel("population error (non-private sds)")
@@ -389,22 +410,46 @@ def main() -> int:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--case", choices=("synthetic", "heart", "all"), default="all")
+    p.add_argument(
+        "--report", action="store_true", help="rewrite the .md and .png from the last .json"
+    )
     args = p.parse_args()
+    stem = "privacy_quick" if args.quick else "privacy"
+    if args.report:
+        import json
+
+        payload = json.loads((RESULTS / f"{stem}.json").read_text())
+        return _write(payload, stem, json_too=False)
     seeds = list(range(1 if args.quick else args.seeds))
     epsilons = (1.0, 2.0) if args.quick else EPSILONS
-    cases = {}
+    # a run of one case keeps the other's saved results; each case is written when done
+    previous = RESULTS / f"{stem}.json"
+    payload = {"cases": {}}
+    if previous.exists():
+        import json
+
+        payload = json.loads(previous.read_text())
+    payload.update(machine=machine(), quick=args.quick)
+    if "audit" not in payload or args.case == "all":
+        payload["audit"] = audit()
     for case in ("synthetic", "heart"):
         if args.case in (case, "all"):
             print(f"== {case}", file=sys.stderr, flush=True)
-            cases[case] = run_case(case, seeds, args.quick, epsilons)
-    payload = {"machine": machine(), "quick": args.quick, "cases": cases, "audit": audit()}
-    stem = "privacy_quick" if args.quick else "privacy"
+            payload["cases"][case] = run_case(case, seeds, args.quick, epsilons)
+            _write(payload, stem)
+    return 0
+
+
+def _write(payload: dict, stem: str, json_too: bool = True) -> int:
     png = RESULTS / f"{stem}.png"
     plot(payload, png)
     md = markdown(payload).replace("(privacy.png)", f"({png.name})")
-    js, mdp = write_results(stem, payload, md)
+    if json_too:
+        write_results(stem, payload, md)
+    else:
+        (RESULTS / f"{stem}.md").write_text(md)
     print(md)
-    print(f"wrote {js}, {mdp}, {png}", file=sys.stderr)
+    print(f"wrote {RESULTS / stem}.json/.md/.png", file=sys.stderr)
     return 0
 
 
