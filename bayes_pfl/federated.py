@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from bayes_pfl import privacy
 from bayes_pfl.algorithms import effect_ep, ep, particles
 from bayes_pfl.centralized import check_model_data
 from bayes_pfl.population import gaussian_population
@@ -141,6 +142,7 @@ def ep_phases(
     effect_options: tuple | None = None,
     summary: str = "gaussian",
     n_particles: int = 256,
+    dp: tuple | None = None,
 ) -> tuple[Phase, ...]:
     """EP's rounds as driver phases; the in-process fits and Flower run this same tuple.
 
@@ -152,11 +154,19 @@ def ep_phases(
     round) a Laplace-EP phase first, the NUTS phase warm-started from it (its cavities
     are then well defined and NUTS's Monte Carlo noise only perturbs a good
     approximation). One-shot is ``rounds=1, damping=1, tol=0``.
+
+    ``dp=(noise_multiplier, clip)`` (``sites="effects"``, Gaussian summary): the clients'
+    steps are :func:`bayes_pfl.privacy.private_algorithm`'s, ``damping`` theirs (the
+    server's pinned at 1).
     """
     given = ep_defaults(sites, tilted)
     damping = given["damping"] if damping is None else damping
     tol = given["tol"] if tol is None else tol
     if sites == "effects":
+        if dp is not None:
+            base = effect_algorithm(model, damping=1.0, tol=tol, **dict(effect_options or ()))
+            alg = privacy.private_algorithm(model, base, *dp, damping=damping)
+            return (Phase({"sites": "effects", "dp": True}, alg, rounds, False, True),)
         alg = effect_algorithm(model, damping=damping, tol=tol, **dict(effect_options or ()))
         phases = [Phase({"sites": "effects"}, alg, rounds, False, True)]
         if summary != "gaussian":
@@ -229,6 +239,7 @@ def fit_ep(
     summary: str = "gaussian",
     n_particles: int = 256,
     precision_cap: float | None = None,
+    dp: privacy.DPBudget | None = None,
 ) -> FitResult:
     """Federated EP, then global and personalized draws.
 
@@ -294,6 +305,15 @@ def fit_ep(
         (default): no cap. ``diagnostics()`` names the clients whose cap bound. With a
         Student-t population (``model.with_population(4)``) an outlying or lying client
         moves the population little (``benchmarks/robustness.py``).
+    dp : DPBudget, optional
+        Record-level differential privacy of what each client sends
+        (:mod:`bayes_pfl.privacy`, ``docs/privacy.md``): each round a client sends a
+        noisy, per-row clipped partitioned-VI site; the noise is calibrated so that
+        ``rounds`` rounds spend at most ``dp.epsilon`` (at ``dp.delta``), and the fit runs
+        at most ``rounds`` rounds. ``damping`` is then the clients' own damping of their
+        sites (default 0.5: it averages the noise of successive rounds). The spend of
+        each client is in ``info["privacy"]`` (and run.json, and the posterior's
+        attributes). Needs ``sites="effects"`` and ``summary="gaussian"``.
 
     Returns
     -------
@@ -305,6 +325,11 @@ def fit_ep(
     tilted, site_fit = site_options(sites, tilted, site_fit)
     num_warmup = default_warmup(sites, num_warmup)
     given = ep_defaults(sites, tilted)
+    if dp is not None:
+        noise, damping = _dp_setup(
+            dp, data, rounds, sites, summary, damping, effect_options, resume
+        )
+        clip = dp.clip_for(gaussian_population(model).z_dim)
     damping = given["damping"] if damping is None else damping
     tol = given["tol"] if tol is None else tol
     summary = particle_summary(model, summary, sites)
@@ -318,7 +343,9 @@ def fit_ep(
             settings.update(n_particles=n_particles)
         if effect_options:
             settings.update(dict(effect_options))
-    return run_fit(
+    if dp is not None:
+        settings.update(dp_epsilon=dp.epsilon, dp_delta=dp.delta, dp_clip=clip)
+    result = run_fit(
         "ep",
         model,
         data,
@@ -329,6 +356,7 @@ def fit_ep(
         effect_options=_freeze(effect_options),
         summary=summary,
         n_particles=n_particles,
+        dp=None if dp is None else (noise, clip),
         seed=seed,
         global_method=global_method,
         num_chains=num_chains,
@@ -339,6 +367,48 @@ def fit_ep(
         checkpoint=checkpoint,
         resume=resume,
     )
+    if dp is not None:
+        result.info["privacy"] = privacy.privacy_record(
+            dp,
+            noise,
+            clip=clip,
+            rounds_planned=rounds,
+            rounds_run=int(result.info["rounds"]),
+            labels=data.clients,
+            participating=np.asarray(data.train.mask).sum(axis=1) > 0,
+        )
+    return result
+
+
+DP_CLIENT_OPTIONS = ("local", "vi_iterations", "tilted_points", "min_ess_fraction", "newton_iter")
+"""``effect_options`` of the EP client step, which a DP fit replaces."""
+
+
+def _dp_setup(dp, data, rounds, sites, summary, damping, effect_options, resume):
+    """Check a DP fit's options; ``(noise multiplier, the clients' damping)``."""
+    if not isinstance(dp, privacy.DPBudget):
+        raise TypeError(f"dp must be a bayes_pfl.privacy.DPBudget, got {type(dp).__name__}")
+    if sites != "effects" or summary != "gaussian":
+        raise ValueError(
+            "dp needs sites='effects' and summary='gaussian' (noisy Gaussian sites over each "
+            f"client's effects), got sites={sites!r}, summary={summary!r}"
+        )
+    given = sorted(set(effect_options or ()) & set(DP_CLIENT_OPTIONS))
+    if given:
+        raise ValueError(f"effect_options {given} set the EP client step, which dp replaces")
+    if resume:
+        raise ValueError("dp fits cannot resume from a checkpoint (the budget spans one run)")
+    damping = 0.5 if damping is None else damping
+    if not 0.0 < damping <= 1.0:
+        raise ValueError(f"damping must be in (0, 1], got {damping!r}")
+    n_max = int(np.asarray(data.train.mask).sum(axis=1).max())
+    if dp.delta > 1.0 / (10 * max(n_max, 1)):
+        warnings.warn(
+            f"dp delta={dp.delta:g} is above 1/(10 n) for the largest client ({n_max} rows): "
+            "a delta near 1/n allows releasing a whole row",
+            stacklevel=3,
+        )
+    return privacy.calibrate_noise(dp.epsilon, dp.delta, rounds, dp.accountant), damping
 
 
 def run_fit(
@@ -359,7 +429,11 @@ def run_fit(
     resume: bool = False,
     **more_phase_options,
 ) -> FitResult:
-    """EP's rounds (:func:`ep_rounds`), then :func:`~bayes_pfl.posterior.readout`, timed."""
+    """EP's rounds (:func:`ep_rounds`), then :func:`~bayes_pfl.posterior.readout`, timed.
+
+    With ``dp`` the clients personalize from their own noise-free sites
+    (:func:`bayes_pfl.privacy.local_sites`: local, never sent).
+    """
     t_start = time.perf_counter()
     fitted = ep_rounds(
         model,
@@ -371,6 +445,15 @@ def run_fit(
         **phase_options,
         **more_phase_options,
     )
+    personal = None
+    if more_phase_options.get("dp") is not None:
+        base = effect_algorithm(
+            model,
+            damping=1.0,
+            tol=phase_options["tol"],
+            **dict(more_phase_options.get("effect_options") or ()),
+        )
+        personal = privacy.local_sites(base, fitted.server_state, data.train, seed=seed)
     return readout(
         method,
         model,
@@ -384,6 +467,7 @@ def run_fit(
         t_start=t_start,
         mh_steps=mh_steps,
         settings=settings,
+        personal_sites=personal,
     )
 
 

@@ -148,6 +148,11 @@ def _ep_phases(name: str) -> Callable[..., tuple]:
         from bayes_pfl.federated import ep_phases, site_options
 
         options = {**_registry()[name].options, **options}  # the fit's defaults fill gaps
+        if options.get("dp") is not None:
+            raise UnknownMethod(
+                f"{name} with dp (differential privacy) runs in process only: the Flower "
+                "ClientApp does not privatize its sites yet"
+            )
         sites = options["sites"]
         tilted, site_fit = site_options(sites, options.get("tilted"), options.get("site_fit"))
         given = dict(sites=sites, damping=options.get("damping"), tol=options.get("tol"))

@@ -530,7 +530,14 @@ def readout(
     t_start: float,
     settings: dict,
     mh_steps: int = 5,
+    personal_sites=None,
 ) -> FitResult:
+    """Global draws from the server's state, then each client's personalized draws.
+
+    ``personal_sites`` (sites over effects only): the sites the clients personalize
+    from (the proposal of :func:`personalize_effects`) instead of the server's, e.g.
+    each client's own noise-free site in a differentially private fit.
+    """
     state = fitted.server_state
     key_global, key_personal = readout_keys(seed)
     log.info("global draws: %s, %d chain(s) x %d draws", global_method, num_chains, num_samples)
@@ -558,6 +565,7 @@ def readout(
         # (a Student-t population's conditional given phi is not the site's Gaussian
         # family: the generic sampler below reads the exact client density)
         sites = state.ep.sites if isinstance(state, particles.ParticleServerState) else state.sites
+        sites = sites if personal_sites is None else personal_sites
         theta, acc = personalize_effects(
             key_personal,
             model,

@@ -277,6 +277,20 @@ class FitResult:
         attrs = {"/": {"method": self.method, "model": self.model.name}}
         if self.model.population_df is not None:
             attrs["/"]["population_df"] = self.model.population_df
+        privacy = self.info.get("privacy")
+        if privacy:  # a differentially private fit: what each client spent
+            attrs["/"].update(
+                {
+                    "dp_epsilon_spent": privacy["epsilon_spent"],
+                    "dp_delta": privacy["delta_spent"],
+                    "dp_epsilon_budget": privacy["epsilon_budget"],
+                    "dp_noise_multiplier": privacy["noise_multiplier"],
+                    "dp_clip": privacy["clip"],
+                    "dp_rounds": privacy["rounds_run"],
+                    "dp_accountant": privacy["accountant"],
+                    "dp_spent_per_client": json.dumps(privacy["spent"]),
+                }
+            )
         dt = az.from_dict(groups, coords=coords, dims=dims, attrs=attrs)
         if obs_client is not None:
             for group in ("observed_data", "log_likelihood"):

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from bayes_pfl.cli.common import add_dp_args, dp_budget
 from bayes_pfl.cli.figures import demo_figures
 from bayes_pfl.cli.metadata import add_metadata_args, attach_metadata
 from bayes_pfl.cli.robust import (
@@ -232,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Taylor expansion at the tilted mode",
     )
     add_robust_fit_args(fed)
+    add_dp_args(fit)
     vi = fit.add_argument_group("federated VI (vi)")
     vi.add_argument(
         "--family",
@@ -471,6 +473,7 @@ def _fit_and_save(args, data, model, out: Path, *, dataset: str):
     }
     if getattr(args, "checkpoint", None):
         given.update(checkpoint=args.checkpoint, resume=args.resume)
+    given["dp"] = dp_budget(args)
     options = {k: v for k, v in given.items() if v is not None and k in info.options}
     if info.name == "vi":  # VI over the global parameters: fit_vi passes these through
         options.update(
@@ -555,13 +558,13 @@ def cmd_fit(args, *, dataset=None) -> int:
     import shutil
     import tempfile
 
-    final = Path(args.out)
     from bayes_pfl.data import DataError
 
     if getattr(args, "resume", False) and not getattr(args, "checkpoint", None):
         raise DataError("--resume needs --checkpoint PATH (the checkpoint to continue)")
     if getattr(args, "checkpoint", None) and args.method not in ("ep", "vi"):
         raise DataError(f"--checkpoint applies to --method ep or vi, not {args.method}")
+    dp_budget(args)  # bad privacy options before the data are read
     data, model, schema = load_inputs(args)
     _standardization_hint(args, data)
     import warnings
@@ -571,7 +574,7 @@ def cmd_fit(args, *, dataset=None) -> int:
     with warnings.catch_warnings():  # the fit runs the check again and shows its warnings
         warnings.simplefilter("ignore")
         check_model_data(model, data)  # input errors before the output folder's
-    _check_out(final, getattr(args, "overwrite", False))
+    _check_out(final := Path(args.out), getattr(args, "overwrite", False))
     # everything is written to a temporary folder beside the target and moved into place
     # at the end: an interrupted or failed run leaves no half-written or mixed folder
     final.parent.mkdir(parents=True, exist_ok=True)

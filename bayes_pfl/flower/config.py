@@ -167,6 +167,14 @@ class FlowerSettings:
     def from_run_config(cls, run_config: dict[str, Any]) -> FlowerSettings:
         """Validate a run config (``context.run_config``); unknown keys are an error."""
         known = {f.name.replace("_", "-"): f for f in fields(cls)}
+        dp_keys = sorted(k for k in run_config if str(k).startswith("dp"))
+        if dp_keys:
+            raise ValueError(
+                f"run-config {dp_keys}: differential privacy is not available on Flower yet: "
+                "the ClientApp sends the non-private EP site, and its random keys come from "
+                "the server (which could then remove the noise); run it in process with "
+                "bayes_pfl.federated.fit_ep(dp=DPBudget(...)) or `bayes-pfl fit --dp-epsilon`"
+            )
         unknown = sorted(set(run_config) - set(known))
         if unknown:
             raise ValueError(f"unknown run-config key(s) {unknown}; known: {sorted(known)}")
