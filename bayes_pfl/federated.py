@@ -325,6 +325,11 @@ def fit_ep(
     tilted, site_fit = site_options(sites, tilted, site_fit)
     num_warmup = default_warmup(sites, num_warmup)
     given = ep_defaults(sites, tilted)
+    if dp is not None and precision_cap is not None:
+        raise ValueError(
+            "precision_cap reads each client's row count, which a differentially private "
+            "client does not send (an exact count is not private): use one or the other"
+        )
     if dp is not None:
         noise, damping = _dp_setup(
             dp, data, rounds, sites, summary, damping, effect_options, resume

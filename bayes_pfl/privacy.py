@@ -430,7 +430,11 @@ def private_algorithm(
             jnp.asarray(float(n_points), m_q.dtype),
             jnp.asarray(False),
         )
-        return new_state, EffectMessage(site, ok), info
+        # no row count: an exact count is not private under record-level DP (adding a row
+        # changes it), so a private client declares none (and the precision cap, which
+        # reads it, is refused with dp)
+        n_rows = jnp.zeros((), site.shift.dtype)
+        return new_state, EffectMessage(site, ok, n_rows), info
 
     return algorithm._replace(
         client_init=client_init,

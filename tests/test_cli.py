@@ -104,9 +104,13 @@ def test_fit_federated_methods(tmp_path, method):
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     names = {p.name for p in out.iterdir()}
-    assert names == {"posterior.nc", "summary.csv", "run.json", "shrinkage.csv", "loo.csv"}
+    # a federated fit also writes each client's conflict score (docs/robustness.md)
+    assert names == {
+        "posterior.nc", "summary.csv", "run.json", "shrinkage.csv", "loo.csv", "conflict.csv"
+    }  # fmt: skip
     run = json.loads((out / "run.json").read_text())
     assert run["method"] == method
+    assert run["conflict"]["flagged"] == [] and run["conflict"]["duplicates"] == []
     assert 1 <= len(run["history"]) <= (1 if method == "one-shot" else 3)
     assert {"mean_change", "bytes_up_per_client", "bytes_down_per_client"} <= set(run["history"][0])
     dt = xr.open_datatree(out / "posterior.nc")

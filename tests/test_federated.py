@@ -461,7 +461,7 @@ def test_ragged_clients_bucketed_equal_padded():
     theta, acc = personalize(jax.random.key(5), GLM, u, data.train)
     keys = jax.random.split(jax.random.key(5), data.n_clients)
     arrays = (jnp.asarray(a) for a in (data.train.x, data.train.y, data.train.mask))
-    padded = _personalize_kernel(GLM, 5, 1, 10)(keys, u, *arrays)
+    padded = _personalize_kernel(GLM, 5, 1, 10)(keys, u, None, *arrays)  # no covariates
     np.testing.assert_allclose(theta, padded[0], rtol=1e-7, atol=1e-9)
     np.testing.assert_allclose(acc, padded[1], rtol=1e-7, atol=1e-9)
 

@@ -308,6 +308,10 @@ def test_precision_cap_is_checked(schools):
             fit_one_shot(eight_schools(), schools, precision_cap=bad)
     with pytest.raises(ValueError, match="sites='effects'"):
         fit_ep(eight_schools(), schools, sites="global", precision_cap=10.0)
+    from bayes_pfl.privacy import DPBudget
+
+    with pytest.raises(ValueError, match="not private"):
+        fit_ep(eight_schools(), schools, precision_cap=10.0, dp=DPBudget(2.0))
 
 
 # ------------------------------------------------------------------ front ends
