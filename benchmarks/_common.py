@@ -325,3 +325,19 @@ def sd_verdict(cmp: dict) -> str:
     return ("PASS" if cmp["sd_pass"] else "**FAIL**") + (
         f" ({beyond} beyond 3 se)" if beyond is not None else ""
     )
+
+
+def split_federation(fed, seed: int, *, test_size: float = 0.3, val_size: float = 0.0):
+    """``FederatedData`` of a :class:`~bayes_pfl.synthetic.SyntheticFederation`, with a
+    held-out split per client (the benchmarks' synthetic cases)."""
+    from bayes_pfl import FederatedData
+
+    return FederatedData.from_pandas(
+        fed.data,
+        client_col=fed.client_col,
+        target=fed.target,
+        features=list(fed.features),
+        test_size=test_size,
+        val_size=val_size,
+        seed=seed,
+    )

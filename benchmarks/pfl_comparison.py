@@ -54,7 +54,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pandas as pd
-from _common import RESULTS, machine, write_results
+from _common import RESULTS, machine, split_federation, write_results
 
 from bayes_pfl import metrics as M
 from bayes_pfl.baselines import BASELINE_NAMES
@@ -456,16 +456,7 @@ def synthetic_federation(seed: int, case: str = "synthetic"):
 
 
 def synthetic_data(seed: int, case: str = "synthetic") -> FederatedData:
-    fed = synthetic_federation(seed, case)
-    return FederatedData.from_pandas(
-        fed.data,
-        client_col="client",
-        target="y",
-        features=list(fed.features),
-        test_size=0.3,
-        val_size=0.15,
-        seed=seed,
-    )
+    return split_federation(synthetic_federation(seed, case), seed, val_size=0.15)
 
 
 def _recording_ess(method: Method, fits: dict) -> Method:

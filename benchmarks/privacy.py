@@ -45,7 +45,7 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _common import RESULTS, machine, md_table, write_results
+from _common import RESULTS, machine, md_table, split_federation, write_results
 
 from bayes_pfl import FederatedData, privacy
 from bayes_pfl.compare import baseline_method, bayesian_method, compare
@@ -88,14 +88,7 @@ def synthetic_data(seed: int) -> FederatedData:
         sizes=np.round(n_train / 0.7).astype(int),
         seed=2000 + seed,
     )
-    return FederatedData.from_pandas(
-        fed.data,
-        client_col="client",
-        target="y",
-        features=list(fed.features),
-        test_size=0.3,
-        seed=seed,
-    )
+    return split_federation(fed, seed)
 
 
 def heart_split(seed: int) -> FederatedData:

@@ -23,3 +23,27 @@ def schools():
     return FederatedData.from_pandas(
         load("eight_schools"), client_col="school", target="y", features=["sigma"]
     )
+
+
+@pytest.fixture(scope="module")
+def schools_outlier():
+    """Eight schools plus four like them and school 'X', 60 points off (about six times the
+    population's spread); no two schools with the same rows (those would send identical
+    sites, which the copy check names)."""
+    import pandas as pd
+
+    from bayes_pfl import FederatedData, load
+
+    extra = pd.DataFrame(
+        {
+            "school": ["I", "J", "K", "L", "X"],
+            "y": [4.0, 10.0, 1.0, 6.0, 70.0],
+            "sigma": [10.0, 12.0, 9.0, 11.0, 8.0],
+        }
+    )
+    return FederatedData.from_pandas(
+        pd.concat([load("eight_schools"), extra], ignore_index=True),
+        client_col="school",
+        target="y",
+        features=["sigma"],
+    )

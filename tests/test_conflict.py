@@ -4,10 +4,8 @@ import dataclasses
 import warnings
 
 import numpy as np
-import pandas as pd
 import pytest
 
-from bayes_pfl import FederatedData, load
 from bayes_pfl.conflict import ConflictWarning, client_conflict, conflict_scores
 from bayes_pfl.diagnostics import DiagnosticsWarning, diagnostics
 from bayes_pfl.federated import fit_one_shot
@@ -35,22 +33,9 @@ def test_score_is_the_predictive_chi2_of_the_sites_estimate():
 
 
 @pytest.fixture(scope="module")
-def shifted_schools():
-    """Eight schools plus four more like them, and school 'X' whose effect is 60 points off
-    (about six times the population's spread)."""
-    df = load("eight_schools")
-    extra = pd.DataFrame(
-        {
-            "school": ["I", "J", "K", "L", "X"],
-            "y": [4.0, 10.0, 1.0, 7.0, 70.0],
-            "sigma": [10.0, 12.0, 9.0, 11.0, 8.0],
-        }  # fmt: skip
-    )
-    data = FederatedData.from_pandas(
-        pd.concat([df, extra], ignore_index=True), client_col="school", target="y",
-        features=["sigma"],
-    )  # fmt: skip
-    return fit_one_shot(eight_schools(), data, num_samples=400, progress=False)
+def shifted_schools(schools_outlier):
+    """One-shot on eight schools plus four like them and school 'X', 60 points off."""
+    return fit_one_shot(eight_schools(), schools_outlier, num_samples=400, progress=False)
 
 
 def test_an_obviously_shifted_client_is_flagged_and_named(shifted_schools):

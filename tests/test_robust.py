@@ -11,7 +11,7 @@ import pytest
 from _helpers import run_cli
 from scipy import integrate, stats
 
-from bayes_pfl import FederatedData, federated, load
+from bayes_pfl import federated, load
 from bayes_pfl.algorithms.effect_ep import cap_precision
 from bayes_pfl.conflict import (
     client_conflict,
@@ -112,24 +112,6 @@ def test_population_df_is_checked():
         gaussian_population(model.with_population(2.0))
     assert "population_df=4" in repr(model.with_population(4))
     assert model.with_population(4).with_population(None).population_df is None
-
-
-@pytest.fixture(scope="module")
-def schools_outlier():
-    """Eight schools plus four like them and school 'X', 60 points off (no two schools with
-    the same rows: those would send identical sites, which the copy check names)."""
-    df = load("eight_schools")
-    extra = pd.DataFrame(
-        {
-            "school": ["I", "J", "K", "L", "X"],
-            "y": [4.0, 10.0, 1.0, 6.0, 70.0],
-            "sigma": [10.0, 12.0, 9.0, 11.0, 8.0],
-        }  # fmt: skip
-    )
-    return FederatedData.from_pandas(
-        pd.concat([df, extra], ignore_index=True), client_col="school", target="y",
-        features=["sigma"],
-    )  # fmt: skip
 
 
 @pytest.mark.slow  # a NUTS reference at target_accept_prob 0.99 (about a minute)
