@@ -78,8 +78,6 @@ class _Recorder(dict):
         return super().get(key, default)
 
 
-_normal_base = normal_base
-
 SCALE_MIXTURE_GRID = (-20.0, 4.0, 0.5)
 """``(first, last, step)`` of the grid in ``log λ`` of a Student-t population's mixing
 weight (:func:`scale_mixture`; the step for ``df <= 4``, smaller above)."""
@@ -194,7 +192,7 @@ class Population:
         tr = isolated_trace(self.model.client_prior, *args, rng_key=jax.random.key(0))
         locs, scales = [], []
         for s in self.model.theta_space.sites:
-            base = _normal_base(tr[s.name]["fn"])
+            base = normal_base(tr[s.name]["fn"])
             shape = s.unconstrained_shape
             locs.append(jnp.broadcast_to(base.loc, shape).reshape(-1))
             scales.append(jnp.broadcast_to(base.scale, shape).reshape(-1))
@@ -244,7 +242,7 @@ class Population:
             support = fn.support
             while isinstance(support, constraints.independent):
                 support = support.base_constraint
-            if _normal_base(fn) is None or support is not constraints.real:
+            if normal_base(fn) is None or support is not constraints.real:
                 raise ModelSpecError(
                     f"model {model.name!r}: client site {s.name!r} is "
                     f"{type(fn).__name__}, not Normal; the federated methods need a "
@@ -348,13 +346,6 @@ class Population:
         )(scaled)  # [Q, ...]
         log_w = jnp.reshape(self.mixture_log_weights, (-1,) + (1,) * (per_node.ndim - 1))
         return jax.scipy.special.logsumexp(per_node + log_w, axis=0)
-
-    def mixture_weights(self, m: Array, root: Array, u_s: Array, site: GaussianFactor) -> Array:
-        """Posterior weights of a Student-t population's quadrature nodes for one site,
-        ``p(λ_q | phi, t_k)`` (``[Q]``)."""
-        scaled = root[None] / jnp.sqrt(self.mixture_nodes)[:, None, None]
-        per_node = jax.vmap(lambda r: self._log_z_gauss(m, r, u_s, site))(scaled)
-        return jax.nn.softmax(per_node + self.mixture_log_weights)
 
     def _log_z_gauss(
         self, m: Array, root: Array, u_s: Array, site: GaussianFactor, *, shared_terms: bool = True
