@@ -331,10 +331,10 @@ def fit_ep(
             "client does not send (an exact count is not private): use one or the other"
         )
     if dp is not None:
-        noise, damping = _dp_setup(
-            dp, data, rounds, sites, summary, damping, effect_options, resume
+        noise, clip, damping = dp_options(
+            model, dp, rounds, sites, summary, damping, effect_options
         )
-        clip = dp.clip_for(gaussian_population(model).z_dim)
+        _dp_data_checks(dp, data, resume)
     damping = given["damping"] if damping is None else damping
     tol = given["tol"] if tol is None else tol
     summary = particle_summary(model, summary, sites)
@@ -389,8 +389,12 @@ DP_CLIENT_OPTIONS = ("local", "vi_iterations", "tilted_points", "min_ess_fractio
 """``effect_options`` of the EP client step, which a DP fit replaces."""
 
 
-def _dp_setup(dp, data, rounds, sites, summary, damping, effect_options, resume):
-    """Check a DP fit's options; ``(noise multiplier, the clients' damping)``."""
+def dp_options(model, dp, rounds, sites, summary, damping, effect_options):
+    """Check a DP fit's options: ``(noise multiplier, clip, the clients' damping)``.
+
+    What the in-process fit and Flower's phases (:mod:`bayes_pfl.methods`) both need; no
+    data are read (the noise depends on the budget and the rounds only).
+    """
     if not isinstance(dp, privacy.DPBudget):
         raise TypeError(f"dp must be a bayes_pfl.privacy.DPBudget, got {type(dp).__name__}")
     if sites != "effects" or summary != "gaussian":
@@ -401,11 +405,17 @@ def _dp_setup(dp, data, rounds, sites, summary, damping, effect_options, resume)
     given = sorted(set(effect_options or ()) & set(DP_CLIENT_OPTIONS))
     if given:
         raise ValueError(f"effect_options {given} set the EP client step, which dp replaces")
-    if resume:
-        raise ValueError("dp fits cannot resume from a checkpoint (the budget spans one run)")
     damping = 0.5 if damping is None else damping
     if not 0.0 < damping <= 1.0:
         raise ValueError(f"damping must be in (0, 1], got {damping!r}")
+    noise = privacy.calibrate_noise(dp.epsilon, dp.delta, rounds, dp.accountant)
+    return noise, dp.clip_for(gaussian_population(model).z_dim), damping
+
+
+def _dp_data_checks(dp, data, resume) -> None:
+    """The in-process DP fit's checks that read the data or the run's state."""
+    if resume:
+        raise ValueError("dp fits cannot resume from a checkpoint (the budget spans one run)")
     n_max = int(np.asarray(data.train.mask).sum(axis=1).max())
     if dp.delta > 1.0 / (10 * max(n_max, 1)):
         warnings.warn(
@@ -413,7 +423,6 @@ def _dp_setup(dp, data, rounds, sites, summary, damping, effect_options, resume)
             "a delta near 1/n allows releasing a whole row",
             stacklevel=3,
         )
-    return privacy.calibrate_noise(dp.epsilon, dp.delta, rounds, dp.accountant), damping
 
 
 def run_fit(

@@ -148,12 +148,9 @@ def _ep_phases(name: str) -> Callable[..., tuple]:
         from bayes_pfl.federated import ep_phases, site_options
 
         options = {**_registry()[name].options, **options}  # the fit's defaults fill gaps
-        if options.get("dp") is not None:
-            raise UnknownMethod(
-                f"{name} with dp (differential privacy) runs in process only: the Flower "
-                "ClientApp does not privatize its sites yet"
-            )
         sites = options["sites"]
+        if options.get("dp") is not None:
+            return _dp_phases(name, model, options)
         tilted, site_fit = site_options(sites, options.get("tilted"), options.get("site_fit"))
         given = dict(sites=sites, damping=options.get("damping"), tol=options.get("tol"))
         if sites == "global":
@@ -181,6 +178,39 @@ def _ep_phases(name: str) -> Callable[..., tuple]:
         return ep_phases(model, rounds=rounds, **_capped(given, options))
 
     return phases
+
+
+def _dp_phases(name: str, model, options: dict) -> tuple:
+    """EP's rounds with differentially private clients (``options["dp"]``, a
+    :class:`~bayes_pfl.privacy.DPBudget`), as :func:`bayes_pfl.federated.fit_ep` runs them."""
+    from bayes_pfl.federated import dp_options, ep_phases
+
+    if name != "ep":
+        raise UnknownMethod(f"dp (differential privacy) applies to ep, not {name}")
+    if options.get("precision_cap") is not None:
+        raise ValueError(
+            "precision_cap reads each client's row count, which a differentially private "
+            "client does not send (an exact count is not private): use one or the other"
+        )
+    rounds = options["rounds"]
+    noise, clip, damping = dp_options(
+        model,
+        options["dp"],
+        rounds,
+        options["sites"],
+        options.get("summary", "gaussian"),
+        options.get("damping"),
+        options.get("effect_options"),
+    )
+    return ep_phases(
+        model,
+        rounds=rounds,
+        sites="effects",
+        damping=damping,
+        tol=options.get("tol"),
+        effect_options=tuple(sorted(dict(options.get("effect_options") or {}).items())) or None,
+        dp=(noise, clip),
+    )
 
 
 def _capped(given: dict, options: dict) -> dict:

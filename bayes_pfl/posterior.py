@@ -415,8 +415,8 @@ def to_result(
     phi, theta_vals = _constrain(model, flat_u, theta, covariates)
     phi = {k: np.asarray(v).reshape((c, s) + v.shape[1:]) for k, v in phi.items()}
     # theta_vals: [K, C*S, ...] -> [C, S, K, ...]
-    th = {}
-    for name, v in theta_vals.items():
+    th = {}  # theta None: no client's draws (a DP run on Flower keeps them on the nodes)
+    for name, v in (theta_vals or {}).items():
         v = np.moveaxis(np.asarray(v), 0, 1)
         th[name] = v.reshape((c, s) + v.shape[1:])
     return FitResult(

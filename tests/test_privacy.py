@@ -221,11 +221,16 @@ def test_cli_dp_options():
         dp_budget(_args(dp_epsilon=1.0, dp_clip=-1.0))
 
 
-def test_flower_refuses_dp_with_the_reason():
+def test_flower_settings_build_the_private_phases():
+    """A Flower run config with dp-epsilon runs the in-process fit's DP phases (the
+    equality of the two runs: tests/test_flower_private.py)."""
     pytest.importorskip("flwr")
-    from bayes_pfl.flower.config import FlowerSettings
+    from bayes_pfl.flower.config import FlowerSettings, build_phases
 
-    with pytest.raises(ValueError, match="differential privacy is not available on Flower"):
+    settings = FlowerSettings.from_run_config({"dp-epsilon": 1.0, "standardize": False})
+    (phase,) = build_phases(settings)
+    assert phase.algorithm.name.endswith("-dp") and settings.dp_budget.epsilon == 1.0
+    with pytest.raises(ValueError, match="standardize"):
         FlowerSettings.from_run_config({"dp-epsilon": 1.0})
 
 

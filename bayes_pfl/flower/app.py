@@ -50,10 +50,17 @@ def client_app() -> ClientApp:
     data_cache: dict[Any, Any] = {}
 
     def setup(context: Context) -> None:
-        configure_jax(_settings(context))
+        settings = _settings(context)
+        check_node_privacy(settings, dict(context.node_config))
+        configure_jax(settings)
 
     def algorithms(context: Context) -> dict[str, Any]:
-        return {ph.algorithm.name: ph.algorithm for ph in build_phases(_settings(context))}
+        settings = _settings(context)
+        out = {ph.algorithm.name: ph.algorithm for ph in build_phases(settings)}
+        if settings.dp_epsilon:  # the noise-free step a private node personalizes from
+            local = local_site_algorithm(settings)
+            out[local.name] = local
+        return out
 
     def data(context: Context):
         settings = _settings(context)
@@ -168,7 +175,12 @@ def run_from_settings(grid: Grid, settings: FlowerSettings, *, run_id: int = 0):
         timeout_s=settings.round_timeout_s,
         poll_interval_s=settings.poll_interval_s,
         max_in_flight=settings.max_in_flight,
+        private=None
+        if not settings.dp_epsilon
+        else {"algorithm": local_site_algorithm(settings), "dp_epsilon": settings.dp_epsilon},
     )
+    if settings.dp_epsilon:
+        result.info["privacy"] = _privacy_record(settings, federation, len(history))
     save_fit(
         result,
         None,
@@ -180,6 +192,49 @@ def run_from_settings(grid: Grid, settings: FlowerSettings, *, run_id: int = 0):
     )
     log.info("wrote %s", out)
     return result
+
+
+def local_site_algorithm(settings: FlowerSettings):
+    """The non-private EP client step of a DP run (its broadcast is the run's): what a
+    private node computes its own site with, to personalize from, never to send (as
+    :func:`bayes_pfl.federated.run_fit` does in process)."""
+    from bayes_pfl.federated import effect_algorithm
+
+    return effect_algorithm(settings.hierarchical_model, damping=1.0, tol=settings.ep_tol)
+
+
+def check_node_privacy(settings: FlowerSettings, node_config: dict[str, Any]) -> None:
+    """A node's own privacy demand: node config ``dp-max-epsilon`` refuses a run without
+    differential privacy or with a larger budget (the run config is the server side's)."""
+    if "dp-max-epsilon" not in node_config:
+        return
+    limit = float(node_config["dp-max-epsilon"])
+    if not settings.dp_epsilon or settings.dp_epsilon > limit:
+        raise ValueError(
+            f"this node requires differential privacy with epsilon <= {limit:g} (node config "
+            f"dp-max-epsilon); the run asks for dp-epsilon {settings.dp_epsilon:g} (0: none)"
+        )
+
+
+def _privacy_record(settings: FlowerSettings, federation, rounds_run: int) -> dict[str, Any]:
+    """``privacy_record`` of a Flower DP run: every node is counted as spending each round
+    that ran (an upper bound for a node that missed one)."""
+    import numpy as np
+
+    from bayes_pfl import privacy
+    from bayes_pfl.population import gaussian_population
+
+    dp = settings.dp_budget
+    noise = privacy.calibrate_noise(dp.epsilon, dp.delta, settings.rounds, dp.accountant)
+    return privacy.privacy_record(
+        dp,
+        noise,
+        clip=dp.clip_for(gaussian_population(settings.hierarchical_model).z_dim),
+        rounds_planned=settings.rounds,
+        rounds_run=rounds_run,
+        labels=federation.labels,
+        participating=np.asarray(federation.n_rows) > 0,
+    )
 
 
 def _flower_record(federation, run_id: int) -> dict[str, Any]:

@@ -336,6 +336,11 @@ def make_client_app(
             del state_store["pending"]
         fresh = bool(cfg["fresh"]) or "state" not in state_store
         steps = steps_fn(context) if steps_fn is not None else None
+        round_data = _key_data(keys, "round")
+        if name.endswith("-dp"):  # a private step: noise from the node's own secret
+            from bayes_pfl.flower.private import round_key
+
+            round_data = round_key(context, round_data)
         if steps is None:
             arrays = _client_arrays(rows)
             algorithm = algorithms_fn(context)[name]
@@ -348,7 +353,7 @@ def make_client_app(
             bcast = from_array_record(msg.content.array_records["broadcast"], bcast_tmpl)
             t1 = time.perf_counter()
             new_state, message, info = _jit(algorithm.client_update)(
-                _key(keys, "round"), bcast, state, arrays
+                jax.random.wrap_key_data(round_data), bcast, state, arrays
             )
             message = jax.block_until_ready(message)
             state_rec, new_state_rec = to_array_record(state), to_array_record(new_state)
@@ -365,7 +370,7 @@ def make_client_app(
             else:
                 state_flat = {k: a.numpy() for k, a in state_store["state"].items()}
             bcast_flat = {k: a.numpy() for k, a in msg.content.array_records["broadcast"].items()}
-            key = _key_flat(keys, "round")
+            key = encode({"key": round_data})
             t1 = time.perf_counter()
             new_state_flat, message_flat, info_flat = steps.call(
                 f"client_update:{name}",
@@ -411,6 +416,10 @@ def make_client_app(
         site = None
         if "site" in msg.content.array_records:  # EP over client effects: its own site
             site = named_arrays(msg.content.array_records["site"], ("precision", "shift"))
+        if bool(cfg.get("private", False)):
+            return _personalize_privately(
+                msg, context, algorithms_fn, model_fn, data, rows, u, site
+            )
         steps = steps_fn(context) if steps_fn is not None else None
         if steps is None:
             key = _key(msg.content.array_records["keys"], "personalize")
@@ -438,6 +447,39 @@ def make_client_app(
         return Message(content, reply_to=msg)
 
     return app
+
+
+def _personalize_privately(msg, context, algorithms_fn, model_fn, data, rows, u, site):
+    """``query.personalize`` of a private node: draws kept on the node
+    (:func:`bayes_pfl.flower.private.personalize_locally`); the reply holds no draws."""
+    from bayes_pfl.flower.private import personalize_locally
+    from bayes_pfl.flower.records import from_array_record, metric_record
+
+    cfg = msg.content.config_records["config"]
+    algorithm = algorithms_fn(context)[str(cfg["local-site"])]
+    template = _broadcast_row_template(algorithm, int(cfg["n-clients"]))
+    bcast = from_array_record(msg.content.array_records["broadcast"], template)
+    keys = {
+        name: _key_data(msg.content.array_records["keys"], name)
+        for name in ("local-site", "personalize")
+    }
+    model = model_fn(context)
+    kept = personalize_locally(
+        context,
+        local_algorithm=algorithm,
+        personalize=_personalize_effects_fn(model),
+        model=model,
+        label=data.label,
+        arrays=_client_arrays(rows),
+        bcast=bcast,
+        u=u,
+        chains=int(cfg["chains"]),
+        sent_site=site,
+        keys=keys,
+        settings={"dp_epsilon": float(cfg["dp-epsilon"])},
+    )
+    content = RecordDict({"metrics": metric_record({"position": data.position, **kept})})
+    return Message(content, reply_to=msg)
 
 
 @functools.cache

@@ -102,6 +102,12 @@ class FlowerSettings:
         defaults).
     precision_cap : float
         As in :func:`bayes_pfl.federated.fit_ep` (a robust option; 0: no cap).
+    dp_epsilon, dp_delta, dp_clip, dp_accountant
+        Record-level differential privacy of each node's sites (``method = "ep"``), as
+        :class:`bayes_pfl.privacy.DPBudget` (``dp-epsilon`` 0: off; ``dp-clip`` 0: its
+        default). Each ClientApp privatizes before sending, with noise from a secret the
+        node keeps (node config ``dp-seed``, see :mod:`bayes_pfl.flower.client`); the
+        personalized posteriors stay on the nodes.
     seed : int
         Seed of every random key (the same keys as the in-process run).
     global_method, num_chains, num_warmup, num_samples
@@ -146,6 +152,10 @@ class FlowerSettings:
     tilted: str = "laplace"
     site_fit: str = "gradient"
     precision_cap: float = 0.0
+    dp_epsilon: float = 0.0
+    dp_delta: float = 1e-5
+    dp_clip: float = 0.0
+    dp_accountant: str = "rdp"
     tol: float = -1.0
     seed: int = 0
     global_method: str = "nuts"
@@ -167,14 +177,6 @@ class FlowerSettings:
     def from_run_config(cls, run_config: dict[str, Any]) -> FlowerSettings:
         """Validate a run config (``context.run_config``); unknown keys are an error."""
         known = {f.name.replace("_", "-"): f for f in fields(cls)}
-        dp_keys = sorted(k for k in run_config if str(k).startswith("dp"))
-        if dp_keys:
-            raise ValueError(
-                f"run-config {dp_keys}: differential privacy is not available on Flower yet: "
-                "the ClientApp sends the non-private EP site, and its random keys come from "
-                "the server (which could then remove the noise); run it in process with "
-                "bayes_pfl.federated.fit_ep(dp=DPBudget(...)) or `bayes-pfl fit --dp-epsilon`"
-            )
         unknown = sorted(set(run_config) - set(known))
         if unknown:
             raise ValueError(f"unknown run-config key(s) {unknown}; known: {sorted(known)}")
@@ -211,6 +213,30 @@ class FlowerSettings:
             raise ValueError("round-timeout-s and poll-interval-s must be positive")
         if self.max_in_flight < 0:
             raise ValueError(f"max-in-flight must be >= 0, got {self.max_in_flight}")
+        if self.dp_epsilon < 0 or self.dp_clip < 0:
+            raise ValueError("dp-epsilon and dp-clip must be >= 0 (0: no privacy, default clip)")
+        if self.dp_epsilon:
+            if self.method != "ep" or self.sites != "effects":
+                raise ValueError(
+                    f"dp-epsilon applies to method ep with sites effects (noisy EP sites), "
+                    f"not method {self.method!r} with sites {self.sites!r}"
+                )
+            if self.precision_cap:
+                raise ValueError(
+                    "dp-epsilon with precision-cap: a private node sends no row count (an "
+                    "exact count is not private), which the cap reads; use one or the other"
+                )
+            if self.resume:
+                raise ValueError("dp-epsilon cannot resume (the budget spans one run)")
+            if self.standardize_features:
+                raise ValueError(
+                    "dp-epsilon with standardize: the nodes would send their features' exact "
+                    "sums to the server; set standardize = false and scale the features with "
+                    "public constants"
+                )
+            self.dp_budget  # noqa: B018  (its own checks: delta, clip, accountant)
+        elif any(k != v for k, v in self._dp_given()):
+            raise ValueError("dp-delta, dp-clip and dp-accountant need dp-epsilon (the budget)")
 
     # ------------------------------------------------------------ data and model
 
@@ -302,6 +328,27 @@ class FlowerSettings:
             raise ValueError(f"population-df must be >= 0 (0: Gaussian), got {self.population_df}")
         return model.with_population(self.population_df) if self.population_df else model
 
+    def _dp_given(self):
+        defaults = {f.name: f.default for f in fields(self)}
+        return [(getattr(self, n), defaults[n]) for n in ("dp_delta", "dp_clip", "dp_accountant")]
+
+    @property
+    def dp_budget(self):
+        """The run's :class:`~bayes_pfl.privacy.DPBudget` (``None`` without ``dp-epsilon``)."""
+        if not self.dp_epsilon:
+            return None
+        from bayes_pfl.privacy import DPBudget
+
+        try:
+            return DPBudget(
+                self.dp_epsilon,
+                self.dp_delta,
+                clip=self.dp_clip or None,
+                accountant=self.dp_accountant,
+            )
+        except ValueError as exc:
+            raise ValueError("run-config " + str(exc).replace("dp ", "dp-", 1)) from None
+
     @property
     def ep_tol(self) -> float:
         return self.tol if self.tol >= 0 else self._ep_defaults["tol"]
@@ -354,6 +401,18 @@ class FlowerSettings:
             }
             if self.precision_cap:
                 out["precision_cap"] = self.precision_cap
+            if self.dp_epsilon:
+                from bayes_pfl.population import gaussian_population
+
+                dp = self.dp_budget
+                z_dim = gaussian_population(self.hierarchical_model).z_dim
+                out.update(
+                    damping=self.damping if self.damping >= 0 else 0.5,
+                    summary="gaussian",
+                    dp_epsilon=dp.epsilon,
+                    dp_delta=dp.delta,
+                    dp_clip=dp.clip_for(z_dim),
+                )
             if self.method == "vi":
                 from bayes_pfl.methods import get_method
 
@@ -394,6 +453,9 @@ def build_phases(settings: FlowerSettings) -> tuple:
             options.update(tilted=settings.tilted, site_fit=settings.site_fit)
         if settings.precision_cap:
             options["precision_cap"] = settings.precision_cap
+        if settings.dp_epsilon:  # the clients' own damping: fit_ep's default unless set
+            damping = settings.damping if settings.damping >= 0 else None
+            options.update(dp=settings.dp_budget, damping=damping)
         return info.phases(model=settings.hierarchical_model, **options)
     options = json.loads(settings.method_options) if settings.method_options else {}
     options = {"family": settings.outcome_family, "seed": settings.seed, **options}

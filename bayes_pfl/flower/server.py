@@ -633,12 +633,19 @@ def finish(
     timeout_s: float = 300.0,
     poll_interval_s: float = 0.05,
     max_in_flight: int = 0,
+    private: dict[str, Any] | None = None,
 ):
     """Global draws on the server, personalized draws on each node: a ``FitResult``.
 
     Mirrors :func:`bayes_pfl.posterior.readout` with the same keys; the server never
     sees a row: node ``k`` receives the global draws and returns its ``theta`` draws.
     Nodes that do not answer are left out of the result (``info["left_out"]``).
+
+    ``private`` (a differentially private run: ``{"algorithm": the non-private EP
+    client step, "dp_epsilon": ...}``): each node personalizes from its own noise-free
+    site and keeps its draws (:mod:`bayes_pfl.flower.private`); the node is sent its
+    broadcast row and the in-process keys of :func:`bayes_pfl.privacy.local_sites`, and
+    the result holds the global draws and no client's ``theta``.
     """
     from bayes_pfl.posterior import readout_keys, server_summary, timed_server_draws, to_result
 
@@ -672,14 +679,40 @@ def finish(
         own = {"precision": np.asarray(sites.precision[i]), "shift": np.asarray(sites.shift[i])}
         return {"site": named_record(own)}
 
+    config = {"n-max": federation.n_max}
+    extra = [{} for _ in range(k)]
+    if private is not None:
+        from bayes_pfl.flower.records import to_array_record
+
+        local = private["algorithm"]
+        bcast = jax.device_get(local.broadcast(server_state))
+        # privacy.local_sites' keys (the in-process run's), not the noise's: nothing the
+        # node computes with them leaves the node
+        lkeys = jax.random.key_data(jax.random.split(jax.random.key(seed + 7), k))
+        config.update(
+            {
+                "private": True,
+                "local-site": local.name,
+                "n-clients": k,
+                "chains": c,
+                "dp-epsilon": float(private["dp_epsilon"]),
+            }
+        )
+        for i in range(k):
+            extra[i] = {
+                "broadcast": to_array_record(jax.tree.map(lambda a, i=i: a[i], bcast)),
+                "keys": named_record({"personalize": pkeys[i], "local-site": lkeys[i]}),
+            }
+
     contents = {
         node: RecordDict(
             {
-                "config": config_record({"n-max": federation.n_max, "position": i}),
+                "config": config_record({**config, "position": i}),
                 "draws": draws,
                 "keys": named_record({"personalize": pkeys[i]}),
                 **site_record(i),
                 **data_records,
+                **extra[i],
             }
         )
         for i, node in enumerate(federation.node_ids)
@@ -702,6 +735,14 @@ def finish(
             if node in failures:
                 raise RuntimeError(failures[node])
             reply = replies[node]
+            if private is not None:
+                if (
+                    "theta" in reply.array_records
+                    or "kept-on-node" not in reply.metric_records["metrics"]
+                ):
+                    raise CodecError("a private node must keep its draws and say so")
+                keep.append(label)
+                continue
             th = named_arrays(reply.array_records["theta"], ("theta",))["theta"]
             if th.shape != (c * s, model.theta_dim) or th.dtype != u_flat.dtype:
                 raise CodecError(f"theta draws of shape {th.shape} {th.dtype}")
@@ -716,7 +757,10 @@ def finish(
         acc.append(float(reply.metric_records["metrics"]["acceptance"]))
     if not keep:
         raise RuntimeError("no node returned personalized draws: " + json.dumps(left_out))
-    theta = jnp.asarray(np.stack(thetas))
+    if private is not None:  # the draws stay on the nodes: the global posterior only
+        keep, theta = list(federation.labels), None
+    else:
+        theta = jnp.asarray(np.stack(thetas))
     result = to_result(
         method,
         model,
@@ -732,10 +776,11 @@ def finish(
             "wall_time_s": time.perf_counter() - t_start,
             "global_time_s": t_global,
             "personalize_time_s": t_personal,
-            "min_personalize_acceptance": float(np.min(acc)),
+            "min_personalize_acceptance": None if private else float(np.min(acc)),
             "settings": {**settings, "global_method": global_method},
             "runtime": "flower",
             "left_out": left_out,
+            **({"personalized_on": "nodes"} if private else {}),
         },
     )
     result.state.update(server_summary(server_state, u))
