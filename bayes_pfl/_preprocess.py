@@ -73,6 +73,12 @@ def count_listing(counts: dict, prefix: str = "", limit: int = _MAX_LISTED) -> s
     return shown
 
 
+def absent(items: Sequence, reference) -> list:
+    """The ``items`` not in ``reference``, in their order (labels compared with their type)."""
+    known = set(reference)
+    return [item for item in items if item not in known]
+
+
 def duplicates(items: Sequence) -> list:
     seen: set = set()
     repeated: list = []
@@ -216,14 +222,13 @@ def client_codes(
     if repeated:
         raise DataError(f"clients: label(s) listed more than once: {listing(repeated)}")
     position = {label: k for k, label in enumerate(labels)}
-    extra = [u for u in found if u not in position]
+    extra = absent(found, position)
     if extra:
         raise DataError(
             f"client column {client_col!r} has label(s) not in clients=: {listing(extra)}; "
             "filter the data frame first (rows are never dropped silently)"
         )
-    present = set(found)
-    empty = [c for c in labels if c not in present]
+    empty = absent(labels, found)
     if empty:
         raise DataError(f"client(s) in clients= without rows in the data frame: {listing(empty)}")
     remap = np.array([position[u] for u in found], dtype=np.int64)

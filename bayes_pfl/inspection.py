@@ -269,13 +269,9 @@ def _local_arrays(dt: xr.DataTree, data, var: str) -> tuple[np.ndarray, np.ndarr
             # varying intercept and slopes: least squares on [1, x] per client
             for k in range(K):
                 x, y = _train_rows(data, k)
-                design = np.column_stack([np.ones(len(y)), x])
-                xtx = design.T @ design
-                if len(y) < n_el or np.linalg.matrix_rank(xtx) < n_el:
-                    continue  # not identified from this client alone: NaN
-                cov = np.linalg.inv(xtx)
-                mean[k] = cov @ design.T @ y
-                se[k] = sigma * np.sqrt(np.diag(cov))
+                fitted = _least_squares(np.column_stack([np.ones(len(y)), x]), y, sigma)
+                if fitted is not None:  # else not identified from this client alone: NaN
+                    mean[k], se[k] = fitted
             return mean, se, "least squares on [1, x], se from E[sigma_y]"
     raise NotImplementedError(
         f"no built-in no-pooling estimate of {var!r} for model {model or '(unnamed)'!r}: "
@@ -316,6 +312,17 @@ def _columns(x: np.ndarray, cols: list[int | None]) -> np.ndarray:
     return np.column_stack([np.ones(len(x)) if j is None else x[:, j] for j in cols])
 
 
+def _least_squares(design: np.ndarray, y: np.ndarray, sigma: float):
+    """``(coefficients, se)`` of ``y`` on ``design`` with noise sd ``sigma``; ``None`` where
+    the client's rows do not identify every coefficient."""
+    d = design.shape[1]
+    xtx = design.T @ design
+    if len(y) < d or np.linalg.matrix_rank(xtx) < d:
+        return None
+    cov = np.linalg.inv(xtx)
+    return cov @ design.T @ y, sigma * np.sqrt(np.diag(cov))
+
+
 def _glm_least_squares(post, data, varying, shared, beta):
     """No-pooling estimates of a normal GLM's varying coefficients, term by term."""
     sigma = float(_posterior_mean(post, "sigma_y"))
@@ -325,13 +332,9 @@ def _glm_least_squares(post, data, varying, shared, beta):
         x, y = _train_rows(data, k)
         if shared:
             y = y - _columns(x, shared) @ beta
-        design = _columns(x, varying)
-        xtx = design.T @ design
-        if len(y) < d or np.linalg.matrix_rank(xtx) < d:
-            continue  # not identified from this client alone: NaN
-        cov = np.linalg.inv(xtx)
-        mean[k] = cov @ design.T @ y
-        se[k] = sigma * np.sqrt(np.diag(cov))
+        fitted = _least_squares(_columns(x, varying), y, sigma)
+        if fitted is not None:  # else not identified from this client alone: NaN
+            mean[k], se[k] = fitted
     how = "least squares on the varying terms' columns"
     if shared:
         how += " of y - (common terms) @ E[beta]"

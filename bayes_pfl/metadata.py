@@ -39,7 +39,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from bayes_pfl._preprocess import DataError, listing, readonly
+from bayes_pfl._preprocess import DataError, absent, listing, readonly
 
 __all__ = ["ClientMetadata", "MetadataColumn", "MetadataEncoding", "metadata_table"]
 
@@ -250,16 +250,14 @@ def metadata_table(
     repeated = sorted({c for c in labels if labels.count(c) > 1}, key=str)
     if repeated:
         raise DataError(f"metadata: client(s) with more than one row: {listing(repeated)}")
-    known = set(clients)
-    unknown = [c for c in labels if c not in known]
+    unknown = absent(labels, clients)
     if unknown:
         raise DataError(
             f"metadata: client(s) {listing(unknown)} are not in the federation "
             f"({listing(list(clients), limit=5)}); drop their rows (labels are compared "
             "with their type: 1 and '1' differ)"
         )
-    present = set(labels)
-    lacking = [c for c in clients if c not in present]
+    lacking = absent(clients, labels)
     if lacking:
         raise DataError(f"metadata: no row for client(s) {listing(lacking)}")
     return table.loc[list(clients)]

@@ -268,25 +268,38 @@ def personalize(
     """
     mh_steps = check_steps("mh_steps", mh_steps)
     newton_iter = check_steps("newton_iter", newton_iter)
-    s = u_draws.shape[0]
+
+    def call(batch, keys, z, arrays):
+        kernel = _personalize_kernel(model, mh_steps, newton_iter, batch)
+        return kernel(keys, u_draws, z, *arrays)
+
+    return _by_client_buckets(
+        call, rng_key, model, data, covariates, u_draws.shape[0], batch_size=batch_size
+    )
+
+
+def _by_client_buckets(
+    call, rng_key, model, data, covariates, draws_per_row, *, batch_size, sites=()
+):
+    """``call(batch, keys, *sites, z, (x, y, mask))`` over the clients, one key each.
+
+    Clients are padded to fewer rows where sizes are ragged (simulation.row_buckets, one
+    compiled shape per bucket); every client keeps its own key, so the draws do not
+    depend on the grouping. Batches of clients (lax.map) keep one batch's work
+    (``draws_per_row`` x rows x features) around 2e7 numbers unless ``batch_size`` is given.
+    """
     x, y, mask = (jnp.asarray(a) for a in (data.x, data.y, data.mask))
     k = x.shape[0]
     keys = jax.random.split(rng_key, k)
-    # Clients are padded to fewer rows where sizes are ragged (simulation.row_buckets, one
-    # compiled shape per bucket); every client keeps its own key, so the draws do not
-    # depend on the grouping. Batches of clients (lax.map) keep one batch's
-    # rows-by-draws work around 2e7 numbers.
-
     z = _client_covariates(model, covariates, k)
 
-    def step(bucket_keys, bucket_z, arrays):
-        n_clients, rows = arrays[0].shape[:2]
-        per_client = s * rows * max(x.shape[2], 1)
+    def step(bucket_keys, *parts):
+        n_clients, rows = parts[-1][0].shape[:2]
+        per_client = draws_per_row * rows * max(x.shape[2], 1)
         bs = batch_size or int(max(1, min(n_clients, 2e7 // max(per_client, 1))))
-        kernel = _personalize_kernel(model, mh_steps, newton_iter, bs)
-        return kernel(bucket_keys, u_draws, bucket_z, *arrays)
+        return call(bs, bucket_keys, *parts)
 
-    return bucketed(step, bucket_parts((x, y, mask), mask), keys, (z,))
+    return bucketed(step, bucket_parts((x, y, mask), mask), keys, (*sites, z))
 
 
 def _client_covariates(model: HierarchicalModel, covariates, n_clients: int):
@@ -315,20 +328,15 @@ def personalize_effects(
     (``covariates [K, M]`` with client covariates).
     """
     mh_steps = check_steps("mh_steps", mh_steps)
-    s = u_draws.shape[0]
-    x, y, mask = (jnp.asarray(a) for a in (data.x, data.y, data.mask))
-    k = x.shape[0]
-    keys = jax.random.split(rng_key, k)
-    z = _client_covariates(model, covariates, k)
 
-    def step(bucket_keys, bucket_sites, bucket_z, arrays):
-        n_clients, rows = arrays[0].shape[:2]
-        per_client = s * (mh_steps + 1) * rows * max(x.shape[2], 1)
-        bs = batch_size or int(max(1, min(n_clients, 2e7 // max(per_client, 1))))
-        kernel = _effect_personalize_kernel(model, mh_steps, bs)
-        return kernel(bucket_keys, bucket_sites, bucket_z, u_draws, *arrays)
+    def call(batch, keys, client_sites, z, arrays):
+        kernel = _effect_personalize_kernel(model, mh_steps, batch)
+        return kernel(keys, client_sites, z, u_draws, *arrays)
 
-    return bucketed(step, bucket_parts((x, y, mask), mask), keys, (sites, z))
+    draws_per_row = u_draws.shape[0] * (mh_steps + 1)
+    return _by_client_buckets(
+        call, rng_key, model, data, covariates, draws_per_row, batch_size=batch_size, sites=(sites,)
+    )
 
 
 @functools.lru_cache(maxsize=16)
@@ -566,24 +574,10 @@ def readout(
         # family: the generic sampler below reads the exact client density)
         sites = state.ep.sites if isinstance(state, particles.ParticleServerState) else state.sites
         sites = sites if personal_sites is None else personal_sites
-        theta, acc = personalize_effects(
-            key_personal,
-            model,
-            sites,
-            u.reshape(c * s, p),
-            data.train,
-            mh_steps=mh_steps,
-            covariates=covariates,
-        )
+        draw = functools.partial(personalize_effects, key_personal, model, sites)
     else:
-        theta, acc = personalize(
-            key_personal,
-            model,
-            u.reshape(c * s, p),
-            data.train,
-            mh_steps=mh_steps,
-            covariates=covariates,
-        )
+        draw = functools.partial(personalize, key_personal, model)
+    theta, acc = draw(u.reshape(c * s, p), data.train, mh_steps=mh_steps, covariates=covariates)
     theta = jax.block_until_ready(theta)  # JAX is asynchronous: time the work, not its dispatch
     t_personal = time.perf_counter() - t0
     log.info("personalization took %.1f s", t_personal)

@@ -299,6 +299,16 @@ def run_cases(stem: str, names, order, meta: dict, run_fn, markdown_fn) -> int:
     return 0
 
 
+def add_selection(parser, flag: str, names, help: str | None = None) -> None:
+    """A command-line ``flag`` taking some of ``names``, or ``all`` (the default)."""
+    parser.add_argument(flag, nargs="+", choices=[*names, "all"], default=["all"], help=help)
+
+
+def selected(names, picked: list[str]) -> list:
+    """The ``names`` picked with :func:`add_selection`'s flag, in the order of ``names``."""
+    return list(names) if "all" in picked else [n for n in names if n in picked]
+
+
 def md_table(header: list[str], rows: list[list[Any]]) -> str:
     """A GitHub markdown table."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]

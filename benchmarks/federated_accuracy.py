@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from _common import (
+    add_selection,
     compare,
     global_figures,
     last_round_figures,
@@ -46,6 +47,7 @@ from _common import (
     run_cases,
     sd_range_text,
     sd_verdict,
+    selected,
 )
 
 from bayes_pfl import FederatedData, fit_nuts, load
@@ -489,11 +491,10 @@ def _quadrature_markdown(q: dict) -> list[str]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
+    add_selection(
+        parser,
         "--case",
-        nargs="+",
-        choices=[*CASES, "all"],
-        default=["all"],
+        CASES,
         help="cases to run; their results replace those of the same cases in the output",
     )
     parser.add_argument("--quick", action="store_true", help="short chains (smoke run)")
@@ -512,7 +513,7 @@ def main(argv=None) -> int:
     if args.report_only:
         print(rewrite_report(stem, markdown))
         return 0
-    names = list(CASES) if "all" in args.case else [c for c in CASES if c in args.case]
+    names = selected(CASES, args.case)
     meta = {"machine": machine(), "seed": SEED, "sd_range": SD_RANGE, "quick": args.quick}
 
     def run(name: str, previous: dict | None) -> dict:

@@ -386,8 +386,7 @@ def _markdown(results: dict) -> str:
                 continue
 
             def f(key, fmt="{:.2f}", r=r):
-                v = r.get(key)
-                return "" if v is None else fmt.format(v)
+                return _cell(r, key, fmt)
 
             peak = r.get("mem_used_peak_mb")
             mif = r.get("max_in_flight")
@@ -424,13 +423,24 @@ def _markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _cell(r: dict, key: str, fmt: str = "{:.2f}") -> str:
+    """A table cell: ``r[key]`` formatted, empty where the run did not measure it."""
+    v = r.get(key)
+    return "" if v is None else fmt.format(v)
+
+
+def _deployment_runs(results: dict, measured: str):
+    """``(clients, record)`` of each deployment run without an error that has ``measured``."""
+    for k, by_runtime in results["runs"].items():
+        r = by_runtime.get("flower-deployment")
+        if r is not None and "error" not in r and r.get(measured) is not None:
+            yield k, r
+
+
 def _cpu_table(results: dict) -> list[str]:
     """Where a deployment round's CPU went, by process, and the machine's total."""
     rows = []
-    for k, by_runtime in results["runs"].items():
-        r = by_runtime.get("flower-deployment")
-        if r is None or "error" in r or r.get("cpu_machine_s") is None:
-            continue
+    for k, r in _deployment_runs(results, "cpu_machine_s"):
         cpus = results["machine"]["cpu_count"]
         interval = statistics.median(x["interval_s"] for x in r["cpu_per_round"])
         cells = [
@@ -464,14 +474,10 @@ def _cpu_table(results: dict) -> list[str]:
 def _breakdown_table(results: dict) -> list[str]:
     """Deployment rounds broken down: one message's round trip = process start + handler + waiting."""
     rows = []
-    for k, by_runtime in results["runs"].items():
-        r = by_runtime.get("flower-deployment")
-        if r is None or "error" in r or r.get("client_round_trip_s") is None:
-            continue
+    for k, r in _deployment_runs(results, "client_round_trip_s"):
 
         def f(key, fmt="{:.2f}", r=r):
-            v = r.get(key)
-            return "" if v is None else fmt.format(v)
+            return _cell(r, key, fmt)
 
         mif = r.get("max_in_flight")
         rows.append(

@@ -30,7 +30,15 @@ import time
 from typing import Any
 
 import numpy as np
-from _common import RESULTS, jsonable, machine, reference_stats, save_stats
+from _common import (
+    RESULTS,
+    add_selection,
+    jsonable,
+    machine,
+    reference_stats,
+    save_stats,
+    selected,
+)
 from cases import CASES, REFERENCE
 
 from bayes_pfl import fit_nuts
@@ -168,11 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     """Command line entry point; returns 1 if a reference is not clean."""
     with_reference = [c for c in CASES if REFERENCE.get(c) is not None]
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
+    add_selection(
+        parser,
         "--case",
-        nargs="+",
-        choices=[*with_reference, "all"],
-        default=["all"],
+        with_reference,
         help="cases to run (default: every case with reference settings)",
     )
     parser.add_argument(
@@ -183,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         help="try other fit_nuts settings (e.g. target_accept_prob=0.99); writes nothing",
     )
     args = parser.parse_args(argv)
-    names = with_reference if "all" in args.case else [c for c in with_reference if c in args.case]
+    names = selected(with_reference, args.case)
     overrides = _parse_overrides(args.set)
     records = [run_case(name, overrides, write=not overrides) for name in names]
     print("\ncase           time (s)  div  max R-hat  min ESS  clean")

@@ -32,6 +32,7 @@ import traceback
 from pathlib import Path
 
 from _common import (
+    add_selection,
     compare,
     global_figures,
     last_round_figures,
@@ -40,6 +41,7 @@ from _common import (
     rewrite_report,
     run_cases,
     save_stats,
+    selected,
     write_results,
 )
 from federated_accuracy import (
@@ -148,8 +150,8 @@ def vi_markdown(results: dict, meta: dict, quick: bool) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--case", nargs="+", choices=[*CASES, "all"], default=["all"])
-    parser.add_argument("--method", nargs="+", choices=[*METHODS, "all"], default=["all"])
+    add_selection(parser, "--case", CASES)
+    add_selection(parser, "--method", METHODS)
     parser.add_argument("--quick", action="store_true", help="short chains (smoke run)")
     parser.add_argument("--cache", type=Path, default=None, help="reference statistics cache")
     parser.add_argument("--report-only", action="store_true", help="rewrite the .md only")
@@ -180,10 +182,8 @@ def main(argv=None) -> int:
     if args.report_only:
         print(rewrite_report(stem, vi_markdown))
         return 0
-    names = list(CASES) if "all" in args.case else [c for c in CASES if c in args.case]
-    methods = (
-        METHODS if "all" in args.method else {m: METHODS[m] for m in METHODS if m in args.method}
-    )
+    names = selected(CASES, args.case)
+    methods = {m: METHODS[m] for m in selected(METHODS, args.method)}
     meta = {"machine": machine(), "seed": SEED, "sd_range": SD_RANGE, "quick": args.quick}
 
     def run(name: str, previous: dict | None) -> dict:

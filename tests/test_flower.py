@@ -182,6 +182,19 @@ def _grid(run_config, n, **kw):
     return FakeGrid(client_app(), [{"partition-id": i} for i in range(n)], run_config, **kw)
 
 
+def _discovered(run_config, n=5, **kw):
+    """A fresh grid of ``n`` nodes (see :class:`FakeGrid` for ``kw``) and its federation."""
+    grid = _grid(run_config, n, **kw)
+    return grid, discover(grid, n_clients=n, node_wait_s=5, timeout_s=5)
+
+
+def _in_process(phase, data, *, rounds, **kw):
+    """The in-process driver's run of ``phase`` over the training rows (the reference)."""
+    return run_rounds(
+        phase.algorithm, data.train, rounds=rounds, labels=data.clients, progress=False, **kw
+    )
+
+
 def _assert_same_states(flower_state, in_process_state):
     """Every leaf of the Flower server's state equals the in-process driver's (last bits)."""
     pairs = zip(jax.tree.leaves(flower_state), jax.tree.leaves(in_process_state), strict=True)
@@ -200,8 +213,7 @@ def test_faults_left_out_like_in_process_nonparticipants(small, caplog, node_lik
             rec[".site.shift"] = records.Array(np.full(rec[".site.shift"].shape, np.nan))
         return reply
 
-    grid = _grid(run_config, 5, silent={1004}, tamper=tamper)
-    federation = discover(grid, n_clients=5, node_wait_s=5, timeout_s=5)
+    grid, federation = _discovered(run_config, silent={1004}, tamper=tamper)
     (phase,) = build_phases(settings)
     with caplog.at_level(logging.INFO, logger="bayes_pfl.flower"):
         res = run_server(
@@ -213,15 +225,7 @@ def test_faults_left_out_like_in_process_nonparticipants(small, caplog, node_lik
         assert h["rejected"] == ["c002"] and h["no_reply"] == ["c004"]
         assert HISTORY_KEYS <= set(h)
     participating = np.array([True, True, False, True, False])
-    ref = run_rounds(
-        phase.algorithm,
-        data.train,
-        rounds=3,
-        labels=data.clients,
-        participating=participating,
-        stop_when_converged=False,
-        progress=False,
-    )
+    ref = _in_process(phase, data, rounds=3, participating=participating, stop_when_converged=False)
     assert set(ref.history[0]) <= set(res.history[0])
     _assert_same_states(res.server_state, ref.server_state)
     # the left-out clients keep their initial (flat) sites
@@ -241,8 +245,7 @@ def test_nodes_pad_rows_like_the_in_process_row_buckets(small, tmp_path, node_li
     data = FederatedData.from_pandas(
         fed.data, client_col="client", target="y", features=["x0"], seed=0
     )
-    grid = _grid(config, 5)
-    federation = discover(grid, n_clients=5, node_wait_s=5, timeout_s=5)
+    grid, federation = _discovered(config)
     buckets = row_buckets(data.train.mask)
     assert len(buckets) == 2  # [40 rows], [the four small clients, 10 rows]
     expected = np.zeros(5, int)
@@ -253,14 +256,7 @@ def test_nodes_pad_rows_like_the_in_process_row_buckets(small, tmp_path, node_li
     (phase,) = build_phases(settings)  # the small federation's model: the same algorithm
     assert phase.bucket_rows
     res = run_server(grid, phase.algorithm, federation, rounds=1, timeout_s=30, bucket_rows=True)
-    ref = run_rounds(
-        phase.algorithm,
-        data.train,
-        rounds=1,
-        labels=data.clients,
-        progress=False,
-        bucket_rows=True,
-    )
+    ref = _in_process(phase, data, rounds=1, bucket_rows=True)
     _assert_same_states(res.server_state, ref.server_state)
 
 
@@ -276,20 +272,12 @@ def test_baseline_runs_over_flower_like_in_process(small, tmp_path):
     options = {"mu": 0.1, "lr": 0.1}
     config = {**run_config, "method": "fedprox", "method-options": json.dumps(options)}
     settings = FlowerSettings.from_run_config(config)
-    grid = _grid(config, 5)
-    federation = discover(grid, n_clients=5, node_wait_s=5, timeout_s=5)
+    grid, federation = _discovered(config)
     (phase,) = build_phases(settings)
     res = run_server(
         grid, phase.algorithm, federation, rounds=3, timeout_s=5, stop_when_converged=False
     )
-    ref = run_rounds(
-        phase.algorithm,
-        data.train,
-        rounds=3,
-        labels=data.clients,
-        stop_when_converged=False,
-        progress=False,
-    )
+    ref = _in_process(phase, data, rounds=3, stop_when_converged=False)
     _assert_same_states(res.server_state, ref.server_state)
     # the same functions fit_baseline drives: same global model after 3 rounds
     fit = fit_baseline("fedprox", data, family="normal", rounds=3, seed=0, **options)
@@ -320,8 +308,7 @@ def test_checkpoint_resume_continues_the_run(small, tmp_path, node_like_steps):
     ckpt = tmp_path / "ckpt"
 
     def run(rounds, resume):
-        grid = _grid(run_config, 5)  # a new grid: nodes have no state, like a new run
-        federation = discover(grid, n_clients=5, node_wait_s=5, timeout_s=5)
+        grid, federation = _discovered(run_config)  # a new grid: nodes have no state
         return run_server(
             grid,
             phase.algorithm,
@@ -337,14 +324,7 @@ def test_checkpoint_resume_continues_the_run(small, tmp_path, node_like_steps):
     resumed = run(3, True)
     assert [h["round"] for h in resumed.history] == [1, 2, 3]
     assert resumed.history[:2] == json.loads(json.dumps(first.history))
-    ref = run_rounds(
-        phase.algorithm,
-        data.train,
-        rounds=3,
-        labels=data.clients,
-        stop_when_converged=False,
-        progress=False,
-    )
+    ref = _in_process(phase, data, rounds=3, stop_when_converged=False)
     # resumed clients restart their Newton solver from client_init: same answer to its tolerance
     np.testing.assert_allclose(resumed.server_state.mode, ref.server_state.mode, atol=1e-6)
 
@@ -384,21 +364,26 @@ def one_shot_reference(settings, data):
     )
 
 
+def _assert_folder_posterior(folder, ref):
+    """The result folder's posterior equals ``ref``'s draws; returns its run record."""
+    from bayes_pfl.results import load_posterior
+
+    post = load_posterior(folder / "posterior.nc").posterior
+    for name, v in {**ref.phi, **ref.theta}.items():
+        np.testing.assert_allclose(post[name].values, v, rtol=1e-6, atol=1e-9, err_msg=name)
+    return json.loads((folder / "run.json").read_text())
+
+
 def test_one_shot_end_to_end_equals_fit_one_shot(small, tmp_path):
     """The ServerApp's whole path (describe, one round, global draws, personalization on the
     nodes, result folder) gives fit_one_shot's posteriors."""
-    from bayes_pfl.results import load_posterior
-
     _, run_config, data = small
     run_config = one_shot_config(run_config, out=str(tmp_path / "fit"))
     settings = FlowerSettings.from_run_config(run_config)
     result = run_from_settings(_grid(run_config, 5), settings)
     ref = one_shot_reference(settings, data)
     assert result.clients == ref.clients and result.method == "one-shot"
-    post = load_posterior(tmp_path / "fit" / "posterior.nc").posterior
-    for name, v in {**ref.phi, **ref.theta}.items():
-        np.testing.assert_allclose(post[name].values, v, rtol=1e-6, atol=1e-9, err_msg=name)
-    run = json.loads((tmp_path / "fit" / "run.json").read_text())
+    run = _assert_folder_posterior(tmp_path / "fit", ref)
     assert run["method"] == "one-shot" and run["runtime"] == "flower" and run["rounds"] == 1
 
 
@@ -406,18 +391,13 @@ def test_one_shot_over_effects_end_to_end_equals_fit_one_shot(small, tmp_path, n
     """The default format (sites over client effects) through the ServerApp's whole path: each
     node personalizes from its own site; fit_one_shot's posteriors when its client step runs
     as the nodes' (``node_like_steps``)."""
-    from bayes_pfl.results import load_posterior
-
     _, run_config, data = small
     run_config = one_shot_config(run_config, sites="effects", out=str(tmp_path / "fit"))
     settings = FlowerSettings.from_run_config(run_config)
     result = run_from_settings(_grid(run_config, 5), settings)
     ref = one_shot_reference(settings, data)
     assert result.clients == ref.clients and result.history[0]["sites"] == "effects"
-    post = load_posterior(tmp_path / "fit" / "posterior.nc").posterior
-    for name, v in {**ref.phi, **ref.theta}.items():
-        np.testing.assert_allclose(post[name].values, v, rtol=1e-6, atol=1e-9, err_msg=name)
-    run = json.loads((tmp_path / "fit" / "run.json").read_text())
+    run = _assert_folder_posterior(tmp_path / "fit", ref)
     assert run["runtime"] == "flower" and run["min_personalize_acceptance"] > 0.5
 
 
@@ -470,19 +450,15 @@ def _heart_reference(settings, data, *, rounds, participation=None):
     (phase,) = build_phases(settings)
     model = settings.hierarchical_model
     if participation is None:
-        out = run_rounds(
-            phase.algorithm, data.train, rounds=rounds, labels=data.clients, progress=False
-        )
+        out = _in_process(phase, data, rounds=rounds)
     else:
         out = None
         for mask in participation:  # EP-Laplace uses no random keys in its rounds
-            out = run_rounds(
-                phase.algorithm,
-                data.train,
+            out = _in_process(
+                phase,
+                data,
                 rounds=1,
-                labels=data.clients,
                 participating=mask,
-                progress=False,
                 init=None if out is None else (out.server_state, out.client_states),
             )
     state = out.server_state

@@ -173,27 +173,23 @@ def test_exchange_keeps_at_most_max_in_flight_messages_out(small):  # noqa: F811
     grid = _CountingGrid(client_app(), [{"partition-id": i} for i in range(5)], run_config)
     content = RecordDict({"config": ConfigRecord({"want-stats": False})})
     nodes = grid.get_node_ids()
-    replies, failures = exchange(
-        grid,
-        {n: content for n in nodes},
-        message_type="query.describe",
-        group_id="d",
-        timeout_s=30,
-        poll_interval_s=0.001,
-        max_in_flight=2,
-    )
+
+    def describe(**kw):
+        return exchange(
+            grid,
+            {n: content for n in nodes},
+            message_type="query.describe",
+            group_id="d",
+            timeout_s=30,
+            poll_interval_s=0.001,
+            **kw,
+        )
+
+    replies, failures = describe(max_in_flight=2)
     assert not failures and sorted(replies) == sorted(nodes)
     assert grid.batches == [2, 2, 1]
     timings = {}
-    exchange(
-        grid,
-        {n: content for n in nodes},
-        message_type="query.describe",
-        group_id="d",
-        timeout_s=30,
-        poll_interval_s=0.001,
-        timings=timings,
-    )
+    describe(timings=timings)
     trips = timings["round_trip_s"]
     assert sorted(trips) == sorted(nodes) and all(0 <= t < 30 for t in trips.values())
     assert 0 <= timings["push_s"] <= max(trips.values())

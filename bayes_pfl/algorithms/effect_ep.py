@@ -154,16 +154,22 @@ def server_density(
     with_covariates = _has_covariates(pop, covariates)
 
     def logp(u_phi):
-        m, root = pop.moments(u_phi)
-        if with_covariates:
-            m = pop.client_means(u_phi, covariates)  # [K, E]
-        u_s = u_phi[pop.shared_index]
+        m, root, u_s = _population_at(pop, u_phi, covariates if with_covariates else None)
         out = log_hyperprior(u_phi) + jnp.sum(pop.log_z_at(m, root, u_s, sites, shared_terms=False))
         if pop.q_dim:
             out = out - 0.5 * u_s @ (p_ss @ u_s) + s_s @ u_s
         return out
 
     return logp
+
+
+def _population_at(pop: Population, u: Array, covariates: Array | None):
+    """``(m, root, u_s)`` at a global draw ``u``: the population's mean (each client's,
+    ``[K, E]``, given ``covariates``), its covariance root and the shared parameters."""
+    m, root = pop.moments(u)
+    if covariates is not None:
+        m = pop.client_means(u, covariates)  # [K, E]
+    return m, root, u[pop.shared_index]
 
 
 def _has_covariates(pop: Population, covariates) -> bool:
@@ -320,10 +326,7 @@ def cavities(pop: Population, draws: Array, sites: GaussianFactor, covariates: A
     with_covariates = _has_covariates(pop, covariates)
 
     def per_draw(u):
-        m, root = pop.moments(u)
-        if with_covariates:
-            m = pop.client_means(u, covariates)  # [K, E]
-        u_s = u[pop.shared_index]
+        m, root, u_s = _population_at(pop, u, covariates if with_covariates else None)
         # a Student-t population's predictive covariance is C E[1/λ] (pop.cov_factor)
         return m, pop.cov_factor * (root @ root.T), u_s, pop.log_z_at(m, root, u_s, sites)
 

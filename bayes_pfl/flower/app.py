@@ -122,10 +122,8 @@ def run_from_settings(grid: Grid, settings: FlowerSettings, *, run_id: int = 0):
         grid,
         n_clients=settings.num_clients,
         node_wait_s=settings.node_wait_s,
-        timeout_s=settings.round_timeout_s,
-        poll_interval_s=settings.poll_interval_s,
-        max_in_flight=settings.max_in_flight,
         standardize=settings.standardize_features,
+        **settings.messaging,
     )
     log.info(
         "federation: %s", dict(zip(federation.labels, federation.n_rows.tolist(), strict=True))
@@ -140,9 +138,6 @@ def run_from_settings(grid: Grid, settings: FlowerSettings, *, run_id: int = 0):
             federation,
             rounds=phase.rounds,
             seed=settings.seed,
-            timeout_s=settings.round_timeout_s,
-            poll_interval_s=settings.poll_interval_s,
-            max_in_flight=settings.max_in_flight,
             init_server_state=state if phase.warm_start else None,
             fresh_clients=not phase.warm_start,
             accepted=accepted if phase.warm_start else None,
@@ -150,6 +145,7 @@ def run_from_settings(grid: Grid, settings: FlowerSettings, *, run_id: int = 0):
             resume=settings.resume,
             phase=f"{i}:{phase.algorithm.name}",
             bucket_rows=phase.bucket_rows,
+            **settings.messaging,
         )
         state, converged, accepted = res.server_state, res.converged, res.accepted
         tag = dict(phase.tag)
@@ -172,9 +168,7 @@ def run_from_settings(grid: Grid, settings: FlowerSettings, *, run_id: int = 0):
         num_samples=settings.num_samples,
         t_start=t_start,
         settings=settings.settings_record(),
-        timeout_s=settings.round_timeout_s,
-        poll_interval_s=settings.poll_interval_s,
-        max_in_flight=settings.max_in_flight,
+        **settings.messaging,
         private=None
         if not settings.dp_epsilon
         else {"algorithm": local_site_algorithm(settings), "dp_epsilon": settings.dp_epsilon},

@@ -422,6 +422,17 @@ class FlowerSettings:
             return out
         return {"rounds": self.rounds, "method_options": self.method_options}
 
+    @property
+    def messaging(self) -> dict[str, Any]:
+        """How the server exchanges messages with the nodes: the keywords ``timeout_s``,
+        ``poll_interval_s`` and ``max_in_flight`` of ``discover``, ``run_server`` and
+        ``finish``."""
+        return {
+            "timeout_s": self.round_timeout_s,
+            "poll_interval_s": self.poll_interval_s,
+            "max_in_flight": self.max_in_flight,
+        }
+
     def out_dir(self, run_id: int) -> Path:
         if self.out:
             return Path(self.out).expanduser().resolve()

@@ -241,24 +241,19 @@ def plot_shrinkage(
             xytext=(0.0, row.local),
             arrowprops={"arrowstyle": "->", "color": "0.35", "lw": 0.8, "alpha": alpha},
         )
-    axis.scatter(
-        np.zeros(n_clients),
-        df["local"],
-        s=df["marker_size"],
-        color="C3",
-        alpha=alpha,
-        label="local (no pooling)",
-        zorder=3,
-    )
-    axis.scatter(
-        np.ones(n_clients),
-        df["personal"],
-        s=df["marker_size"],
-        color="C0",
-        alpha=alpha,
-        label="personalized (partial pooling)",
-        zorder=3,
-    )
+    for x, column, color, label in (
+        (0.0, "local", "C3", "local (no pooling)"),
+        (1.0, "personal", "C0", "personalized (partial pooling)"),
+    ):
+        axis.scatter(
+            np.full(n_clients, x),
+            df[column],
+            s=df["marker_size"],
+            color=color,
+            alpha=alpha,
+            label=label,
+            zorder=3,
+        )
     axis.axhline(pooled_line, ls="--", color="k", lw=1, label="population mean")
     if n_clients <= _MAX_LABELLED:  # named at the local end, where estimates spread most
         for row in df.itertuples(index=False):
