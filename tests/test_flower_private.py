@@ -16,7 +16,7 @@ from bayes_pfl.flower.config import FlowerSettings  # noqa: E402
 from bayes_pfl.flower.private import round_key  # noqa: E402
 from bayes_pfl.privacy import DPBudget  # noqa: E402
 from bayes_pfl.results import load_posterior  # noqa: E402
-from tests.test_flower import FakeGrid, node_like_steps, small  # noqa: E402, F401
+from tests.test_flower import FakeGrid, jax_cache, node_like_steps, small  # noqa: E402, F401
 
 EPS = 2.0
 
@@ -134,3 +134,71 @@ def test_a_node_requiring_privacy_refuses_a_run_without_it(small, tmp_path):  # 
         check_node_privacy(settings, node)  # a budget within the node's limit passes
     with pytest.raises(ValueError, match="epsilon <= 2"):
         check_node_privacy(FlowerSettings.from_run_config({**rc, "dp-epsilon": 4.0}), ok[0])
+
+
+@pytest.mark.slow
+def test_flower_simulation_private_run(tmp_path, jax_cache):  # noqa: F811
+    """``flwr run`` (simulation runtime) of a DP EP fit: nodes draw their own secrets, so the
+    noise differs from the in-process fit's; the spend is the same, every global parameter
+    agrees with the in-process DP fit within its noise (|z| <= 4 of the two posteriors), the
+    server's folder holds no client draws and each node wrote its own posterior."""
+    import glob
+
+    from bayes_pfl.data import FederatedData
+    from bayes_pfl.flower.launch import LocalFederation
+    from bayes_pfl.synthetic import make_federation
+    from tests.test_flower import APP_DIR, _check_result
+
+    fed_data = make_federation(
+        family="bernoulli", n_clients=4, n_features=2, median_size=150, seed=5
+    ).data
+    csv = tmp_path / "fed.csv"
+    fed_data.to_csv(csv, index=False)
+    out = tmp_path / "fit"
+    run_config = {
+        "data": str(csv),
+        "client-col": "client",
+        "target": "y",
+        "features": "x0,x1",
+        "model": "logistic",
+        "standardize": False,
+        "rounds": 4,
+        "dp-epsilon": 4.0,
+        "num-chains": 2,
+        "num-samples": 500,
+        "out": str(out),
+        "jax-cache-dir": jax_cache,
+    }
+    home = tmp_path / "flwr-home"
+    with LocalFederation(home, simulation=True) as fed:
+        run_id = fed.run(APP_DIR, run_config, num_supernodes=4)
+        status = fed.wait(run_id, timeout_s=600)
+    run = _check_result(out)
+    assert status == "finished:completed", status
+    assert run["personalized_on"] == "nodes" and run["left_out"] == {}
+    settings = FlowerSettings.from_run_config(run_config)
+    data = FederatedData.from_pandas(
+        fed_data, client_col="client", target="y", features=["x0", "x1"], seed=0
+    )
+    ref = fit_ep(
+        settings.hierarchical_model,
+        data,
+        rounds=4,
+        dp=DPBudget(4.0),
+        num_chains=2,
+        num_samples=500,
+        progress=False,
+    )
+    assert run["privacy"]["spent"] == ref.info["privacy"]["spent"]
+    post = load_posterior(out / "posterior.nc").posterior
+    assert not set(ref.theta) & set(post.data_vars)
+    for name, v in ref.phi.items():
+        a = post[name].values.reshape(-1, *v.shape[2:])
+        b = v.reshape(-1, *v.shape[2:])
+        z = np.abs(a.mean(0) - b.mean(0)) / np.sqrt(a.var(0) + b.var(0))
+        assert np.all(z <= 4.0), (name, z)
+    own = sorted(glob.glob(str(home / "bayes-pfl-personal" / "run-*" / "*" / "posterior.nc")))
+    assert len(own) == 4, own
+    for path in own:
+        theta = load_posterior(path).posterior
+        assert theta.sizes["client"] == 1 and set(ref.theta) <= set(theta.data_vars)
