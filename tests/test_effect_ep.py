@@ -243,3 +243,22 @@ def test_server_density_sums_the_shared_blocks_once_with_the_same_value():
         m, root = pop.moments(u)
         slow = model.log_hyperprior(u) + jnp.sum(pop.log_z_at(m, root, u[pop.shared_index], sites))
         np.testing.assert_allclose(fast(u), slow, rtol=1e-12)
+
+
+def test_final_global_draws_compile_once_per_model_and_setting():
+    """A second fit's final chains reuse the first's compiled sampler (a new jit wrapper of
+    the hyperprior per call made every fit trace and compile them again)."""
+    from bayes_pfl import posterior
+
+    model = eight_schools()
+    data = _schools()
+    alg = effect_ep.build(model, damping=1.0, server_warmup=50, server_samples=50)
+    state = run_rounds(alg, data.train, rounds=1, labels=data.clients, progress=False)
+    state = state.server_state
+    settings = dict(num_chains=2, num_warmup=20, num_samples=30)
+    first, _ = posterior.effect_global_draws(jax.random.key(0), model, state, **settings)
+    before = posterior._effect_sampler.cache_info()
+    again, _ = posterior.effect_global_draws(jax.random.key(0), model, state, **settings)
+    after = posterior._effect_sampler.cache_info()
+    assert after.hits == before.hits + 1 and after.misses == before.misses
+    np.testing.assert_array_equal(first, again)
