@@ -1,0 +1,228 @@
+r"""Covariates modelled per client: missing values integrated out, measurement error corrected.
+
+One mechanism covers both. Feature ``j`` of a row has an *observed* value ``x̃_j`` with a
+known noise sd ``s_j`` (``s_j = 0``: exact; ``NaN``: not observed). Each client ``k`` has
+its own distribution of the true covariate, ``x_j ~ N(m_kj, sd_kj²)``, and
+``(m_kj, log sd_kj)`` are client effects, partially pooled by a Gaussian population like
+the regression coefficients (so every federated method's Gaussian site covers them, with no
+new message). A row's likelihood is
+
+.. math::
+
+    p(y, x̃ \mid θ_k) = \int p(y \mid x, θ_k)\, \prod_j N(x_j \mid m_{kj}, sd_{kj})\,
+        N(x̃_j \mid x_j, s_j)\, dx
+      = \underbrace{\prod_{j\ \mathrm{seen}} N(x̃_j \mid m_{kj}, \sqrt{sd_{kj}^2 + s_j^2})}
+        _{\texttt{"x_obs"}}\;
+        \underbrace{\int p(y \mid η)\, N(η \mid \bar η, v_η)\, dη}_{\texttt{"y"}} .
+
+Given ``x̃``, the true covariates are independent Gaussians (:func:`conditional`: the
+prior itself where a value is missing, the precision-weighted combination where it was
+measured with noise, the value itself where it is exact), and a GLM's linear predictor
+``η = a + Σ_j c_j x_j`` is then Gaussian with mean ``η̄`` and variance
+``v_η = Σ_j c_j² Var(x_j | x̃)``. So however many features of a row are missing or noisy,
+the integral is one-dimensional: closed form for a Normal outcome
+(``y ~ N(η̄, σ² + v_η)``), Gauss-Hermite quadrature with :data:`GH_NODES` nodes for the
+Bernoulli and Poisson outcomes (:class:`IntegratedOutcome`). Nothing is imputed: a client
+sends only its site over its effects.
+
+The likelihood has two observed sites: ``"y"`` is ``p(y | x̃, θ_k)`` (the outcome's
+conditional, what predictions and scores read) and ``"x_obs"`` is ``p(x̃ | θ_k)``
+(:class:`ObservedCovariates`); their sum is the row's likelihood. When nothing is missing
+and no noise is declared, ``"y"`` is the complete-data GLM's likelihood exactly and
+``"x_obs"`` depends on the covariate effects alone, so the regression coefficients'
+posterior is the complete-data one.
+
+:func:`bayes_pfl.models.hierarchical_glm` builds the models (``missing=``, ``noise_sd=``,
+``missing_effects=``); this module holds the row-level mathematics.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro.distributions as dist
+from jax.scipy.special import logsumexp
+from numpyro.distributions import constraints
+
+__all__ = [
+    "GH_NODES",
+    "IntegratedOutcome",
+    "ObservedCovariates",
+    "conditional",
+    "gauss_hermite",
+    "safe_sqrt",
+]
+
+GH_NODES = 32
+"""Gauss-Hermite nodes of :class:`IntegratedOutcome` (Bernoulli and Poisson outcomes),
+centred at the integrand's mode. Against adaptive quadrature (``scipy.integrate.quad``,
+means -3..3, Bernoulli ``y`` 0/1, Poisson ``y`` 0..30) the log-likelihood of a row is
+within 1e-10 where the linear predictor's sd given the observed values (``sqrt(v_η)``) is
+at most 1, 1e-7 at 1.5 and 1e-4 at 3 (the worst case: a Poisson zero, whose integrand is a
+smoothed step). Standardized features with unit slopes are in the first regime."""
+
+
+def gauss_hermite(n: int = GH_NODES) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes ``t`` and log weights for ``E f(Z) ≈ Σ_g w_g f(t_g)``, ``Z ~ N(0, 1)``."""
+    t, w = np.polynomial.hermite.hermgauss(n)
+    return np.sqrt(2.0) * t, np.log(w) - 0.5 * np.log(np.pi)
+
+
+def safe_sqrt(v):
+    """``sqrt(v)`` for ``v >= 0`` with a finite gradient at ``v = 0`` (where it is 0)."""
+    pos = v > 0
+    return jnp.where(pos, jnp.sqrt(jnp.where(pos, v, 1.0)), 0.0)
+
+
+def conditional(x_obs, missing, m, sd, noise_sd):
+    """The true covariates given the observed ones: ``E[x | x̃]`` and ``Var[x | x̃]``.
+
+    Parameters
+    ----------
+    x_obs : array ``[n, q]``
+        Observed values (any finite number where ``missing``).
+    missing : bool array ``[n, q]``
+        No observation.
+    m, sd : arrays ``[q]``
+        The client's covariate distribution ``x_j ~ N(m_j, sd_j²)``.
+    noise_sd : array ``[q]``
+        Known measurement-error sd (0: exact).
+
+    Returns
+    -------
+    mean, var : arrays ``[n, q]``
+        ``m, sd²`` where missing; ``x̃, 0`` where exact; the precision-weighted
+        combination ``((m s² + x̃ sd²) / (sd² + s²), sd² s² / (sd² + s²))`` where noisy.
+    """
+    v, s2 = sd**2, noise_sd**2
+    total = v + s2
+    mean = jnp.where(missing, m, (m * s2 + x_obs * v) / total)
+    var = jnp.where(missing, v, v * s2 / total)
+    return mean, var
+
+
+class IntegratedOutcome(dist.Distribution):
+    r"""``p(y) = ∫ p(y | η) N(η | eta_mean, eta_var) dη`` for a GLM outcome, one per row.
+
+    ``family`` ``"normal"``: ``N(y | eta_mean, sqrt(sigma² + eta_var))`` (exact);
+    ``"bernoulli"`` (logit link) and ``"poisson"`` (log link): Gauss-Hermite quadrature with
+    ``n_nodes`` nodes in ``η``. Where ``eta_var = 0`` it is the GLM's own likelihood (up to
+    the rounding of the weights' sum, below 1e-14). :meth:`sample` draws ``η`` and then
+    ``y``: the posterior predictive of a row with missing or noisy features.
+    """
+
+    arg_constraints = {"eta_mean": constraints.real, "eta_var": constraints.nonnegative}
+    pytree_aux_fields = ("family", "n_nodes")
+
+    def __init__(self, family, eta_mean, eta_var, sigma=None, *, n_nodes=GH_NODES):
+        self.family, self.n_nodes = family, n_nodes
+        self.eta_mean, self.eta_var = jnp.broadcast_arrays(eta_mean, eta_var)
+        self.sigma = sigma
+        super().__init__(batch_shape=jnp.shape(self.eta_mean), validate_args=False)
+
+    @property
+    def support(self):
+        return {
+            "normal": constraints.real,
+            "bernoulli": constraints.boolean,
+            "poisson": constraints.nonnegative_integer,
+        }[self.family]
+
+    def _outcome(self, eta):
+        if self.family == "normal":
+            return dist.Normal(eta, self.sigma)
+        if self.family == "bernoulli":
+            return dist.Bernoulli(logits=eta)
+        return dist.Poisson(jnp.exp(eta))
+
+    def log_prob(self, value):
+        if self.family == "normal":
+            return dist.Normal(self.eta_mean, jnp.sqrt(self.sigma**2 + self.eta_var)).log_prob(
+                value
+            )
+        return _adaptive_gauss_hermite(
+            self.family, jnp.asarray(value), self.eta_mean, self.eta_var, self.n_nodes
+        )
+
+    def sample(self, key, sample_shape=()):
+        k_eta, k_y = jax.random.split(key)
+        shape = tuple(sample_shape) + self.batch_shape
+        eta = self.eta_mean + safe_sqrt(self.eta_var) * jax.random.normal(k_eta, shape)
+        return self._outcome(eta).sample(k_y)
+
+
+NEWTON_STEPS = 12
+"""Newton steps to the mode of ``p(y | η) N(η | η̄, v)`` that centres the quadrature."""
+
+
+def _cumulant(family, eta):
+    """``A(η), A'(η), A''(η)`` of the outcome (``log p(y | η) = y η - A(η) + const``)."""
+    if family == "bernoulli":
+        p = jax.nn.sigmoid(eta)
+        return jax.nn.softplus(eta), p, p * (1 - p)
+    e = jnp.exp(eta)
+    return e, e, e
+
+
+def _adaptive_gauss_hermite(family, y, mean, var, n_nodes):
+    r"""``log ∫ p(y | η) N(η | mean, var) dη``, Gauss-Hermite centred at the integrand's mode.
+
+    With the mode ``η*`` (Newton from a start between ``mean`` and the outcome's own
+    maximum) and the curvature scale ``s = (A''(η*) + 1/var)^{-1/2}``, the integral is
+    ``s Σ_g w_g f(η* + s z_g) / φ(z_g)`` for standard-Normal nodes ``z_g``, weights
+    ``w_g`` and ``f`` the integrand: exact for a Gaussian ``f`` and accurate when ``f`` is
+    close to one (Liu & Pierce 1994), where a rule around ``mean`` is not (a Poisson
+    outcome's ``e^η``). ``var = 0`` gives ``log p(y | mean)``.
+    """
+    pos = var > 0
+    v = jnp.where(pos, var, 1.0)
+    if family == "poisson":  # start near the precision-weighted mode of prior and outcome
+        w = y + 0.5
+        eta = (mean / v + w * jnp.log(w)) / (1 / v + w)
+    else:
+        eta = mean
+    for _ in range(NEWTON_STEPS):
+        _, a1, a2 = _cumulant(family, eta)
+        eta = eta + (y - a1 - (eta - mean) / v) / (a2 + 1 / v)
+    scale = 1 / jnp.sqrt(_cumulant(family, eta)[2] + 1 / v)
+    z, log_w = gauss_hermite(n_nodes)
+    nodes = eta[..., None] + scale[..., None] * z
+    log_f = dist.Normal(mean[..., None], jnp.sqrt(v)[..., None]).log_prob(
+        nodes
+    ) + _outcome_log_prob(family, nodes, y[..., None])
+    log_phi = -0.5 * z**2 - 0.5 * np.log(2 * np.pi)
+    adaptive = jnp.log(scale) + logsumexp(log_f + log_w - log_phi, axis=-1)
+    return jnp.where(pos, adaptive, _outcome_log_prob(family, mean, y))
+
+
+def _outcome_log_prob(family, eta, y):
+    if family == "bernoulli":
+        return dist.Bernoulli(logits=eta).log_prob(y)
+    return dist.Poisson(jnp.exp(eta)).log_prob(y)
+
+
+class ObservedCovariates(dist.Distribution):
+    """The observed covariates of each row, ``p(x̃ | θ_k)``: value ``[n, q]``, one term per row.
+
+    Missing entries (``missing``, any value there) contribute nothing.
+    """
+
+    arg_constraints = {"m": constraints.real_vector, "scale": constraints.positive}
+    support = constraints.real_vector
+
+    def __init__(self, m, scale, missing):
+        self.m, self.scale, self.missing = m, scale, missing
+        super().__init__(
+            batch_shape=jnp.shape(missing)[:-1],
+            event_shape=jnp.shape(missing)[-1:],
+            validate_args=False,
+        )
+
+    def log_prob(self, value):
+        lp = dist.Normal(self.m, self.scale).log_prob(jnp.where(self.missing, self.m, value))
+        return jnp.sum(jnp.where(self.missing, 0.0, lp), axis=-1)
+
+    def sample(self, key, sample_shape=()):
+        shape = tuple(sample_shape) + self.batch_shape + self.event_shape
+        return self.m + self.scale * jax.random.normal(key, shape)

@@ -1,0 +1,214 @@
+"""Covariates modelled per client (issue #18): missing values integrated out, measurement
+error, per-client outcome noise (``bayes_pfl.models.covariates`` and ``hierarchical_glm``)."""
+
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import integrate, stats
+from scipy.special import expit
+
+from bayes_pfl.models import hierarchical_glm
+from bayes_pfl.spec import ModelSpecError, isolated_trace
+
+B = np.array([0.3, -0.8, 1.2])  # intercept and two slopes
+M, LSD = np.array([0.5, -0.4]), np.log(np.array([1.1, 0.7]))  # eta sd <= 1: GH_NODES
+SIGMA = 0.9
+
+
+def _p_y(family, eta, y):
+    if family == "normal":
+        return stats.norm.pdf(y, eta, SIGMA)
+    if family == "bernoulli":
+        return expit(eta) if y == 1 else expit(-eta)
+    return stats.poisson.pmf(y, np.exp(eta))
+
+
+def _model(family, **kwargs):
+    return hierarchical_glm(family, 2, varying="slopes", **kwargs)
+
+
+def _row_loglik(model, x_row, y):
+    theta = {"b": jnp.asarray(B), "x_m": jnp.asarray(M), "x_lsd": jnp.asarray(LSD)}
+    phi = {"sigma_y": jnp.asarray(SIGMA)}
+    ll = model.pointwise_loglik_values(theta, phi, jnp.asarray([x_row]), jnp.asarray([y]))
+    return float(ll[0])
+
+
+@pytest.mark.parametrize("family,y", [("bernoulli", 1.0), ("normal", 0.7), ("poisson", 3.0)])
+def test_one_missing_value_equals_adaptive_quadrature(family, y):
+    model = _model(family, missing=["x0", "x1"])
+    sd = np.exp(LSD)
+    x1 = 0.25  # x0 missing, x1 observed exactly
+    lik, _ = integrate.quad(
+        lambda x0: _p_y(family, B[0] + B[1] * x0 + B[2] * x1, y) * stats.norm.pdf(x0, M[0], sd[0]),
+        M[0] - 12 * sd[0],
+        M[0] + 12 * sd[0],
+        epsabs=0,
+        epsrel=1e-13,
+    )
+    exact = np.log(lik) + stats.norm.logpdf(x1, M[1], sd[1])
+    assert _row_loglik(model, [np.nan, x1], y) == pytest.approx(exact, abs=1e-10)
+
+
+@pytest.mark.parametrize("family,y", [("bernoulli", 0.0), ("normal", -0.4)])
+def test_two_missing_values_equal_a_double_integral(family, y):
+    """Two missing features of one row: the 2-d integral is the 1-d one in eta."""
+    model = _model(family, missing=["x0", "x1"])
+    sd = np.exp(LSD)
+
+    def integrand(x1, x0):
+        eta = B[0] + B[1] * x0 + B[2] * x1
+        return (
+            _p_y(family, eta, y) * stats.norm.pdf(x0, M[0], sd[0]) * stats.norm.pdf(x1, M[1], sd[1])
+        )
+
+    lik, _ = integrate.dblquad(integrand, -12, 12, -12, 12, epsabs=0, epsrel=1e-12)
+    assert _row_loglik(model, [np.nan, np.nan], y) == pytest.approx(np.log(lik), abs=1e-9)
+
+
+@pytest.mark.parametrize("family,y", [("bernoulli", 1.0), ("normal", 1.5), ("poisson", 0.0)])
+def test_noisy_value_equals_errors_in_variables_integral(family, y):
+    """x1 measured with noise sd 0.6: p(y, x_obs) = ∫ p(y | x) N(x | m, sd) N(x_obs | x, s) dx."""
+    s, x0, x1_obs = 0.6, -0.3, 1.1
+    model = _model(family, noise_sd={"x1": s})
+    assert model.theta_space.names == ("b_raw", "x_raw")
+    sd1 = np.exp(LSD[1])
+    lik, _ = integrate.quad(
+        lambda x1: (
+            _p_y(family, B[0] + B[1] * x0 + B[2] * x1, y)
+            * stats.norm.pdf(x1, M[1], sd1)
+            * stats.norm.pdf(x1_obs, x1, s)
+        ),
+        x1_obs - 12 * s,
+        x1_obs + 12 * s,
+        epsabs=0,
+        epsrel=1e-13,
+    )
+    theta = {"b": jnp.asarray(B), "x_m": jnp.asarray(M[1:]), "x_lsd": jnp.asarray(LSD[1:])}
+    phi = {"sigma_y": jnp.asarray(SIGMA)}
+    ll = model.pointwise_loglik_values(theta, phi, jnp.asarray([[x0, x1_obs]]), jnp.asarray([y]))
+    assert float(ll[0]) == pytest.approx(np.log(lik), abs=1e-10)
+
+
+def _client(seed, n=25):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 2))
+    y = (rng.uniform(size=n) < expit(0.2 + x @ [1.0, -0.5])).astype(float)
+    return jnp.asarray(x), jnp.asarray(y), jnp.ones(n, bool)
+
+
+@pytest.mark.parametrize("options", [{"missing": ["x1"]}, {"noise_sd": {"x0": 0.0}}])
+@pytest.mark.parametrize("centered", [False, True])
+def test_a_complete_client_has_the_complete_data_posterior(options, centered):
+    """No value missing and no noise: the client's log joint is the complete-data GLM's plus
+    a term in the covariate effects alone, so the coefficients' posterior is the same."""
+    plain = hierarchical_glm("bernoulli", 2, varying="slopes", centered=centered)
+    model = hierarchical_glm("bernoulli", 2, varying="slopes", centered=centered, **options)
+    x, y, mask = _client(0)
+    rng = np.random.default_rng(1)
+    u_phi = jnp.asarray(rng.normal(size=model.phi_dim))
+    u_cov = jnp.asarray(rng.normal(size=model.theta_dim - plain.theta_dim))
+    gaps = []
+    for _ in range(3):
+        u_b = jnp.asarray(rng.normal(size=plain.theta_dim))
+        full = model.client_log_joint(jnp.concatenate([u_b, u_cov]), u_phi, x, y, mask)
+        ref = plain.client_log_joint(u_b, u_phi[: plain.phi_dim], x, y, mask)
+        gaps.append(float(full - ref))
+        # the outcome's own site is the complete-data likelihood
+        phi = model.phi_values(u_phi)
+        theta = model.theta_values(jnp.concatenate([u_b, u_cov]), phi)
+        tr = isolated_trace(model.likelihood, theta, phi, x, y)
+        ll_plain = plain.pointwise_loglik(u_b, u_phi[: plain.phi_dim], x, y)
+        np.testing.assert_allclose(tr["y"]["fn"].log_prob(y), ll_plain, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(gaps, gaps[0], rtol=0, atol=1e-10)
+    hyper_gap = [
+        float(model.log_hyperprior(u_phi.at[: plain.phi_dim].set(v)) - plain.log_hyperprior(v))
+        for v in rng.normal(size=(2, plain.phi_dim))
+    ]
+    assert hyper_gap[0] == pytest.approx(hyper_gap[1], abs=1e-12)
+
+
+def test_complete_data_glm_is_unchanged():
+    """Without missing= or noise_sd= the GLM is the one it was (sites and numbers)."""
+    model = hierarchical_glm("normal", 2, varying="slopes")
+    assert model.phi_space.names == ("mu", "tau", "sigma_y")
+    assert model.theta_space.names == ("b_raw",)
+    x, y, mask = _client(2)
+    u_theta = jnp.asarray([0.1, -0.2, 0.3])
+    u_phi = jnp.asarray([0.2, 0.5, -0.1, 0.0, -0.3, 0.1, 0.2])
+    b = np.array([0.2, 0.5, -0.1]) + np.exp([0.0, -0.3, 0.1]) * np.asarray(u_theta)
+    ref = stats.norm.logpdf(np.asarray(y), b[0] + np.asarray(x) @ b[1:], np.exp(0.2)).sum()
+    assert float(model.client_loglik(u_theta, u_phi, x, y, mask)) == pytest.approx(ref, abs=1e-10)
+
+
+def test_errors_name_what_is_wrong():
+    with pytest.raises(ModelSpecError, match="'age', which is not a feature"):
+        hierarchical_glm("normal", 2, noise_sd={"age": 0.5})
+    with pytest.raises(ModelSpecError, match="noise_sd must be finite and >= 0"):
+        hierarchical_glm("normal", 2, noise_sd={"x0": -1.0})
+    with pytest.raises(ModelSpecError, match="column 4 is not in"):
+        hierarchical_glm("normal", 2, missing=[4])
+    with pytest.raises(ModelSpecError, match="sigma_by_client needs family='normal'"):
+        hierarchical_glm("poisson", 2, sigma_by_client=True)
+    with pytest.raises(ModelSpecError, match="missing_effects=True needs"):
+        hierarchical_glm("bernoulli", 2, missing_effects=True)
+
+
+def test_missingness_effect_and_client_noise_enter_the_row_likelihood():
+    model = hierarchical_glm(
+        "normal", 1, varying="slopes", missing=["x0"], missing_effects=True, sigma_by_client=True
+    )
+    assert set(model.theta_space.names) == {"b_raw", "x_raw", "g_raw", "log_sigma_y_raw"}
+    theta = {
+        "b": jnp.asarray([0.1, 0.8]),
+        "x_m": jnp.asarray([0.4]),
+        "x_lsd": jnp.asarray([np.log(1.5)]),
+        "g": jnp.asarray([-0.7]),
+        "log_sigma_y": jnp.asarray(np.log(0.5)),
+    }
+    x, y = jnp.asarray([[np.nan], [0.2]]), jnp.asarray([1.0, -0.3])
+    ll = model.pointwise_loglik_values(theta, {}, x, y)
+    miss = stats.norm.logpdf(1.0, 0.1 + 0.8 * 0.4 - 0.7, np.hypot(0.5, 0.8 * 1.5))
+    seen = stats.norm.logpdf(-0.3, 0.1 + 0.8 * 0.2, 0.5) + stats.norm.logpdf(0.2, 0.4, 1.5)
+    np.testing.assert_allclose(ll, [miss, seen], rtol=1e-12)
+
+
+def federation_with_gaps(seed=0, k=8, n=60, frac=0.3, slope=1.0):
+    """Clients whose feature means differ (sd 1.5 between, 1 within), ``frac`` of the
+    feature missing completely at random, a Normal outcome with slope ``slope``."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for c in range(k):
+        m = 1.5 * rng.normal()
+        x = m + rng.normal(size=n)
+        y = 0.5 * rng.normal() + slope * x + 0.5 * rng.normal(size=n)
+        x[rng.uniform(size=n) < frac] = np.nan
+        rows.append(pd.DataFrame({"client": f"c{c}", "x": x, "y": y}))
+    return pd.concat(rows, ignore_index=True)
+
+
+def test_nuts_recovers_the_slope_where_mean_imputation_attenuates_it():
+    """30% of x missing at random, client means of x spread out: imputing the pooled mean
+    shrinks the slope by about 1 / (1 + 0.3 * 2.25 / 1) (the imputed rows' spread), the
+    model integrating the gaps recovers it. Seed 0: 1.013 (posterior sd 0.030) against
+    0.607 (sd 0.044) imputed; the bands (0.1 around the truth, 0.8 above the imputed
+    slope) are over 3 and 4 posterior sds wide."""
+    from bayes_pfl import FederatedData
+    from bayes_pfl.centralized import fit_nuts
+
+    df = federation_with_gaps(seed=0)
+    kw = dict(client_col="client", target="y", features=["x"])
+    data = FederatedData.from_pandas(df, missing="keep", **kw)
+    model = hierarchical_glm("normal", feature_names=["x"], missing=["x"])
+    fit = fit_nuts(model, data, num_chains=1, num_warmup=300, num_samples=300, progress_bar=False)
+    slope = float(np.mean(fit.phi["beta"][..., 0]))
+    imputed = df.assign(x=df["x"].fillna(df["x"].mean()))
+    data_imp = FederatedData.from_pandas(imputed, **kw)
+    plain = hierarchical_glm("normal", feature_names=["x"])
+    fit_imp = fit_nuts(
+        plain, data_imp, num_chains=1, num_warmup=300, num_samples=300, progress_bar=False
+    )
+    slope_imp = float(np.mean(fit_imp.phi["beta"][..., 0]))
+    assert abs(slope - 1.0) < 0.1
+    assert slope_imp < 0.8
