@@ -38,6 +38,8 @@ posterior is the complete-data one.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -45,12 +47,16 @@ import numpyro.distributions as dist
 from jax.scipy.special import logsumexp
 from numpyro.distributions import constraints
 
+from bayes_pfl.spec import ModelSpecError
+
 __all__ = [
     "GH_NODES",
     "IntegratedOutcome",
+    "LatentFeatures",
     "ObservedCovariates",
     "conditional",
     "gauss_hermite",
+    "latent_features",
     "safe_sqrt",
 ]
 
@@ -226,3 +232,132 @@ class ObservedCovariates(dist.Distribution):
     def sample(self, key, sample_shape=()):
         shape = tuple(sample_shape) + self.batch_shape + self.event_shape
         return self.m + self.scale * jax.random.normal(key, shape)
+
+
+@dataclass(frozen=True)
+class LatentFeatures:
+    """The features of a GLM with a modelled distribution (missing values, measurement
+    error), built by :func:`latent_features` from ``hierarchical_glm``'s arguments.
+
+    ``names`` (in column order) and their ``columns`` in ``x``, the known ``noise_sd`` of
+    each (0: exact), and the features with an effect of missingness (``effect_names``,
+    their ``effect_positions`` among ``names``).
+    """
+
+    names: tuple[str, ...]
+    columns: np.ndarray
+    noise_sd: np.ndarray
+    effect_names: tuple[str, ...]
+    effect_positions: np.ndarray
+
+    def coords(self, centered: bool) -> dict[str, tuple[str, ...]]:
+        out = {}
+        if self.names:
+            for site in ("x_m", "x_lsd", "x_mu", "x_tau", "x_lsd_mu", "x_lsd_tau"):
+                out[site] = self.names
+            if not centered:
+                out["x_raw"] = tuple(f"m:{f}" for f in self.names) + tuple(
+                    f"log_sd:{f}" for f in self.names
+                )
+        if self.effect_names:
+            labels = tuple(f"missing:{f}" for f in self.effect_names)
+            for site in ("g", "g_mu", "g_tau") + (() if centered else ("g_raw",)):
+                out[site] = labels
+        return out
+
+    def description(self) -> str:
+        noisy = [f"{f} (sd {s:g})" for f, s in zip(self.names, self.noise_sd, strict=True) if s]
+        out = ""
+        if len(self.names) > len(noisy):
+            out += ", missing values integrated out"
+        if noisy:
+            out += f", measurement error in {', '.join(noisy)}"
+        if self.effect_names:
+            out += f", effects of missingness of {', '.join(self.effect_names)}"
+        return out
+
+    def check_data(self, data) -> None:
+        """Raise :class:`~bayes_pfl.spec.ModelSpecError` for data the model cannot take:
+        missing values in a feature whose distribution is not modelled, or a modelled feature
+        missing in every training row of a client (its values there would be the
+        population's guess alone; allowed with an effect of missingness)."""
+        for split in ("train", "val", "test"):
+            if getattr(data, split, None) is None:
+                continue
+            arrays = data.arrays(split)
+            x = np.asarray(arrays.x, float)
+            real = np.asarray(arrays.mask, bool)
+            gaps = np.isnan(x) & real[..., None]
+            other = [j for j in range(x.shape[-1]) if j not in set(self.columns.tolist())]
+            bad = [j for j in other if gaps[..., j].any()]
+            if bad:
+                where = _client_counts(data, gaps[..., bad].any(axis=-1))
+                raise ModelSpecError(
+                    f"missing values in feature(s) {[str(data.features[j]) for j in bad]} "
+                    f"({split} rows: {where}), which the model does not model; build it with "
+                    "missing=[...] (command line: --missing model)"
+                )
+            if split != "train":
+                continue
+            for name, j in zip(self.names, self.columns, strict=True):
+                if name in self.effect_names:
+                    continue
+                n_real = real.sum(axis=1)
+                empty = (gaps[..., j].sum(axis=1) == n_real) & (n_real > 0)
+                if empty.any():
+                    clients = [str(data.clients[k]) for k in np.flatnonzero(empty)]
+                    raise ModelSpecError(
+                        f"feature {name!r} is missing in every training row of client(s) "
+                        f"{', '.join(repr(c) for c in clients[:5])}"
+                        f"{' ...' if len(clients) > 5 else ''} "
+                        f"({', '.join(str(int(n)) for n in n_real[empty][:5])} row(s)): its "
+                        "values there would be the population's guess alone; drop the "
+                        "feature, or declare missing_effects=True (an effect of its "
+                        "missingness per client, as in models/heart.py)"
+                    )
+
+
+def latent_features(features, missing, noise_sd, missing_effects) -> LatentFeatures:
+    """Check ``missing=`` and ``noise_sd=`` against the features (names or positions)."""
+
+    def name(f, where):
+        if isinstance(f, int | np.integer) and not isinstance(f, bool):
+            if not 0 <= f < len(features):
+                raise ModelSpecError(f"{where}: column {f} is not in [0, {len(features)})")
+            return features[int(f)]
+        if str(f) not in features:
+            raise ModelSpecError(
+                f"{where} names {str(f)!r}, which is not a feature of the model "
+                f"(features: {', '.join(features) or 'none'})"
+            )
+        return str(f)
+
+    if isinstance(missing, str):
+        missing = (missing,)
+    miss = {name(f, "missing") for f in missing}
+    noise = {name(f, "noise_sd"): float(s) for f, s in (noise_sd or {}).items()}
+    bad = {f: s for f, s in noise.items() if not (np.isfinite(s) and s >= 0)}
+    if bad:
+        raise ModelSpecError(f"noise_sd must be finite and >= 0, got {bad}")
+    if missing_effects and not miss:
+        raise ModelSpecError("missing_effects=True needs features in missing=")
+    names = tuple(f for f in features if f in miss or f in noise)
+    effects = tuple(f for f in names if f in miss) if missing_effects else ()
+    return LatentFeatures(
+        names,
+        np.array([features.index(f) for f in names], dtype=int),
+        np.array([noise.get(f, 0.0) for f in names]),
+        effects,
+        np.array([names.index(f) for f in effects], dtype=int),
+    )
+
+
+def _client_counts(data, rows) -> str:
+    """``'a' (3 rows), 'b' (1 row)``: the clients with flagged rows, ``rows [K, n]``."""
+    counts = rows.sum(axis=1)
+    parts = [
+        f"{str(data.clients[k])!r} ({int(c)} row{'s' if c != 1 else ''})"
+        for k, c in enumerate(counts)
+        if c
+    ]
+    return ", ".join(parts[:5]) + (" ..." if len(parts) > 5 else "")

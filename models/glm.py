@@ -33,7 +33,7 @@ import numpyro.distributions as dist
 
 from bayes_pfl.spec import HierarchicalModel, ModelSpecError
 
-from .covariates import IntegratedOutcome, ObservedCovariates, conditional
+from .covariates import IntegratedOutcome, ObservedCovariates, conditional, latent_features
 
 FAMILIES = ("normal", "bernoulli", "poisson")
 VARYING = ("intercept", "slopes")
@@ -236,7 +236,7 @@ def hierarchical_glm(
     s_cols = np.array([col[t] for t in terms.shared_terms if t != INTERCEPT], dtype=int)
     d_mu = len(terms.mean_terms)
     covariates = _covariate_names(client_covariates)
-    cov = _latent_features(terms.features, missing, noise_sd, missing_effects)
+    cov = latent_features(terms.features, missing, noise_sd, missing_effects)
     if sigma_by_client and family != "normal":
         raise ModelSpecError(f"sigma_by_client needs family='normal', not {family!r}")
     q, r = len(cov.names), len(cov.effect_names)
@@ -385,78 +385,7 @@ def hierarchical_glm(
         + cov.description()
         + (", noise sd by client." if sigma_by_client else "."),
         client_covariates=covariates,
-    )
-
-
-@dataclass(frozen=True)
-class _LatentFeatures:
-    """The features with a modelled distribution (missing values, measurement error)."""
-
-    names: tuple[str, ...]
-    columns: np.ndarray
-    noise_sd: np.ndarray
-    effect_names: tuple[str, ...]
-    effect_positions: np.ndarray
-
-    def coords(self, centered: bool) -> dict[str, tuple[str, ...]]:
-        out = {}
-        if self.names:
-            for site in ("x_m", "x_lsd", "x_mu", "x_tau", "x_lsd_mu", "x_lsd_tau"):
-                out[site] = self.names
-            if not centered:
-                out["x_raw"] = tuple(f"m:{f}" for f in self.names) + tuple(
-                    f"log_sd:{f}" for f in self.names
-                )
-        if self.effect_names:
-            labels = tuple(f"missing:{f}" for f in self.effect_names)
-            for site in ("g", "g_mu", "g_tau") + (() if centered else ("g_raw",)):
-                out[site] = labels
-        return out
-
-    def description(self) -> str:
-        noisy = [f"{f} (sd {s:g})" for f, s in zip(self.names, self.noise_sd, strict=True) if s]
-        out = ""
-        if len(self.names) > len(noisy):
-            out += ", missing values integrated out"
-        if noisy:
-            out += f", measurement error in {', '.join(noisy)}"
-        if self.effect_names:
-            out += f", effects of missingness of {', '.join(self.effect_names)}"
-        return out
-
-
-def _latent_features(features, missing, noise_sd, missing_effects) -> _LatentFeatures:
-    """Check ``missing=`` and ``noise_sd=`` against the features (names or positions)."""
-
-    def name(f, where):
-        if isinstance(f, int | np.integer) and not isinstance(f, bool):
-            if not 0 <= f < len(features):
-                raise ModelSpecError(f"{where}: column {f} is not in [0, {len(features)})")
-            return features[int(f)]
-        if str(f) not in features:
-            raise ModelSpecError(
-                f"{where} names {str(f)!r}, which is not a feature of the model "
-                f"(features: {', '.join(features) or 'none'})"
-            )
-        return str(f)
-
-    if isinstance(missing, str):
-        missing = (missing,)
-    miss = {name(f, "missing") for f in missing}
-    noise = {name(f, "noise_sd"): float(s) for f, s in (noise_sd or {}).items()}
-    bad = {f: s for f, s in noise.items() if not (np.isfinite(s) and s >= 0)}
-    if bad:
-        raise ModelSpecError(f"noise_sd must be finite and >= 0, got {bad}")
-    if missing_effects and not miss:
-        raise ModelSpecError("missing_effects=True needs features in missing=")
-    names = tuple(f for f in features if f in miss or f in noise)
-    effects = tuple(f for f in names if f in miss) if missing_effects else ()
-    return _LatentFeatures(
-        names,
-        np.array([features.index(f) for f in names], dtype=int),
-        np.array([noise.get(f, 0.0) for f in names]),
-        effects,
-        np.array([names.index(f) for f in effects], dtype=int),
+        check_data=cov.check_data,
     )
 
 
