@@ -32,8 +32,34 @@ and no noise is declared, ``"y"`` is the complete-data GLM's likelihood exactly 
 ``"x_obs"`` depends on the covariate effects alone, so the regression coefficients'
 posterior is the complete-data one.
 
-:func:`bayes_pfl.models.hierarchical_glm` builds the models (``missing=``, ``noise_sd=``,
-``missing_effects=``); this module holds the row-level mathematics.
+API (for benchmarks and front ends)
+-----------------------------------
+Data
+    ``FederatedData.from_pandas(df, ..., missing="keep")`` keeps ``NaN`` in the features
+    (a missing target is still an error). ``check_model_data(model, data)`` (run by every
+    fit) raises :class:`~bayes_pfl.spec.ModelSpecError` for ``NaN`` in a feature the model
+    does not model, or a modelled feature missing in every training row of a client
+    (:meth:`LatentFeatures.check_data`).
+Model
+    ``hierarchical_glm(family, ..., missing=["x1"], noise_sd={"x2": 0.5},
+    missing_effects=False, sigma_by_client=False, covariate_scale=5.0)`` (also through
+    ``get_model(name, p, **same)`` and ``linear``/``logistic``/``poisson``). Global sites
+    ``x_mu, x_tau, x_lsd_mu, x_lsd_tau`` ``[q]`` (``q`` modelled features, in column order,
+    labelled by ``model.coords["x_m"]``), ``g_mu, g_tau`` with ``missing_effects``,
+    ``log_sigma_mu, log_sigma_tau`` with ``sigma_by_client`` (instead of ``sigma_y``).
+    Client sites ``x_m, x_lsd`` ``[q]`` (``x_raw [2q]`` non-centered), ``g``,
+    ``log_sigma_y``; a fit's ``fit.theta["x_m"]`` is ``[chain, draw, K, q]``.
+Methods
+    ``fit_nuts``, ``fit_ep``, ``fit_one_shot``, ``fit_vi`` take these models unchanged:
+    the covariate effects are part of each client's Gaussian site.
+Command line
+    ``bayes-pfl fit ... --missing model [--noise-sd FEATURE=SD ...]``
+    (:mod:`bayes_pfl.cli.missing`).
+
+Docs: ``docs/systemic.md``. References: Little & Rubin (2019), *Statistical Analysis
+with Missing Data*, ch. 11 (ignorable likelihood with a covariate model); Carroll et al.
+(2006), *Measurement Error in Nonlinear Models*, ch. 8-9 (structural errors in
+variables); Liu & Pierce (1994), adaptive Gauss-Hermite quadrature.
 """
 
 from __future__ import annotations
