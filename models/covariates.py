@@ -173,9 +173,8 @@ class IntegratedOutcome(dist.Distribution):
             return dist.Normal(self.eta_mean, jnp.sqrt(self.sigma**2 + self.eta_var)).log_prob(
                 value
             )
-        return _adaptive_gauss_hermite(
-            self.family, jnp.asarray(value), self.eta_mean, self.eta_var, self.n_nodes
-        )
+        y, mean, var = jnp.broadcast_arrays(jnp.asarray(value), self.eta_mean, self.eta_var)
+        return _integrated_loglik(self.family, self.n_nodes)(y, mean, var)
 
     def sample(self, key, sample_shape=()):
         k_eta, k_y = jax.random.split(key)
@@ -197,15 +196,24 @@ def _cumulant(family, eta):
     return e, e, e
 
 
-def _adaptive_gauss_hermite(family, y, mean, var, n_nodes):
-    r"""``log ∫ p(y | η) N(η | mean, var) dη``, Gauss-Hermite centred at the integrand's mode.
+def _quadrature(family, y, mean, var, n_nodes):
+    r"""``F = log ∫ p(y | η) N(η | mean, var) dη`` and its first and second derivatives in
+    ``(mean, var)``, by Gauss-Hermite quadrature centred at the integrand's mode.
 
     With the mode ``η*`` (Newton from a start between ``mean`` and the outcome's own
     maximum) and the curvature scale ``s = (A''(η*) + 1/var)^{-1/2}``, the integral is
     ``s Σ_g w_g f(η* + s z_g) / φ(z_g)`` for standard-Normal nodes ``z_g``, weights
     ``w_g`` and ``f`` the integrand: exact for a Gaussian ``f`` and accurate when ``f`` is
     close to one (Liu & Pierce 1994), where a rule around ``mean`` is not (a Poisson
-    outcome's ``e^η``). ``var = 0`` gives ``log p(y | mean)``.
+    outcome's ``e^η``). The derivatives are moments of ``q(η) ∝ f(η)`` on the same nodes
+    (with ``d = η - mean``, ``a = d / var`` and ``b = (d² - var) / (2 var²)`` the scores of
+    the Gaussian): ``F_m = E a``, ``F_v = E b``, ``F_mm = Var a - 1/var``,
+    ``F_mv = Cov(a, b) - E d / var²``, ``F_vv = Var b + 1/(2 var²) - E d² / var³``.
+    ``var = 0`` gives ``log p(y | mean)``, its derivatives in ``mean`` and the heat
+    equation's ``F_v = (ℓ'' + ℓ'²) / 2`` (``F_mv = F_vv = 0`` there: no derivative in
+    ``var`` reaches a row whose variance is identically 0).
+
+    Returns ``F, (F_m, F_v), (F_mm, F_mv, F_vv)``, each of ``mean``'s shape.
     """
     pos = var > 0
     v = jnp.where(pos, var, 1.0)
@@ -220,12 +228,62 @@ def _adaptive_gauss_hermite(family, y, mean, var, n_nodes):
     scale = 1 / jnp.sqrt(_cumulant(family, eta)[2] + 1 / v)
     z, log_w = gauss_hermite(n_nodes)
     nodes = eta[..., None] + scale[..., None] * z
-    log_f = dist.Normal(mean[..., None], jnp.sqrt(v)[..., None]).log_prob(
-        nodes
-    ) + _outcome_log_prob(family, nodes, y[..., None])
-    log_phi = -0.5 * z**2 - 0.5 * np.log(2 * np.pi)
-    adaptive = jnp.log(scale) + logsumexp(log_f + log_w - log_phi, axis=-1)
-    return jnp.where(pos, adaptive, _outcome_log_prob(family, mean, y))
+    d = nodes - mean[..., None]
+    vv = v[..., None]
+    log_f = (
+        -0.5 * d**2 / vv
+        - 0.5 * jnp.log(2 * np.pi * vv)
+        + _outcome_log_prob(family, nodes, y[..., None])
+    )
+    log_q = log_f + log_w + 0.5 * z**2 + 0.5 * np.log(2 * np.pi)
+    value = jnp.log(scale) + logsumexp(log_q, axis=-1)
+    q = jax.nn.softmax(log_q, axis=-1)
+    sa, sb = d / vv, (d**2 - vv) / (2 * vv**2)
+    f_m, f_v = jnp.sum(q * sa, -1), jnp.sum(q * sb, -1)
+    f_mm = jnp.sum(q * sa**2, -1) - f_m**2 - 1 / v
+    f_mv = jnp.sum(q * sa * sb, -1) - f_m * f_v - jnp.sum(q * d, -1) / v**2
+    f_vv = jnp.sum(q * sb**2, -1) - f_v**2 + 0.5 / v**2 - jnp.sum(q * d**2, -1) / v**3
+    # var = 0: the outcome's own log-likelihood at the mean
+    _, a1, a2 = _cumulant(family, mean)
+    l1, l2 = y - a1, -a2
+    zero = jnp.zeros_like(mean)
+    return (
+        jnp.where(pos, value, _outcome_log_prob(family, mean, y)),
+        (jnp.where(pos, f_m, l1), jnp.where(pos, f_v, 0.5 * (l2 + l1**2))),
+        (jnp.where(pos, f_mm, l2), jnp.where(pos, f_mv, zero), jnp.where(pos, f_vv, zero)),
+    )
+
+
+def _integrated_loglik(family, n_nodes):
+    """``F(y, mean, var)`` of :func:`_quadrature` with its derivatives given by rule
+    (``jax.custom_jvp``, first and second order): a derivative flows through the rows'
+    ``(mean, var)`` only, never through the ``[rows, nodes]`` quadrature arrays, so a
+    Hessian over ``J`` parameters costs one quadrature instead of ``J`` (what keeps EP's
+    per-point Hessians within memory)."""
+
+    @jax.custom_jvp
+    def loglik(y, mean, var):
+        return _quadrature(family, y, mean, var, n_nodes)[0]
+
+    @jax.custom_jvp
+    def score(y, mean, var):
+        return _quadrature(family, y, mean, var, n_nodes)[1]
+
+    @loglik.defjvp
+    def _loglik_jvp(primals, tangents):
+        y, mean, var = primals
+        _, d_mean, d_var = tangents
+        f_m, f_v = score(y, mean, var)
+        return loglik(y, mean, var), f_m * d_mean + f_v * d_var
+
+    @score.defjvp
+    def _score_jvp(primals, tangents):
+        y, mean, var = primals
+        _, d_mean, d_var = tangents
+        _, grads, (f_mm, f_mv, f_vv) = _quadrature(family, y, mean, var, n_nodes)
+        return grads, (f_mm * d_mean + f_mv * d_var, f_mv * d_mean + f_vv * d_var)
+
+    return loglik
 
 
 def _outcome_log_prob(family, eta, y):

@@ -4,7 +4,8 @@ measurement error modelled in the zoo GLMs (:mod:`bayes_pfl.models.covariates`).
 ``--missing model`` keeps ``NaN`` in the features (``FederatedData.from_pandas(...,
 missing="keep")``) and builds the GLM with ``missing=`` every feature that has a gap in the
 data: each client's distribution of the feature is part of the model and the gaps are
-integrated out, for every method. ``--noise-sd FEATURE=SD`` declares a feature measured with
+integrated out, for every method. ``--missing-effects`` adds a per-client effect of each
+such feature's missingness (``missing_effects=True``). ``--noise-sd FEATURE=SD`` declares a feature measured with
 a known noise sd (in the feature's units, before ``--standardize``).
 """
 
@@ -30,6 +31,12 @@ def add_missing_args(group: argparse._ArgumentGroup) -> None:
         "model and the gaps are integrated out, for every method)",
     )
     group.add_argument(
+        "--missing-effects",
+        action="store_true",
+        help="--missing model: a per-client effect of each feature's missingness (informative "
+        "missingness; takes a client that never measured a feature)",
+    )
+    group.add_argument(
         "--noise-sd",
         action="append",
         default=[],
@@ -51,6 +58,9 @@ def latent_options(args, data, name: str) -> dict:
     from bayes_pfl.models import GLM_FAMILY
 
     noise = _parse_noise(getattr(args, "noise_sd", []) or [], data)
+    effects = bool(getattr(args, "missing_effects", False))
+    if effects and args.missing != "model":
+        raise DataError("--missing-effects needs --missing model")
     if args.missing != "model" and not noise:
         return {}
     if name not in GLM_FAMILY:
@@ -64,10 +74,8 @@ def latent_options(args, data, name: str) -> dict:
             x = np.asarray(data.arrays(split).x, float)
             gaps.append(np.isnan(x).reshape(-1, x.shape[-1]).any(axis=0))
     has_gap = np.any(gaps, axis=0)
-    return {
-        "missing": [str(f) for f, g in zip(data.features, has_gap, strict=True) if g],
-        "noise_sd": noise,
-    }
+    missing = [str(f) for f, g in zip(data.features, has_gap, strict=True) if g]
+    return {"missing": missing, "noise_sd": noise, "missing_effects": effects and bool(missing)}
 
 
 def _parse_noise(items, data) -> dict[str, float]:
