@@ -205,13 +205,13 @@ def _quadrature(family, y, mean, var, n_nodes):
     ``s Σ_g w_g f(η* + s z_g) / φ(z_g)`` for standard-Normal nodes ``z_g``, weights
     ``w_g`` and ``f`` the integrand: exact for a Gaussian ``f`` and accurate when ``f`` is
     close to one (Liu & Pierce 1994), where a rule around ``mean`` is not (a Poisson
-    outcome's ``e^η``). The derivatives are moments of ``q(η) ∝ f(η)`` on the same nodes
-    (with ``d = η - mean``, ``a = d / var`` and ``b = (d² - var) / (2 var²)`` the scores of
-    the Gaussian): ``F_m = E a``, ``F_v = E b``, ``F_mm = Var a - 1/var``,
-    ``F_mv = Cov(a, b) - E d / var²``, ``F_vv = Var b + 1/(2 var²) - E d² / var³``.
-    ``var = 0`` gives ``log p(y | mean)``, its derivatives in ``mean`` and the heat
-    equation's ``F_v = (ℓ'' + ℓ'²) / 2`` (``F_mv = F_vv = 0`` there: no derivative in
-    ``var`` reaches a row whose variance is identically 0).
+    outcome's ``e^η``). The derivatives are moments, under ``q(η) ∝ p(y | η) N(η | mean,
+    var)`` on the same nodes, of the outcome's ``ℓ = log p(y | η)`` and its derivatives
+    (the heat equation ``∂_var E f = E f'' / 2`` for ``f = p(y | ·)``): ``F_m = E ℓ'``,
+    ``F_v = E[ℓ'' + ℓ'²] / 2``, ``F_mm = E[ℓ'' + ℓ'²] - F_m²``,
+    ``F_mv = E[f'''/f] / 2 - F_m F_v``, ``F_vv = E[f''''/f] / 4 - F_v²``. No power of
+    ``1/var`` enters, so they hold from ``var = 0`` (``q`` a point mass at ``mean``;
+    ``F = log p(y | mean)``) to large variances without cancellation.
 
     Returns ``F, (F_m, F_v), (F_mm, F_mv, F_vv)``, each of ``mean``'s shape.
     """
@@ -238,20 +238,28 @@ def _quadrature(family, y, mean, var, n_nodes):
     log_q = log_f + log_w + 0.5 * z**2 + 0.5 * np.log(2 * np.pi)
     value = jnp.log(scale) + logsumexp(log_q, axis=-1)
     q = jax.nn.softmax(log_q, axis=-1)
-    sa, sb = d / vv, (d**2 - vv) / (2 * vv**2)
-    f_m, f_v = jnp.sum(q * sa, -1), jnp.sum(q * sb, -1)
-    f_mm = jnp.sum(q * sa**2, -1) - f_m**2 - 1 / v
-    f_mv = jnp.sum(q * sa * sb, -1) - f_m * f_v - jnp.sum(q * d, -1) / v**2
-    f_vv = jnp.sum(q * sb**2, -1) - f_v**2 + 0.5 / v**2 - jnp.sum(q * d**2, -1) / v**3
-    # var = 0: the outcome's own log-likelihood at the mean
-    _, a1, a2 = _cumulant(family, mean)
-    l1, l2 = y - a1, -a2
-    zero = jnp.zeros_like(mean)
-    return (
-        jnp.where(pos, value, _outcome_log_prob(family, mean, y)),
-        (jnp.where(pos, f_m, l1), jnp.where(pos, f_v, 0.5 * (l2 + l1**2))),
-        (jnp.where(pos, f_mm, l2), jnp.where(pos, f_mv, zero), jnp.where(pos, f_vv, zero)),
-    )
+
+    def expect(fn):  # E_q fn(l1, l2, l3, l4); a point mass at the mean where var = 0
+        at_nodes = jnp.sum(q * fn(*_outcome_derivatives(family, nodes, y[..., None])), -1)
+        return jnp.where(pos, at_nodes, fn(*_outcome_derivatives(family, mean, y)))
+
+    f_m = expect(lambda l1, l2, l3, l4: l1)
+    f2 = expect(lambda l1, l2, l3, l4: l2 + l1**2)
+    f3 = expect(lambda l1, l2, l3, l4: l3 + 3 * l1 * l2 + l1**3)
+    f4 = expect(lambda l1, l2, l3, l4: l4 + 4 * l3 * l1 + 3 * l2**2 + 6 * l2 * l1**2 + l1**4)
+    f_v = 0.5 * f2
+    value = jnp.where(pos, value, _outcome_log_prob(family, mean, y))
+    return value, (f_m, f_v), (f2 - f_m**2, 0.5 * f3 - f_m * f_v, 0.25 * f4 - f_v**2)
+
+
+def _outcome_derivatives(family, eta, y):
+    """The first four derivatives of ``l(eta) = log p(y | eta) = y eta - A(eta) + const``."""
+    if family == "bernoulli":
+        p = jax.nn.sigmoid(eta)
+        v = p * (1 - p)
+        return y - p, -v, -v * (1 - 2 * p), -v * (1 - 6 * v)
+    e = jnp.exp(eta)
+    return y - e, -e, -e, -e
 
 
 def _integrated_loglik(family, n_nodes):
