@@ -370,9 +370,10 @@ class LatentFeatures:
 
     def check_data(self, data) -> None:
         """Raise :class:`~bayes_pfl.spec.ModelSpecError` for data the model cannot take:
-        missing values in a feature whose distribution is not modelled, or a modelled feature
+        missing values in a feature whose distribution is not modelled, a modelled feature
         missing in every training row of a client (its values there would be the
-        population's guess alone; allowed with an effect of missingness)."""
+        population's guess alone; allowed with an effect of missingness), or one constant
+        over a client's observed training rows (no spread: often a code for missing)."""
         for split in ("train", "val", "test"):
             if getattr(data, split, None) is None:
                 continue
@@ -391,7 +392,8 @@ class LatentFeatures:
                 )
             if split != "train":
                 continue
-            for name, j in zip(self.names, self.columns, strict=True):
+            for name, j, noise in zip(self.names, self.columns, self.noise_sd, strict=True):
+                _check_spread(data, name, x[..., j], real & ~gaps[..., j], noise)
                 if name in self.effect_names:
                     continue
                 n_real = real.sum(axis=1)
@@ -442,6 +444,23 @@ def latent_features(features, missing, noise_sd, missing_effects) -> LatentFeatu
         effects,
         np.array([names.index(f) for f in effects], dtype=int),
     )
+
+
+def _check_spread(data, name, x, seen, noise) -> None:
+    """A modelled, exactly measured feature constant over a client's observed rows: the
+    client's distribution of it would have no spread (``sd -> 0``, a degenerate likelihood);
+    often a code for missing (0 for "not measured")."""
+    if noise > 0:
+        return
+    for k in range(x.shape[0]):
+        values = x[k][seen[k]]
+        if values.size >= 2 and np.all(values == values[0]):
+            raise ModelSpecError(
+                f"feature {name!r} is {values[0]:g} in all {values.size} observed rows of client "
+                f"{str(data.clients[k])!r}: the client's distribution of it has no spread. If "
+                f"{values[0]:g} codes a missing value there, set it to NaN; otherwise declare a "
+                "noise sd for it (noise_sd=, --noise-sd) or leave the feature out"
+            )
 
 
 def _client_counts(data, rows) -> str:

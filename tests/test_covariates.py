@@ -273,6 +273,14 @@ def test_data_the_model_cannot_take_are_named():
     model = hierarchical_glm("normal", feature_names=["x"], missing=["x"])
     with pytest.raises(ModelSpecError, match="'x' is missing in every training row of client"):
         check_model_data(model, data)
+    df0 = federation_with_gaps(k=3, n=10)
+    df0.loc[df0["client"] == "c2", "x"] = 0.0  # a code for "not measured"
+    data0 = FederatedData.from_pandas(
+        df0, client_col="client", target="y", features=["x"], missing="keep"
+    )
+    with pytest.raises(ModelSpecError, match="'x' is 0 in all 10 observed rows of client 'c2'"):
+        check_model_data(model, data0)
+    check_model_data(hierarchical_glm("normal", 1, feature_names=["x"], noise_sd={"x": 0.1}), data0)
     # an effect of missingness takes such a client (its intercept absorbs the gap)
     check_model_data(
         hierarchical_glm("normal", feature_names=["x"], missing=["x"], missing_effects=True), data
