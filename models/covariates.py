@@ -83,6 +83,7 @@ __all__ = [
     "conditional",
     "gauss_hermite",
     "latent_features",
+    "linear_moments",
     "safe_sqrt",
 ]
 
@@ -131,6 +132,25 @@ def conditional(x_obs, missing, m, sd, noise_sd):
     total = v + s2
     mean = jnp.where(missing, m, (m * s2 + x_obs * v) / total)
     var = jnp.where(missing, v, v * s2 / total)
+    return mean, var
+
+
+def linear_moments(x_obs, missing, m, sd, noise_sd, coef):
+    """``Σ_j c_j E[x_j | x̃]`` and ``Σ_j c_j² Var[x_j | x̃]`` per row, ``[n]`` each.
+
+    The same as ``conditional`` followed by the sums (``coef [q]``: the features'
+    coefficients ``c``), written as products of the rows' constant ``[n, q]`` indicators
+    and values with ``[q]`` parameter vectors, so that derivatives in the parameters carry
+    ``[n]`` arrays only (EP takes Hessians at hundreds of points; with ``[n, q]``
+    intermediates they took gigabytes).
+    """
+    v, s2 = sd**2, noise_sd**2
+    w = s2 / (v + s2)  # the weight of the client's mean in a noisy value's conditional
+    miss = jnp.where(missing, 1.0, 0.0)
+    seen = 1.0 - miss
+    value = jnp.where(missing, 0.0, x_obs)
+    mean = miss @ (coef * m) + seen @ (coef * m * w) + value @ (coef * (1 - w))
+    var = miss @ (coef**2 * v) + seen @ (coef**2 * v * w)
     return mean, var
 
 
@@ -318,8 +338,14 @@ class ObservedCovariates(dist.Distribution):
         )
 
     def log_prob(self, value):
-        lp = dist.Normal(self.m, self.scale).log_prob(jnp.where(self.missing, self.m, value))
-        return jnp.sum(jnp.where(self.missing, 0.0, lp), axis=-1)
+        # Σ_j [x̃_ij seen] log N(x̃_ij | m_j, scale_j) as products of the rows' (constant)
+        # [n, q] statistics with [q] parameter vectors: derivatives in the parameters never
+        # carry an [n, q] array (EP's Hessians at hundreds of points)
+        seen = jnp.where(self.missing, 0.0, 1.0)
+        value = jnp.where(self.missing, 0.0, value)
+        prec = 1 / self.scale**2
+        const = -jnp.log(self.scale) - 0.5 * np.log(2 * np.pi) - 0.5 * self.m**2 * prec
+        return seen @ const + value @ (self.m * prec) - 0.5 * (value**2) @ prec
 
     def sample(self, key, sample_shape=()):
         shape = tuple(sample_shape) + self.batch_shape + self.event_shape

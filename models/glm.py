@@ -33,7 +33,7 @@ import numpyro.distributions as dist
 
 from bayes_pfl.spec import HierarchicalModel, ModelSpecError
 
-from .covariates import IntegratedOutcome, ObservedCovariates, conditional, latent_features
+from .covariates import IntegratedOutcome, ObservedCovariates, latent_features, linear_moments
 
 FAMILIES = ("normal", "bernoulli", "poisson")
 VARYING = ("intercept", "slopes")
@@ -326,11 +326,12 @@ def hierarchical_glm(
         miss = jnp.isnan(xf)
         x_obs = jnp.where(miss, 0.0, xf)
         m, sd = theta["x_m"], jnp.exp(theta["x_lsd"])
-        mean, var = conditional(x_obs, miss, m, sd, cov.noise_sd)
-        eta = linear_predictor(theta, phi, x.at[..., cov.columns].set(mean))
+        coef = coefficients(theta, phi)[cov.columns]
+        shift, eta_var = linear_moments(x_obs, miss, m, sd, cov.noise_sd, coef)
+        # the GLM is linear in x: the modelled columns enter through E[x | x̃]
+        eta = linear_predictor(theta, phi, x.at[..., cov.columns].set(0.0)) + shift
         if r:
-            eta = eta + miss[..., cov.effect_positions].astype(eta.dtype) @ theta["g"]
-        eta_var = var @ coefficients(theta, phi)[cov.columns] ** 2
+            eta = eta + jnp.where(miss[..., cov.effect_positions], 1.0, 0.0) @ theta["g"]
         numpyro.sample("y", IntegratedOutcome(family, eta, eta_var, sigma), obs=y)
         scale = jnp.sqrt(sd**2 + cov.noise_sd**2)
         numpyro.sample("x_obs", ObservedCovariates(m, scale, miss), obs=x_obs)

@@ -405,3 +405,17 @@ def test_derivatives_by_rule_equal_automatic_differentiation(family, y, var):
     np.testing.assert_allclose(
         jax.hessian(by_rule)(p)[keep, keep], jax.hessian(automatic)(p)[keep, keep], atol=1e-8
     )
+
+
+def test_linear_moments_are_the_conditional_moments_summed():
+    from bayes_pfl.models.covariates import conditional, linear_moments
+
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.normal(size=(6, 3)))
+    miss = jnp.asarray(rng.uniform(size=(6, 3)) < 0.4)
+    m, sd = jnp.asarray([0.1, -0.5, 2.0]), jnp.asarray([1.0, 0.3, 2.5])
+    noise, coef = jnp.asarray([0.0, 0.4, 1.1]), jnp.asarray([0.7, -1.2, 0.2])
+    mean, var = conditional(jnp.where(miss, 0.0, x), miss, m, sd, noise)
+    shift, eta_var = linear_moments(x, miss, m, sd, noise, coef)
+    np.testing.assert_allclose(shift, mean @ coef, rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(eta_var, var @ coef**2, rtol=1e-13, atol=1e-14)
