@@ -419,7 +419,7 @@ class LatentFeatures:
             if split != "train":
                 continue
             for name, j, noise in zip(self.names, self.columns, self.noise_sd, strict=True):
-                _check_spread(data, name, x[..., j], real & ~gaps[..., j], noise)
+                _check_spread(data, name, j, x[..., j], real & ~gaps[..., j], noise)
                 if name in self.effect_names:
                     continue
                 n_real = real.sum(axis=1)
@@ -472,7 +472,7 @@ def latent_features(features, missing, noise_sd, missing_effects) -> LatentFeatu
     )
 
 
-def _check_spread(data, name, x, seen, noise) -> None:
+def _check_spread(data, name, j, x, seen, noise) -> None:
     """A modelled, exactly measured feature constant over a client's observed rows: the
     client's distribution of it would have no spread (``sd -> 0``, a degenerate likelihood);
     often a code for missing (0 for "not measured")."""
@@ -481,10 +481,12 @@ def _check_spread(data, name, x, seen, noise) -> None:
     for k in range(x.shape[0]):
         values = x[k][seen[k]]
         if values.size >= 2 and np.all(values == values[0]):
+            scale, mean = data.feature_scale, data.feature_mean
+            value = values[0] if scale is None else values[0] * scale[j] + mean[j]
             raise ModelSpecError(
-                f"feature {name!r} is {values[0]:g} in all {values.size} observed rows of client "
+                f"feature {name!r} is {value:g} in all {values.size} observed rows of client "
                 f"{str(data.clients[k])!r}: the client's distribution of it has no spread. If "
-                f"{values[0]:g} codes a missing value there, set it to NaN; otherwise declare a "
+                f"{value:g} codes a missing value there, set it to NaN; otherwise declare a "
                 "noise sd for it (noise_sd=, --noise-sd) or leave the feature out"
             )
 
