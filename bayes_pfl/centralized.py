@@ -41,6 +41,8 @@ def check_model_data(model: HierarchicalModel, data) -> None:
             f"the data has {data.n_features}: {list(data.features)}"
         )
     check_model_covariates(model, data)
+    if model.check_data is not None:
+        model.check_data(data)
     _check_target_support(model, data)
     _warn_degenerate_features(data)
 

@@ -64,6 +64,9 @@ TERM = "term"
 
 # names of a non-centered client variable's standard-normal companion: ``alpha_raw`` -> ``alpha``
 _RAW_SUFFIXES = ("_raw", "_trans", "_tilde", "_std", "_z", "_offset")
+_SECONDARY = ("x_raw", "x_m", "x_lsd", "g", "log_sigma_y")
+"""Client variables of a GLM's covariate distributions, missingness effects and noise
+(:mod:`bayes_pfl.models.covariates`): the default client variable is the coefficients."""
 # Pareto-k messages of arviz that loo_by_client replaces by one naming the clients
 _ARVIZ_LOO_WARNINGS = (
     "Estimated shape parameter of Pareto distribution",
@@ -109,6 +112,8 @@ def default_client_var(post: xr.Dataset) -> str:
         return names[0]
     raw = {n for n in names for s in _RAW_SUFFIXES if n.endswith(s) and n[: -len(s)] in names}
     left = [n for n in names if n not in raw]
+    if len(left) > 1:
+        left = [n for n in left if n not in _SECONDARY] or left
     if len(left) == 1:
         return left[0]
     raise ValueError(f"several client variables {names}: choose one with var=")

@@ -328,6 +328,9 @@ class HierarchicalModel:
         population is ``theta_k | phi ~ p(theta | phi, z_k)`` (e.g. ``N(mu + z_k W, T)``).
         ``None`` (default): ``client_prior(phi)``, one population for every client.
         Every function derived from the declaration then takes the client's ``z``.
+    check_data : callable, optional
+        ``check_data(data)``: the model's own check of a ``FederatedData`` before a fit
+        (raises with the reason), e.g. which features may have missing values.
 
     Notes
     -----
@@ -351,6 +354,7 @@ class HierarchicalModel:
         coords: Mapping[str, Sequence[str]] | None = None,
         population_df: float | None = None,
         client_covariates: Sequence[str] | None = None,
+        check_data: Callable[[Any], None] | None = None,
     ):
         if family is not None and family not in LIKELIHOOD_FAMILIES:
             raise ModelSpecError(
@@ -387,6 +391,7 @@ class HierarchicalModel:
             if len(set(client_covariates)) != len(client_covariates):
                 raise ModelSpecError(f"client_covariates repeat a name: {list(client_covariates)}")
         self.client_covariates = client_covariates
+        self.check_data = check_data
         self._check()
         self._check_coords()
         if population_df is not None:
@@ -455,6 +460,7 @@ class HierarchicalModel:
             coords=self.coords,
             population_df=df,
             client_covariates=self.client_covariates,
+            check_data=self.check_data,
         )
 
     def _population_correction(self, trace, batch: int) -> Array:

@@ -4,7 +4,8 @@
   parameter names and priors;
 * :func:`hierarchical_glm` and the shortcuts :func:`linear`, :func:`logistic`,
   :func:`poisson`: hierarchical GLMs on any features, varying intercepts or
-  intercepts and slopes, centered or non-centered.
+  intercepts and slopes, centered or non-centered; missing feature values and
+  measurement error modelled per client (:mod:`bayes_pfl.models.covariates`).
 
 :func:`get_model` builds any of them by name, as the command line does.
 """
@@ -43,6 +44,7 @@ def get_model(
     centered: bool = False,
     feature_names=None,
     client_covariates=None,
+    **latent,
 ) -> HierarchicalModel:
     """Build a zoo model by name.
 
@@ -55,6 +57,10 @@ def get_model(
     varying, centered, feature_names, client_covariates
         GLM options, see :func:`hierarchical_glm`; ignored by the posteriordb models but
         ``client_covariates``, which they do not take (an error).
+    **latent
+        GLM options for missing values and measurement error (``missing``, ``noise_sd``,
+        ``missing_effects``, ``sigma_by_client``, see :func:`hierarchical_glm`); the
+        posteriordb models take none (an error).
 
     The model is named ``name`` (``get_model("logistic", 2).name == "logistic"``, as the
     user asked for it, in files and reports); the GLM's description says which
@@ -64,6 +70,10 @@ def get_model(
         raise ModelSpecError(
             f"model {name!r} takes no client covariates (metadata); the GLMs "
             f"({', '.join(GLM_FAMILY)}) do"
+        )
+    if latent and name not in GLM_FAMILY:
+        raise ModelSpecError(
+            f"model {name!r} takes no {', '.join(latent)}; the GLMs ({', '.join(GLM_FAMILY)}) do"
         )
     if name == "radon_intercept":
         return radon_intercept()
@@ -80,5 +90,6 @@ def get_model(
             feature_names=feature_names,
             name=name,
             client_covariates=client_covariates,
+            **latent,
         )
     raise ModelSpecError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")

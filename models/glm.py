@@ -23,7 +23,7 @@ With client covariates the population of client ``k`` is
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import jax.numpy as jnp
@@ -32,6 +32,8 @@ import numpyro
 import numpyro.distributions as dist
 
 from bayes_pfl.spec import HierarchicalModel, ModelSpecError
+
+from .covariates import IntegratedOutcome, ObservedCovariates, latent_features, linear_moments
 
 FAMILIES = ("normal", "bernoulli", "poisson")
 VARYING = ("intercept", "slopes")
@@ -133,6 +135,11 @@ def hierarchical_glm(
     feature_names: Sequence[str] | None = None,
     name: str | None = None,
     client_covariates: Sequence[str] | int | None = None,
+    missing: Sequence[str | int] = (),
+    noise_sd: Mapping[str | int, float] | None = None,
+    missing_effects: bool = False,
+    sigma_by_client: bool = False,
+    covariate_scale: float = 5.0,
 ) -> HierarchicalModel:
     """A hierarchical GLM with client-varying intercepts (and optionally slopes).
 
@@ -164,6 +171,29 @@ def hierarchical_glm(
         ``mu + z_k W`` with ``W [M, D] ~ N(0, coef_scale)``, so a client's metadata
         says where it sits in the population (a new client's cold start included).
         ``client_prior(phi, z)`` then takes the client's ``z [M]``.
+    missing : sequence of str or int
+        Features (names or column positions) whose values may be missing (``NaN`` in
+        ``x``, :meth:`FederatedData.from_pandas(..., missing="keep")
+        <bayes_pfl.data.FederatedData.from_pandas>`). Each client gets a distribution of
+        the feature, ``x_j ~ N(m_kj, sd_kj²)``, with ``(x_m, x_lsd) = (m_k, log sd_k)``
+        client effects pooled by ``x_m ~ N(x_mu, x_tau)``, ``x_lsd ~ N(x_lsd_mu,
+        x_lsd_tau)``, and missing values are integrated out of the likelihood
+        (:mod:`bayes_pfl.models.covariates`), missing at random.
+    noise_sd : mapping of str or int to float, optional
+        Features measured with a known noise sd (errors in variables, ``0``: exact), in the
+        units of ``x``: the true value is a latent covariate with the client's distribution
+        as for ``missing``, which corrects the attenuation of its slope.
+    missing_effects : bool
+        Informative missingness: a client effect ``g_j`` of ``[x_j missing]`` on the linear
+        predictor for each feature in ``missing`` (pooled, ``g ~ N(g_mu, g_tau)``), as in
+        :func:`bayes_pfl.models.heart.missing_logistic`.
+    sigma_by_client : bool
+        ``family="normal"``: a per-client noise scale, ``log sigma_y_k ~ N(log_sigma_mu,
+        log_sigma_tau)`` (client effect ``log_sigma_y``), instead of one ``sigma_y``.
+    covariate_scale : float
+        Prior scale of the covariate distributions, for features on a unit scale
+        (standardized): ``x_mu ~ N(0, s)``, ``x_tau ~ HalfNormal(s / 5)``,
+        ``x_lsd_mu ~ N(log(s / 5), 1)``, ``x_lsd_tau ~ HalfNormal(0.5)``.
 
     Examples
     --------
@@ -177,6 +207,9 @@ def hierarchical_glm(
     >>> m = hierarchical_glm("bernoulli", 1, varying="slopes", client_covariates=["north"])
     >>> m.phi_space.names, m.client_covariates
     (('mu', 'tau', 'W'), ('north',))
+    >>> m = hierarchical_glm("bernoulli", 2, missing=["x1"])
+    >>> m.theta_space.names, m.coords["x_m"]
+    (('b_raw', 'x_raw'), ('x1',))
     """
     if family not in FAMILIES:
         raise ModelSpecError(f"unknown family {family!r}; choose one of {FAMILIES}")
@@ -203,6 +236,10 @@ def hierarchical_glm(
     s_cols = np.array([col[t] for t in terms.shared_terms if t != INTERCEPT], dtype=int)
     d_mu = len(terms.mean_terms)
     covariates = _covariate_names(client_covariates)
+    cov = latent_features(terms.features, missing, noise_sd, missing_effects)
+    if sigma_by_client and family != "normal":
+        raise ModelSpecError(f"sigma_by_client needs family='normal', not {family!r}")
+    q, r = len(cov.names), len(cov.effect_names)
     # mu (the means of the varying terms that have one) placed into the D varying terms
     place = None
     if d_mu < d:
@@ -221,12 +258,26 @@ def hierarchical_glm(
                 "beta",
                 dist.Normal(0.0, coef_scale).expand([len(terms.shared_terms)]).to_event(1),
             )
-        if family == "normal":
+        if family == "normal" and not sigma_by_client:
             numpyro.sample("sigma_y", dist.HalfNormal(sigma_scale))
         if covariates is not None:
             numpyro.sample(
                 "W", dist.Normal(0.0, coef_scale).expand([len(covariates), d]).to_event(2)
             )
+        if q:
+            numpyro.sample("x_mu", dist.Normal(0.0, covariate_scale).expand([q]).to_event(1))
+            numpyro.sample("x_tau", dist.HalfNormal(covariate_scale / 5).expand([q]).to_event(1))
+            numpyro.sample(
+                "x_lsd_mu",
+                dist.Normal(float(np.log(covariate_scale / 5)), 1.0).expand([q]).to_event(1),
+            )
+            numpyro.sample("x_lsd_tau", dist.HalfNormal(0.5).expand([q]).to_event(1))
+        if r:
+            numpyro.sample("g_mu", dist.Normal(0.0, coef_scale).expand([r]).to_event(1))
+            numpyro.sample("g_tau", dist.HalfNormal(tau_scale).expand([r]).to_event(1))
+        if sigma_by_client:
+            numpyro.sample("log_sigma_mu", dist.Normal(float(np.log(sigma_scale)), 1.0))
+            numpyro.sample("log_sigma_tau", dist.HalfNormal(0.5))
 
     def population_mean(phi):
         if not d_mu:
@@ -242,8 +293,59 @@ def hierarchical_glm(
         else:
             b_raw = numpyro.sample("b_raw", dist.Normal(0.0, 1.0).expand([d]).to_event(1))
             numpyro.deterministic("b", mean + phi["tau"] * b_raw)
+        if q and centered:
+            numpyro.sample("x_m", dist.Normal(phi["x_mu"], phi["x_tau"]).to_event(1))
+            numpyro.sample("x_lsd", dist.Normal(phi["x_lsd_mu"], phi["x_lsd_tau"]).to_event(1))
+        elif q:  # one standard Normal site for both, (m, log sd) per feature
+            raw = numpyro.sample("x_raw", dist.Normal(0.0, 1.0).expand([2 * q]).to_event(1))
+            numpyro.deterministic("x_m", phi["x_mu"] + phi["x_tau"] * raw[..., :q])
+            numpyro.deterministic("x_lsd", phi["x_lsd_mu"] + phi["x_lsd_tau"] * raw[..., q:])
+        if r:
+            _pooled("g", phi["g_mu"], phi["g_tau"], (r,), centered)
+        if sigma_by_client:
+            _pooled("log_sigma_y", phi["log_sigma_mu"], phi["log_sigma_tau"], (), centered)
+
+    def coefficients(theta, phi):
+        """The coefficient of every feature column, ``[P]`` (varying or shared)."""
+        coef = jnp.zeros(p)
+        if v_cols.size:
+            coef = coef.at[v_cols].set(theta["b"][int(v_int) :])
+        if s_cols.size:
+            coef = coef.at[s_cols].set(phi["beta"][int(s_int) :])
+        return coef
 
     def likelihood(theta, phi, x, y):
+        sigma = None
+        if family == "normal":
+            sigma = jnp.exp(theta["log_sigma_y"]) if sigma_by_client else phi["sigma_y"]
+        if not q:
+            outcome(linear_predictor(theta, phi, x), sigma, y)
+            return
+        x = jnp.asarray(x)
+        xf = x[..., cov.columns]
+        miss = jnp.isnan(xf)
+        x_obs = jnp.where(miss, 0.0, xf)
+        m, sd = theta["x_m"], jnp.exp(theta["x_lsd"])
+        coef = coefficients(theta, phi)[cov.columns]
+        shift, eta_var = linear_moments(x_obs, miss, m, sd, cov.noise_sd, coef)
+        # the GLM is linear in x: the modelled columns enter through E[x | x̃]
+        eta = linear_predictor(theta, phi, x.at[..., cov.columns].set(0.0)) + shift
+        if r:
+            eta = eta + jnp.where(miss[..., cov.effect_positions], 1.0, 0.0) @ theta["g"]
+        numpyro.sample("y", IntegratedOutcome(family, eta, eta_var, sigma), obs=y)
+        scale = jnp.sqrt(sd**2 + cov.noise_sd**2)
+        numpyro.sample("x_obs", ObservedCovariates(m, scale, miss), obs=x_obs)
+
+    def outcome(eta, sigma, y):
+        if family == "normal":
+            obs = dist.Normal(eta, sigma)
+        elif family == "bernoulli":
+            obs = dist.Bernoulli(logits=eta)
+        else:
+            obs = dist.Poisson(jnp.exp(eta))
+        numpyro.sample("y", obs, obs=y)
+
+    def linear_predictor(theta, phi, x):
         b = theta["b"]
         eta = b[0] if v_int else 0.0
         if v_cols.size:
@@ -254,14 +356,7 @@ def hierarchical_glm(
                 eta = eta + beta[0]
             if s_cols.size:
                 eta = eta + columns(x, s_cols) @ beta[int(s_int) :]
-        eta = jnp.broadcast_to(eta, x.shape[:-1])
-        if family == "normal":
-            obs = dist.Normal(eta, phi["sigma_y"])
-        elif family == "bernoulli":
-            obs = dist.Bernoulli(logits=eta)
-        else:
-            obs = dist.Poisson(jnp.exp(eta))
-        numpyro.sample("y", obs, obs=y)
+        return jnp.broadcast_to(eta, x.shape[:-1])
 
     param = "centered" if centered else "noncentered"
     if isinstance(varying, Terms):
@@ -277,6 +372,7 @@ def hierarchical_glm(
         coords["beta"] = terms.shared_terms
     if not centered:
         coords["b_raw"] = terms.varying
+    coords.update(cov.coords(centered))
     return HierarchicalModel(
         hyperprior,
         client_prior,
@@ -286,8 +382,11 @@ def hierarchical_glm(
         family=family,
         coords=coords,
         description=f"Hierarchical {family} GLM, {shape}, {param} parameterization"
-        + (f", client covariates {', '.join(covariates)}." if covariates else "."),
+        + (f", client covariates {', '.join(covariates)}" if covariates else "")
+        + cov.description()
+        + (", noise sd by client." if sigma_by_client else "."),
         client_covariates=covariates,
+        check_data=cov.check_data,
     )
 
 
@@ -305,6 +404,16 @@ def _covariate_names(client_covariates: Sequence[str] | int | None) -> tuple[str
     if not names:
         raise ModelSpecError("client_covariates is empty; give None for no covariates")
     return names
+
+
+def _pooled(name, loc, scale, shape, centered):
+    """A client effect ``name ~ N(loc, scale)`` of ``shape`` (``()`` or ``(n,)``): sampled
+    (centered) or ``loc + scale * raw`` with ``{name}_raw ~ N(0, 1)`` (non-centered)."""
+    events = len(shape)
+    if centered:
+        return numpyro.sample(name, dist.Normal(loc, scale).expand(shape).to_event(events))
+    raw = numpyro.sample(f"{name}_raw", dist.Normal(0.0, 1.0).expand(shape).to_event(events))
+    return numpyro.deterministic(name, loc + scale * raw)
 
 
 def linear(n_features: int, **kwargs) -> HierarchicalModel:

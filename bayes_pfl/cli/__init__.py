@@ -62,7 +62,9 @@ __all__ = [
 
 def _cli_hint(message: str) -> str:
     """The library's hints in command-line syntax (``missing='drop'`` -> ``--missing drop``)."""
-    message = message.replace(" or missing='keep' to keep NaN in x", "")
+    message = message.replace(
+        " or missing='keep' to keep NaN in x", ", or --missing model to model them (GLMs)"
+    )
     return message.replace("pass missing='drop'", "pass --missing drop")
 
 

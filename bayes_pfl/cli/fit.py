@@ -15,6 +15,7 @@ from pathlib import Path
 from bayes_pfl.cli.common import add_dp_args, dp_budget
 from bayes_pfl.cli.figures import demo_figures
 from bayes_pfl.cli.metadata import add_metadata_args, attach_metadata
+from bayes_pfl.cli.missing import add_missing_args, data_missing, latent_options
 from bayes_pfl.cli.robust import (
     add_population_args,
     add_robust_fit_args,
@@ -88,12 +89,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--target", help="target column (default: dataset's)")
     g.add_argument("--features", help="comma-separated feature columns (default: dataset's)")
-    g.add_argument(
-        "--missing",
-        choices=("error", "drop"),
-        default="error",
-        help="rows with missing features: raise an error (default) or drop them and report",
-    )
+    add_missing_args(g)
     g.add_argument("--test-size", type=float, default=0.0, help="held-out fraction per client")
     g.add_argument(
         "--standardize",
@@ -301,7 +297,7 @@ def load_data(args):
         test_size=args.test_size,
         seed=args.seed,
         standardize=args.standardize,
-        missing=args.missing,
+        missing=data_missing(args),
     )
     return attach_metadata(args, data), src.default_model
 
@@ -331,6 +327,8 @@ def _formula_inputs(args):
 
     if conflict := formula_conflicts(args):
         raise DataError(conflict)
+    if args.missing == "model" or getattr(args, "noise_sd", None):
+        raise DataError("--missing model and --noise-sd apply to --model GLMs, not yet --formula")
     if args.model not in FAMILY_ALIASES:
         raise DataError(
             f"--formula needs --model naming the family: {', '.join(FAMILY_ALIASES)}"
@@ -387,6 +385,7 @@ def load_model(args, data, default_model):
         centered=args.centered,
         feature_names=data.features,  # the coefficients' labels (ignored by posteriordb's)
         client_covariates=None if data.metadata is None else data.metadata.names,
+        **latent_options(args, data, name),
     )
 
 
