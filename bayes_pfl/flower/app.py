@@ -216,14 +216,12 @@ def _privacy_record(settings: FlowerSettings, federation, rounds_run: int) -> di
     import numpy as np
 
     from bayes_pfl import privacy
-    from bayes_pfl.population import gaussian_population
 
-    dp = settings.dp_budget
-    noise = privacy.calibrate_noise(dp.epsilon, dp.delta, settings.rounds, dp.accountant)
+    noise, clip, _ = settings.dp_options
     return privacy.privacy_record(
-        dp,
+        settings.dp_budget,
         noise,
-        clip=dp.clip_for(gaussian_population(settings.hierarchical_model).z_dim),
+        clip=clip,
         rounds_planned=settings.rounds,
         rounds_run=rounds_run,
         labels=federation.labels,

@@ -349,6 +349,23 @@ class FlowerSettings:
         except ValueError as exc:
             raise ValueError("run-config " + str(exc).replace("dp ", "dp-", 1)) from None
 
+    @functools.cached_property
+    def dp_options(self) -> tuple[float, float, float]:
+        """``(noise multiplier, clip, the clients' damping)`` of a DP run, as
+        :func:`bayes_pfl.federated.dp_options` gives them to ``fit_ep``."""
+        from bayes_pfl.federated import dp_options
+
+        damping = self.damping if self.damping >= 0 else None  # fit_ep's default unless set
+        return dp_options(
+            self.hierarchical_model,
+            self.dp_budget,
+            self.rounds,
+            self.sites,
+            "gaussian",
+            damping,
+            None,
+        )
+
     @property
     def ep_tol(self) -> float:
         return self.tol if self.tol >= 0 else self._ep_defaults["tol"]
@@ -402,16 +419,14 @@ class FlowerSettings:
             if self.precision_cap:
                 out["precision_cap"] = self.precision_cap
             if self.dp_epsilon:
-                from bayes_pfl.population import gaussian_population
-
+                _, clip, damping = self.dp_options
                 dp = self.dp_budget
-                z_dim = gaussian_population(self.hierarchical_model).z_dim
                 out.update(
-                    damping=self.damping if self.damping >= 0 else 0.5,
+                    damping=damping,
                     summary="gaussian",
                     dp_epsilon=dp.epsilon,
                     dp_delta=dp.delta,
-                    dp_clip=dp.clip_for(z_dim),
+                    dp_clip=clip,
                 )
             if self.method == "vi":
                 from bayes_pfl.methods import get_method
@@ -464,9 +479,8 @@ def build_phases(settings: FlowerSettings) -> tuple:
             options.update(tilted=settings.tilted, site_fit=settings.site_fit)
         if settings.precision_cap:
             options["precision_cap"] = settings.precision_cap
-        if settings.dp_epsilon:  # the clients' own damping: fit_ep's default unless set
-            damping = settings.damping if settings.damping >= 0 else None
-            options.update(dp=settings.dp_budget, damping=damping)
+        if settings.dp_epsilon:  # the clients' own damping (dp_options' default unless set)
+            options.update(dp=settings.dp_budget, damping=settings.dp_options[2])
         return info.phases(model=settings.hierarchical_model, **options)
     options = json.loads(settings.method_options) if settings.method_options else {}
     options = {"family": settings.outcome_family, "seed": settings.seed, **options}

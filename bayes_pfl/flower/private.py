@@ -53,12 +53,18 @@ def _secret(context: Context) -> int | None:
             )
             return None
         return seed % 2**64
+    record = _record(context)
+    if "secret" not in record:  # drawn once per run, kept on the node
+        record["secret"] = f"{secrets.randbits(64):016x}"
+    return int(str(record["secret"]), 16)
+
+
+def _record(context: Context) -> ConfigRecord:
+    """The node's own DP state in ``Context.state``: its secret and the round keys used."""
     store = context.state.config_records
     if _STATE not in store:
         store[_STATE] = ConfigRecord({"used": []})
-    if "secret" not in store[_STATE]:  # drawn once per run, kept on the node
-        store[_STATE]["secret"] = f"{secrets.randbits(64):016x}"
-    return int(str(store[_STATE]["secret"]), 16)
+    return store[_STATE]
 
 
 def round_key(context: Context, key_data: np.ndarray) -> np.ndarray:
@@ -70,10 +76,7 @@ def round_key(context: Context, key_data: np.ndarray) -> np.ndarray:
     """
     import jax
 
-    store = context.state.config_records
-    if _STATE not in store:
-        store[_STATE] = ConfigRecord({"used": []})
-    record = store[_STATE]
+    record = _record(context)
     tag = np.asarray(key_data, np.uint32).tobytes().hex()
     used = [str(u) for u in record.get("used", [])]
     if tag in used:
