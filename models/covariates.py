@@ -84,6 +84,7 @@ __all__ = [
     "gauss_hermite",
     "latent_features",
     "linear_moments",
+    "noise_columns",
     "safe_sqrt",
 ]
 
@@ -358,8 +359,10 @@ class LatentFeatures:
     error), built by :func:`latent_features` from ``hierarchical_glm``'s arguments.
 
     ``names`` (in column order) and their ``columns`` in ``x``, the known ``noise_sd`` of
-    each (0: exact), and the features with an effect of missingness (``effect_names``,
-    their ``effect_positions`` among ``names``).
+    each (0: exact) or the column of ``x`` that holds it by client (``noise_columns``,
+    ``noise_names``; such a column is data, not a term of the model), and the features
+    with an effect of missingness (``effect_names``, their ``effect_positions`` among
+    ``names``).
     """
 
     names: tuple[str, ...]
@@ -367,6 +370,21 @@ class LatentFeatures:
     noise_sd: np.ndarray
     effect_names: tuple[str, ...]
     effect_positions: np.ndarray
+    noise_columns: np.ndarray  # [q] the column of x holding a feature's noise sd (-1: none)
+    noise_names: tuple[str, ...]  # [q] those columns' names ("": none)
+
+    def client_noise(self, x):
+        """The noise sd of each modelled feature for one client's rows ``x [n, P]``,
+        ``[q]``: the declared constant, or the client's value in the feature's noise
+        column (one value per client, checked by :meth:`check_data`; read as the largest
+        over the rows, so padded rows (zeros) and ``NaN`` where the feature is missing do
+        not count)."""
+        by_column = self.noise_columns >= 0
+        if not by_column.any():
+            return jnp.asarray(self.noise_sd)
+        values = x[..., np.maximum(self.noise_columns, 0)].reshape(-1, len(self.names))
+        client = jnp.max(jnp.where(jnp.isnan(values), 0.0, values), axis=0, initial=0.0)
+        return jnp.where(by_column, client, self.noise_sd)
 
     def coords(self, centered: bool) -> dict[str, tuple[str, ...]]:
         out = {}
@@ -384,7 +402,11 @@ class LatentFeatures:
         return out
 
     def description(self) -> str:
-        noisy = [f"{f} (sd {s:g})" for f, s in zip(self.names, self.noise_sd, strict=True) if s]
+        noisy = [
+            f"{f} (sd by client: column {c!r})" if c else f"{f} (sd {s:g})"
+            for f, s, c in zip(self.names, self.noise_sd, self.noise_names, strict=True)
+            if s or c
+        ]
         out = ""
         if len(self.names) > len(noisy):
             out += ", missing values integrated out"
@@ -407,8 +429,9 @@ class LatentFeatures:
             x = np.asarray(arrays.x, float)
             real = np.asarray(arrays.mask, bool)
             gaps = np.isnan(x) & real[..., None]
-            other = [j for j in range(x.shape[-1]) if j not in set(self.columns.tolist())]
-            bad = [j for j in other if gaps[..., j].any()]
+            aux = set(self.noise_columns[self.noise_columns >= 0].tolist())
+            modelled = set(self.columns.tolist())
+            bad = [j for j in range(x.shape[-1]) if j not in modelled | aux and gaps[..., j].any()]
             if bad:
                 where = _client_counts(data, gaps[..., bad].any(axis=-1))
                 raise ModelSpecError(
@@ -416,10 +439,20 @@ class LatentFeatures:
                     f"({split} rows: {where}), which the model does not model; build it with "
                     "missing=[...] (command line: --missing model)"
                 )
+            for name, j, c, c_name in zip(
+                self.names, self.columns, self.noise_columns, self.noise_names, strict=True
+            ):
+                if c >= 0:
+                    _check_noise_column(data, split, name, c_name, x[..., c], real & ~gaps[..., j])
             if split != "train":
                 continue
-            for name, j, noise in zip(self.names, self.columns, self.noise_sd, strict=True):
-                _check_spread(data, name, j, x[..., j], real & ~gaps[..., j], noise)
+            for name, j, noise, c in zip(
+                self.names, self.columns, self.noise_sd, self.noise_columns, strict=True
+            ):
+                seen = real & ~gaps[..., j]
+                if c >= 0:  # the client's declared noise (one value per client, checked above)
+                    noise = np.where(seen, x[..., c], 0.0).max(axis=1, initial=0.0)
+                _check_spread(data, name, j, x[..., j], seen, noise)
                 if name in self.effect_names:
                     continue
                 n_real = real.sum(axis=1)
@@ -437,8 +470,16 @@ class LatentFeatures:
                     )
 
 
+def noise_columns(noise_sd) -> tuple[str, ...]:
+    """The columns named as noise sds in ``noise_sd=`` (``{"sensor": "sensor_sd"}``): data
+    read by the likelihood, not terms of the model."""
+    return tuple(dict.fromkeys(str(s) for s in (noise_sd or {}).values() if isinstance(s, str)))
+
+
 def latent_features(features, missing, noise_sd, missing_effects) -> LatentFeatures:
-    """Check ``missing=`` and ``noise_sd=`` against the features (names or positions)."""
+    """Check ``missing=`` and ``noise_sd=`` against the features (names or positions of
+    the columns of ``x``). A ``noise_sd`` value is a number (the sd, in the feature's
+    units) or the name of a column that holds each client's sd."""
 
     def name(f, where):
         if isinstance(f, int | np.integer) and not isinstance(f, bool):
@@ -452,23 +493,44 @@ def latent_features(features, missing, noise_sd, missing_effects) -> LatentFeatu
             )
         return str(f)
 
+    def sd(f, s):
+        if isinstance(s, str):
+            return name(s, f"noise_sd[{f!r}]")
+        try:
+            value = float(s)
+        except (TypeError, ValueError):
+            value = float("nan")
+        if not (np.isfinite(value) and value >= 0):
+            raise ModelSpecError(
+                f"noise_sd[{f!r}] must be a number >= 0 or the name of a column holding "
+                f"each client's sd, got {s!r}"
+            )
+        return value
+
     if isinstance(missing, str):
         missing = (missing,)
     miss = {name(f, "missing") for f in missing}
-    noise = {name(f, "noise_sd"): float(s) for f, s in (noise_sd or {}).items()}
-    bad = {f: s for f, s in noise.items() if not (np.isfinite(s) and s >= 0)}
-    if bad:
-        raise ModelSpecError(f"noise_sd must be finite and >= 0, got {bad}")
+    noise = {name(f, "noise_sd"): sd(f, s) for f, s in (noise_sd or {}).items()}
+    aux = noise_columns(noise)
+    clash = sorted((miss | set(noise)) & set(aux))
+    if clash:
+        raise ModelSpecError(
+            f"{clash} named as noise-sd column(s) and as modelled feature(s): a noise column "
+            "is data about another feature's measurement, not a covariate"
+        )
     if missing_effects and not miss:
         raise ModelSpecError("missing_effects=True needs features in missing=")
     names = tuple(f for f in features if f in miss or f in noise)
     effects = tuple(f for f in names if f in miss) if missing_effects else ()
+    by_column = {f: s for f, s in noise.items() if isinstance(s, str)}
     return LatentFeatures(
         names,
         np.array([features.index(f) for f in names], dtype=int),
-        np.array([noise.get(f, 0.0) for f in names]),
+        np.array([0.0 if f in by_column else noise.get(f, 0.0) for f in names]),
         effects,
         np.array([names.index(f) for f in effects], dtype=int),
+        np.array([features.index(by_column[f]) if f in by_column else -1 for f in names], int),
+        tuple(by_column.get(f, "") for f in names),
     )
 
 
@@ -476,9 +538,10 @@ def _check_spread(data, name, j, x, seen, noise) -> None:
     """A modelled, exactly measured feature constant over a client's observed rows: the
     client's distribution of it would have no spread (``sd -> 0``, a degenerate likelihood);
     often a code for missing (0 for "not measured")."""
-    if noise > 0:
-        return
+    noise = np.broadcast_to(np.asarray(noise, float), (x.shape[0],))
     for k in range(x.shape[0]):
+        if noise[k] > 0:
+            continue
         values = x[k][seen[k]]
         if values.size >= 2 and np.all(values == values[0]):
             scale, mean = data.feature_scale, data.feature_mean
@@ -488,6 +551,27 @@ def _check_spread(data, name, j, x, seen, noise) -> None:
                 f"{str(data.clients[k])!r}: the client's distribution of it has no spread. If "
                 f"{value:g} codes a missing value there, set it to NaN; otherwise declare a "
                 "noise sd for it (noise_sd=, --noise-sd) or leave the feature out"
+            )
+
+
+def _check_noise_column(data, split, name, column, values, seen) -> None:
+    """A feature's noise column: finite, >= 0 and one value per client on the rows where
+    the feature was observed (the client's device; ``NaN`` is allowed where the feature is
+    missing)."""
+    where = f"noise column {column!r} of feature {name!r} ({split} rows)"
+    bad = seen & ~(np.isfinite(values) & (values >= 0))
+    if bad.any():
+        raise ModelSpecError(
+            f"{where}: values must be finite and >= 0 where {name!r} is observed; "
+            f"not so for client(s) {_client_counts(data, bad)}"
+        )
+    for k in range(values.shape[0]):
+        v = values[k][seen[k]]
+        if v.size and np.ptp(v) > 1e-12 * max(1.0, float(np.max(v))):
+            raise ModelSpecError(
+                f"{where}: client {str(data.clients[k])!r} has {len(np.unique(v))} different "
+                f"values ({float(v.min()):g} to {float(v.max()):g}); the noise sd is the "
+                "client's (its device's): one value per client"
             )
 
 

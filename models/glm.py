@@ -33,7 +33,13 @@ import numpyro.distributions as dist
 
 from bayes_pfl.spec import HierarchicalModel, ModelSpecError
 
-from .covariates import IntegratedOutcome, ObservedCovariates, latent_features, linear_moments
+from .covariates import (
+    IntegratedOutcome,
+    ObservedCovariates,
+    latent_features,
+    linear_moments,
+    noise_columns,
+)
 
 FAMILIES = ("normal", "bernoulli", "poisson")
 VARYING = ("intercept", "slopes")
@@ -179,10 +185,14 @@ def hierarchical_glm(
         client effects pooled by ``x_m ~ N(x_mu, x_tau)``, ``x_lsd ~ N(x_lsd_mu,
         x_lsd_tau)``, and missing values are integrated out of the likelihood
         (:mod:`bayes_pfl.models.covariates`), missing at random.
-    noise_sd : mapping of str or int to float, optional
+    noise_sd : mapping of str or int to float or str, optional
         Features measured with a known noise sd (errors in variables, ``0``: exact), in the
         units of ``x``: the true value is a latent covariate with the client's distribution
-        as for ``missing``, which corrects the attenuation of its slope.
+        as for ``missing``, which corrects the attenuation of its slope. A value is the sd
+        (the same for every client) or the name of a column of ``x`` that holds each
+        client's own sd (``{"sensor": "sensor_sd"}``: the client's device, declared in its
+        data; one value per client, ``NaN`` allowed where the feature is missing). Such a
+        column is no term of the model (``varying`` presets only).
     missing_effects : bool
         Informative missingness: a client effect ``g_j`` of ``[x_j missing]`` on the linear
         predictor for each feature in ``missing`` (pooled, ``g ~ N(g_mu, g_tau)``), as in
@@ -213,8 +223,15 @@ def hierarchical_glm(
     """
     if family not in FAMILIES:
         raise ModelSpecError(f"unknown family {family!r}; choose one of {FAMILIES}")
+    aux = noise_columns(noise_sd)
     if isinstance(varying, Terms):
+        if aux:
+            raise ModelSpecError(
+                f"noise-sd column(s) {list(aux)} with formula terms: give the noise sd as a "
+                "number, or use varying='intercept' / 'slopes' with feature_names"
+            )
         terms = varying
+        features = terms.features
     else:
         if varying not in VARYING:
             raise ModelSpecError(f"unknown varying={varying!r}; choose one of {VARYING}")
@@ -224,19 +241,21 @@ def hierarchical_glm(
             if int(n_features) < 0:
                 raise ModelSpecError("n_features must be >= 0")
             feature_names = [f"x{j}" for j in range(int(n_features))]
-        terms = Terms.preset(varying, feature_names)
-    p = len(terms.features)
+        features = tuple(map(str, feature_names))
+        # a noise-sd column is data about another feature's measurement, not a term
+        terms = Terms.preset(varying, [f for f in features if f not in aux])
+    p = len(features)
     if n_features is not None and int(n_features) != p:
-        raise ModelSpecError(f"n_features={n_features} but {p} feature name(s): {terms.features}")
+        raise ModelSpecError(f"n_features={n_features} but {p} feature name(s): {features}")
     d = len(terms.varying)
-    col = {f: j for j, f in enumerate(terms.features)}
+    col = {f: j for j, f in enumerate(features)}
     v_int = terms.varying[0] == INTERCEPT
     v_cols = np.array([col[t] for t in terms.varying if t != INTERCEPT], dtype=int)
     s_int = INTERCEPT in terms.shared_terms
     s_cols = np.array([col[t] for t in terms.shared_terms if t != INTERCEPT], dtype=int)
     d_mu = len(terms.mean_terms)
     covariates = _covariate_names(client_covariates)
-    cov = latent_features(terms.features, missing, noise_sd, missing_effects)
+    cov = latent_features(features, missing, noise_sd, missing_effects)
     if sigma_by_client and family != "normal":
         raise ModelSpecError(f"sigma_by_client needs family='normal', not {family!r}")
     q, r = len(cov.names), len(cov.effect_names)
@@ -326,14 +345,15 @@ def hierarchical_glm(
         miss = jnp.isnan(xf)
         x_obs = jnp.where(miss, 0.0, xf)
         m, sd = theta["x_m"], jnp.exp(theta["x_lsd"])
+        noise = cov.client_noise(x)
         coef = coefficients(theta, phi)[cov.columns]
-        shift, eta_var = linear_moments(x_obs, miss, m, sd, cov.noise_sd, coef)
+        shift, eta_var = linear_moments(x_obs, miss, m, sd, noise, coef)
         # the GLM is linear in x: the modelled columns enter through E[x | x̃]
         eta = linear_predictor(theta, phi, x.at[..., cov.columns].set(0.0)) + shift
         if r:
             eta = eta + jnp.where(miss[..., cov.effect_positions], 1.0, 0.0) @ theta["g"]
         numpyro.sample("y", IntegratedOutcome(family, eta, eta_var, sigma), obs=y)
-        scale = jnp.sqrt(sd**2 + cov.noise_sd**2)
+        scale = jnp.sqrt(sd**2 + noise**2)
         numpyro.sample("x_obs", ObservedCovariates(m, scale, miss), obs=x_obs)
 
     def outcome(eta, sigma, y):

@@ -12,15 +12,19 @@ QUICK = ("--chains", "1", "--warmup", "150", "--samples", "150", "--no-progress"
 
 
 def _csv(tmp_path, seed=0):
-    """Six clients, features ``x0`` (a fifth missing) and ``x1``, a Normal outcome, and a
+    """Six clients, features ``x0`` (a fifth missing; measured with noise sd 0.5 at three
+    clients, declared in column ``x0_sd``, 0 elsewhere) and ``x1``, a Normal outcome, and a
     metadata table (a binary client covariate)."""
     rng = np.random.default_rng(seed)
     rows = []
     for c in range(6):
         x = rng.normal(size=(25, 2)) + rng.normal(size=2)
         y = 0.3 * rng.normal() + x @ [1.0, -0.5] + 0.5 * rng.normal(size=25)
+        sd = 0.5 * (c % 2)
+        x[:, 0] += sd * rng.normal(size=25)
         x[rng.uniform(size=25) < 0.2, 0] = np.nan
-        rows.append(pd.DataFrame({"site": f"s{c}", "x0": x[:, 0], "x1": x[:, 1], "y": y}))
+        frame = {"site": f"s{c}", "x0": x[:, 0], "x1": x[:, 1], "y": y}
+        rows.append(pd.DataFrame({**frame, "x0_sd": np.where(np.isnan(x[:, 0]), np.nan, sd)}))
     df = pd.concat(rows, ignore_index=True)
     meta = pd.DataFrame({"site": [f"s{c}" for c in range(6)], "region": list("abcabc")})
     df.to_csv(tmp_path / "gaps.csv", index=False)
@@ -38,12 +42,14 @@ def test_fit_a_csv_with_gaps_and_metadata(tmp_path, method):
     _csv(tmp_path)
     out = tmp_path / method
     r = run_cli(
-        "fit", *_args(tmp_path), "--missing", "model", "--noise-sd", "x1=0.1",
-        "--metadata", str(tmp_path / "meta.csv"), "--method", method, "--rounds", "2",
-        "--out", str(out), *QUICK,
+        "fit", *_args(tmp_path), "--features", "x0,x1,x0_sd", "--missing", "model",
+        "--noise-sd", "x1=0.1", "--noise-sd", "x0=x0_sd", "--metadata",
+        str(tmp_path / "meta.csv"), "--method", method, "--rounds", "2", "--out", str(out),
+        *QUICK,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     dt = xr.open_datatree(out / "posterior.nc")
+    assert list(dt.posterior["beta"].coords["beta_term"].values) == ["x0", "x1"]  # x0_sd is no term
     assert set(dt.posterior["x_m"].dims) >= {"client"}
     assert dt.posterior["x_m"].sizes["client"] == 6
     # 150 rows, noise sd 0.5: posterior sds about 0.04, the band of 0.2 is 5 of them
@@ -65,6 +71,9 @@ def test_clear_errors(tmp_path):
     assert r.returncode == 2 and "or --missing model to model them (GLMs)" in r.stderr, r.stderr
     r = run_cli("fit", *_args(tmp_path), "--missing", "drop", "--noise-sd", "x1=-1", "--out", out)
     assert r.returncode == 2 and "SD a number >= 0" in r.stderr, r.stderr
+    r = run_cli("fit", *_args(tmp_path), "--features", "x0,x1,x0_sd", "--missing", "model",
+                "--noise-sd", "x0=x0_sd", "--standardize", "--out", out)  # fmt: skip
+    assert r.returncode == 2 and "a noise column with --standardize" in r.stderr, r.stderr
     df.assign(y=df["y"].where(df.index != 3)).to_csv(tmp_path / "y.csv", index=False)
     r = run_cli("fit", *_args(tmp_path, "y.csv"), "--missing", "model", "--out", out)
     assert r.returncode == 2 and "target column 'y' has 1 missing value" in r.stderr, r.stderr

@@ -145,8 +145,19 @@ def test_complete_data_glm_is_unchanged():
 def test_errors_name_what_is_wrong():
     with pytest.raises(ModelSpecError, match="'age', which is not a feature"):
         hierarchical_glm("normal", 2, noise_sd={"age": 0.5})
-    with pytest.raises(ModelSpecError, match="noise_sd must be finite and >= 0"):
+    with pytest.raises(ModelSpecError, match=r"noise_sd\['x0'\] must be a number >= 0"):
         hierarchical_glm("normal", 2, noise_sd={"x0": -1.0})
+    with pytest.raises(ModelSpecError, match=r"noise_sd\['x0'\] names 'sd', which is not a"):
+        hierarchical_glm("normal", 2, noise_sd={"x0": "sd"})
+    with pytest.raises(ModelSpecError, match=r"\['x1'\] named as noise-sd column"):
+        hierarchical_glm("normal", 2, noise_sd={"x0": "x1"}, missing=["x1"])
+    from bayes_pfl.models import Terms
+
+    with pytest.raises(ModelSpecError, match="noise-sd column.*with formula terms"):
+        hierarchical_glm(
+            "normal", varying=Terms(("x0", "x1"), ("Intercept",), ("Intercept", "x0", "x1")),
+            noise_sd={"x0": "x1"},
+        )  # fmt: skip
     with pytest.raises(ModelSpecError, match="column 4 is not in"):
         hierarchical_glm("normal", 2, missing=[4])
     with pytest.raises(ModelSpecError, match="sigma_by_client needs family='normal'"):
@@ -418,3 +429,63 @@ def test_linear_moments_are_the_conditional_moments_summed():
     shift, eta_var = linear_moments(x, miss, m, sd, noise, coef)
     np.testing.assert_allclose(shift, mean @ coef, rtol=1e-13, atol=1e-14)
     np.testing.assert_allclose(eta_var, var @ coef**2, rtol=1e-13, atol=1e-14)
+
+
+def _noise_column_data(noise=(0.4, 0.9, 0.0), n=12, seed=5):
+    """Three clients, feature ``x`` with a gap per client and its noise sd by client in
+    column ``x_sd`` (``NaN`` where ``x`` is missing)."""
+    from bayes_pfl import FederatedData
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for c, s in enumerate(noise):
+        x = rng.normal(size=n) + 0.3 * c
+        y = 0.2 + 0.8 * x + 0.5 * rng.normal(size=n)
+        x[c] = np.nan
+        sd = np.where(np.isnan(x), np.nan, s)
+        rows.append(pd.DataFrame({"client": f"c{c}", "x": x, "x_sd": sd, "y": y}))
+    df = pd.concat(rows, ignore_index=True)
+    kw = {"client_col": "client", "target": "y", "missing": "keep"}
+    return df, FederatedData.from_pandas(df, features=["x", "x_sd"], **kw), kw
+
+
+def test_a_noise_column_gives_each_client_its_declared_noise():
+    """``noise_sd={"x": "x_sd"}``: each client's likelihood equals the model with that
+    client's sd declared as a number (0: the exact feature), to 1e-12; the column is no
+    term of the model."""
+    _, data, _ = _noise_column_data()
+    by_column = hierarchical_glm(
+        "normal", feature_names=["x", "x_sd"], varying="slopes", noise_sd={"x": "x_sd"}
+    )
+    assert by_column.coords["b"] == ("Intercept", "x") and by_column.n_features == 2
+    assert "sd by client: column 'x_sd'" in by_column.description
+    arrays = data.arrays("train")
+    rng = np.random.default_rng(0)
+    u_phi = jnp.asarray(rng.normal(size=by_column.phi_dim))
+    for k, s in enumerate((0.4, 0.9, 0.0)):
+        fixed = hierarchical_glm("normal", feature_names=["x"], varying="slopes", missing=["x"],
+                                 noise_sd={"x": s})  # fmt: skip
+        u_theta = jnp.asarray(rng.normal(size=fixed.theta_dim))
+        x, y, mask = (jnp.asarray(a[k]) for a in (arrays.x, arrays.y, arrays.mask))
+        got = by_column.client_loglik(u_theta, u_phi, x, y, mask)
+        want = fixed.client_loglik(u_theta, u_phi, x[:, :1], y, mask)
+        assert float(got) == pytest.approx(float(want), abs=1e-12)
+
+
+def test_noise_columns_that_are_not_one_value_per_client_are_named():
+    from bayes_pfl import FederatedData
+    from bayes_pfl.centralized import check_model_data
+
+    df, data, kw = _noise_column_data()
+    model = hierarchical_glm("normal", feature_names=["x", "x_sd"], noise_sd={"x": "x_sd"})
+    check_model_data(model, data)
+    cases = {"has 2 different values": 0.5, "must be finite and >= 0 where 'x' is observed": -1.0}
+    for message, value in cases.items():
+        bad = df.copy()
+        bad.loc[14, "x_sd"] = value  # client c1, x observed
+        with pytest.raises(ModelSpecError, match=message):
+            check_model_data(model, FederatedData.from_pandas(bad, features=["x", "x_sd"], **kw))
+    bad = df.copy()
+    bad.loc[14, "x_sd"] = np.nan  # x observed there
+    with pytest.raises(ModelSpecError, match=r"client\(s\) 'c1' \(1 row\)"):
+        check_model_data(model, FederatedData.from_pandas(bad, features=["x", "x_sd"], **kw))

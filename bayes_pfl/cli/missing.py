@@ -5,8 +5,10 @@ measurement error modelled in the zoo GLMs (:mod:`bayes_pfl.models.covariates`).
 missing="keep")``) and builds the GLM with ``missing=`` every feature that has a gap in the
 data: each client's distribution of the feature is part of the model and the gaps are
 integrated out, for every method. ``--missing-effects`` adds a per-client effect of each
-such feature's missingness (``missing_effects=True``). ``--noise-sd FEATURE=SD`` declares a feature measured with
-a known noise sd (in the feature's units, before ``--standardize``).
+such feature's missingness (``missing_effects=True``). ``--noise-sd FEATURE=SD`` declares a
+feature measured with a known noise sd (in the feature's units, before ``--standardize``);
+``--noise-sd FEATURE=COLUMN`` reads each client's own sd from a feature column (its
+device's; one value per client, a column of data that is no term of the model).
 """
 
 from __future__ import annotations
@@ -41,8 +43,9 @@ def add_missing_args(group: argparse._ArgumentGroup) -> None:
         action="append",
         default=[],
         metavar="FEATURE=SD",
-        help="GLMs: FEATURE is measured with a known noise sd SD (in its units); its true "
-        "value is a latent covariate (errors in variables); repeat for several",
+        help="GLMs: FEATURE is measured with a known noise sd SD (in its units), or with each "
+        "client's own sd read from feature column SD (one value per client); its true value "
+        "is a latent covariate (errors in variables); repeat for several",
     )
 
 
@@ -74,24 +77,38 @@ def latent_options(args, data, name: str) -> dict:
             x = np.asarray(data.arrays(split).x, float)
             gaps.append(np.isnan(x).reshape(-1, x.shape[-1]).any(axis=0))
     has_gap = np.any(gaps, axis=0)
+    columns = {v for v in noise.values() if isinstance(v, str)}  # data, not covariates
     missing = [str(f) for f, g in zip(data.features, has_gap, strict=True) if g]
+    missing = [f for f in missing if f not in columns]
     return {"missing": missing, "noise_sd": noise, "missing_effects": effects and bool(missing)}
 
 
-def _parse_noise(items, data) -> dict[str, float]:
+def _parse_noise(items, data) -> dict[str, float | str]:
     from bayes_pfl.data import DataError
 
     features = [str(f) for f in data.features]
     out = {}
     for item in items:
         name, sep, value = item.partition("=")
-        name = name.strip()
+        name, value = name.strip(), value.strip()
         try:
             sd = float(value)
         except ValueError:
             sd = float("nan")
+        if sep and value in features and value != name:  # each client's sd, in a column
+            if data.feature_scale is not None:
+                raise DataError(
+                    f"--noise-sd {item!r}: a noise column with --standardize would be "
+                    f"standardized like a feature; standardize {name!r} and {value!r} by "
+                    f"{name!r}'s scale in the CSV, or declare one SD"
+                )
+            out[name] = value
+            continue
         if not sep or not (np.isfinite(sd) and sd >= 0):
-            raise DataError(f"--noise-sd {item!r}: expected FEATURE=SD with SD a number >= 0")
+            raise DataError(
+                f"--noise-sd {item!r}: expected FEATURE=SD with SD a number >= 0 or the "
+                "name of a feature column holding each client's sd"
+            )
         if name not in features:
             raise DataError(
                 f"--noise-sd {item!r}: {name!r} is not a feature (features: {', '.join(features)})"
