@@ -489,3 +489,18 @@ def test_noise_columns_that_are_not_one_value_per_client_are_named():
     bad.loc[14, "x_sd"] = np.nan  # x observed there
     with pytest.raises(ModelSpecError, match=r"client\(s\) 'c1' \(1 row\)"):
         check_model_data(model, FederatedData.from_pandas(bad, features=["x", "x_sd"], **kw))
+
+
+def test_the_outcome_alone_scores_predictions_of_y():
+    """``outcome_only``: ``p(y | x̃)`` (what a prediction of ``y`` is scored by) sums to 1
+    over ``y``; the full row likelihood ``p(y, x̃)`` also holds ``p(x̃)`` and does not."""
+    model = _model("bernoulli", missing=["x0", "x1"])
+    theta = {"b": jnp.asarray(B), "x_m": jnp.asarray(M), "x_lsd": jnp.asarray(LSD)}
+    x = jnp.asarray([[np.nan, 0.4], [1.2, -0.3]])
+    total, full = 0.0, 0.0
+    for y in (0.0, 1.0):
+        ys = jnp.full(2, y)
+        total = total + np.exp(model.pointwise_loglik_values(theta, {}, x, ys, outcome_only=True))
+        full = full + np.exp(model.pointwise_loglik_values(theta, {}, x, ys))
+    np.testing.assert_allclose(total, 1.0, atol=1e-12)
+    assert np.all(np.abs(np.asarray(full) - 1.0) > 0.1)
