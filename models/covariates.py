@@ -94,7 +94,10 @@ centred at the integrand's mode. Against adaptive quadrature (``scipy.integrate.
 means -3..3, Bernoulli ``y`` 0/1, Poisson ``y`` 0..30) the log-likelihood of a row is
 within 1e-10 where the linear predictor's sd given the observed values (``sqrt(v_η)``) is
 at most 1, 1e-7 at 1.5 and 1e-4 at 3 (the worst case: a Poisson zero, whose integrand is a
-smoothed step). Standardized features with unit slopes are in the first regime."""
+smoothed step). Standardized features with unit slopes are in the first regime.
+``hierarchical_glm(quadrature_nodes=)`` trades accuracy for time: for a Bernoulli row
+(means -3..3) the largest error is 3e-10 / 1e-8 / 6e-7 with 16 / 12 / 8 nodes at
+``sqrt(v_η) = 1`` and 1e-7 / 1e-6 / 2e-5 at 1.5 (32 nodes: 6e-15 and 8e-11)."""
 
 
 def gauss_hermite(n: int = GH_NODES) -> tuple[np.ndarray, np.ndarray]:

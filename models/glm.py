@@ -34,6 +34,7 @@ import numpyro.distributions as dist
 from bayes_pfl.spec import HierarchicalModel, ModelSpecError
 
 from .covariates import (
+    GH_NODES,
     IntegratedOutcome,
     ObservedCovariates,
     latent_features,
@@ -146,6 +147,7 @@ def hierarchical_glm(
     missing_effects: bool = False,
     sigma_by_client: bool = False,
     covariate_scale: float = 5.0,
+    quadrature_nodes: int = GH_NODES,
 ) -> HierarchicalModel:
     """A hierarchical GLM with client-varying intercepts (and optionally slopes).
 
@@ -204,6 +206,10 @@ def hierarchical_glm(
         Prior scale of the covariate distributions, for features on a unit scale
         (standardized): ``x_mu ~ N(0, s)``, ``x_tau ~ HalfNormal(s / 5)``,
         ``x_lsd_mu ~ N(log(s / 5), 1)``, ``x_lsd_tau ~ HalfNormal(0.5)``.
+    quadrature_nodes : int
+        Gauss-Hermite nodes of a Bernoulli or Poisson row's integral over its missing or
+        noisy values (:data:`~bayes_pfl.models.covariates.GH_NODES`, 32, by default; the
+        cost of a row is about proportional). Accuracy: :data:`GH_NODES`'s notes.
 
     Examples
     --------
@@ -256,6 +262,13 @@ def hierarchical_glm(
     d_mu = len(terms.mean_terms)
     covariates = _covariate_names(client_covariates)
     cov = latent_features(features, missing, noise_sd, missing_effects)
+    if (
+        isinstance(quadrature_nodes, bool)
+        or int(quadrature_nodes) != quadrature_nodes
+        or (quadrature_nodes < 1)
+    ):
+        raise ModelSpecError(f"quadrature_nodes must be an integer >= 1, got {quadrature_nodes!r}")
+    quadrature_nodes = int(quadrature_nodes)
     if sigma_by_client and family != "normal":
         raise ModelSpecError(f"sigma_by_client needs family='normal', not {family!r}")
     q, r = len(cov.names), len(cov.effect_names)
@@ -352,7 +365,8 @@ def hierarchical_glm(
         eta = linear_predictor(theta, phi, x.at[..., cov.columns].set(0.0)) + shift
         if r:
             eta = eta + jnp.where(miss[..., cov.effect_positions], 1.0, 0.0) @ theta["g"]
-        numpyro.sample("y", IntegratedOutcome(family, eta, eta_var, sigma), obs=y)
+        outcome_dist = IntegratedOutcome(family, eta, eta_var, sigma, n_nodes=quadrature_nodes)
+        numpyro.sample("y", outcome_dist, obs=y)
         scale = jnp.sqrt(sd**2 + noise**2)
         numpyro.sample("x_obs", ObservedCovariates(m, scale, miss), obs=x_obs)
 
