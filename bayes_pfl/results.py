@@ -36,6 +36,7 @@ import json
 import platform
 import sys
 from dataclasses import dataclass, field
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -169,11 +170,15 @@ class FitResult:
             if name in present
         }
 
-    def pointwise_loglik(self, x: np.ndarray, y: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    def pointwise_loglik(
+        self, x: np.ndarray, y: np.ndarray, mask: np.ndarray, *, outcome_only: bool = False
+    ) -> np.ndarray:
         """Log-likelihood of every real row under every draw, shape ``(chain, draw, n_obs)``.
 
         Rows are the ``mask``-selected rows of ``x``/``y`` (``(K, n_max, ...)``), client
-        by client, in row order.
+        by client, in row order. ``outcome_only``: the outcome's site alone, without a
+        covariate site (``x_obs``, missing values modelled); see
+        :meth:`~bayes_pfl.spec.HierarchicalModel.pointwise_loglik_values`.
         """
         model = self.model
         c, d = self.num_chains, self.num_draws
@@ -184,7 +189,8 @@ class FitResult:
         phi, theta = flat(self.phi), flat(self.theta)
 
         def one_draw(phi_s, theta_s):
-            return jax.vmap(model.pointwise_loglik_values, in_axes=(0, None, 0, 0))(
+            values = partial(model.pointwise_loglik_values, outcome_only=outcome_only)
+            return jax.vmap(values, in_axes=(0, None, 0, 0))(
                 theta_s, phi_s, jnp.asarray(x), jnp.asarray(y)
             )
 

@@ -665,11 +665,19 @@ class HierarchicalModel:
             out = out + self._population_correction(tr, 1)[0]
         return out
 
-    def pointwise_loglik_values(self, theta: Params, phi: Params, x: Array, y: Array) -> Array:
-        """Per-row ``log p(y_i | theta, phi, x_i)`` from site values, shape ``(n,)``."""
+    def pointwise_loglik_values(
+        self, theta: Params, phi: Params, x: Array, y: Array, *, outcome_only: bool = False
+    ) -> Array:
+        """Per-row ``log p(y_i | theta, phi, x_i)`` from site values, shape ``(n,)``.
+
+        The sum over every observed site of the likelihood (the row's joint likelihood);
+        ``outcome_only``: the outcome's site alone (:attr:`observed_name`), what a
+        prediction of the target reads when the likelihood also observes the covariates
+        (the ``x_obs`` site of a model with missing values modelled).
+        """
         tr = isolated_trace(self.likelihood, theta, phi, x, y)
         out = jnp.zeros(y.shape[0])
-        for name in self._observed:
+        for name in [self.observed_name] if outcome_only else self._observed:
             out = out + tr[name]["fn"].log_prob(tr[name]["value"])
         return out
 

@@ -145,7 +145,9 @@ class PosteriorPredictor:
     ``bernoulli``: ``P(y_i = 1) = mean_s p(y_i = 1 | theta^(s))`` (exact given
     the draws) and the log density follows from it. ``normal``/``poisson``:
     ``log mean_s p(y_i | theta^(s))``, the predictive mean and the 90% interval
-    from posterior predictive draws of ``y``.
+    from posterior predictive draws of ``y``. ``p(y_i | theta)`` is the outcome's site
+    alone: a model that also observes the covariates (missing values modelled,
+    :mod:`bayes_pfl.models.covariates`) predicts ``y`` given the row's observed values.
     """
 
     result: Any
@@ -157,11 +159,11 @@ class PosteriorPredictor:
         y = np.asarray(arrays.y, dtype=np.float64)
         mask = np.asarray(arrays.mask, dtype=bool)
         if self.family == "bernoulli":
-            ll1 = self.result.pointwise_loglik(x, np.ones_like(y), mask)
+            ll1 = self.result.pointwise_loglik(x, np.ones_like(y), mask, outcome_only=True)
             p_obs = np.exp(M.log_mean_exp_draws(ll1, axis=(0, 1)))
             p = np.where(mask, _scatter(np.clip(p_obs, 0.0, 1.0), mask), 0.5)
             return Prediction(np.where(mask, bernoulli_log_density(p, y), 0.0), p)
-        ll = self.result.pointwise_loglik(x, y, mask)
+        ll = self.result.pointwise_loglik(x, y, mask, outcome_only=True)
         lpd = _scatter(M.log_mean_exp_draws(ll, axis=(0, 1)), mask)
         yrep = np.asarray(self.result.predictive(x, mask, seed=self.seed), dtype=np.float64)
         yrep = yrep.reshape(-1, yrep.shape[-1])
