@@ -169,6 +169,7 @@ def fit_nuts(
     max_tree_depth: int = 10,
     progress_bar: bool = True,
     chain_method: str | None = None,
+    kernel_options: dict | None = None,
 ) -> FitResult:
     """Sample the pooled hierarchical model with NUTS.
 
@@ -190,6 +191,11 @@ def fit_nuts(
         Show numpyro's progress bar.
     chain_method : {"parallel", "sequential", "vectorized"}, optional
         Overrides the choice above.
+    kernel_options : dict, optional
+        More options of numpyro's ``NUTS`` kernel, e.g. ``init_strategy`` (default
+        ``init_to_uniform``: uniform in ``(-2, 2)`` in unconstrained space) or
+        ``find_heuristic_step_size=True``, for a model where early warmup leaves a chain
+        stuck far from the posterior.
 
     Returns
     -------
@@ -215,6 +221,7 @@ def fit_nuts(
         model.centralized_model,
         target_accept_prob=target_accept_prob,
         max_tree_depth=max_tree_depth,
+        **(kernel_options or {}),
     )
     mcmc = MCMC(
         kernel,

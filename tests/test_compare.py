@@ -623,3 +623,43 @@ def test_oracle_method_rejects_bad_settings():
         oracle_method(fed, know="everything")
     with pytest.raises(ComparisonError, match="draws"):
         oracle_method(fed, know="phi", draws=0)
+
+
+def test_posterior_predictor_reads_the_outcome_given_the_observed_values():
+    """Missing values modelled (#18): the likelihood also observes the covariates
+    (``x_obs``); a prediction of ``y`` is ``p(y | x̃)``, the outcome's site alone."""
+    from scipy import integrate, stats
+    from scipy.special import expit
+
+    from bayes_pfl.models import hierarchical_glm
+
+    model = hierarchical_glm("bernoulli", 1, varying="intercept", missing=["x0"])
+    b, beta, m, sd = 0.3, 1.5, 0.4, 0.8
+    one = np.ones((1, 1, 1))
+    fit = FitResult(
+        method="fake",
+        model=model,
+        clients=("a",),
+        phi={
+            "mu": np.zeros((1, 1, 1)),
+            "tau": one,
+            "beta": beta * one,
+            **{k: one for k in ("x_mu", "x_tau", "x_lsd_mu", "x_lsd_tau")},
+        },
+        theta={
+            "b_raw": np.zeros((1, 1, 1, 1)),
+            "b": np.full((1, 1, 1, 1), b),
+            "x_raw": np.zeros((1, 1, 1, 2)),
+            "x_m": np.full((1, 1, 1, 1), m),
+            "x_lsd": np.full((1, 1, 1, 1), np.log(sd)),
+        },
+    )
+    arr = ClientArrays(np.array([[[1.2], [np.nan]]]), np.array([[1.0, 0.0]]), np.ones((1, 2), bool))
+    pred = PosteriorPredictor(fit, "bernoulli").predict(arr)
+    gap, _ = integrate.quad(lambda x: expit(b + beta * x) * stats.norm.pdf(x, m, sd), -8, 8)
+    np.testing.assert_allclose(pred.mean[0], [expit(b + beta * 1.2), gap], rtol=1e-6)
+    # the joint likelihood (LOO's) still holds the covariate's density
+    joint = fit.pointwise_loglik(arr.x, arr.y, arr.mask)[0, 0, 0]
+    assert joint == pytest.approx(
+        math.log(expit(b + beta * 1.2)) + stats.norm.logpdf(1.2, m, sd), rel=1e-6
+    )
