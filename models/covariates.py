@@ -121,7 +121,7 @@ def conditional(x_obs, missing, m, sd, noise_sd):
         Observed values (any finite number where ``missing``).
     missing : bool array ``[n, q]``
         No observation.
-    m, sd : arrays ``[q]``
+    m, sd : arrays ``[q]`` (``m`` also ``[n, q]``: a mean per row)
         The client's covariate distribution ``x_j ~ N(m_j, sd_j²)``.
     noise_sd : array ``[q]``
         Known measurement-error sd (0: exact).
@@ -153,7 +153,10 @@ def linear_moments(x_obs, missing, m, sd, noise_sd, coef):
     miss = jnp.where(missing, 1.0, 0.0)
     seen = 1.0 - miss
     value = jnp.where(missing, 0.0, x_obs)
-    mean = miss @ (coef * m) + seen @ (coef * m * w) + value @ (coef * (1 - w))
+    if jnp.ndim(m) == 1:
+        mean = miss @ (coef * m) + seen @ (coef * m * w) + value @ (coef * (1 - w))
+    else:  # a mean per row, [n, q] (covariate_regression)
+        mean = (miss * m) @ coef + (seen * m) @ (coef * w) + value @ (coef * (1 - w))
     var = miss @ (coef**2 * v) + seen @ (coef**2 * v * w)
     return mean, var
 
@@ -347,6 +350,9 @@ class ObservedCovariates(dist.Distribution):
         # carry an [n, q] array (EP's Hessians at hundreds of points)
         seen = jnp.where(self.missing, 0.0, 1.0)
         value = jnp.where(self.missing, 0.0, value)
+        if jnp.ndim(self.m) == 2:  # a mean per row (covariate_regression)
+            z = (value - self.m) / self.scale
+            return jnp.sum(seen * (-jnp.log(self.scale) - 0.5 * np.log(2 * np.pi) - 0.5 * z**2), -1)
         prec = 1 / self.scale**2
         const = -jnp.log(self.scale) - 0.5 * np.log(2 * np.pi) - 0.5 * self.m**2 * prec
         return seen @ const + value @ (self.m * prec) - 0.5 * (value**2) @ prec

@@ -148,6 +148,7 @@ def hierarchical_glm(
     sigma_by_client: bool = False,
     covariate_scale: float = 5.0,
     quadrature_nodes: int = GH_NODES,
+    covariate_regression: bool = False,
 ) -> HierarchicalModel:
     """A hierarchical GLM with client-varying intercepts (and optionally slopes).
 
@@ -206,6 +207,14 @@ def hierarchical_glm(
         Prior scale of the covariate distributions, for features on a unit scale
         (standardized): ``x_mu ~ N(0, s)``, ``x_tau ~ HalfNormal(s / 5)``,
         ``x_lsd_mu ~ N(log(s / 5), 1)``, ``x_lsd_tau ~ HalfNormal(0.5)``.
+    covariate_regression : bool
+        The modelled features' client distributions depend on the row's exactly measured
+        features: ``x_j ~ N(m_kj + Σ_l c_jl x_l, sd_kj²)`` over the features ``l`` that are
+        neither modelled nor noise columns, with ``c = x_coef [q, E] ~ N(0, 1)`` shared by
+        the federation. Without it the features of a row are independent given the
+        client, and a modelled feature correlated with an exact one gets a biased slope:
+        the gaps are filled, and noisy values corrected, without what the correlated
+        feature says about them (``benchmarks/systemic.py``).
     quadrature_nodes : int
         Gauss-Hermite nodes of a Bernoulli or Poisson row's integral over its missing or
         noisy values (:data:`~bayes_pfl.models.covariates.GH_NODES`, 32, by default; the
@@ -272,6 +281,11 @@ def hierarchical_glm(
     if sigma_by_client and family != "normal":
         raise ModelSpecError(f"sigma_by_client needs family='normal', not {family!r}")
     q, r = len(cov.names), len(cov.effect_names)
+    aux_cols = set(cov.columns.tolist()) | set(cov.noise_columns[cov.noise_columns >= 0].tolist())
+    exact_cols = np.array([j for j in range(p) if j not in aux_cols], dtype=int)
+    if covariate_regression and not q:
+        raise ModelSpecError("covariate_regression=True needs features in missing= or noise_sd=")
+    n_exact = exact_cols.size if covariate_regression else 0
     # mu (the means of the varying terms that have one) placed into the D varying terms
     place = None
     if d_mu < d:
@@ -304,6 +318,8 @@ def hierarchical_glm(
                 dist.Normal(float(np.log(covariate_scale / 5)), 1.0).expand([q]).to_event(1),
             )
             numpyro.sample("x_lsd_tau", dist.HalfNormal(0.5).expand([q]).to_event(1))
+            if n_exact:
+                numpyro.sample("x_coef", dist.Normal(0.0, 1.0).expand([q, n_exact]).to_event(2))
         if r:
             numpyro.sample("g_mu", dist.Normal(0.0, coef_scale).expand([r]).to_event(1))
             numpyro.sample("g_tau", dist.HalfNormal(tau_scale).expand([r]).to_event(1))
@@ -358,6 +374,8 @@ def hierarchical_glm(
         miss = jnp.isnan(xf)
         x_obs = jnp.where(miss, 0.0, xf)
         m, sd = theta["x_m"], jnp.exp(theta["x_lsd"])
+        if n_exact:  # each row's mean of the modelled features given its exact ones, [n, q]
+            m = m + x[..., exact_cols] @ phi["x_coef"].T
         noise = cov.client_noise(x)
         coef = coefficients(theta, phi)[cov.columns]
         shift, eta_var = linear_moments(x_obs, miss, m, sd, noise, coef)

@@ -515,3 +515,26 @@ def test_fewer_quadrature_nodes_trade_accuracy_for_time():
     assert fewer == pytest.approx(full, abs=1e-7) and fewer != full
     with pytest.raises(ModelSpecError, match="quadrature_nodes must be an integer >= 1"):
         _model("bernoulli", missing=["x0"], quadrature_nodes=0)
+
+
+def test_covariate_regression_conditions_a_gap_on_the_exact_features():
+    """``covariate_regression``: a missing ``x0`` is integrated over ``N(m + c x1, sd)``
+    (``quad``), an observed one has density ``N(x0 | m + c x1, sd)``."""
+    model = _model("bernoulli", missing=["x0"], covariate_regression=True)
+    assert "x_coef" in model.phi_space.names
+    c, sd0 = 0.4, float(np.exp(LSD[0]))
+    theta = {"b": jnp.asarray(B), "x_m": jnp.asarray(M[:1]), "x_lsd": jnp.asarray(LSD[:1])}
+    phi = {"x_coef": jnp.asarray([[c]])}
+    x = jnp.asarray([[np.nan, 0.7], [1.3, -0.2]])
+    got = model.pointwise_loglik_values(theta, phi, x, jnp.asarray([1.0, 0.0]))
+    mean = M[0] + c * 0.7
+    ref, _ = integrate.quad(
+        lambda v: expit(B[0] + B[1] * v + B[2] * 0.7) * stats.norm.pdf(v, mean, sd0),
+        mean - 12 * sd0, mean + 12 * sd0, epsabs=1e-14, epsrel=1e-12,
+    )  # fmt: skip
+    assert float(got[0]) == pytest.approx(np.log(ref), abs=1e-9)
+    seen = np.log(expit(-(B[0] + B[1] * 1.3 - B[2] * 0.2)))
+    seen += stats.norm.logpdf(1.3, M[0] - c * 0.2, sd0)
+    assert float(got[1]) == pytest.approx(seen, abs=1e-10)
+    with pytest.raises(ModelSpecError, match="covariate_regression=True needs"):
+        _model("bernoulli", covariate_regression=True)
