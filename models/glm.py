@@ -283,8 +283,11 @@ def hierarchical_glm(
     q, r = len(cov.names), len(cov.effect_names)
     aux_cols = set(cov.columns.tolist()) | set(cov.noise_columns[cov.noise_columns >= 0].tolist())
     exact_cols = np.array([j for j in range(p) if j not in aux_cols], dtype=int)
-    if covariate_regression and not q:
-        raise ModelSpecError("covariate_regression=True needs features in missing= or noise_sd=")
+    if covariate_regression and not (q and exact_cols.size):
+        raise ModelSpecError(
+            "covariate_regression=True needs features in missing= or noise_sd= and at least "
+            "one exactly measured feature to condition them on"
+        )
     n_exact = exact_cols.size if covariate_regression else 0
     # mu (the means of the varying terms that have one) placed into the D varying terms
     place = None

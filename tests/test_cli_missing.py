@@ -85,3 +85,29 @@ def test_clear_errors(tmp_path):
     )
     r = run_cli("fit", "--data", "eight_schools", "--missing", "model", "--out", out)
     assert r.returncode == 2 and "applies to the GLMs" in r.stderr, r.stderr
+
+
+def test_covariate_regression_flag_builds_the_conditioned_model(tmp_path):
+    """``--covariate-regression`` reaches ``hierarchical_glm`` (no fit: the options and the
+    model they build), and is refused without modelled features."""
+    import argparse
+
+    from bayes_pfl import FederatedData
+    from bayes_pfl.cli.missing import latent_options
+    from bayes_pfl.data import DataError
+    from bayes_pfl.models import get_model
+
+    df = _csv(tmp_path)
+    data = FederatedData.from_pandas(
+        df, client_col="site", target="y", features=["x0", "x1"], missing="keep"
+    )
+    args = argparse.Namespace(
+        missing="model", noise_sd=[], missing_effects=False, covariate_regression=True
+    )
+    options = latent_options(args, data, "linear")
+    assert options["covariate_regression"] and options["missing"] == ["x0"]
+    model = get_model("linear", 2, feature_names=["x0", "x1"], **options)
+    assert "x_coef" in model.phi_space.names
+    args.missing = "drop"
+    with pytest.raises(DataError, match="--covariate-regression needs --missing model"):
+        latent_options(args, data, "linear")

@@ -39,6 +39,13 @@ def add_missing_args(group: argparse._ArgumentGroup) -> None:
         "missingness; takes a client that never measured a feature)",
     )
     group.add_argument(
+        "--covariate-regression",
+        action="store_true",
+        help="--missing model / --noise-sd: each modelled feature's client distribution "
+        "depends linearly on the row's exactly measured features (a shared regression): "
+        "gaps and noisy values borrow what correlated features say",
+    )
+    group.add_argument(
         "--noise-sd",
         action="append",
         default=[],
@@ -65,6 +72,8 @@ def latent_options(args, data, name: str) -> dict:
     if effects and args.missing != "model":
         raise DataError("--missing-effects needs --missing model")
     if args.missing != "model" and not noise:
+        if getattr(args, "covariate_regression", False):
+            raise DataError("--covariate-regression needs --missing model or --noise-sd")
         return {}
     if name not in GLM_FAMILY:
         flag = "--missing model" if args.missing == "model" else "--noise-sd"
@@ -80,7 +89,10 @@ def latent_options(args, data, name: str) -> dict:
     columns = {v for v in noise.values() if isinstance(v, str)}  # data, not covariates
     missing = [str(f) for f, g in zip(data.features, has_gap, strict=True) if g]
     missing = [f for f in missing if f not in columns]
-    return {"missing": missing, "noise_sd": noise, "missing_effects": effects and bool(missing)}
+    out = {"missing": missing, "noise_sd": noise, "missing_effects": effects and bool(missing)}
+    if getattr(args, "covariate_regression", False):
+        out["covariate_regression"] = True
+    return out
 
 
 def _parse_noise(items, data) -> dict[str, float | str]:
