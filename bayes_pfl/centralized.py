@@ -17,7 +17,7 @@ from numpyro.infer import MCMC, NUTS
 from bayes_pfl.results import FitResult
 from bayes_pfl.spec import HierarchicalModel, ModelSpecError
 
-__all__ = ["check_model_data", "fit_nuts"]
+__all__ = ["check_model_data", "fit_nuts", "median_start"]
 
 _EXTRA_FIELDS = ("diverging", "num_steps", "accept_prob", "energy", "potential_energy")
 
@@ -157,6 +157,18 @@ def _support_name(support) -> str:
     return str(support)
 
 
+def median_start() -> dict:
+    """``fit_nuts(kernel_options=...)`` that start every chain at the prior medians with a
+    heuristic first step size, instead of numpyro's uniform draw in ``(-2, 2)`` and step
+    size 1. For models whose early warmup can fling a chain far out, where it stays: with
+    modelled covariates (``hierarchical_glm(missing=..., noise_sd=...)``) a chain was left
+    in the covariates' log scales at 1023 leapfrog steps per draw
+    (``benchmarks/pfl_comparison.py``, ``benchmarks/systemic.py``)."""
+    from numpyro.infer import init_to_median
+
+    return {"init_strategy": init_to_median(num_samples=15), "find_heuristic_step_size": True}
+
+
 def fit_nuts(
     model: HierarchicalModel,
     data,
@@ -195,7 +207,7 @@ def fit_nuts(
         More options of numpyro's ``NUTS`` kernel, e.g. ``init_strategy`` (default
         ``init_to_uniform``: uniform in ``(-2, 2)`` in unconstrained space) or
         ``find_heuristic_step_size=True``, for a model where early warmup leaves a chain
-        stuck far from the posterior.
+        stuck far from the posterior (:func:`median_start`).
 
     Returns
     -------

@@ -66,10 +66,10 @@ import jax
 import numpy as np
 import pandas as pd
 from _common import RESULTS, machine, split_federation, write_results
-from numpyro.infer import init_to_median
 
 from bayes_pfl import metrics as M
 from bayes_pfl.baselines import BASELINE_NAMES
+from bayes_pfl.centralized import median_start
 from bayes_pfl.compare import (
     ComparisonResult,
     Method,
@@ -188,11 +188,15 @@ def heart_model_methods(quick: bool, federated: bool) -> list:
     # out in the covariate scales (x_lsd_mu ~ 5) in early warmup, where it stayed (lp -9400
     # against -3800, 1023 leapfrog steps per draw; seed 0: log-loss 0.558 against 0.443):
     # start at the prior medians with a heuristic first step size
-    start = {"init_strategy": init_to_median(num_samples=15), "find_heuristic_step_size": True}
     out = [
         bayesian_method(
-            "nuts", model, name="hb-model-nuts", family="bernoulli", kernel_options=start, **kw
-        )
+            "nuts",
+            model,
+            name="hb-model-nuts",
+            family="bernoulli",
+            kernel_options=median_start(),
+            **kw,
+        )  # fmt: skip
     ]
     if federated:
         out.append(

@@ -216,17 +216,13 @@ def aware_model(family, data, metadata: bool = True):
 
 
 def fit(method, model, data, seed):
-    from numpyro.infer import init_to_median
-
-    from bayes_pfl.centralized import fit_nuts
+    from bayes_pfl.centralized import fit_nuts, median_start
     from bayes_pfl.federated import fit_ep
 
     t0 = time.perf_counter()
     if method == "nuts":
-        # numpyro's default start (uniform in (-2, 2), first step size 1) can leave a chain
-        # far out in the covariate distributions' log scales (benchmarks/pfl_comparison.py)
-        start = {"init_strategy": init_to_median(num_samples=15), "find_heuristic_step_size": True}
-        res = fit_nuts(model, data, seed=seed, kernel_options=start, **NUTS_KW)
+        # numpyro's default start can leave a chain far out in the covariates' log scales
+        res = fit_nuts(model, data, seed=seed, kernel_options=median_start(), **NUTS_KW)
     else:
         res = fit_ep(model, data, seed=seed, progress=False)
     return res, time.perf_counter() - t0

@@ -382,6 +382,14 @@ class LatentFeatures:
     noise_columns: np.ndarray  # [q] the column of x holding a feature's noise sd (-1: none)
     noise_names: tuple[str, ...]  # [q] those columns' names ("": none)
 
+    @property
+    def special_columns(self) -> set[int]:
+        """The columns of ``x`` this object reads: the modelled features and their noise
+        columns (every other column is an exactly measured feature)."""
+        return set(self.columns.tolist()) | set(
+            self.noise_columns[self.noise_columns >= 0].tolist()
+        )
+
     def client_noise(self, x):
         """The noise sd of each modelled feature for one client's rows ``x [n, P]``,
         ``[q]``: the declared constant, or the client's value in the feature's noise
@@ -438,9 +446,8 @@ class LatentFeatures:
             x = np.asarray(arrays.x, float)
             real = np.asarray(arrays.mask, bool)
             gaps = np.isnan(x) & real[..., None]
-            aux = set(self.noise_columns[self.noise_columns >= 0].tolist())
-            modelled = set(self.columns.tolist())
-            bad = [j for j in range(x.shape[-1]) if j not in modelled | aux and gaps[..., j].any()]
+            special = self.special_columns
+            bad = [j for j in range(x.shape[-1]) if j not in special and gaps[..., j].any()]
             if bad:
                 where = _client_counts(data, gaps[..., bad].any(axis=-1))
                 raise ModelSpecError(

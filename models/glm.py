@@ -281,8 +281,7 @@ def hierarchical_glm(
     if sigma_by_client and family != "normal":
         raise ModelSpecError(f"sigma_by_client needs family='normal', not {family!r}")
     q, r = len(cov.names), len(cov.effect_names)
-    aux_cols = set(cov.columns.tolist()) | set(cov.noise_columns[cov.noise_columns >= 0].tolist())
-    exact_cols = np.array([j for j in range(p) if j not in aux_cols], dtype=int)
+    exact_cols = np.array([j for j in range(p) if j not in cov.special_columns], dtype=int)
     if covariate_regression and not (q and exact_cols.size):
         raise ModelSpecError(
             "covariate_regression=True needs features in missing= or noise_sd= and at least "

@@ -126,3 +126,19 @@ def test_posterior_predictive_for_held_out_rows(tmp_path):
     paths = save_fit(fit, data, tmp_path)
     back = load_posterior(paths["posterior"])
     assert list(back.posterior_predictive.test_obs_client.values) == list(clients)
+
+
+def test_kernel_options_reach_the_nuts_kernel(schools):
+    """``kernel_options`` are numpyro's NUTS options: a start at chosen values with a step
+    size of 1e-9 and no warmup leaves the one draw there (numpyro's default start, a uniform
+    draw in (-2, 2) for mu, could not give mu = 7.5); ``median_start`` names two of them."""
+    from numpyro.infer import init_to_value
+
+    from bayes_pfl.centralized import fit_nuts, median_start
+
+    start = {"init_strategy": init_to_value(values={"mu": 7.5}), "step_size": 1e-9,
+             "adapt_step_size": False}  # fmt: skip
+    fit = fit_nuts(eight_schools(), schools, num_chains=1, num_warmup=0, num_samples=1,
+                   progress_bar=False, kernel_options=start)  # fmt: skip
+    assert float(np.asarray(fit.phi["mu"]).ravel()[0]) == pytest.approx(7.5, abs=1e-6)
+    assert set(median_start()) == {"init_strategy", "find_heuristic_step_size"}
