@@ -18,6 +18,7 @@ def cli_env():
     """The environment the command line runs in: unbuffered, without the tests' XLA flags."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("XLA_FLAGS", None)
+    env.pop("BAYES_PFL_NO_COMPILATION_CACHE", None)  # set for the test processes only
     return env
 
 

@@ -7,6 +7,10 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
 ).strip()
 os.environ.setdefault("MPLBACKEND", "Agg")
+# no persistent compilation cache in the test processes: a CLI test run in-process turns it on
+# for its whole worker, and a later test's write into it aborted that worker (stop 28's CI);
+# the command line run as a subprocess keeps it (tests/_helpers.py cli_env drops this)
+os.environ["BAYES_PFL_NO_COMPILATION_CACHE"] = "1"
 
 import jax  # noqa: E402
 
