@@ -204,10 +204,12 @@ def fit_nuts(
     chain_method : {"parallel", "sequential", "vectorized"}, optional
         Overrides the choice above.
     kernel_options : dict, optional
-        More options of numpyro's ``NUTS`` kernel, e.g. ``init_strategy`` (default
-        ``init_to_uniform``: uniform in ``(-2, 2)`` in unconstrained space) or
+        More options of numpyro's ``NUTS`` kernel, e.g. ``init_strategy`` or
         ``find_heuristic_step_size=True``, for a model where early warmup leaves a chain
-        stuck far from the posterior (:func:`median_start`).
+        stuck far from the posterior. Default: numpyro's start (uniform in ``(-2, 2)`` in
+        unconstrained space, step size 1), except for a model that observes its covariates
+        (:attr:`HierarchicalModel.observes_covariates`), which starts at
+        :func:`median_start`; the start used is in ``info["settings"]["start"]``.
 
     Returns
     -------
@@ -229,11 +231,16 @@ def fit_nuts(
         chain_method = "parallel" if jax.local_device_count() >= num_chains else "sequential"
     arr = data.train
     x, y, mask = (jnp.asarray(arr.x), jnp.asarray(arr.y), jnp.asarray(arr.mask))
+    if kernel_options is None:
+        start = "median" if model.observes_covariates else "uniform"
+        kernel_options = median_start() if model.observes_covariates else {}
+    else:
+        start = "kernel_options"
     kernel = NUTS(
         model.centralized_model,
         target_accept_prob=target_accept_prob,
         max_tree_depth=max_tree_depth,
-        **(kernel_options or {}),
+        **kernel_options,
     )
     mcmc = MCMC(
         kernel,
@@ -278,6 +285,7 @@ def fit_nuts(
                 "target_accept_prob": target_accept_prob,
                 "max_tree_depth": max_tree_depth,
                 "chain_method": chain_method,
+                "start": start,
             },
         },
     )

@@ -526,6 +526,12 @@ class HierarchicalModel:
         return self._observed[0]
 
     @cached_property
+    def observes_covariates(self) -> bool:
+        """Whether the likelihood observes more than the target: the covariates' own site of
+        a model with missing values or measurement error modelled (``x_obs``)."""
+        return len(self._observed) > 1
+
+    @cached_property
     def _observed(self) -> list[str]:
         theta = trace_values(self.client_trace)
         phi = trace_values(self.hyper_trace)
