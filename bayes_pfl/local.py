@@ -48,6 +48,7 @@ __all__ = [
     "nuts_run",
     "sample_conditional",
     "sample_conditionals",
+    "saddle_free",
 ]
 
 _MAX_HALVINGS = 11  # smallest step tried: 1/2048
@@ -64,7 +65,7 @@ class NewtonResult(NamedTuple):
     converged: Array  # bool
 
 
-def _safe_psd(h: Array, floor: float) -> Array:
+def saddle_free(h: Array, floor: float) -> Array:
     """Saddle-free version of a symmetric matrix: absolute eigenvalues, floored."""
     w, v = jnp.linalg.eigh(0.5 * (h + h.T))
     w = jnp.maximum(jnp.abs(w), floor)
@@ -76,7 +77,7 @@ def _newton_direction(neg_hessian: Array, grad: Array, floor: float) -> Array:
     which dominate when a one-dimensional client effect is solved for many clients)."""
     if neg_hessian.shape[0] == 1:
         return grad / jnp.maximum(jnp.abs(neg_hessian[0]), floor)
-    return jnp.linalg.solve(_safe_psd(neg_hessian, floor), grad)
+    return jnp.linalg.solve(saddle_free(neg_hessian, floor), grad)
 
 
 def value_grad_hessian(logp_fn: LogDensityFn, x: Array) -> tuple[Array, Array, Array]:
@@ -267,7 +268,7 @@ def _independence_mh(
             return centre + eps / jnp.sqrt(prec)
 
     else:
-        chol_prec = jnp.linalg.cholesky(_safe_psd(neg_hessian, 1e-10))
+        chol_prec = jnp.linalg.cholesky(saddle_free(neg_hessian, 1e-10))
         half_logdet = jnp.sum(jnp.log(jnp.diag(chol_prec)))
 
         def to_theta(eps):

@@ -210,8 +210,9 @@ class IntegratedOutcome(dist.Distribution):
         return self._outcome(eta).sample(k_y)
 
 
-NEWTON_STEPS = 12
-"""Newton steps to the mode of ``p(y | η) N(η | η̄, v)`` that centres the quadrature."""
+NEWTON_STEPS = 30
+"""Safeguarded Newton steps to the mode of ``p(y | η) N(η | η̄, v)`` that centres the
+quadrature (:func:`_quadrature`)."""
 
 
 def _cumulant(family, eta):
@@ -244,14 +245,39 @@ def _quadrature(family, y, mean, var, n_nodes):
     """
     pos = var > 0
     v = jnp.where(pos, var, 1.0)
+    # The mode solves g(η) = y - A'(η) - (η - mean) / v = 0, g decreasing: one root, in a
+    # bracket [lo, hi] that each step narrows; a Newton step leaving it is replaced by
+    # bisection. (Plain Newton from ``mean`` oscillated for a Bernoulli outcome with a
+    # large v - mean -10, v 27: between about -10 and 17 - and the rule centred there was
+    # off by 5e-3 in F, and inconsistent with its derivatives: EP's client Newton stalled.)
     if family == "poisson":  # start near the precision-weighted mode of prior and outcome
         w = y + 0.5
         eta = (mean / v + w * jnp.log(w)) / (1 / v + w)
-    else:
+        # g > 0 below min(mean, log y) (y > 0), and below mean - v e^mean (y = 0)
+        lo = jnp.where(
+            y > 0,
+            jnp.minimum(mean, jnp.log(jnp.where(y > 0, y, 1.0))),
+            mean - v * jnp.exp(jnp.minimum(mean, 50.0)),
+        )
+        hi = mean + v * y
+    else:  # 0 <= A'(η) <= 1
         eta = mean
+        lo, hi = mean - v * (1 - y), mean + v * y
+    eta = jnp.clip(eta, lo, hi)
+    step_before = step_last = hi - lo
     for _ in range(NEWTON_STEPS):
         _, a1, a2 = _cumulant(family, eta)
-        eta = eta + (y - a1 - (eta - mean) / v) / (a2 + 1 / v)
+        g = y - a1 - (eta - mean) / v
+        lo, hi = jnp.where(g > 0, eta, lo), jnp.where(g > 0, hi, eta)
+        step = g / (a2 + 1 / v)
+        # bisect where Newton leaves the bracket or does not halve the step before last
+        # (rtsafe, Numerical Recipes 9.4): oscillations across the mode end there
+        newton = (
+            (eta + step > lo) & (eta + step < hi) & (jnp.abs(step) <= 0.5 * jnp.abs(step_before))
+        )
+        new = jnp.where(g == 0, eta, jnp.where(newton, eta + step, 0.5 * (lo + hi)))
+        step_before, step_last = step_last, new - eta
+        eta = new
     scale = 1 / jnp.sqrt(_cumulant(family, eta)[2] + 1 / v)
     z, log_w = gauss_hermite(n_nodes)
     nodes = eta[..., None] + scale[..., None] * z
