@@ -1,4 +1,3 @@
-# ruff: noqa: E402  (JAX must be configured before anything imports it: robustness does)
 """The best any detector could do against the protocol-following attacks of
 ``benchmarks/robustness.py`` (issue #19, done-when item 2).
 
@@ -42,7 +41,6 @@ import json
 import time
 
 import numpy as np
-import robustness  # configures JAX (unused here) and holds the scenario
 from _common import RESULTS, jsonable, machine, md_table
 from scipy.special import log_expit, logsumexp
 
@@ -98,6 +96,8 @@ def log_marginal(x: np.ndarray, y: np.ndarray, mean: np.ndarray, sd: np.ndarray,
 
 
 def attacker_mean(attack: str, mu: np.ndarray, tau: np.ndarray) -> np.ndarray:
+    import robustness  # the scenario (imported when used: it configures JAX)
+
     if attack == "label_flip":
         return -mu
     return mu + robustness.SHIFT_SDS * tau
@@ -118,6 +118,8 @@ def log_ratios(frame, fed, attack: str, rule) -> np.ndarray:
 
 
 def one_seed(seed: int, rate: float, rules) -> list[dict]:
+    import robustness
+
     fed = robustness.federation(seed)
     attackers = robustness.attackers_of(seed, rate)
     top = int(round(0.1 * robustness.N_CLIENTS))
