@@ -439,6 +439,16 @@ def load_runs(family: str) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(RUNS.glob(f"{family}_seed*.json"))]
 
 
+STUCK = 1.05  # a NUTS run above this max split R-hat is no reference (a chain stranded)
+
+
+def stuck(run: dict, key: str) -> bool:
+    """Whether ``key``'s fit in ``run`` is a failed NUTS run (max split R-hat above
+    :data:`STUCK`); EP runs carry the server chains' R-hat and are judged the same way."""
+    r_hat = run["diagnostics"].get(key, {}).get("max_r_hat")
+    return r_hat is not None and r_hat > STUCK
+
+
 def report(families) -> str:
     lines = [
         "# Systemic heterogeneity: old devices, gaps, noise and metadata (issue #18)",
@@ -454,28 +464,42 @@ def report(families) -> str:
             continue
         metric = "log-loss" if family == "bernoulli" else "RMSE"
         lines += [f"## {family.capitalize()} outcome ({len(runs)} seeds)", ""]
-        rows = []
+        rows, failed = [], []
         for key in ("hb-oracle-nuts", "hb-naive-nuts", "hb-naive-ep", "hb-aware-nuts",
                     "hb-aware-ep"):  # fmt: skip
-            s = [r["slope"][key] for r in runs]
+            good = [r for r in runs if not stuck(r, key)]
+            failed += [f"{key} at seed {r['seed']} (max R-hat "
+                       f"{r['diagnostics'][key]['max_r_hat']:.2f})"
+                       for r in runs if stuck(r, key)]  # fmt: skip
+            s = [r["slope"][key] for r in good]
             mean = np.array([v["mean"] for v in s])
             cover = np.mean([v["q05"] <= MU[1] <= v["q95"] for v in s])
             se = mean.std(ddof=1) / np.sqrt(len(mean)) if len(mean) > 1 else float("nan")
             rows.append([key, f"{mean.mean():.3f}", f"{100 * (mean.mean() - 1):+.1f}% "
                          f"(± {100 * se:.1f})", f"{np.mean([v['sd'] for v in s]):.3f}",
-                         f"{cover:.2f}", f"{np.median([r['time'][key] for r in runs]):.0f}"])  # fmt: skip
+                         f"{cover:.2f}", f"{np.median([r['time'][key] for r in runs]):.0f}",
+                         len(s)])  # fmt: skip
         lines += [
             "Population slope of the sensor (`mu[sensor]`, posterior mean), mean over seeds; "
             "bias relative to the truth with its Monte Carlo standard error; mean posterior "
             "sd; share of seeds whose 90% interval covers the truth; median fit time (s).",
             "",
             _common.md_table(
-                ["method", "slope", "bias", "posterior sd", "90% coverage", "time"], rows
+                ["method", "slope", "bias", "posterior sd", "90% coverage", "time", "seeds"],
+                rows,
             ),
             "",
         ]
+        if failed:
+            lines += [
+                f"Left out of their rows, failed references (max split R-hat above {STUCK}: a "
+                "chain stranded): " + "; ".join(failed) + ".",
+                "",
+            ]
         z = []
         for r in runs:
+            if stuck(r, "hb-aware-nuts"):
+                continue
             n, e = r["slope"]["hb-aware-nuts"], r["slope"]["hb-aware-ep"]
             z.append(abs(e["mean"] - n["mean"]) / n["sd"])
         checks = []
