@@ -312,15 +312,14 @@ class HierarchicalModel:
         coordinates, summaries, plots) show instead of positions. Each labelled
         site must be a vector with one label per entry.
     population_df : float, optional
-        ``None`` (default): the client prior as declared (a Gaussian population for the
-        zoo models). A number ``ν > 0``: a *Student-t population* with ``ν`` degrees of
-        freedom, a robust option: every client's Normal client-prior sites are scaled by
-        one mixing weight, ``w_k | λ_k ~ N(0, I / λ_k)``, ``λ_k ~ Gamma(ν/2, ν/2)`` (``w``
-        the standardized sites), so a client far from the others moves the population
-        little and is itself pooled less. Fixed, not learned; ``ν = 4`` is a common
-        robust choice (:meth:`with_population`). NUTS samples the marginal t exactly;
-        the federated methods integrate ``λ_k`` by quadrature in the server's population
-        integral (:class:`~bayes_pfl.population.Population`).
+        ``None`` (default): the client prior as declared (a Gaussian population for the zoo
+        models). A number ``ν > 0``: a *Student-t population* with ``ν`` degrees of freedom, a
+        robust option: every client's Normal client-prior sites are scaled by one mixing weight,
+        ``w_k | λ_k ~ N(0, I / λ_k)``, ``λ_k ~ Gamma(ν/2, ν/2)`` (``w`` the standardized sites), so
+        a client far from the others moves the population little and is itself pooled less. Fixed,
+        not learned; ``ν = 4`` is a common robust choice (:meth:`with_population`). NUTS samples
+        the marginal t exactly; the federated methods integrate ``λ_k`` by quadrature in the
+        server's integral (:class:`~bayes_pfl.population.Population`).
     client_covariates : sequence of str, optional
         The names of the client-level covariates (metadata columns, one-hot levels such as
         ``"region=north"``) that the client prior reads: ``client_prior(phi, z)`` with
@@ -527,8 +526,7 @@ class HierarchicalModel:
 
     @cached_property
     def observes_covariates(self) -> bool:
-        """Whether the likelihood observes more than the target: the covariates' own site of
-        a model with missing values or measurement error modelled (``x_obs``)."""
+        """Whether the likelihood observes more than the target (modelled covariates)."""
         return len(self._observed) > 1
 
     @cached_property

@@ -19,6 +19,17 @@ jax.config.update("jax_enable_x64", True)
 import pytest  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _no_persistent_compilation_cache():
+    """Fails the test that turns JAX's persistent compilation cache on in a test process
+    (stop 28's CI and a run of stop 29: a worker aborted in a later test's cache write)."""
+    yield
+    assert not jax.config.jax_compilation_cache_dir, (
+        "this test turned on JAX's persistent compilation cache in the test process; entry "
+        "points must honour BAYES_PFL_NO_COMPILATION_CACHE (set by conftest)"
+    )
+
+
 @pytest.fixture(scope="module")
 def schools():
     """Eight schools as ``FederatedData``: one row per school, the feature ``sigma``."""

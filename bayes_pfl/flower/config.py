@@ -488,11 +488,13 @@ def build_phases(settings: FlowerSettings) -> tuple:
 
 
 def configure_jax(settings: FlowerSettings) -> None:
-    """Entry-point JAX set-up for an app process: float64 and the compilation cache."""
+    """Entry-point JAX set-up for an app process: float64 and the compilation cache
+    (not with ``BAYES_PFL_NO_COMPILATION_CACHE`` set, as on the command line; the exported
+    client steps still go to ``jax_cache_dir``)."""
     import jax
 
     jax.config.update("jax_enable_x64", settings.x64)
-    if settings.jax_cache_dir:
+    if settings.jax_cache_dir and not os.environ.get("BAYES_PFL_NO_COMPILATION_CACHE"):
         jax.config.update("jax_compilation_cache_dir", str(Path(settings.jax_cache_dir)))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
