@@ -22,6 +22,11 @@ def cli_env():
     return env
 
 
+# Flower app processes keep JAX's persistent cache as users have it (conftest turns it off
+# in the test processes only): an empty value counts as unset, and LocalFederation's env wins
+APP_ENV = {"BAYES_PFL_NO_COMPILATION_CACHE": ""}
+
+
 def run_cli(*args, timeout=600):
     """``bayes-pfl *args`` in a subprocess, as users run it."""
     return subprocess.run(

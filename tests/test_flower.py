@@ -14,6 +14,7 @@ import pytest
 
 pytest.importorskip("flwr")
 
+from _helpers import APP_ENV  # noqa: E402
 from flwr.app import Context, RecordDict  # noqa: E402
 from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
@@ -501,7 +502,7 @@ def test_flower_simulation_equals_in_process(tmp_path, jax_cache):
         "out": str(out),
         "jax-cache-dir": jax_cache,
     }
-    with LocalFederation(tmp_path / "flwr-home", simulation=True) as fed:
+    with LocalFederation(tmp_path / "flwr-home", simulation=True, env=APP_ENV) as fed:
         run_id = fed.run(APP_DIR, run_config, num_supernodes=4)
         status = fed.wait(run_id, timeout_s=600)
     run = _check_result(out)
@@ -570,7 +571,7 @@ def test_deployment_four_hospitals_with_a_node_stopped(tmp_path, jax_cache):
         "jax-cache-dir": jax_cache,
     }
     victim = 2  # switzerland
-    with LocalFederation(tmp_path / "flwr-home", nodes) as fed:
+    with LocalFederation(tmp_path / "flwr-home", nodes, env=APP_ENV) as fed:
         fed.wait_registered(timeout_s=120)
         run_id = fed.run(APP_DIR, run_config)
         ckpt = out / "checkpoint-0.json"

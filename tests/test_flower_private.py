@@ -8,6 +8,7 @@ import pytest
 
 pytest.importorskip("flwr")
 
+from _helpers import APP_ENV  # noqa: E402
 from flwr.app import Context, RecordDict  # noqa: E402
 
 from bayes_pfl.federated import fit_ep  # noqa: E402
@@ -170,7 +171,7 @@ def test_flower_simulation_private_run(tmp_path, jax_cache):  # noqa: F811
         "jax-cache-dir": jax_cache,
     }
     home = tmp_path / "flwr-home"
-    with LocalFederation(home, simulation=True) as fed:
+    with LocalFederation(home, simulation=True, env=APP_ENV) as fed:
         run_id = fed.run(APP_DIR, run_config, num_supernodes=4)
         status = fed.wait(run_id, timeout_s=600)
     run = _check_result(out)
