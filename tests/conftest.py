@@ -19,6 +19,16 @@ jax.config.update("jax_enable_x64", True)
 import pytest  # noqa: E402
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_code():
+    """Drops JAX's compiled executables after each test module: a worker that compiles the
+    whole suite's models grew until XLA's compiler crashed late in the run (a segfault in
+    backend_compile_and_load, stop 29; one process fitting new models repeatedly ran out
+    of LLVM memory in the systemic benchmark, stop 28)."""
+    yield
+    jax.clear_caches()
+
+
 @pytest.fixture(autouse=True)
 def _no_persistent_compilation_cache():
     """Fails the test that turns JAX's persistent compilation cache on in a test process
