@@ -233,7 +233,7 @@ def fit_nuts(
     x, y, mask = (jnp.asarray(arr.x), jnp.asarray(arr.y), jnp.asarray(arr.mask))
     if kernel_options is None:
         start = "median" if model.observes_covariates else "uniform"
-        kernel_options = median_start() if model.observes_covariates else {}
+        kernel_options = median_start() if start == "median" else {}
     else:
         start = "kernel_options"
     kernel = NUTS(

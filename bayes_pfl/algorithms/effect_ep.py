@@ -550,6 +550,7 @@ def build(
 
         res = newton_maximize(log_tilted, start, max_iter=newton_iter)
         h = 0.5 * (res.neg_hessian + res.neg_hessian.T)
+        h_abs = saddle_free(h, 1e-8)  # |H|: the proposal's fallback and the decrement's metric
         chol = jnp.linalg.cholesky(jnp.linalg.inv(h))
         # where the tilted is not log-concave at the point Newton ended (errors in variables:
         # the slope and the covariate's scale trade off), the proposal's scale comes from the
@@ -557,7 +558,7 @@ def build(
         chol = jnp.where(
             jnp.all(jnp.isfinite(chol)),
             chol,
-            jnp.linalg.cholesky(jnp.linalg.inv(saddle_free(h, 1e-8))),
+            jnp.linalg.cholesky(jnp.linalg.inv(h_abs)),
         )
         points = res.mode + base @ chol.T
         log_w = jax.vmap(log_tilted)(points) + 0.5 * jnp.sum(base**2, axis=1)
@@ -618,7 +619,7 @@ def build(
         # stops there when no step increases the value. Rejecting such a client lost its
         # data in every round (Switzerland's in the heart data with its gaps modelled).
         g_end = jax.grad(log_tilted)(res.mode)
-        decrement = g_end @ jnp.linalg.solve(saddle_free(h, 1e-8), g_end)
+        decrement = g_end @ jnp.linalg.solve(h_abs, g_end)
         near = jnp.isfinite(decrement) & (decrement < 0.01)
         ok = (res.converged | near | ~fallback) & finite & jnp.all(jnp.isfinite(chol))
         new_state = EffectClientState(jnp.where(ok, res.mode, state.z_mode))
