@@ -142,13 +142,18 @@ def client_conflict(result, *, alpha: float = 0.05, warn: bool = True) -> pd.Dat
 
 
 def duplicate_sites(result, *, rtol: float = 1e-6) -> list:
-    """Clients whose sites are identical (to ``rtol``) to another client's: copies.
+    """Clients whose sites are identical (to ``rtol``) to another client's: copies, or
+    identical rows.
 
     Two clients with different rows do not produce the same site to six digits; a
     client that sends another's site (a sybil counting one client's data twice) does.
-    The conflict score cannot see a copy of an ordinary client, this check can. Returns
-    the labels of every client in a group of two or more identical sites (the server
-    cannot tell the original from the copies), in client order.
+    The conflict score cannot see a copy of an ordinary client, this check can. So do
+    two honest clients whose rows are identical, which is likely where clients hold a
+    few rows of discrete features (two communities of the bundled ``guimmun`` data, two
+    children each, send the same site): the server cannot tell these apart from a copy,
+    so a group found here is a reason to check, not proof of a sybil. Returns the labels
+    of every client in a group of two or more identical sites (the server cannot tell the
+    original from the copies), in client order.
     """
     state = getattr(result, "state", {}) or {}
     sites = state.get("sites")

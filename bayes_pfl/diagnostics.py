@@ -16,13 +16,16 @@ Examples
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xarray as xr
 
 from bayes_pfl.inspection import CLIENT_DIM, as_datatree, posterior_group
 from bayes_pfl.results import FitResult
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["DiagnosticsWarning", "TILTED_ESS_MIN", "diagnostics"]
 
@@ -143,6 +146,7 @@ def diagnostics(
     r_hat_max: float = 1.01,
     ess_min: float = 400,
     history: list[dict[str, Any]] | None = None,
+    summary: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
     """Convergence checks of a fit, with a warning for each check that fails.
 
@@ -160,6 +164,10 @@ def diagnostics(
         The fit's round history (``FitResult.history``, or ``run.json``'s
         ``"history"`` of a saved fit) when ``fit`` is a DataTree: it names the
         clients that failed or were rejected, which the DataTree does not keep.
+    summary : pandas.DataFrame, optional
+        The fit's ArviZ summary of the posterior group (columns ``r_hat``, ``ess_bulk``,
+        ``ess_tail``; e.g. a saved fit's ``summary.csv``), used instead of computing it
+        again: on a large federation the summary is most of this function's time.
 
     Returns
     -------
@@ -184,7 +192,7 @@ def diagnostics(
         client effects; else ``None``): :func:`bayes_pfl.conflict.client_conflict`'s
         table; ``capped``: the clients whose site the precision cap reduced in their last
         used round (EP with ``precision_cap``; else empty); ``duplicates``: clients whose
-        sites are copies of one another (:func:`bayes_pfl.conflict.duplicate_sites`);
+        sites are identical (copies, or identical rows) (:func:`bayes_pfl.conflict.duplicate_sites`);
         ``ok``: whether nothing was flagged.
 
     Warns
@@ -206,7 +214,12 @@ def diagnostics(
     dt = as_datatree(fit)
     post = posterior_group(dt)
     n_clients = int(post.sizes.get(CLIENT_DIM, 0))
-    summ = az.summary(dt, kind="diagnostics", round_to="none")
+    if summary is None:
+        summary = az.summary(dt, kind="diagnostics", round_to="none")
+    missing = {"r_hat", "ess_bulk", "ess_tail"} - set(summary.columns)
+    if missing:
+        raise ValueError(f"summary lacks the column(s) {sorted(missing)} diagnostics reads")
+    summ = summary
     r_hat = summ["r_hat"].to_numpy(float)
     ess_bulk = summ["ess_bulk"].to_numpy(float)
     bad = (r_hat > r_hat_max) | (ess_bulk < ess_min)
@@ -336,9 +349,11 @@ def diagnostics(
         out["duplicates"] = duplicate_sites(fit)
         if out["duplicates"]:
             messages.append(
-                "client(s) sent identical sites, copies of one another: "
+                "client(s) sent identical sites: "
                 + ", ".join(repr(c) for c in out["duplicates"])
-                + " (one client's data counted more than once; leave the copies out)"
+                + " (copies of one another, one client's data counted more than once, or "
+                "clients whose rows are identical: likely only for clients with a few rows "
+                "of discrete features; check before leaving any out)"
             )
         if table["flagged"].any():
             messages.append(

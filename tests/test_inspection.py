@@ -21,7 +21,7 @@ from bayes_pfl.inspection import (
     shrinkage_table,
 )
 from bayes_pfl.models import Terms, eight_schools, hierarchical_glm, radon_intercept
-from bayes_pfl.results import FitResult
+from bayes_pfl.results import FitResult, summarize
 from bayes_pfl.spec import HierarchicalModel
 from bayes_pfl.synthetic import make_federation
 
@@ -328,6 +328,23 @@ def test_diagnostics_short_fit_warns(schools):
     assert diag["max_r_hat"] > 1.01 or diag["min_ess_bulk"] < 400
     message = " ".join(str(w.message) for w in rec)
     assert diag["failing"][0] in message or len(diag["failing"]) > 10
+
+
+def test_diagnostics_reads_a_given_summary(schools, tmp_path):
+    """A saved ``summary.csv`` gives the same checks as computing the summary again (the
+    command line passes it); one without the diagnostic columns is refused."""
+    short = nuts(eight_schools(), schools, chains=2, warmup=5, samples=20, seed=3)
+    summarize(short.to_datatree(schools)).to_csv(tmp_path / "summary.csv")
+    saved = pd.read_csv(tmp_path / "summary.csv", index_col=0)
+    with pytest.warns(DiagnosticsWarning):
+        fresh = diagnostics(short)
+    with pytest.warns(DiagnosticsWarning):
+        given = diagnostics(short, summary=saved)
+    keys = ("max_r_hat", "min_ess_bulk", "min_ess_tail", "failing")
+    assert {k: given[k] for k in keys} == {k: fresh[k] for k in keys}
+    assert fresh["failing"]
+    with pytest.raises(ValueError, match="ess_tail"):
+        diagnostics(short, summary=saved.drop(columns="ess_tail"))
 
 
 def _history(entries):

@@ -19,7 +19,7 @@ from bayes_pfl.conflict import (
     flagged_clients,
     refit_without_flagged,
 )
-from bayes_pfl.diagnostics import diagnostics
+from bayes_pfl.diagnostics import DiagnosticsWarning, diagnostics
 from bayes_pfl.federated import fit_ep, fit_one_shot
 from bayes_pfl.gaussian import GaussianFactor
 from bayes_pfl.models import eight_schools, hierarchical_glm
@@ -273,6 +273,26 @@ def test_a_copied_site_is_named(monkeypatch, schools):
         diag = diagnostics(fit)
     assert duplicate_sites(fit) == ["B", "C"] == diag["duplicates"] == flagged_clients(fit)
     assert not diag["ok"]
+
+
+def test_honest_clients_with_identical_rows_are_named_without_an_accusation():
+    """Two honest schools with the same row send the same site (as two two-child
+    communities of ``guimmun`` do): the server cannot tell them from a copy, so they are
+    named, and the warning says identical rows are a possible cause."""
+    from bayes_pfl import FederatedData
+
+    frame = load("eight_schools")
+    twin = frame[frame["school"] == "C"].assign(school="C2")
+    data = FederatedData.from_pandas(
+        pd.concat([frame, twin]), client_col="school", target="y", features=["sigma"]
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = fit_one_shot(eight_schools(), data, num_samples=300, progress=False)
+    with pytest.warns(DiagnosticsWarning, match="identical sites") as rec:
+        diag = diagnostics(fit)
+    assert diag["duplicates"] == ["C", "C2"] == duplicate_sites(fit)
+    assert any("rows are identical" in str(w.message) for w in rec)
 
 
 def test_no_cap_binds_and_no_copy_is_seen_on_honest_clients(schools):

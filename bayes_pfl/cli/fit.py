@@ -620,7 +620,7 @@ def _fit_into(args, data, model, out: Path, dataset) -> int:
             f"{rounds}, bytes per client per round: up {last['bytes_up_per_client']}, "
             f"down {last['bytes_down_per_client']}"
         )
-    problems = _diagnose(result, chains)
+    problems = _diagnose(result, chains, summary)
     from bayes_pfl.report import shrinkage_for_fit, write_report
 
     shrink = shrinkage_for_fit(dt, data)
@@ -641,10 +641,11 @@ def _fit_into(args, data, model, out: Path, dataset) -> int:
     return 0
 
 
-def _diagnose(result, chains: int) -> list[str]:
+def _diagnose(result, chains: int, summary=None) -> list[str]:
     """Print every :func:`bayes_pfl.diagnostics.diagnostics` warning of the fit (any method:
     r_hat, ESS, divergences, EP/VI convergence, failed or rejected clients) to stderr and
-    return them; one line saying so when there is none."""
+    return them; one line saying so when there is none. ``summary``: the fit's saved
+    ``summary.csv`` (its ArviZ summary, not computed again)."""
     import warnings
 
     from bayes_pfl.diagnostics import DiagnosticsWarning, diagnostics
@@ -653,7 +654,7 @@ def _diagnose(result, chains: int) -> list[str]:
         warnings.simplefilter("always")
         if chains < 2:  # split R-hat of one chain: numpy's warning on an empty reduction
             warnings.filterwarnings("ignore", category=RuntimeWarning)
-        diagnostics(result)
+        diagnostics(result, summary=summary)
     problems = [str(w.message) for w in caught if issubclass(w.category, DiagnosticsWarning)]
     if chains < 2:
         problems.insert(0, "one chain: r_hat cannot be computed; run --chains 2 or more")
