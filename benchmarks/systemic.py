@@ -518,23 +518,24 @@ def report(families) -> str:
             "",
             f"Per-client test {metric}, mean over clients and seeds (± standard error over "
             "seeds), by device type; 'wins' = seeds where hb-aware-ep beats the row on that "
-            "device group.",
+            "device group (a row's failed references left out, as above).",
             "",
         ]
         rows = []
         for key in SCORED:
             row = [key]
+            valid = [r for r in runs if not stuck(r, key)]  # a stranded chain: no result
             for dev in ("old", "new"):
                 per_seed = []
                 wins = 0
-                for r in runs:
+                for r in valid:
                     d = np.array(r["device"]) == dev
                     v = float(np.mean(np.array(r["scores"][key])[d]))
                     per_seed.append(v)
                     wins += float(np.mean(np.array(r["scores"]["hb-aware-ep"])[d])) < v
                 per_seed = np.array(per_seed)
-                se = per_seed.std(ddof=1) / np.sqrt(len(runs)) if len(runs) > 1 else np.nan
-                row += [f"{per_seed.mean():.4f} ± {se:.4f}", f"{wins}/{len(runs)}"]
+                se = per_seed.std(ddof=1) / np.sqrt(len(valid)) if len(valid) > 1 else np.nan
+                row += [f"{per_seed.mean():.4f} ± {se:.4f}", f"{wins}/{len(valid)}"]
             rows.append(row)
         lines += [
             _common.md_table(
