@@ -575,11 +575,10 @@ def readout(
     )
     t0 = time.perf_counter()
     covariates = _state_covariates(model, state)
-    if model.population_df is None and isinstance(
-        state, effect_ep.EffectServerState | particles.ParticleServerState
-    ):
-        # (a Student-t population's conditional given phi is not the site's Gaussian
-        # family: the generic sampler below reads the exact client density)
+    if isinstance(state, effect_ep.EffectServerState | particles.ParticleServerState):
+        # a Student-t population too: the proposal is the site times the scale mixture
+        # (the generic sampler's Laplace proposal is too narrow for the t's tails: its
+        # personalized sds were 0.37-1.02 of NUTS's, median 0.70, on a 150-client federation)
         sites = state.ep.sites if isinstance(state, particles.ParticleServerState) else state.sites
         sites = sites if personal_sites is None else personal_sites
         draw = functools.partial(personalize_effects, key_personal, model, sites)

@@ -225,6 +225,11 @@ def personalize_client(
     (returned) says how close the proposal is. Per draw: one Hessian of the client's
     likelihood in its effects and one batched evaluation of ``mh_steps + 1`` proposals.
 
+    With a Student-t population (``pop.df``) the population is the scale mixture
+    ``w | λ ~ N(0, I / λ)`` and the proposal is the same product in mixture form
+    (:func:`_mixture_proposals`): exact for a Gaussian likelihood, corrected by the exact
+    conditional otherwise.
+
     Returns ``(u_theta [S, D], mean acceptance)``.
     """
     E = pop.e_dim
@@ -236,10 +241,17 @@ def personalize_client(
     h = site.shift[:E] - u_s @ site.precision[:E, E:].T  # [S, E]
     lt_a = jnp.einsum("sed,ef->sdf", root, a)
     dim = root.shape[-1]
-    mat = jnp.eye(dim, dtype=a.dtype) + jnp.einsum("sdf,sfg->sdg", lt_a, root)
+    lt_a_l = jnp.einsum("sdf,sfg->sdg", lt_a, root)  # L^T A L [S, D, D]
     rhs = jnp.einsum("sed,se->sd", root, h - m @ a)
-    chol = small_cholesky(0.5 * (mat + jnp.swapaxes(mat, -1, -2)))
     k_eps, k_u = jax.random.split(rng_key)
+    if pop.df is not None:
+        w, lws = _mixture_proposals(k_eps, pop, lt_a_l, rhs, m, root, u_s, x, y, mask, mh_steps)
+        log_unif = jnp.log(jax.random.uniform(k_u, (n_draws, mh_steps), dtype=a.dtype))
+        idx, acc = jax.vmap(independence_chain)(lws, log_unif)
+        w_pick = jnp.take_along_axis(w, idx[:, None, None], axis=1)[:, 0]
+        return loc + scale * w_pick, jnp.mean(acc)
+    mat = jnp.eye(dim, dtype=a.dtype) + lt_a_l
+    chol = small_cholesky(0.5 * (mat + jnp.swapaxes(mat, -1, -2)))
     eps = jax.random.normal(k_eps, (n_draws, mh_steps + 1, dim), dtype=a.dtype)
 
     def one_draw(chol_s, rhs_s, m_s, root_s, us_s, eps_s):
@@ -266,6 +278,71 @@ def personalize_client(
     idx, acc = jax.vmap(independence_chain)(lws, log_unif)
     w_pick = jnp.take_along_axis(w, idx[:, None, None], axis=1)[:, 0]
     return loc + scale * w_pick, jnp.mean(acc)
+
+
+def _mixture_proposals(key, pop: Population, b, r, m, root, u_s, x, y, mask, mh_steps: int):
+    r"""Proposals and log weights of :func:`personalize_client` for a Student-t population.
+
+    Given the mixing weight ``λ`` the population times the site is Gaussian in the
+    standardized effects ``w``: precision ``λ I + B`` (``B = L^T A L``), shift ``r``. With
+    ``B = V diag(β) V^T`` (one eigendecomposition per draw) every node ``λ_q`` of the
+    population's quadrature (:func:`bayes_pfl.population.scale_mixture`) gives it in closed
+    form, and so its normalizing constant
+    ``Z_q ∝ λ_q^{D/2} Π_i (λ_q + β_i)^{-1/2} exp(Σ_i r̃_i² / (2 (λ_q + β_i)))``,
+    ``r̃ = V^T r``. A proposal picks a node with probability ``∝ w_q Z_q`` (the weight's
+    conditional given the site) and draws ``w`` from that node's Gaussian: a draw of the
+    population times the site, the mixture the Gaussian case's proposal becomes. Its log
+    weight is the exact conditional, ``log t_D(w; df) + log L_k``, minus the proposal's
+    density (the mixture summed over the nodes): exact where the site is (a Gaussian
+    likelihood: every weight equal), and the independence chain corrects the rest.
+
+    Returns ``(w [S, n, D], log weights [S, n])``, ``n = mh_steps + 1``.
+    """
+    df = pop.df
+    lam = pop.mixture_nodes  # [Q]
+    log_w = pop.mixture_log_weights  # [Q]
+    n_draws, dim = r.shape
+    beta, vec = jnp.linalg.eigh(0.5 * (b + jnp.swapaxes(b, -1, -2)))  # [S, D], [S, D, D]
+    beta = jnp.maximum(beta, 0.0)  # the sites are projected PSD: rounding only
+    rt = jnp.einsum("sdi,sd->si", vec, r)  # V^T r [S, D]
+    prec = lam[None, :, None] + beta[:, None, :]  # [S, Q, D], in V's basis
+    log_z = (
+        0.5 * dim * jnp.log(lam)[None, :]
+        - 0.5 * jnp.sum(jnp.log(prec), -1)
+        + 0.5 * jnp.sum(rt[:, None, :] ** 2 / prec, -1)
+    )  # [S, Q]
+    log_pi = log_w[None, :] + log_z
+    log_pi = log_pi - jax.scipy.special.logsumexp(log_pi, axis=1, keepdims=True)
+    mean_t = rt[:, None, :] / prec  # [S, Q, D] node means, in V's basis
+    n = mh_steps + 1
+    k_node, k_eps = jax.random.split(key)
+    node = jax.random.categorical(k_node, log_pi[:, None, :], axis=-1, shape=(n_draws, n))
+    eps = jax.random.normal(k_eps, (n_draws, n, dim), dtype=r.dtype)
+    pick_mean = jnp.take_along_axis(mean_t, node[..., None], axis=1)  # [S, n, D]
+    pick_prec = jnp.take_along_axis(prec, node[..., None], axis=1)
+    wt = pick_mean + eps / jnp.sqrt(pick_prec)  # V^T w
+    w = jnp.einsum("sdi,sni->snd", vec, wt)
+    # the proposal's log density at each w: the mixture over every node (V orthogonal)
+    diff = wt[:, :, None, :] - mean_t[:, None, :, :]  # [S, n, Q, D]
+    log_comp = 0.5 * jnp.sum(jnp.log(prec), -1)[:, None, :] - 0.5 * jnp.sum(
+        prec[:, None] * diff**2, -1
+    )  # [S, n, Q], up to -D/2 log(2 pi), as the target below
+    log_q = jax.scipy.special.logsumexp(log_comp + log_pi[:, None, :], axis=-1)
+    sq = jnp.sum(w**2, -1)
+    log_t = (
+        jax.scipy.special.gammaln(0.5 * (df + dim))
+        - jax.scipy.special.gammaln(0.5 * df)
+        - 0.5 * dim * jnp.log(0.5 * df)
+        - 0.5 * (df + dim) * jnp.log1p(sq / df)
+    )  # log t_D(w; df) + D/2 log(2 pi): the same constant left out as in log_q
+
+    def loglik(m_s, root_s, us_s, w_s):
+        return jax.vmap(
+            lambda wi: pop.loglik(jnp.concatenate([m_s + root_s @ wi, us_s]), x, y, mask)
+        )(w_s)
+
+    ll = jax.vmap(loglik)(m, root, u_s, w)  # [S, n]
+    return w, log_t + ll - log_q
 
 
 def _psd(prec: Array) -> Array:

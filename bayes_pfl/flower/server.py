@@ -668,9 +668,9 @@ def finish(
     from bayes_pfl.algorithms.effect_ep import EffectServerState
 
     # EP over client effects: each node personalizes from its own site (a Student-t
-    # population: from the exact client density, as in process)
+    # population too, as in process)
     sites = None
-    if isinstance(server_state, EffectServerState) and model.population_df is None:
+    if isinstance(server_state, EffectServerState):
         sites = server_state.sites
 
     def site_record(i):
