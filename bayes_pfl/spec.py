@@ -340,7 +340,7 @@ class HierarchicalModel:
         description: str = "",
         family: str | None = None,
         coords: Mapping[str, Sequence[str]] | None = None,
-        population_df: float | None = None,
+        population_df: float | str | None = None,
         client_covariates: Sequence[str] | None = None,
         check_data: Callable[[Any], None] | None = None,
     ):

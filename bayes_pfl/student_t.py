@@ -74,7 +74,6 @@ def learned_df_hyperprior(hyperprior):
         numpyro.sample(DF_SITE, df_prior())
         return out
 
-    wrapped.declared = hyperprior
     return wrapped
 
 
