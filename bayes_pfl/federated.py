@@ -43,6 +43,7 @@ from bayes_pfl.posterior import (
 from bayes_pfl.results import FitResult
 from bayes_pfl.simulation import Phase, run_phases
 from bayes_pfl.spec import HierarchicalModel
+from bayes_pfl.student_t import df_label
 
 __all__ = [
     "ColdStart",
@@ -104,7 +105,7 @@ def particle_summary(model: HierarchicalModel, summary: str, sites: str = "effec
     if model.population_df is not None:
         raise ValueError(
             f"summary={summary!r} needs a Gaussian population; model {model.name!r} has a "
-            f"Student-t population (population_df={model.population_df:g}): use "
+            f"Student-t population (population_df={df_label(model.population_df)}): use "
             "summary='gaussian'"
         )
     why = particles.applicable(gaussian_population(model))

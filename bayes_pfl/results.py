@@ -48,6 +48,7 @@ import pandas as pd
 import xarray as xr
 
 from bayes_pfl.spec import HierarchicalModel
+from bayes_pfl.student_t import LEARNED_DF
 
 __all__ = [
     "FitResult",
@@ -282,7 +283,8 @@ class FitResult:
                 )
         attrs = {"/": {"method": self.method, "model": self.model.name}}
         if self.model.population_df is not None:
-            attrs["/"]["population_df"] = self.model.population_df
+            df = self.model.population_df  # a number, or "learned" (a site of phi)
+            attrs["/"]["population_df"] = "learned" if df == LEARNED_DF else df
         privacy = self.info.get("privacy")
         if privacy:  # a differentially private fit: what each client spent
             attrs["/"].update(
@@ -417,7 +419,11 @@ def save_fit(
         "population": (
             "gaussian"
             if result.model.population_df is None
-            else {"student_t_df": result.model.population_df}
+            else {
+                "student_t_df": "learned"
+                if result.model.population_df == LEARNED_DF
+                else result.model.population_df
+            }
         ),
         "coords": result.coords,
         "clients": len(result.clients),

@@ -67,6 +67,14 @@ from numpyro import distributions as dist
 from numpyro import handlers
 from numpyro.distributions import biject_to, constraints
 
+from bayes_pfl.student_t import (
+    LEARNED_DF,
+    check_population_df,
+    df_label,
+    learned_df_hyperprior,
+    student_t_correction,
+)
+
 Array = jax.Array
 Params = dict[str, Array]
 
@@ -261,27 +269,6 @@ def standardized_client_sites(trace, names: Sequence[str], batch: int) -> Array:
     return jnp.concatenate(out, axis=1)
 
 
-def student_t_correction(w: Array, df: float) -> Array:
-    r"""``log t_D(w; df) - log N(w; 0, I)`` per row of ``w [..., D]``.
-
-    Added to a Gaussian client prior's density (whose Normal sites have standardized
-    values ``w``), it turns the prior into the scale mixture
-    ``w | λ ~ N(0, I / λ)``, ``λ ~ Gamma(df / 2, rate df / 2)``: a multivariate Student-t
-    with ``df`` degrees of freedom for the client's effects (one mixing weight per
-    client, so an outlying client is pooled less as a whole).
-    """
-    d = w.shape[-1]
-    sq = jnp.sum(w**2, axis=-1)
-    log_t = (
-        jax.scipy.special.gammaln(0.5 * (df + d))
-        - jax.scipy.special.gammaln(0.5 * df)
-        - 0.5 * d * jnp.log(df * jnp.pi)
-        - 0.5 * (df + d) * jnp.log1p(sq / df)
-    )
-    log_n = -0.5 * d * jnp.log(2 * jnp.pi) - 0.5 * sq
-    return log_t - log_n
-
-
 class HierarchicalModel:
     """A hierarchical model declared once: hyper-prior, client prior and client likelihood.
 
@@ -311,15 +298,17 @@ class HierarchicalModel:
         "age"), "beta": ("bmi",)}``): the coefficient names the outputs (ArviZ
         coordinates, summaries, plots) show instead of positions. Each labelled
         site must be a vector with one label per entry.
-    population_df : float, optional
+    population_df : float or "learn", optional
         ``None`` (default): the client prior as declared (a Gaussian population for the zoo
         models). A number ``ν > 0``: a *Student-t population* with ``ν`` degrees of freedom, a
         robust option: every client's Normal client-prior sites are scaled by one mixing weight,
         ``w_k | λ_k ~ N(0, I / λ_k)``, ``λ_k ~ Gamma(ν/2, ν/2)`` (``w`` the standardized sites), so
-        a client far from the others moves the population little and is itself pooled less. Fixed,
-        not learned; ``ν = 4`` is a common robust choice (:meth:`with_population`). NUTS samples
-        the marginal t exactly; the federated methods integrate ``λ_k`` by quadrature in the
-        server's integral (:class:`~bayes_pfl.population.Population`).
+        a client far from the others moves the population little and is itself pooled less
+        (``ν = 4`` is a common robust choice, :meth:`with_population`). ``"learn"``: ``ν`` is
+        learned, a global site ``population_df ~ 2 + Gamma(2, rate 0.1)`` appended to the
+        hyper-prior (:mod:`bayes_pfl.student_t`). NUTS samples the marginal t exactly; the
+        federated methods integrate ``λ_k`` by quadrature in the server's integral
+        (:class:`~bayes_pfl.population.Population`).
     client_covariates : sequence of str, optional
         The names of the client-level covariates (metadata columns, one-hot levels such as
         ``"region=north"``) that the client prior reads: ``client_prior(phi, z)`` with
@@ -351,7 +340,7 @@ class HierarchicalModel:
         description: str = "",
         family: str | None = None,
         coords: Mapping[str, Sequence[str]] | None = None,
-        population_df: float | None = None,
+        population_df: float | str | None = None,
         client_covariates: Sequence[str] | None = None,
         check_data: Callable[[Any], None] | None = None,
     ):
@@ -360,7 +349,7 @@ class HierarchicalModel:
                 f"unknown likelihood family {family!r}; choose one of "
                 f"{', '.join(LIKELIHOOD_FAMILIES)} (or None)"
             )
-        self.hyperprior = hyperprior
+        self.hyperprior = self.declared_hyperprior = hyperprior
         self.client_prior = client_prior
         self.likelihood = likelihood
         self.name = name
@@ -369,17 +358,9 @@ class HierarchicalModel:
         self.description = description
         self.family = family
         self.coords = {k: tuple(map(str, v)) for k, v in (coords or {}).items()}
-        if population_df is not None:
-            if isinstance(population_df, bool) or not (
-                isinstance(population_df, int | float) and math.isfinite(population_df)
-            ):
-                raise ModelSpecError(
-                    f"population_df must be a positive number or None, got {population_df!r}"
-                )
-            if population_df <= 0:
-                raise ModelSpecError(f"population_df must be positive, got {population_df!r}")
-            population_df = float(population_df)
-        self.population_df = population_df
+        self.population_df = population_df = check_population_df(population_df)
+        if population_df == LEARNED_DF:  # one more global site (bayes_pfl.student_t)
+            self.hyperprior = learned_df_hyperprior(hyperprior)
         if client_covariates is not None:
             if isinstance(client_covariates, str):
                 raise ModelSpecError(
@@ -397,7 +378,7 @@ class HierarchicalModel:
             standardized_client_sites(self.client_trace, self.theta_space.names, 1)
 
     def __repr__(self) -> str:
-        t = f", population_df={self.population_df:g}" if self.population_df else ""
+        t = f", population_df={df_label(self.population_df)}" if self.population_df else ""
         if self.client_covariates is not None:
             t += f", client_covariates={list(self.client_covariates)}"
         return (
@@ -444,11 +425,11 @@ class HierarchicalModel:
     def _zero_covariates(self, batch: tuple[int, ...] = ()) -> Array | None:
         return None if self.client_covariates is None else jnp.zeros((*batch, self.n_covariates))
 
-    def with_population(self, df: float | None) -> HierarchicalModel:
+    def with_population(self, df: float | str | None) -> HierarchicalModel:
         """The same declaration with a Student-t population of ``df`` degrees of freedom
-        (``None``: as declared); see ``population_df``."""
+        (``"learn"``: learned; ``None``: as declared); see ``population_df``."""
         return HierarchicalModel(
-            self.hyperprior,
+            self.declared_hyperprior,
             self.client_prior,
             self.likelihood,
             name=self.name,
@@ -462,10 +443,15 @@ class HierarchicalModel:
             check_data=self.check_data,
         )
 
-    def _population_correction(self, trace, batch: int) -> Array:
+    def population_df_of(self, phi: Params):
+        """The Student-t population's ``df`` at global values ``phi``: the fixed number, the
+        learned site's value (traceable) or ``None`` (a Gaussian population)."""
+        return phi["population_df"] if self.population_df == LEARNED_DF else self.population_df
+
+    def _population_correction(self, trace, batch: int, phi: Params) -> Array:
         """The Student-t population's correction of a client-prior trace, ``[batch]``."""
         w = standardized_client_sites(trace, self.theta_space.names, batch)
-        return student_t_correction(w, self.population_df)
+        return student_t_correction(w, self.population_df_of(phi))
 
     # ------------------------------------------------------------------ structure
     def _trace(self, fn, *args):
@@ -666,7 +652,7 @@ class HierarchicalModel:
         tr = isolated_trace(self.client_prior, *self.prior_args(phi, z), data=values)
         out = _log_prob_sum(tr) + logdet
         if self.population_df is not None:
-            out = out + self._population_correction(tr, 1)[0]
+            out = out + self._population_correction(tr, 1, phi)[0]
         return out
 
     def pointwise_loglik_values(
@@ -720,7 +706,7 @@ class HierarchicalModel:
         tr = isolated_trace(self.client_prior, *self.prior_args(phi, z), data=values)
         lp, theta = _log_prob_sum(tr), trace_values(tr)
         if self.population_df is not None:
-            lp = lp + self._population_correction(tr, 1)[0]
+            lp = lp + self._population_correction(tr, 1, phi)[0]
         ll = self.pointwise_loglik_values(theta, phi, x, y)
         return lp + logdet + jnp.sum(jnp.where(mask, ll, 0.0))
 
@@ -767,7 +753,7 @@ class HierarchicalModel:
         theta = trace_values(client_tr)
         if self.population_df is not None:
             numpyro.factor(
-                "population_t", jnp.sum(self._population_correction(client_tr, x.shape[0]))
+                "population_t", jnp.sum(self._population_correction(client_tr, x.shape[0], phi))
             )
         if y is None:
             return
@@ -785,7 +771,7 @@ class HierarchicalModel:
         # a Student-t population: the Normal sites' deviations scaled by 1 / sqrt(λ)
         k_theta, k_lam = jax.random.split(rng_key)
         tr = isolated_trace(self.client_prior, *args, rng_key=k_theta)
-        half = 0.5 * self.population_df
+        half = 0.5 * self.population_df_of(phi)
         lam = jax.random.gamma(k_lam, half) / half
         values = {}
         for n in self.theta_space.names:

@@ -156,7 +156,8 @@ def server_density(
 
     def logp(u_phi):
         m, root, u_s = _population_at(pop, u_phi, covariates if with_covariates else None)
-        out = log_hyperprior(u_phi) + jnp.sum(pop.log_z_at(m, root, u_s, sites, shared_terms=False))
+        log_z = pop.log_z_at(m, root, u_s, sites, shared_terms=False, df=pop.df_at(u_phi))
+        out = log_hyperprior(u_phi) + jnp.sum(log_z)
         if pop.q_dim:
             out = out - 0.5 * u_s @ (p_ss @ u_s) + s_s @ u_s
         return out
@@ -405,8 +406,10 @@ def cavities(pop: Population, draws: Array, sites: GaussianFactor, covariates: A
 
     def per_draw(u):
         m, root, u_s = _population_at(pop, u, covariates if with_covariates else None)
-        # a Student-t population's predictive covariance is C E[1/λ] (pop.cov_factor)
-        return m, pop.cov_factor * (root @ root.T), u_s, pop.log_z_at(m, root, u_s, sites)
+        # a Student-t population's predictive covariance is C E[1/λ] = C df / (df - 2),
+        # at the draw's df where the model learns it
+        cov = pop.cov_factor_at(u) * (root @ root.T)
+        return m, cov, u_s, pop.log_z_at(m, root, u_s, sites, df=pop.df_at(u))
 
     m, cov_e, u_s, log_z = jax.vmap(per_draw)(draws)  # [S,(K,)E], [S,E,E], [S,Q], [S,K]
     if with_covariates:

@@ -13,13 +13,26 @@ def add_population_args(group: argparse._ArgumentGroup) -> None:
     """``--population-df``, in the model options' group."""
     group.add_argument(
         "--population-df",
-        type=float,
+        type=_population_df,
         default=None,
         metavar="DF",
         help="robust option: a Student-t population of clients with DF degrees of freedom "
-        "(e.g. 4): an outlying client moves the population little and is pooled less "
-        "(default: Gaussian; the federated methods need DF > 2)",
+        "(e.g. 4), or 'learn' (DF learned, prior 2 + Gamma(2, rate 0.1)): an outlying client "
+        "moves the population little and is pooled less (default: Gaussian; the federated "
+        "methods need DF > 2)",
     )
+
+
+def _population_df(text: str):
+    """``--population-df``'s value: a number or ``learn``."""
+    if text.strip().lower() == "learn":
+        return "learn"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of degrees of freedom or 'learn', got {text!r}"
+        ) from None
 
 
 def with_population(args, model):
@@ -33,7 +46,8 @@ def with_population(args, model):
     try:
         return model.with_population(df)
     except ModelSpecError as exc:
-        raise DataError(f"--population-df {df:g}: {exc}") from None
+        shown = df if isinstance(df, str) else f"{df:g}"
+        raise DataError(f"--population-df {shown}: {exc}") from None
 
 
 def add_robust_fit_args(group: argparse._ArgumentGroup) -> None:

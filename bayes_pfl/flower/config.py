@@ -39,6 +39,7 @@ __all__ = [
     "METHODS",
     "ClientData",
     "FlowerSettings",
+    "LEARNED_DF_SENTINEL",
     "build_phases",
     "cached_client_data",
     "configure_jax",
@@ -46,6 +47,10 @@ __all__ = [
     "pooled_standardization",
     "standardization_stats",
 ]
+
+LEARNED_DF_SENTINEL = -1.0
+"""The run config's ``population-df`` for a learned df (a float field: ``"learn"`` is not
+a float)."""
 
 METHODS = ("ep", "one-shot", "vi")
 """The posterior methods (the registry's ``federated`` kind, :mod:`bayes_pfl.methods`; a
@@ -80,7 +85,9 @@ class FlowerSettings:
     population_df : float
         ``> 0``: a Student-t population with this many degrees of freedom (a robust
         option, :meth:`~bayes_pfl.spec.HierarchicalModel.with_population`; the federated
-        methods need it above 2); 0: Gaussian.
+        methods need it above 2); 0: Gaussian; ``-1`` (:data:`LEARNED_DF_SENTINEL`): a
+        learned df (``population_df="learn"``; the run config's values are typed, so the
+        string is not accepted).
     formula, schema
         A model as a formula (:mod:`bayes_pfl.formula`; ``model`` then names the family:
         ``logistic``, ``linear``, ``poisson``, ...); it names the client column, target
@@ -324,8 +331,13 @@ class FlowerSettings:
             if not name:
                 raise ValueError("set model in the run config (see `bayes-pfl models`)")
             model = get_model(name, self.n_features, varying=self.varying, centered=self.centered)
+        if self.population_df == LEARNED_DF_SENTINEL:
+            return model.with_population("learn")
         if self.population_df < 0:
-            raise ValueError(f"population-df must be >= 0 (0: Gaussian), got {self.population_df}")
+            raise ValueError(
+                f"population-df must be >= 0 (0: Gaussian) or {LEARNED_DF_SENTINEL:g} (a learned "
+                f"df), got {self.population_df}"
+            )
         return model.with_population(self.population_df) if self.population_df else model
 
     def _dp_given(self):
