@@ -246,7 +246,9 @@ def personalize_client(
     rhs = jnp.einsum("sed,se->sd", root, h - m @ a)
     k_eps, k_u = jax.random.split(rng_key)
     if pop.df is not None:
-        w, lws = _mixture_proposals(k_eps, pop, lt_a_l, rhs, m, root, u_s, x, y, mask, mh_steps)
+        w, lws = _mixture_proposals(
+            k_eps, pop, u_draws, lt_a_l, rhs, m, root, u_s, x, y, mask, mh_steps
+        )
         log_unif = jnp.log(jax.random.uniform(k_u, (n_draws, mh_steps), dtype=a.dtype))
         idx, acc = jax.vmap(independence_chain)(lws, log_unif)
         w_pick = jnp.take_along_axis(w, idx[:, None, None], axis=1)[:, 0]
@@ -281,7 +283,9 @@ def personalize_client(
     return loc + scale * w_pick, jnp.mean(acc)
 
 
-def _mixture_proposals(key, pop: Population, b, r, m, root, u_s, x, y, mask, mh_steps: int):
+def _mixture_proposals(
+    key, pop: Population, u_draws, b, r, m, root, u_s, x, y, mask, mh_steps: int
+):
     r"""Proposals and log weights of :func:`personalize_client` for a Student-t population.
 
     Given the mixing weight ``λ`` the population times the site is Gaussian in the
@@ -297,22 +301,28 @@ def _mixture_proposals(key, pop: Population, b, r, m, root, u_s, x, y, mask, mh_
     density (the mixture summed over the nodes): exact where the site is (a Gaussian
     likelihood: every weight equal), and the independence chain corrects the rest.
 
+    With a learned ``df`` each draw ``u`` has its own ``df`` and so its own quadrature
+    weights (:meth:`~bayes_pfl.population.Population.mixture`).
+
     Returns ``(w [S, n, D], log weights [S, n])``, ``n = mh_steps + 1``.
     """
-    df = pop.df
-    lam = pop.mixture_nodes  # [Q]
-    log_w = pop.mixture_log_weights  # [Q]
     n_draws, dim = r.shape
+    if pop.learned_df:
+        df = jax.vmap(pop.df_at)(u_draws)  # [S]
+        lam, log_w = jax.vmap(pop.mixture)(df)  # [S, Q]
+    else:
+        lam, log_w = (a[None, :] for a in pop.mixture())  # [1, Q]
+        df = jnp.full((n_draws,), pop.df, dtype=r.dtype)
     beta, vec = jnp.linalg.eigh(0.5 * (b + jnp.swapaxes(b, -1, -2)))  # [S, D], [S, D, D]
     beta = jnp.maximum(beta, 0.0)  # the sites are projected PSD: rounding only
     rt = jnp.einsum("sdi,sd->si", vec, r)  # V^T r [S, D]
-    prec = lam[None, :, None] + beta[:, None, :]  # [S, Q, D], in V's basis
+    prec = lam[:, :, None] + beta[:, None, :]  # [S, Q, D], in V's basis
     log_z = (
-        0.5 * dim * jnp.log(lam)[None, :]
+        0.5 * dim * jnp.log(lam)
         - 0.5 * jnp.sum(jnp.log(prec), -1)
         + 0.5 * jnp.sum(rt[:, None, :] ** 2 / prec, -1)
     )  # [S, Q]
-    log_pi = log_w[None, :] + log_z
+    log_pi = log_w + log_z
     log_pi = log_pi - jax.scipy.special.logsumexp(log_pi, axis=1, keepdims=True)
     mean_t = rt[:, None, :] / prec  # [S, Q, D] node means, in V's basis
     n = mh_steps + 1
@@ -330,6 +340,7 @@ def _mixture_proposals(key, pop: Population, b, r, m, root, u_s, x, y, mask, mh_
     )  # [S, n, Q], up to -D/2 log(2 pi), as the target below
     log_q = jax.scipy.special.logsumexp(log_comp + log_pi[:, None, :], axis=-1)
     sq = jnp.sum(w**2, -1)
+    df = df[:, None]
     log_t = (
         jax.scipy.special.gammaln(0.5 * (df + dim))
         - jax.scipy.special.gammaln(0.5 * df)
