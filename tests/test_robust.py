@@ -130,7 +130,8 @@ def _t_conditional_moments(log_lik, loc, scale, df):
 def test_personalization_under_a_student_t_population_is_exact():
     """A client's personalized draws given phi under a Student-t population (df 4) match
     the exact conditional by quadrature: a Gaussian likelihood with its exact site (the
-    mixture proposal is the conditional: every step accepted), and five binary rows with
+    mixture proposal is the conditional: every step accepted; and so with df learned, at a
+    draw whose df is 4), and five binary rows with
     a poor site (the exact likelihood corrects the proposal). 20,000 draws: the mean's
     Monte Carlo se is sd/141; the bounds are 4 se (the binary case's draws come from
     a 20-step chain started from a proposal, nearly independent at its acceptance)."""
@@ -149,6 +150,19 @@ def test_personalization_under_a_student_t_population_is_exact():
     )  # fmt: skip
     theta = np.asarray(jax.vmap(lambda t: pop.z_of(t, u))(draws))[:, 0]
     mean, sd = _t_conditional_moments(lambda b: stats.norm.logpdf(y, b, sigma), 1.0, 5.0, 4)
+    assert acc > 0.999
+    assert abs(theta.mean() - mean) < 4 * sd / np.sqrt(n) and abs(theta.std() / sd - 1) < 0.02
+    # the same with df learned, at a draw whose df is 4 (its own quadrature weights)
+    learned = eight_schools().with_population("learn")
+    pop_l = gaussian_population(learned)
+    u_l = learned.phi_space.flatten(
+        {"mu": jnp.asarray(1.0), "tau": jnp.asarray(5.0), "population_df": jnp.asarray(4.0)}
+    )
+    draws, acc = personalize_client(
+        jax.random.key(2), pop_l, site, jnp.tile(u_l, (n, 1)), jnp.asarray([[sigma]]),
+        jnp.asarray([y]), jnp.asarray([True]), mh_steps=5,
+    )  # fmt: skip
+    theta = np.asarray(jax.vmap(lambda t: pop_l.z_of(t, u_l))(draws))[:, 0]
     assert acc > 0.999
     assert abs(theta.mean() - mean) < 4 * sd / np.sqrt(n) and abs(theta.std() / sd - 1) < 0.02
 
