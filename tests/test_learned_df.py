@@ -160,6 +160,7 @@ def test_learned_mixture_weights_are_the_gamma_prior_and_differentiable():
     assert abs(g - (-2.0 / 4.0**2)) < 1e-5  # d/df df / (df - 2) = -2 / (df - 2)^2
 
 
+@pytest.mark.slow  # two one-shot fits of 13 schools (about 30 s): the default suite's budget
 def test_one_shot_learns_a_smaller_df_with_an_outlier(schools_outlier):
     """Twelve schools like eight schools and a thirteenth: school X, 60 points off, or
     school M, like the others. The learned df's posterior is far lower with X than with M
@@ -230,6 +231,7 @@ def test_flower_settings_take_a_learned_df():
         _ = bad.hierarchical_model
 
 
+@pytest.mark.slow  # a command-line fit in a subprocess (about 20 s)
 def test_cli_fits_a_learned_df(tmp_path):
     out = tmp_path / "learned"
     r = run_cli(
