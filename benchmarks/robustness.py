@@ -469,7 +469,8 @@ def report() -> str:
         "score of the `gaussian` fit; named: mean share of the attackers among the clients "
         "`capped` names.",
         "",
-        "The `robust` and `exclude` runs (Student-t population) were made before 2026-12-05, "
+        "The `robust` and `exclude` runs (Student-t population) were made before 2026-12-05 "
+        "16:00 UTC, "
         "when personalization under a Student-t population drew from a generic sampler "
         "whose personalized sds were too narrow (median 0.70 of NUTS's on the comparison "
         "federation): their honest-client columns, measured in those sds, are too large; "
