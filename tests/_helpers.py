@@ -73,3 +73,35 @@ def normal_normal_parts(m0, s0, tau, sigma):
 def normal_normal(m0, s0, tau, sigma, **kw) -> HierarchicalModel:
     """The Normal-Normal model of ``normal_normal_parts``; ``kw`` go to ``HierarchicalModel``."""
     return HierarchicalModel(*normal_normal_parts(m0, s0, tau, sigma), **kw)
+
+
+def check_one_effect_t_log_z(pop, u, df: float, rtol: float) -> None:
+    """``pop.log_z`` at ``u`` against adaptive quadrature over the one effect, for sites
+    informative, vague, sharp and 40 population sds out: the Student-t population's
+    integral ``∫ t_df(e | m, s) t_k(e) de`` (tests of the fixed and the learned df)."""
+    import jax.numpy as jnp
+    import numpy as np
+    from scipy import integrate, stats
+
+    from bayes_pfl.gaussian import GaussianFactor
+
+    m, root = pop.moments(u)
+    s, mu = float(root[0, 0]), float(m[0])
+    far = 4.0 * (mu + 40.0 * s)  # a client 40 population sds out, precision 4
+    for a, h in ((4.0, 3.0), (0.3, -0.2), (50.0, 100.0), (4.0, far)):
+        prec = np.zeros((pop.z_dim, pop.z_dim))
+        prec[0, 0] = a
+        shift = np.zeros(pop.z_dim)
+        shift[0] = h
+        got = float(pop.log_z(u, GaussianFactor(jnp.asarray(prec), jnp.asarray(shift))))
+
+        def f(e, a=a, h=h):  # the site over its peak value exp(h^2 / 2a)
+            return stats.t.pdf(e, df, loc=mu, scale=s) * np.exp(-a * (e - h / a) ** 2 / 2)
+
+        cut = sorted([mu, h / a])
+        val = sum(
+            integrate.quad(f, lo, hi, epsabs=0, epsrel=1e-12, limit=500)[0]
+            for lo, hi in ((-np.inf, cut[0]), (cut[0], cut[1]), (cut[1], np.inf))
+        )
+        want = h**2 / (2 * a) + np.log(val)
+        assert abs(got - want) < rtol * max(1.0, abs(want)), (a, h)

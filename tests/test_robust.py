@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
-from _helpers import run_cli
+from _helpers import check_one_effect_t_log_z, run_cli
 from scipy import integrate, stats
 
 from bayes_pfl import federated, load
@@ -38,26 +38,7 @@ def test_student_t_population_integral_equals_numerical_integration(df):
     one = hierarchical_glm("bernoulli", feature_names=("x",)).with_population(df)
     pop = gaussian_population(one)
     u = jnp.asarray(0.5 * rng.standard_normal(one.phi_dim))
-    m, root = pop.moments(u)
-    s, mu = float(root[0, 0]), float(m[0])
-    far = 4.0 * (mu + 40.0 * s)  # a client 40 population sds out, precision 4
-    for a, h in ((4.0, 3.0), (0.3, -0.2), (50.0, 100.0), (4.0, far)):
-        prec = np.zeros((pop.z_dim, pop.z_dim))
-        prec[0, 0] = a
-        shift = np.zeros(pop.z_dim)
-        shift[0] = h
-        got = float(pop.log_z(u, GaussianFactor(jnp.asarray(prec), jnp.asarray(shift))))
-
-        def f(e, a=a, h=h):  # the site over its peak value exp(h^2 / 2a)
-            return stats.t.pdf(e, df, loc=mu, scale=s) * np.exp(-a * (e - h / a) ** 2 / 2)
-
-        cut = sorted([mu, h / a])
-        val = sum(
-            integrate.quad(f, lo, hi, epsabs=0, epsrel=1e-12, limit=500)[0]
-            for lo, hi in ((-np.inf, cut[0]), (cut[0], cut[1]), (cut[1], np.inf))
-        )
-        want = h**2 / (2 * a) + np.log(val)
-        assert abs(got - want) < 1e-5 * max(1.0, abs(want))
+    check_one_effect_t_log_z(pop, u, df, 1e-5)
 
     two = hierarchical_glm("bernoulli", feature_names=("x",), varying="slopes")
     two = two.with_population(df)
