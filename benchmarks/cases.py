@@ -176,6 +176,13 @@ def synth150_case():
     return _synthetic(logistic(4, varying="slopes"), kwargs)
 
 
+def synth150_t4_case():
+    """``synth150``'s federation with a Student-t population (``df = 4``) in the model: the
+    federated methods' scale-mixture server and personalization against NUTS (#19)."""
+    model, data, desc = synth150_case()
+    return model.with_population(4.0), data, {**desc, "population_df": 4.0}
+
+
 def hospitals4_case():
     """Four logistic clients of 20, 60, 150 and 300 rows, 10 features, varying slopes."""
     from bayes_pfl.models import logistic
@@ -304,6 +311,7 @@ CASES: dict[str, Builder] = {
     "eight_schools": eight_schools_case,
     "radon": radon_case,
     "synth150": synth150_case,
+    "synth150_t4": synth150_t4_case,
     "hospitals4": hospitals4_case,
     "sleepstudy": sleepstudy_case,
     "guimmun": guimmun_case,
@@ -333,6 +341,7 @@ REFERENCE: dict[str, dict[str, Any] | None] = {
     "eight_schools": _nuts(2000, 5000, 0.95),
     "radon": _nuts(1000, 2000, 0.9),
     "synth150": _nuts(1000, 1000, 0.9),
+    "synth150_t4": _nuts(1000, 1000, 0.95),
     "hospitals4": _nuts(2000, 1000, 0.99, 12),
     "sleepstudy": _nuts(1000, 2000, 0.95),
     "guimmun": _nuts(1000, 3000, 0.95),
