@@ -402,6 +402,23 @@ def test_one_shot_over_effects_end_to_end_equals_fit_one_shot(small, tmp_path, n
     assert run["runtime"] == "flower" and run["min_personalize_acceptance"] > 0.5
 
 
+@pytest.mark.slow  # a second effects fit of the small federation
+def test_one_shot_with_a_student_t_population_equals_fit_one_shot(small, tmp_path, node_like_steps):
+    """A Student-t population (``population-df``) through the ServerApp's whole path: each
+    node personalizes from its own site with the scale-mixture proposal, as in process."""
+    _, run_config, data = small
+    run_config = one_shot_config(
+        run_config, sites="effects", out=str(tmp_path / "fit"), **{"population-df": 4.0}
+    )
+    settings = FlowerSettings.from_run_config(run_config)
+    assert settings.hierarchical_model.population_df == 4.0
+    run_from_settings(_grid(run_config, 5), settings)
+    ref = one_shot_reference(settings, data)
+    run = _assert_folder_posterior(tmp_path / "fit", ref)
+    assert run["population"] == {"student_t_df": 4.0}
+    assert run["min_personalize_acceptance"] > 0.5
+
+
 def test_effects_personalization_steps_trace_on_a_fresh_model():
     """A node's personalization from its site traces (jit, and the exported step's build)
     on a model whose population was never built: the population's check needs concrete
