@@ -333,11 +333,15 @@ def _mixture_proposals(
     pick_prec = jnp.take_along_axis(prec, node[..., None], axis=1)
     wt = pick_mean + eps / jnp.sqrt(pick_prec)  # V^T w
     w = jnp.einsum("sdi,sni->snd", vec, wt)
-    # the proposal's log density at each w: the mixture over every node (V orthogonal)
-    diff = wt[:, :, None, :] - mean_t[:, None, :, :]  # [S, n, Q, D]
-    log_comp = 0.5 * jnp.sum(jnp.log(prec), -1)[:, None, :] - 0.5 * jnp.sum(
-        prec[:, None] * diff**2, -1
-    )  # [S, n, Q], up to -D/2 log(2 pi), as the target below
+    # the proposal's log density at each w: the mixture over every node (V orthogonal).
+    # With node means r̃ / p_q: Σ_i p_qi (w̃_i - r̃_i / p_qi)² = Σ_i p_qi w̃_i² - 2 w̃·r̃
+    # + Σ_i r̃_i² / p_qi, so no [S, n, Q, D] array (241 nodes with a learned df)
+    quad = (
+        jnp.einsum("snd,sqd->snq", wt**2, prec) - 2.0 * jnp.einsum("snd,sd->sn", wt, rt)[..., None]
+    )
+    quad = quad + jnp.sum(rt[:, None, :] ** 2 / prec, -1)[:, None, :]
+    log_comp = 0.5 * jnp.sum(jnp.log(prec), -1)[:, None, :] - 0.5 * quad
+    # [S, n, Q], up to -D/2 log(2 pi), as the target below
     log_q = jax.scipy.special.logsumexp(log_comp + log_pi[:, None, :], axis=-1)
     sq = jnp.sum(w**2, -1)
     df = df[:, None]
