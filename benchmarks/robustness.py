@@ -379,18 +379,13 @@ def cost_runs(seeds, done: set) -> list[dict]:
         if not todo:
             continue
         data = synthetic_data(seed)
-        methods = []
-        for name in todo:
+        for name in todo:  # one method at a time: each is recorded as soon as it is fitted
             kind, df, cap = COST_METHODS[name]
             options = {} if cap is None else {"precision_cap": cap}
-            methods.append(
-                bayesian_method(kind, model=lambda d, df=df: glm(d, df), name=name, **options)
-            )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            res = compare(data, methods, seeds=(seed,), progress=False)
-        table = res.table
-        for name in todo:
+            method = bayesian_method(kind, model=lambda d, df=df: glm(d, df), name=name, **options)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                table = compare(data, [method], seeds=(seed,), progress=False).table
             rows = table[table["method"] == name]
             row = {"seed": seed, "method": name, "log_loss": float(rows["log_loss"].mean())}
             _append("cost", row)
