@@ -65,6 +65,7 @@ from bayes_pfl.local import (
 )
 from bayes_pfl.population import Population, gaussian_population, small_cholesky
 from bayes_pfl.spec import HierarchicalModel, isolated_trace
+from bayes_pfl.student_t import student_t_correction
 
 Array = jax.Array
 
@@ -343,14 +344,8 @@ def _mixture_proposals(
     log_comp = 0.5 * jnp.sum(jnp.log(prec), -1)[:, None, :] - 0.5 * quad
     # [S, n, Q], up to -D/2 log(2 pi), as the target below
     log_q = jax.scipy.special.logsumexp(log_comp + log_pi[:, None, :], axis=-1)
-    sq = jnp.sum(w**2, -1)
-    df = df[:, None]
-    log_t = (
-        jax.scipy.special.gammaln(0.5 * (df + dim))
-        - jax.scipy.special.gammaln(0.5 * df)
-        - 0.5 * dim * jnp.log(0.5 * df)
-        - 0.5 * (df + dim) * jnp.log1p(sq / df)
-    )  # log t_D(w; df) + D/2 log(2 pi): the same constant left out as in log_q
+    # log t_D(w; df) + D/2 log(2 pi): the same constant left out as in log_q
+    log_t = student_t_correction(w, df[:, None]) - 0.5 * jnp.sum(w**2, -1)
 
     def loglik(m_s, root_s, us_s, w_s):
         return jax.vmap(
