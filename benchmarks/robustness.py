@@ -352,10 +352,11 @@ Gaussian and the Student-t population (what the model costs, apart from the fede
 approximation)."""
 
 
-def cost_runs(seeds, done: set) -> list[dict]:
+def cost_runs(seeds, done: set, methods=tuple(COST_METHODS)) -> list[dict]:
     """Held-out log-loss of the Gaussian population and of the robust options on the
     synthetic comparison federation, nobody attacking; ``done``: ``(seed, method)``
-    pairs already recorded (a rerun fits only the missing ones)."""
+    pairs already recorded (a rerun fits only the missing ones); ``methods``: which of
+    :data:`COST_METHODS`, in this order."""
     import sys
 
     sys.path.insert(0, str(RESULTS.parent))
@@ -375,7 +376,7 @@ def cost_runs(seeds, done: set) -> list[dict]:
 
     out = []
     for seed in seeds:
-        todo = [m for m in COST_METHODS if (seed, m) not in done]
+        todo = [m for m in methods if (seed, m) not in done]
         if not todo:
             continue
         data = synthetic_data(seed)
@@ -593,6 +594,9 @@ def main() -> None:
     parser.add_argument("--cost-seeds", type=int, default=3)
     parser.add_argument("--skip-cost", action="store_true")
     parser.add_argument("--cost-only", action="store_true", help="only the no-attack cost")
+    parser.add_argument(
+        "--cost-methods", nargs="+", choices=list(COST_METHODS), default=list(COST_METHODS)
+    )
     parser.add_argument("--report", action="store_true", help="only write the tables")
     args = parser.parse_args()
     if not args.report:
@@ -600,7 +604,7 @@ def main() -> None:
             run(range(args.seeds), args.attacks, args.rates)
         if not args.skip_cost:
             done = {(r["seed"], r["method"]) for r in _load("cost")}
-            cost_runs(range(args.cost_seeds), done)
+            cost_runs(range(args.cost_seeds), done, args.cost_methods)
     print(report())
 
 
