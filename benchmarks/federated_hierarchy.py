@@ -362,9 +362,17 @@ def markdown(results: dict, meta: dict) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     cases = [c for c, r in REFERENCE.items() if r is not None]
-    parser.add_argument("--case", nargs="+", choices=cases, default=cases)
+    stored = [c for c in cases if (REFS / f"{c}.npz").exists()]
+    parser.add_argument(
+        "--case", nargs="+", choices=cases, default=stored, help="default: every stored reference"
+    )
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     args = parser.parse_args(argv)
+    if missing := [c for c in args.case if c not in stored]:
+        parser.error(
+            f"no stored reference for {missing}: run benchmarks/references.py --case "
+            + " ".join(missing)
+        )
     path = RESULTS / "federated_hierarchy.json"
     old = json.loads(path.read_text()).get("cases", {}) if path.exists() else {}
     results = dict(old)
