@@ -214,12 +214,10 @@ def diagnostics(
     dt = as_datatree(fit)
     post = posterior_group(dt)
     n_clients = int(post.sizes.get(CLIENT_DIM, 0))
-    if summary is None:
-        summary = az.summary(dt, kind="diagnostics", round_to="none")
-    missing = {"r_hat", "ess_bulk", "ess_tail"} - set(summary.columns)
+    summ = az.summary(dt, kind="diagnostics", round_to="none") if summary is None else summary
+    missing = {"r_hat", "ess_bulk", "ess_tail"} - set(summ.columns)
     if missing:
         raise ValueError(f"summary lacks the column(s) {sorted(missing)} diagnostics reads")
-    summ = summary
     r_hat = summ["r_hat"].to_numpy(float)
     ess_bulk = summ["ess_bulk"].to_numpy(float)
     bad = (r_hat > r_hat_max) | (ess_bulk < ess_min)

@@ -48,7 +48,7 @@ import pandas as pd
 import xarray as xr
 
 from bayes_pfl.spec import HierarchicalModel
-from bayes_pfl.student_t import LEARNED_DF
+from bayes_pfl.student_t import df_record
 
 __all__ = [
     "FitResult",
@@ -283,8 +283,7 @@ class FitResult:
                 )
         attrs = {"/": {"method": self.method, "model": self.model.name}}
         if self.model.population_df is not None:
-            df = self.model.population_df  # a number, or "learned" (a site of phi)
-            attrs["/"]["population_df"] = "learned" if df == LEARNED_DF else df
+            attrs["/"]["population_df"] = df_record(self.model.population_df)
         privacy = self.info.get("privacy")
         if privacy:  # a differentially private fit: what each client spent
             attrs["/"].update(
@@ -419,11 +418,7 @@ def save_fit(
         "population": (
             "gaussian"
             if result.model.population_df is None
-            else {
-                "student_t_df": "learned"
-                if result.model.population_df == LEARNED_DF
-                else result.model.population_df
-            }
+            else {"student_t_df": df_record(result.model.population_df)}
         ),
         "coords": result.coords,
         "clients": len(result.clients),

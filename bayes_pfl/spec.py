@@ -68,6 +68,7 @@ from numpyro import handlers
 from numpyro.distributions import biject_to, constraints
 
 from bayes_pfl.student_t import (
+    DF_SITE,
     LEARNED_DF,
     check_population_df,
     df_label,
@@ -446,7 +447,7 @@ class HierarchicalModel:
     def population_df_of(self, phi: Params):
         """The Student-t population's ``df`` at global values ``phi``: the fixed number, the
         learned site's value (traceable) or ``None`` (a Gaussian population)."""
-        return phi["population_df"] if self.population_df == LEARNED_DF else self.population_df
+        return phi[DF_SITE] if self.population_df == LEARNED_DF else self.population_df
 
     def _population_correction(self, trace, batch: int, phi: Params) -> Array:
         """The Student-t population's correction of a client-prior trace, ``[batch]``."""

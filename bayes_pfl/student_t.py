@@ -38,6 +38,7 @@ __all__ = [
     "LEARNED_DF",
     "check_population_df",
     "df_label",
+    "df_record",
     "df_prior",
     "learned_df_hyperprior",
     "student_t_correction",
@@ -103,6 +104,12 @@ def check_population_df(value):
 def df_label(df) -> str:
     """``df`` for messages and reports: ``"4"``, ``"learned"``."""
     return "learned" if df == LEARNED_DF else f"{df:g}"
+
+
+def df_record(df):
+    """``df`` as results record it (ArviZ attributes, ``run.json``): the number, or
+    ``"learned"``."""
+    return "learned" if df == LEARNED_DF else df
 
 
 def student_t_correction(w: Array, df) -> Array:

@@ -190,14 +190,14 @@ def site_attack(attack: str, positions: np.ndarray, fed):
 _MODELS: dict = {}
 
 
-def model_for(robust: bool, features=("x0",)):  # robust: the Student-t population
+def model_for(df=None, features=("x0",)):  # df: a Student-t population's (None: Gaussian)
     """One model object per form (the fits' compiled code is cached per model object)."""
     from bayes_pfl.models import hierarchical_glm
 
-    key = (robust, tuple(features))
+    key = (df, tuple(features))
     if key not in _MODELS:
         m = hierarchical_glm("bernoulli", feature_names=tuple(features), varying="slopes")
-        _MODELS[key] = m.with_population(DF) if robust else m
+        _MODELS[key] = m if df is None else m.with_population(df)
     return _MODELS[key]
 
 
@@ -216,7 +216,7 @@ def fit(data, method: str, seed: int):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return fit_ep(
-            model_for(robust),
+            model_for(DF if robust else None),
             data,
             seed=seed,
             progress=False,
@@ -363,16 +363,6 @@ def cost_runs(seeds, done: set, methods=tuple(COST_METHODS)) -> list[dict]:
     from pfl_comparison import synthetic_data
 
     from bayes_pfl.compare import bayesian_method, compare
-    from bayes_pfl.models import hierarchical_glm
-
-    models: dict = {}
-
-    def glm(d, df):
-        key = (df, tuple(d.features))
-        if key not in models:
-            m = hierarchical_glm("bernoulli", feature_names=tuple(d.features), varying="slopes")
-            models[key] = m if df is None else m.with_population(df)
-        return models[key]
 
     out = []
     for seed in seeds:
@@ -383,7 +373,9 @@ def cost_runs(seeds, done: set, methods=tuple(COST_METHODS)) -> list[dict]:
         for name in todo:  # one method at a time: each is recorded as soon as it is fitted
             kind, df, cap = COST_METHODS[name]
             options = {} if cap is None else {"precision_cap": cap}
-            method = bayesian_method(kind, model=lambda d, df=df: glm(d, df), name=name, **options)
+            method = bayesian_method(
+                kind, model=lambda d, df=df: model_for(df, d.features), name=name, **options
+            )
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 table = compare(data, [method], seeds=(seed,), progress=False).table

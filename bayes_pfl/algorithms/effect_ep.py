@@ -242,7 +242,6 @@ def personalize_client(
     a = site.precision[:E, :E]
     h = site.shift[:E] - u_s @ site.precision[:E, E:].T  # [S, E]
     lt_a = jnp.einsum("sed,ef->sdf", root, a)
-    dim = root.shape[-1]
     lt_a_l = jnp.einsum("sdf,sfg->sdg", lt_a, root)  # L^T A L [S, D, D]
     rhs = jnp.einsum("sed,se->sd", root, h - m @ a)
     k_eps, k_u = jax.random.split(rng_key)
@@ -250,13 +249,22 @@ def personalize_client(
         w, lws = _mixture_proposals(
             k_eps, pop, u_draws, lt_a_l, rhs, m, root, u_s, x, y, mask, mh_steps
         )
-        log_unif = jnp.log(jax.random.uniform(k_u, (n_draws, mh_steps), dtype=a.dtype))
-        idx, acc = jax.vmap(independence_chain)(lws, log_unif)
-        w_pick = jnp.take_along_axis(w, idx[:, None, None], axis=1)[:, 0]
-        return loc + scale * w_pick, jnp.mean(acc)
-    mat = jnp.eye(dim, dtype=a.dtype) + lt_a_l
+    else:
+        w, lws = _gaussian_proposals(k_eps, pop, lt_a_l, rhs, m, root, u_s, x, y, mask, mh_steps)
+    log_unif = jnp.log(jax.random.uniform(k_u, (n_draws, mh_steps), dtype=a.dtype))
+    idx, acc = jax.vmap(independence_chain)(lws, log_unif)
+    w_pick = jnp.take_along_axis(w, idx[:, None, None], axis=1)[:, 0]
+    return loc + scale * w_pick, jnp.mean(acc)
+
+
+def _gaussian_proposals(key, pop: Population, b, r, m, root, u_s, x, y, mask, mh_steps: int):
+    """Proposals and log weights of :func:`personalize_client` for a Gaussian population:
+    ``N(w | 0, I)`` times the site (precision ``I + B``, shift ``r``), moved by one Newton
+    step on the exact conditional. Returns ``(w [S, n, D], log weights [S, n])``."""
+    n_draws, dim = r.shape
+    mat = jnp.eye(dim, dtype=r.dtype) + b
     chol = small_cholesky(0.5 * (mat + jnp.swapaxes(mat, -1, -2)))
-    eps = jax.random.normal(k_eps, (n_draws, mh_steps + 1, dim), dtype=a.dtype)
+    eps = jax.random.normal(key, (n_draws, mh_steps + 1, dim), dtype=r.dtype)
 
     def one_draw(chol_s, rhs_s, m_s, root_s, us_s, eps_s):
         def logp(w):
@@ -277,11 +285,7 @@ def personalize_client(
         w = centre + jax.scipy.linalg.solve_triangular(ch.T, eps_s.T, lower=False).T
         return w, jax.vmap(logp)(w) + 0.5 * jnp.sum(eps_s**2, 1)
 
-    w, lws = jax.vmap(one_draw)(chol, rhs, m, root, u_s, eps)  # [S, n, D], [S, n]
-    log_unif = jnp.log(jax.random.uniform(k_u, (n_draws, mh_steps), dtype=a.dtype))
-    idx, acc = jax.vmap(independence_chain)(lws, log_unif)
-    w_pick = jnp.take_along_axis(w, idx[:, None, None], axis=1)[:, 0]
-    return loc + scale * w_pick, jnp.mean(acc)
+    return jax.vmap(one_draw)(chol, r, m, root, u_s, eps)  # [S, n, D], [S, n]
 
 
 def _mixture_proposals(
@@ -318,11 +322,9 @@ def _mixture_proposals(
     beta = jnp.maximum(beta, 0.0)  # the sites are projected PSD: rounding only
     rt = jnp.einsum("sdi,sd->si", vec, r)  # V^T r [S, D]
     prec = lam[:, :, None] + beta[:, None, :]  # [S, Q, D], in V's basis
-    log_z = (
-        0.5 * dim * jnp.log(lam)
-        - 0.5 * jnp.sum(jnp.log(prec), -1)
-        + 0.5 * jnp.sum(rt[:, None, :] ** 2 / prec, -1)
-    )  # [S, Q]
+    half_logdet = 0.5 * jnp.sum(jnp.log(prec), -1)  # [S, Q]
+    r_m_r = jnp.sum(rt[:, None, :] ** 2 / prec, -1)  # r̃' (λ_q I + B)^{-1} r̃ [S, Q]
+    log_z = 0.5 * dim * jnp.log(lam) - half_logdet + 0.5 * r_m_r
     log_pi = log_w + log_z
     log_pi = log_pi - jax.scipy.special.logsumexp(log_pi, axis=1, keepdims=True)
     mean_t = rt[:, None, :] / prec  # [S, Q, D] node means, in V's basis
@@ -340,8 +342,7 @@ def _mixture_proposals(
     quad = (
         jnp.einsum("snd,sqd->snq", wt**2, prec) - 2.0 * jnp.einsum("snd,sd->sn", wt, rt)[..., None]
     )
-    quad = quad + jnp.sum(rt[:, None, :] ** 2 / prec, -1)[:, None, :]
-    log_comp = 0.5 * jnp.sum(jnp.log(prec), -1)[:, None, :] - 0.5 * quad
+    log_comp = half_logdet[:, None, :] - 0.5 * (quad + r_m_r[:, None, :])
     # [S, n, Q], up to -D/2 log(2 pi), as the target below
     log_q = jax.scipy.special.logsumexp(log_comp + log_pi[:, None, :], axis=-1)
     # log t_D(w; df) + D/2 log(2 pi): the same constant left out as in log_q
