@@ -108,6 +108,11 @@ def particle_summary(model: HierarchicalModel, summary: str, sites: str = "effec
             f"Student-t population (population_df={df_label(model.population_df)}): use "
             "summary='gaussian'"
         )
+    if model.n_covariates:
+        raise ValueError(
+            f"summary={summary!r}: particles do not support client covariates (metadata: "
+            "each client's population mean mu + z W); use summary='gaussian'"
+        )
     why = particles.applicable(gaussian_population(model))
     if why is not None:
         warnings.warn(
@@ -116,6 +121,22 @@ def particle_summary(model: HierarchicalModel, summary: str, sites: str = "effec
         )
         return "gaussian"
     return summary
+
+
+def resolve_summary(model: HierarchicalModel, summary: str | None, sites: str, dp=None) -> str:
+    """The summary an EP fit runs: ``summary=None`` (the default) is ``"auto"`` where
+    particles apply (sites over effects, a Gaussian population without client
+    covariates, no shared likelihood parameters, no differential privacy) and
+    ``"gaussian"`` elsewhere, silently; a
+    summary the caller named is checked by :func:`particle_summary` (an error or a
+    warning where it cannot run)."""
+    if summary is not None:
+        return particle_summary(model, summary, sites)
+    if sites != "effects" or dp is not None or model.population_df is not None:
+        return "gaussian"
+    if model.n_covariates:  # particles' population is one mean for every client
+        return "gaussian"
+    return "auto" if particles.applicable(gaussian_population(model)) is None else "gaussian"
 
 
 def ep_defaults(sites: str, tilted: str = "laplace") -> dict[str, float]:
@@ -237,7 +258,7 @@ def fit_ep(
     checkpoint=None,
     resume: bool = False,
     effect_options: dict | None = None,
-    summary: str = "gaussian",
+    summary: str | None = None,
     n_particles: int = 256,
     precision_cap: float | None = None,
     dp: privacy.DPBudget | None = None,
@@ -285,17 +306,19 @@ def fit_ep(
     effect_options : dict, optional
         Further options of :func:`bayes_pfl.algorithms.effect_ep.build` (the server's
         per-round NUTS settings, the tilted importance-sampling points).
-    summary : {"gaussian", "particles", "auto"}
-        ``sites="effects"`` only. ``"gaussian"``: Gaussian sites. ``"particles"``: after
+    summary : {"auto", "gaussian", "particles"}, optional
+        ``sites="effects"`` only. Default (``None``): ``"auto"`` where particles apply,
+        ``"gaussian"`` where they do not (shared likelihood parameters, a Student-t
+        population, client covariates, ``dp``), silently. ``"gaussian"``: Gaussian sites. ``"particles"``: after
         the Gaussian rounds, one more exchange in which every client sends
         ``n_particles`` importance-weighted particles relative to its site, and the
         server's density (its final draws) is particle-corrected where a client's
         likelihood is far from Gaussian (:mod:`bayes_pfl.algorithms.particles`);
         ``"auto"``: only the clients whose diagnostic (sd of ``log L/t`` under their
         Gaussian tilted, effective sample size) asks for it. Models whose likelihood
-        reads shared global parameters keep Gaussian sites (with a warning). The round
-        history reports the clients using particles, their lowest ESS and the bytes per
-        client of each form.
+        reads shared global parameters keep Gaussian sites (with a warning when
+        ``summary`` was named). The round history reports the clients using particles,
+        their lowest ESS and the bytes per client of each form.
     n_particles : int
         Particles per client with ``summary`` ``"particles"``/``"auto"``.
     precision_cap : float, optional
@@ -331,6 +354,7 @@ def fit_ep(
             "precision_cap reads each client's row count, which a differentially private "
             "client does not send (an exact count is not private): use one or the other"
         )
+    summary = resolve_summary(model, summary, sites, dp)
     if dp is not None:
         noise, clip, damping = dp_options(
             model, dp, rounds, sites, summary, damping, effect_options
@@ -338,7 +362,6 @@ def fit_ep(
         _dp_data_checks(dp, data, resume)
     damping = given["damping"] if damping is None else damping
     tol = given["tol"] if tol is None else tol
-    summary = particle_summary(model, summary, sites)
     effect_options = with_cap(effect_options, precision_cap, sites)
     settings = {"rounds": rounds, "damping": damping, "sites": sites, "tol": tol}
     if sites == "global":

@@ -170,7 +170,7 @@ def _ep_phases(name: str) -> Callable[..., tuple]:
             given["effect_options"] = (("local", "vi"), ("vi_iterations", vi_iter))
         elif options.get("effect_options"):
             given["effect_options"] = tuple(sorted(dict(options["effect_options"]).items()))
-        if options.get("summary", "gaussian") != "gaussian":
+        if options.get("summary") not in (None, "gaussian"):
             raise UnknownMethod(
                 f"ep with summary={options['summary']!r} runs in process only (Flower's "
                 "readout personalizes from Gaussian sites); use summary='gaussian'"
@@ -198,7 +198,7 @@ def _dp_phases(name: str, model, options: dict) -> tuple:
         options["dp"],
         rounds,
         options["sites"],
-        options.get("summary", "gaussian"),
+        options.get("summary") or "gaussian",
         options.get("damping"),
         options.get("effect_options"),
     )

@@ -5,11 +5,12 @@ clean centralized NUTS reference (``benchmarks/results/references/``, made by
 
 For every parameter element (global and per client, deterministic sites included) it
 reports ``z = |mean_fed - mean_ref| / sd_ref`` and ``r = sd_fed / sd_ref`` with their
-Monte Carlo noise, per method: ``ep`` (sites over client effects, the default),
-``one-shot``, ``vi`` (federated VI, its defaults) and ``ep-global`` (the earlier sites over
-the global parameters), ``ep-particles`` (``ep`` then one exchange of importance-weighted
-particles relative to the Gaussian sites from the clients whose diagnostic asks for them,
-``summary="auto"``) and ``ep-particles-all`` (every client sends particles,
+Monte Carlo noise, per method: ``ep`` (``fit_ep``'s defaults: sites over client effects,
+then one exchange of importance-weighted particles relative to the Gaussian sites from the
+clients whose diagnostic asks for them, ``summary="auto"``, where the model allows it),
+``ep-gaussian`` (Gaussian sites only, ``summary="gaussian"``: the default before
+2026-12-05), ``one-shot``, ``vi`` (federated VI, its defaults), ``ep-global`` (the earlier
+sites over the global parameters) and ``ep-particles-all`` (every client sends particles,
 ``summary="particles"``). Also rounds, convergence, wall time, bytes per client per round,
 the personalization's lowest acceptance and the cavities' leave-one-out effective sample
 sizes.
@@ -49,7 +50,7 @@ from _common import (
 )
 from cases import CASES, REFERENCE
 
-METHODS = ("ep", "one-shot", "vi", "ep-global", "ep-particles", "ep-particles-all")
+METHODS = ("ep", "ep-gaussian", "one-shot", "vi", "ep-global", "ep-particles-all")
 REFS = RESULTS / "references"
 
 # (z bound, sd range) per case for EP/one-shot
@@ -72,8 +73,8 @@ def _fit(method: str, model, data, draws: int, seed: int = 0):
         return fit_one_shot(model, data, **common)
     if method == "ep-global":
         return fit_ep(model, data, sites="global", **common)
-    if method == "ep-particles":
-        return fit_ep(model, data, summary="auto", **common)
+    if method == "ep-gaussian":
+        return fit_ep(model, data, summary="gaussian", **common)
     if method == "ep-particles-all":
         return fit_ep(model, data, summary="particles", **common)
     return fit_vi(model, data, **common)
@@ -247,7 +248,11 @@ def markdown(results: dict, meta: dict) -> str:
         "ERROR: Unable to allocate section memory\": the kernel's limit on memory maps, "
         "reached by XLA's compiled code); per-case runs merge into this file, so rows may "
         "come from different runs and commits (each case's rows here: see the git log of "
-        "this file). Machine shared with other jobs: wall times are upper bounds. "
+        "this file). Since 2026-12-05 `ep` is `fit_ep`'s default, particles where they "
+        'apply (`summary="auto"`); rows run before then under the names `ep-particles` '
+        "(that option named) and `ep` (Gaussian sites, the default then) are shown as "
+        "`ep` and `ep-gaussian`. Machine shared with other jobs: wall times are upper "
+        "bounds. "
         "References: clean centralized NUTS (0 divergences, R-hat <= 1.01, ESS >= 400), "
         "`benchmarks/results/references/`.",
         "",
@@ -301,7 +306,7 @@ def markdown(results: dict, meta: dict) -> str:
     for case, res in results.items():
         for method, e in res["methods"].items():
             p = e.get("particles")
-            if not p and method.startswith("ep-particles") and "error" not in e:
+            if not p and method in ("ep", "ep-particles-all") and "error" not in e:
                 why = "none: the likelihood reads shared global parameters (Gaussian sites kept)"
                 prow.append([case, method, why, "", "", "", "", "", ""])
             if p:

@@ -12,9 +12,9 @@ import pytest
 
 from bayes_pfl import FederatedData
 from bayes_pfl.algorithms import effect_ep, particles
-from bayes_pfl.federated import particle_summary
+from bayes_pfl.federated import particle_summary, resolve_summary
 from bayes_pfl.gaussian import GaussianFactor
-from bayes_pfl.models import eight_schools, logistic, radon_intercept
+from bayes_pfl.models import eight_schools, hierarchical_glm, logistic, radon_intercept
 from bayes_pfl.population import gaussian_population
 from bayes_pfl.simulation import run_rounds
 
@@ -247,7 +247,7 @@ def test_fit_ep_with_particles_end_to_end(schools):
         num_warmup=100,
         effect_options={"server_warmup": 100, "server_samples": 100},
     )
-    gauss = fit_ep(model, schools, **opts)
+    gauss = fit_ep(model, schools, summary="gaussian", **opts)
     fit = fit_ep(model, schools, summary="particles", n_particles=64, **opts)
     assert fit.info["settings"]["summary"] == "particles"
     assert fit.history[-1]["summary"] == "particles"
@@ -258,3 +258,62 @@ def test_fit_ep_with_particles_end_to_end(schools):
         assert abs(a.mean() - b.mean()) < 0.25 * a.std(), name
     theta = np.asarray(fit.theta["theta"])
     assert np.all(np.isfinite(theta))
+
+
+def test_the_default_summary_is_particles_where_they_apply_and_gaussian_elsewhere():
+    from bayes_pfl.privacy import DPBudget
+
+    glm = hierarchical_glm("bernoulli", 2, varying="slopes")
+    assert resolve_summary(glm, None, "effects") == "auto"
+    assert resolve_summary(glm, None, "global") == "gaussian"
+    assert resolve_summary(glm, None, "effects", DPBudget(1.0)) == "gaussian"
+    assert resolve_summary(glm.with_population(4.0), None, "effects") == "gaussian"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the default falls back silently
+        assert resolve_summary(radon_intercept(), None, "effects") == "gaussian"
+    with_meta = hierarchical_glm("bernoulli", 1, client_covariates=2)
+    assert resolve_summary(with_meta, None, "effects") == "gaussian"
+    with pytest.raises(ValueError, match="client covariates"):
+        resolve_summary(with_meta, "auto", "effects")  # named: an error, not a wrong fit
+    assert resolve_summary(glm, "gaussian", "effects") == "gaussian"
+
+
+class _Pop:
+    def __init__(self, diagonal_root):
+        self.diagonal_root = diagonal_root
+
+
+@pytest.mark.parametrize("diagonal", [True, False])
+def test_the_samplers_correction_equals_its_log_sum_exp_definition(diagonal):
+    """The final sampler's correction (one exponential per particle, constants hoisted)
+    against the definition: self-normalized importance sampling by log-sum-exp."""
+    rng = np.random.default_rng(3)
+    k, n, e = 4, 64, 3
+    pset = particles.ParticleSet(
+        points=jnp.asarray(rng.normal(size=(k, n, e))),
+        log_lik_over_proposal=jnp.asarray(rng.normal(size=(k, n)) * 3.0),
+        log_site_over_proposal=jnp.asarray(rng.normal(size=(k, n))),
+        level=jnp.asarray(rng.normal(size=k) * 0.1),
+        use=jnp.asarray([True, True, False, True]),
+    )
+    m = jnp.asarray([0.3, -0.2, 0.1])
+    root = jnp.diag(jnp.asarray([0.8, 1.3, 0.6]))
+    if not diagonal:
+        root = root.at[1, 0].set(0.4).at[2, 1].set(-0.3)
+    chol = np.linalg.cholesky(np.asarray(root @ root.T))
+    d = np.asarray(pset.points) - np.asarray(m)
+    w = np.linalg.solve(chol, d.reshape(-1, e).T).T.reshape(d.shape)
+    lw = -0.5 * np.sum(w**2, -1) + np.asarray(pset.log_site_over_proposal)
+    log_r = np.asarray(pset.log_lik_over_proposal - pset.log_site_over_proposal)
+    lse = jax.scipy.special.logsumexp
+    est = np.asarray(lse(lw + log_r, -1) - lse(lw, -1))
+    soft = np.exp(lw - lse(lw, -1, keepdims=True))
+    ess = 1.0 / np.sum(soft**2, -1)
+    level = np.asarray(pset.level)
+    want = np.where(
+        np.asarray(pset.use), level + np.asarray(particles.trust(ess)) * (est - level), 0
+    )
+    got = particles.log_correction(_Pop(diagonal), m, root, pset)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-5)
+    trusted = np.asarray(particles.trust(ess))
+    assert np.any((trusted > 0) & (trusted < 1))  # the ramp is exercised, not only its ends

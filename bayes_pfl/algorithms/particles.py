@@ -194,14 +194,21 @@ def message_bytes(n_particles: int, e_dim: int, itemsize: int = 8) -> tuple[int,
 
 def _whiten(pop: Population, m: Array, root: Array, points: Array) -> Array:
     """``-(e - m)^T C^{-1} (e - m) / 2`` for points ``[..., E]`` (constants dropped)."""
-    d = points - m
+    return _whiten_t(pop, m, root, jnp.moveaxis(points, -1, 0))
+
+
+def _whiten_t(pop: Population, m: Array, root: Array, points_t: Array) -> Array:
+    """:func:`_whiten` of points laid out ``[E, ...]``: the particles' axes innermost (with
+    ``E`` innermost, a handful of effects, XLA's loops did not vectorize: the final sampler
+    spent most of its time here)."""
+    d = points_t - m.reshape((-1,) + (1,) * (points_t.ndim - 1))
     if pop.diagonal_root:
-        w = d / jnp.diagonal(root)
+        w = d / jnp.diagonal(root).reshape(d.shape[:1] + (1,) * (d.ndim - 1))
     else:
         chol = jnp.linalg.cholesky(root @ root.T)
-        flat = d.reshape(-1, d.shape[-1])
-        w = jax.scipy.linalg.solve_triangular(chol, flat.T, lower=True).T.reshape(d.shape)
-    return -0.5 * jnp.sum(w**2, -1)
+        eye = jnp.eye(chol.shape[0], dtype=chol.dtype)
+        w = jnp.tensordot(jax.scipy.linalg.solve_triangular(chol, eye, lower=True), d, 1)
+    return -0.5 * jnp.sum(w**2, 0)
 
 
 ESS_RAMP = (8.0, 32.0)
@@ -236,10 +243,31 @@ def log_correction(pop: Population, m: Array, root: Array, particles: ParticleSe
     :func:`trust` of the weights' effective sample size at this ``phi``: where ``r`` is
     constant (an exact site) the result is that constant whatever ``phi``.
     """
-    lw = _whiten(pop, m, root, particles.points) + particles.log_site_over_proposal  # [K, S]
+    return _correction(pop, m, root, particles, *constants(particles, m.dtype))
+
+
+def constants(particles: ParticleSet, dtype) -> tuple[Array, Array, Array]:
+    """What the correction needs of the particles that does not depend on ``phi``:
+    ``(points [E, K, S], top [K], r / exp(top) [K, S])``, with ``r_s = L_k / t_k`` at each
+    particle scaled by the client's largest; the final sampler computes them once
+    (:func:`corrected_density`)."""
     log_r = particles.log_lik_over_proposal - particles.log_site_over_proposal
-    est = jax.nn.logsumexp(lw + log_r, -1) - jax.nn.logsumexp(lw, -1)
-    ess = 1.0 / jnp.sum(jax.nn.softmax(lw, -1) ** 2, -1)
+    top = jnp.max(log_r, -1)
+    points_t = jnp.moveaxis(jnp.asarray(particles.points, dtype), -1, 0)
+    return points_t, top, jnp.exp(log_r - top[:, None])
+
+
+def _correction(pop, m, root, particles: ParticleSet, points_t, top, r) -> Array:
+    """:func:`log_correction` with :func:`constants` given: one exponential per particle
+    and evaluation (the two log-sum-exps and the weights' ESS share ``exp(lw - max lw)``)."""
+    lw = _whiten_t(pop, m, root, points_t) + particles.log_site_over_proposal  # [K, S]
+    e = jnp.exp(lw - jax.lax.stop_gradient(jnp.max(lw, -1, keepdims=True)))
+    s1, s3 = jnp.sum(e, -1), jnp.sum(e * e, -1)
+    # s2 > 0 unless log r spans more than ~700 over the particles of weight; there Z_k is
+    # negligible and the floor keeps the density finite
+    s2 = jnp.maximum(jnp.sum(e * r, -1), jnp.finfo(e.dtype).tiny)
+    est = jnp.log(s2) + top - jnp.log(s1)
+    ess = s1 * s1 / s3
     # the constant part (the site's normalization, no information on phi) stays whole; the
     # phi-dependent part is trusted as far as the weights allow
     level = particles.level
@@ -273,10 +301,11 @@ def corrected_density(pop: Population, log_hyperprior, sites: GaussianFactor, pa
     server density (:func:`bayes_pfl.algorithms.effect_ep.server_density` plus
     :func:`log_correction`)."""
     gaussian = server_density(pop, log_hyperprior, sites)
+    fixed = constants(particles, jnp.result_type(float))  # outside the sampler's loop
 
     def logp(u_phi):
         m, root = pop.moments(u_phi)
-        return gaussian(u_phi) + jnp.sum(log_correction(pop, m, root, particles))
+        return gaussian(u_phi) + jnp.sum(_correction(pop, m, root, particles, *fixed))
 
     return logp
 

@@ -228,6 +228,15 @@ def build_parser() -> argparse.ArgumentParser:
         "gradient over the tilted region (default), quadratic fit of its values there, or "
         "Taylor expansion at the tilted mode",
     )
+    fed.add_argument(
+        "--summary",
+        choices=("auto", "gaussian", "particles"),
+        default=None,
+        help="EP, sites over effects: after the Gaussian rounds, one exchange of "
+        "importance-weighted particles from the clients whose likelihood is far from "
+        "Gaussian (auto, the default where the model allows it), from every client "
+        "(particles), or none (gaussian)",
+    )
     add_robust_fit_args(fed)
     add_dp_args(fit)
     vi = fit.add_argument_group("federated VI (vi)")
@@ -467,7 +476,15 @@ def _fit_and_save(args, data, model, out: Path, *, dataset: str):
         "num_samples": args.samples,
         **{
             k: getattr(args, k, None)
-            for k in ("rounds", "damping", "sites", "tilted", "site_fit", "precision_cap")
+            for k in (
+                "rounds",
+                "damping",
+                "sites",
+                "tilted",
+                "site_fit",
+                "summary",
+                "precision_cap",
+            )
         },
     }
     if getattr(args, "checkpoint", None):
