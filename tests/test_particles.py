@@ -258,3 +258,30 @@ def test_fit_ep_with_particles_end_to_end(schools):
         assert abs(a.mean() - b.mean()) < 0.25 * a.std(), name
     theta = np.asarray(fit.theta["theta"])
     assert np.all(np.isfinite(theta))
+
+
+def test_particle_phase_resumes_from_its_checkpoint(tmp_path):
+    """The exchange's checkpoint holds its own state (a ParticleServerState wrapping EP's),
+    not the state it was warm-started from: a resumed run reads it back."""
+    model, data = eight_schools(), _schools()
+    effect = effect_ep.build(model, server_warmup=50, server_samples=50)
+    gauss = run_rounds(effect, data.train, rounds=1, labels=data.clients, progress=False)
+    alg = particles.build(model, effect, mode="particles", n_particles=16)
+    runs = [
+        run_rounds(
+            alg,
+            data.train,
+            rounds=1,
+            labels=data.clients,
+            progress=False,
+            init=(gauss.server_state, gauss.client_states),
+            checkpoint=tmp_path / "ckpt",
+            resume=resume,
+        )
+        for resume in (False, True)
+    ]
+    assert isinstance(runs[1].server_state, particles.ParticleServerState)
+    assert runs[1].history == runs[0].history
+    pairs = zip(*(jax.tree.leaves(r.server_state) for r in runs), strict=True)
+    for a, b in pairs:
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -452,7 +452,8 @@ def run_server(
     participating = np.asarray(participating, bool)
     key = jax.random.key(seed)
     init_keys = jax.random.key_data(jax.random.split(key, k))
-    server_state = algorithm.server_init(jax.random.fold_in(key, 0), k)
+    # its own state: a checkpoint's template (a particle exchange's state wraps EP's)
+    server_state = own_state = algorithm.server_init(jax.random.fold_in(key, 0), k)
     if init_server_state is not None:
         server_state = init_server_state
     history: list[dict[str, Any]] = []
@@ -460,7 +461,7 @@ def run_server(
     start_round = 0
     ckpt = Path(checkpoint) if checkpoint is not None else None
     if ckpt is not None and resume:
-        saved = load_checkpoint(ckpt, server_state)
+        saved = load_checkpoint(ckpt, own_state)
         if saved is not None and saved.get("phase") == phase:
             server_state, history = saved["server_state"], saved["history"]
             start_round = len(history)
