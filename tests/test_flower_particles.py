@@ -36,15 +36,16 @@ def _glm(**kw):
 def test_resolve_summary_default_is_auto_where_particles_apply():
     """``summary=None`` (the default) on a GLM whose effects are all the likelihood reads:
     ``"auto"``, silently; a named summary is kept (and checked)."""
+    glm = _glm()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert resolve_summary(_glm(), None, "effects") == "auto"
-        assert resolve_summary(_glm(), "gaussian", "effects") == "gaussian"
-        assert resolve_summary(_glm(), "particles", "effects") == "particles"
+        assert resolve_summary(glm, None, "effects") == "auto"
+        assert resolve_summary(glm, "gaussian", "effects") == "gaussian"
+        assert resolve_summary(glm, "particles", "effects") == "particles"
     with pytest.raises(ValueError, match="sites='effects'"):
-        resolve_summary(_glm(), "particles", "global")
+        resolve_summary(glm, "particles", "global")
     with pytest.raises(ValueError, match="summary must be one of"):
-        resolve_summary(_glm(), "particle", "effects")
+        resolve_summary(glm, "particle", "effects")
 
 
 def test_resolve_summary_default_falls_back_to_gaussian_silently():
@@ -52,16 +53,17 @@ def test_resolve_summary_default_falls_back_to_gaussian_silently():
     likelihood parameters (radon's ``beta``), a Student-t population, differential
     privacy, sites over the global parameters; a named ``"auto"`` keeps
     ``particle_summary``'s warning and errors."""
+    radon, glm, robust = radon_intercept(), _glm(), _glm().with_population(4.0)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert resolve_summary(radon_intercept(), None, "effects") == "gaussian"
-        assert resolve_summary(_glm().with_population(4.0), None, "effects") == "gaussian"
-        assert resolve_summary(_glm(), None, "effects", dp=DPBudget(2.0)) == "gaussian"
-        assert resolve_summary(_glm(), None, "global") == "gaussian"
+        assert resolve_summary(radon, None, "effects") == "gaussian"
+        assert resolve_summary(robust, None, "effects") == "gaussian"
+        assert resolve_summary(glm, None, "effects", dp=DPBudget(2.0)) == "gaussian"
+        assert resolve_summary(glm, None, "global") == "gaussian"
     with pytest.warns(UserWarning, match="keeps Gaussian sites"):
-        assert resolve_summary(radon_intercept(), "auto", "effects") == "gaussian"
+        assert resolve_summary(radon, "auto", "effects") == "gaussian"
     with pytest.raises(ValueError, match="Gaussian population"):
-        resolve_summary(_glm().with_population(4.0), "auto", "effects")
+        resolve_summary(robust, "auto", "effects")
 
 
 def test_registry_phases_of_ep_end_with_the_particle_exchange():
