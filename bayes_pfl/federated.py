@@ -125,16 +125,16 @@ def particle_summary(model: HierarchicalModel, summary: str, sites: str = "effec
 
 def resolve_summary(model: HierarchicalModel, summary: str | None, sites: str, dp=None) -> str:
     """The summary an EP fit runs: ``summary=None`` (the default) is ``"auto"`` where
-    particles apply (sites over effects, a Gaussian population without client
-    covariates, no shared likelihood parameters, no differential privacy) and
-    ``"gaussian"`` elsewhere, silently; a
-    summary the caller named is checked by :func:`particle_summary` (an error or a
-    warning where it cannot run)."""
+    particles apply (sites over effects, a Gaussian population, no shared likelihood
+    parameters, no client covariates, no differential privacy) and ``"gaussian"``
+    elsewhere, silently; a summary the caller named is checked by :func:`particle_summary`
+    (an error or a warning where it cannot run). The in-process fits and Flower's phases
+    (:mod:`bayes_pfl.methods`) both resolve it here."""
     if summary is not None:
         return particle_summary(model, summary, sites)
     if sites != "effects" or dp is not None or model.population_df is not None:
         return "gaussian"
-    if model.n_covariates:  # particles' population is one mean for every client
+    if model.n_covariates:  # particles do not support client covariates yet
         return "gaussian"
     return "auto" if particles.applicable(gaussian_population(model)) is None else "gaussian"
 

@@ -142,10 +142,15 @@ def _neural_fit(variant: str) -> Callable[..., Any]:
 
 
 def _ep_phases(name: str) -> Callable[..., tuple]:
-    """EP, one-shot or VI's rounds from the options of its fit (defaults included)."""
+    """EP, one-shot or VI's rounds from the options of its fit (defaults included).
+
+    EP's ``summary`` is resolved by :func:`bayes_pfl.federated.resolve_summary` (``None``:
+    particles where they apply, else Gaussian sites), so its phases end with the particle
+    exchange where the in-process fit's do; one-shot and VI keep Gaussian sites.
+    """
 
     def phases(*, model, **options):
-        from bayes_pfl.federated import ep_phases, site_options
+        from bayes_pfl.federated import ep_phases, resolve_summary, site_options
 
         options = {**_registry()[name].options, **options}  # the fit's defaults fill gaps
         sites = options["sites"]
@@ -170,11 +175,9 @@ def _ep_phases(name: str) -> Callable[..., tuple]:
             given["effect_options"] = (("local", "vi"), ("vi_iterations", vi_iter))
         elif options.get("effect_options"):
             given["effect_options"] = tuple(sorted(dict(options["effect_options"]).items()))
-        if options.get("summary") not in (None, "gaussian"):
-            raise UnknownMethod(
-                f"ep with summary={options['summary']!r} runs in process only (Flower's "
-                "readout personalizes from Gaussian sites); use summary='gaussian'"
-            )
+        if name == "ep":  # one-shot and VI keep Gaussian sites
+            summary = resolve_summary(model, options.get("summary"), sites)
+            given.update(summary=summary, n_particles=options["n_particles"])
         return ep_phases(model, rounds=rounds, **_capped(given, options))
 
     return phases
@@ -183,7 +186,7 @@ def _ep_phases(name: str) -> Callable[..., tuple]:
 def _dp_phases(name: str, model, options: dict) -> tuple:
     """EP's rounds with differentially private clients (``options["dp"]``, a
     :class:`~bayes_pfl.privacy.DPBudget`), as :func:`bayes_pfl.federated.fit_ep` runs them."""
-    from bayes_pfl.federated import dp_options, ep_phases
+    from bayes_pfl.federated import dp_options, ep_phases, resolve_summary
 
     if name != "ep":
         raise UnknownMethod(f"dp (differential privacy) applies to ep, not {name}")
@@ -198,7 +201,7 @@ def _dp_phases(name: str, model, options: dict) -> tuple:
         options["dp"],
         rounds,
         options["sites"],
-        options.get("summary") or "gaussian",
+        resolve_summary(model, options.get("summary"), options["sites"], dp=options["dp"]),
         options.get("damping"),
         options.get("effect_options"),
     )

@@ -65,6 +65,7 @@ __all__ = [
     "personalize",
     "personalize_client",
     "personalize_effects",
+    "particle_info",
     "readout",
     "readout_keys",
     "server_draws",
@@ -514,6 +515,15 @@ def server_summary(state, u) -> dict[str, Any]:
     }
 
 
+def particle_info(state, labels) -> dict[str, Any]:
+    """The info keys of a fit whose server ran the particle exchange: ``particle_clients``,
+    the labels of the clients whose ``Z_k`` is particle-corrected (none otherwise)."""
+    if not isinstance(state, particles.ParticleServerState):
+        return {}
+    used = np.asarray(state.particles.use)
+    return {"particle_clients": [str(lab) for lab, u in zip(labels, used, strict=True) if u]}
+
+
 def readout_keys(seed: int) -> tuple[Array, Array]:
     """The keys of the readout: the global draws', then the personalization's.
 
@@ -605,6 +615,7 @@ def readout(
             "personalize_time_s": t_personal,
             "min_personalize_acceptance": float(np.min(np.asarray(acc))),
             "settings": {**settings, "global_method": global_method, "mh_steps": mh_steps},
+            **particle_info(state, data.clients),
         },
         covariates=covariates,
     )

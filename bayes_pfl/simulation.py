@@ -426,15 +426,17 @@ def run_rounds(
         participating = np.asarray(data.mask).sum(axis=1) > 0
     participating = np.asarray(participating, bool)
     key = jax.random.key(seed)
-    server_state = algorithm.server_init(jax.random.fold_in(key, 0), k)
-    client_states = jax.vmap(algorithm.client_init)(jax.random.split(key, k), arrays)
+    # the algorithm's own states: a checkpoint's templates (``init`` may be another
+    # algorithm's: the particle exchange starts from EP's state and wraps it)
+    server_state = own_server = algorithm.server_init(jax.random.fold_in(key, 0), k)
+    client_states = own_clients = jax.vmap(algorithm.client_init)(jax.random.split(key, k), arrays)
     if init is not None:
         server_state, client_states = init
     history: list[dict[str, Any]] = []
     start_round = 0
     ckpt = Path(checkpoint) if checkpoint is not None else None
     if ckpt is not None and resume and ckpt.with_suffix(".npz").exists():
-        server_state, client_states, history = _load_checkpoint(ckpt, server_state, client_states)
+        server_state, client_states, history = _load_checkpoint(ckpt, own_server, own_clients)
         start_round = max((h["round"] for h in history), default=0)
     broadcast_step = compiled(algorithm.broadcast)
     broadcast = broadcast_step(server_state)

@@ -258,9 +258,10 @@ def test_import_bayes_pfl_is_light():
 def test_settings_check_accepts_what_the_algorithms_accept():
     """FlowerSettings.check keeps copies of these (importing them loads numpyro and SciPy)."""
     from bayes_pfl.algorithms.ep import SITE_FITS, TILTED
-    from bayes_pfl.federated import SITES
+    from bayes_pfl.federated import SITES, SUMMARIES
 
     assert config_mod.SITES == SITES
+    assert config_mod.SUMMARIES == SUMMARIES
     assert config_mod.TILTED == TILTED
     assert config_mod.SITE_FITS == SITE_FITS
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from bayes_pfl.baselines import BASELINE_NAMES
-from bayes_pfl.federated import effect_algorithm, ep_algorithm, fit_ep
+from bayes_pfl.federated import effect_algorithm, ep_algorithm, fit_ep, particle_algorithm
 from bayes_pfl.methods import (
     FRONT_ENDS,
     KINDS,
@@ -60,9 +60,13 @@ def test_ep_phases_are_the_in_process_ones():
     """Flower runs the phases fit_ep runs: the same (memoized) algorithm objects."""
     model = eight_schools()
     ep = get_method("ep")
-    (phase,) = ep.phases(model=model, **ep.options)
+    phase, extra = ep.phases(model=model, **ep.options)  # the default summary: "auto"
     assert phase.algorithm is effect_algorithm(model, damping=1.0, tol=0.05)
     assert phase.rounds == 10 and phase.tag == {"sites": "effects"}
+    assert extra.algorithm is particle_algorithm(
+        model, phase.algorithm, mode="auto", n_particles=256
+    )
+    assert extra.rounds == 1 and extra.warm_start
     (shot,) = get_method("one-shot").phases(model=model, **get_method("one-shot").options)
     assert shot.rounds == 1 and shot.algorithm is effect_algorithm(model, damping=1.0, tol=0.0)
     nuts_tilted = ep.phases(model=model, **{**ep.options, "sites": "global", "tilted": "nuts"})

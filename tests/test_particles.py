@@ -260,22 +260,17 @@ def test_fit_ep_with_particles_end_to_end(schools):
     assert np.all(np.isfinite(theta))
 
 
-def test_the_default_summary_is_particles_where_they_apply_and_gaussian_elsewhere():
-    from bayes_pfl.privacy import DPBudget
-
-    glm = hierarchical_glm("bernoulli", 2, varying="slopes")
-    assert resolve_summary(glm, None, "effects") == "auto"
-    assert resolve_summary(glm, None, "global") == "gaussian"
-    assert resolve_summary(glm, None, "effects", DPBudget(1.0)) == "gaussian"
-    assert resolve_summary(glm.with_population(4.0), None, "effects") == "gaussian"
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # the default falls back silently
-        assert resolve_summary(radon_intercept(), None, "effects") == "gaussian"
+def test_client_covariates_keep_gaussian_sites():
+    """Particles' population is one mean for every client: with client covariates (mu + z
+    W) the default summary is Gaussian and a named one an error, never a wrong fit (the
+    other fallbacks: tests/test_flower_particles.py)."""
     with_meta = hierarchical_glm("bernoulli", 1, client_covariates=2)
-    assert resolve_summary(with_meta, None, "effects") == "gaussian"
-    with pytest.raises(ValueError, match="client covariates"):
-        resolve_summary(with_meta, "auto", "effects")  # named: an error, not a wrong fit
-    assert resolve_summary(glm, "gaussian", "effects") == "gaussian"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert resolve_summary(with_meta, None, "effects") == "gaussian"
+    for named in ("auto", "particles"):
+        with pytest.raises(ValueError, match="client covariates"):
+            resolve_summary(with_meta, named, "effects")
 
 
 class _Pop:
@@ -317,3 +312,30 @@ def test_the_samplers_correction_equals_its_log_sum_exp_definition(diagonal):
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-5)
     trusted = np.asarray(particles.trust(ess))
     assert np.any((trusted > 0) & (trusted < 1))  # the ramp is exercised, not only its ends
+
+
+def test_particle_phase_resumes_from_its_checkpoint(tmp_path):
+    """The exchange's checkpoint holds its own state (a ParticleServerState wrapping EP's),
+    not the state it was warm-started from: a resumed run reads it back."""
+    model, data = eight_schools(), _schools()
+    effect = effect_ep.build(model, server_warmup=50, server_samples=50)
+    gauss = run_rounds(effect, data.train, rounds=1, labels=data.clients, progress=False)
+    alg = particles.build(model, effect, mode="particles", n_particles=16)
+    runs = [
+        run_rounds(
+            alg,
+            data.train,
+            rounds=1,
+            labels=data.clients,
+            progress=False,
+            init=(gauss.server_state, gauss.client_states),
+            checkpoint=tmp_path / "ckpt",
+            resume=resume,
+        )
+        for resume in (False, True)
+    ]
+    assert isinstance(runs[1].server_state, particles.ParticleServerState)
+    assert runs[1].history == runs[0].history
+    pairs = zip(*(jax.tree.leaves(r.server_state) for r in runs), strict=True)
+    for a, b in pairs:
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

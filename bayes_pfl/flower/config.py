@@ -63,6 +63,7 @@ accepted by :func:`build_phases`."""
 # modules loads numpyro and SciPy, about 0.6 s of CPU in every ClientApp process of a
 # deployment, whose exported client step needs neither.
 SITES = ("effects", "global")
+SUMMARIES = ("gaussian", "particles", "auto")  # bayes_pfl.federated.SUMMARIES
 TILTED = ("laplace", "nuts")
 SITE_FITS = ("taylor", "regression", "gradient")
 
@@ -109,6 +110,11 @@ class FlowerSettings:
         defaults).
     precision_cap : float
         As in :func:`bayes_pfl.federated.fit_ep` (a robust option; 0: no cap).
+    summary, n_particles
+        EP's client summaries (:mod:`bayes_pfl.algorithms.particles`): ``"auto"`` (default)
+        adds the particle exchange after the Gaussian rounds where particles apply
+        (:func:`bayes_pfl.federated.resolve_summary` with ``summary=None``) and keeps
+        Gaussian sites elsewhere, silently; ``"particles"`` and ``"gaussian"`` as in ``fit_ep``.
     dp_epsilon, dp_delta, dp_clip, dp_accountant
         Record-level differential privacy of each node's sites (``method = "ep"``), as
         :class:`bayes_pfl.privacy.DPBudget` (``dp-epsilon`` 0: off; ``dp-clip`` 0: its
@@ -159,6 +165,8 @@ class FlowerSettings:
     tilted: str = "laplace"
     site_fit: str = "gradient"
     precision_cap: float = 0.0
+    summary: str = "auto"
+    n_particles: int = 256
     dp_epsilon: float = 0.0
     dp_delta: float = 1e-5
     dp_clip: float = 0.0
@@ -214,6 +222,12 @@ class FlowerSettings:
                 raise ValueError(f"tilted must be one of {TILTED}, got {self.tilted!r}")
             if self.site_fit not in SITE_FITS:
                 raise ValueError(f"site-fit must be one of {SITE_FITS}, got {self.site_fit!r}")
+        if self.summary not in SUMMARIES:
+            raise ValueError(f"summary must be one of {SUMMARIES}, got {self.summary!r}")
+        if self.summary == "particles" and (self.method, self.sites) != ("ep", "effects"):
+            raise ValueError("summary particles applies to method ep with sites effects")
+        if self.n_particles < 1:
+            raise ValueError(f"n-particles must be >= 1, got {self.n_particles}")
         if self.rounds < 1:
             raise ValueError(f"rounds must be >= 1, got {self.rounds}")
         if self.round_timeout_s <= 0 or self.poll_interval_s <= 0:
@@ -228,6 +242,8 @@ class FlowerSettings:
                     f"dp-epsilon applies to method ep with sites effects (noisy EP sites), "
                     f"not method {self.method!r} with sites {self.sites!r}"
                 )
+            if self.summary == "particles":
+                raise ValueError("dp-epsilon needs summary gaussian or auto (noisy Gaussian sites)")
             if self.precision_cap:
                 raise ValueError(
                     "dp-epsilon with precision-cap: a private node sends no row count (an "
@@ -378,6 +394,17 @@ class FlowerSettings:
             None,
         )
 
+    @functools.cached_property
+    def ep_summary(self) -> str:
+        """The summary EP runs (``"gaussian"`` for the other methods): ``summary`` resolved
+        by :func:`bayes_pfl.federated.resolve_summary`, ``"auto"`` as its default."""
+        if self.method != "ep":
+            return "gaussian"
+        from bayes_pfl.federated import resolve_summary
+
+        given = None if self.summary == "auto" else self.summary
+        return resolve_summary(self.hierarchical_model, given, self.sites, self.dp_budget)
+
     @property
     def ep_tol(self) -> float:
         return self.tol if self.tol >= 0 else self._ep_defaults["tol"]
@@ -428,6 +455,10 @@ class FlowerSettings:
                 "sites": self.sites,
                 "tol": self.ep_tol,
             }
+            if self.method == "ep" and self.sites == "effects":
+                out["summary"] = self.ep_summary
+                if self.ep_summary != "gaussian":
+                    out["n_particles"] = self.n_particles
             if self.precision_cap:
                 out["precision_cap"] = self.precision_cap
             if self.dp_epsilon:
@@ -491,6 +522,8 @@ def build_phases(settings: FlowerSettings) -> tuple:
             options.update(tilted=settings.tilted, site_fit=settings.site_fit)
         if settings.precision_cap:
             options["precision_cap"] = settings.precision_cap
+        if settings.method == "ep":
+            options.update(summary=settings.ep_summary, n_particles=settings.n_particles)
         if settings.dp_epsilon:  # the clients' own damping (dp_options' default unless set)
             options.update(dp=settings.dp_budget, damping=settings.dp_options[2])
         return info.phases(model=settings.hierarchical_model, **options)

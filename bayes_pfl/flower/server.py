@@ -452,7 +452,8 @@ def run_server(
     participating = np.asarray(participating, bool)
     key = jax.random.key(seed)
     init_keys = jax.random.key_data(jax.random.split(key, k))
-    server_state = algorithm.server_init(jax.random.fold_in(key, 0), k)
+    # its own state: a checkpoint's template (a particle exchange's state wraps EP's)
+    server_state = own_state = algorithm.server_init(jax.random.fold_in(key, 0), k)
     if init_server_state is not None:
         server_state = init_server_state
     history: list[dict[str, Any]] = []
@@ -460,7 +461,7 @@ def run_server(
     start_round = 0
     ckpt = Path(checkpoint) if checkpoint is not None else None
     if ckpt is not None and resume:
-        saved = load_checkpoint(ckpt, server_state)
+        saved = load_checkpoint(ckpt, own_state)
         if saved is not None and saved.get("phase") == phase:
             server_state, history = saved["server_state"], saved["history"]
             start_round = len(history)
@@ -647,7 +648,13 @@ def finish(
     broadcast row and the in-process keys of :func:`bayes_pfl.privacy.local_sites`, and
     the result holds the global draws and no client's ``theta``.
     """
-    from bayes_pfl.posterior import readout_keys, server_summary, timed_server_draws, to_result
+    from bayes_pfl.posterior import (
+        particle_info,
+        readout_keys,
+        server_summary,
+        timed_server_draws,
+        to_result,
+    )
 
     key_global, key_personal = readout_keys(seed)
     u, gstats, t_global = timed_server_draws(
@@ -666,12 +673,12 @@ def finish(
     draws = named_record({"u": u_flat})
     data_records = federation.data_records()
     from bayes_pfl.algorithms.effect_ep import EffectServerState
+    from bayes_pfl.algorithms.particles import ParticleServerState
 
     # EP over client effects: each node personalizes from its own site (a Student-t
-    # population too, as in process)
-    sites = None
-    if isinstance(server_state, EffectServerState):
-        sites = server_state.sites
+    # population too; after a particle exchange its Gaussian site), as in process
+    ep_state = server_state.ep if isinstance(server_state, ParticleServerState) else server_state
+    sites = ep_state.sites if isinstance(ep_state, EffectServerState) else None
 
     def site_record(i):
         if sites is None:
@@ -780,6 +787,7 @@ def finish(
             "settings": {**settings, "global_method": global_method},
             "runtime": "flower",
             "left_out": left_out,
+            **particle_info(server_state, federation.labels),
             **({"personalized_on": "nodes"} if private else {}),
         },
     )
