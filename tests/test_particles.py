@@ -126,12 +126,18 @@ def test_particle_log_z_matches_quadrature_on_a_tiny_binary_client():
     labels = model.phi_space.labels()
     assert len(labels) == 2  # an intercept location and log scale
     exact, gauss, corrected = [], [], []
+    # the final sampler's density: its phi-dependent part in single precision
+    sampler = particles.corrected_density(
+        pop, model.log_hyperprior, state.ep.sites, state.particles
+    )
+    base = effect_ep.server_density(pop, model.log_hyperprior, state.ep.sites)
     for mu in (-1.0, 0.0, 1.0, 2.5):
         for tau in (0.3, 1.0, 2.0, 3.0):
             u = jnp.asarray([mu, np.log(tau)])
             m, root = pop.moments(u)
             lzg = float(pop.log_z_at(m, root, jnp.zeros(0), site))
             corr = float(particles.log_correction(pop, m, root, state.particles)[0])
+            assert abs(float(sampler(u) - base(u)) - corr) < 1e-4, (mu, tau)
             exact.append(_quadrature_log_z(pop, data, u))
             gauss.append(lzg)
             corrected.append(lzg + corr)

@@ -243,35 +243,41 @@ def log_correction(pop: Population, m: Array, root: Array, particles: ParticleSe
     :func:`trust` of the weights' effective sample size at this ``phi``: where ``r`` is
     constant (an exact site) the result is that constant whatever ``phi``.
     """
-    return _correction(pop, m, root, particles, *constants(particles, m.dtype))
+    level = jnp.where(particles.use, particles.level, 0.0)
+    return level + _deviation(pop, m, root, *constants(particles, m.dtype))
 
 
-def constants(particles: ParticleSet, dtype) -> tuple[Array, Array, Array]:
-    """What the correction needs of the particles that does not depend on ``phi``:
-    ``(points [E, K, S], top [K], r / exp(top) [K, S])``, with ``r_s = L_k / t_k`` at each
-    particle scaled by the client's largest; the final sampler computes them once
-    (:func:`corrected_density`)."""
+def constants(particles: ParticleSet, dtype) -> tuple[Array, ...]:
+    """What the correction needs of the particles that does not depend on ``phi``, in
+    ``dtype``: ``(points [E, K, S], log t/g [K, S], offset [K], r / exp(top) [K, S],
+    use [K])`` with ``r_s = L_k / t_k`` at each particle, ``top`` the client's largest
+    ``log r`` and ``offset = top - level`` (computed before the cast: the correction's
+    departure from its constant part is then formed from small numbers); the final
+    sampler computes them once (:func:`corrected_density`)."""
     log_r = particles.log_lik_over_proposal - particles.log_site_over_proposal
     top = jnp.max(log_r, -1)
-    points_t = jnp.moveaxis(jnp.asarray(particles.points, dtype), -1, 0)
-    return points_t, top, jnp.exp(log_r - top[:, None])
+    points_t = jnp.moveaxis(particles.points, -1, 0)
+    out = (points_t, particles.log_site_over_proposal, top - particles.level)
+    return (
+        *(jnp.asarray(a, dtype) for a in out),
+        jnp.exp(log_r - top[:, None]).astype(dtype),
+        particles.use,
+    )
 
 
-def _correction(pop, m, root, particles: ParticleSet, points_t, top, r) -> Array:
-    """:func:`log_correction` with :func:`constants` given: one exponential per particle
-    and evaluation (the two log-sum-exps and the weights' ESS share ``exp(lw - max lw)``)."""
-    lw = _whiten_t(pop, m, root, points_t) + particles.log_site_over_proposal  # [K, S]
+def _deviation(pop, m, root, points_t, log_site, offset, r, use) -> Array:
+    """The ``phi``-dependent part of :func:`log_correction` (its value less ``level``),
+    from :func:`constants`: one exponential per particle and evaluation (the two
+    log-sum-exps and the weights' ESS share ``exp(lw - max lw)``)."""
+    lw = _whiten_t(pop, m, root, points_t) + log_site  # [K, S]
     e = jnp.exp(lw - jax.lax.stop_gradient(jnp.max(lw, -1, keepdims=True)))
     s1, s3 = jnp.sum(e, -1), jnp.sum(e * e, -1)
     # s2 > 0 unless log r spans more than ~700 over the particles of weight; there Z_k is
     # negligible and the floor keeps the density finite
     s2 = jnp.maximum(jnp.sum(e * r, -1), jnp.finfo(e.dtype).tiny)
-    est = jnp.log(s2) + top - jnp.log(s1)
-    ess = s1 * s1 / s3
     # the constant part (the site's normalization, no information on phi) stays whole; the
     # phi-dependent part is trusted as far as the weights allow
-    level = particles.level
-    return jnp.where(particles.use, level + trust(ess) * (est - level), 0.0)
+    return jnp.where(use, trust(s1 * s1 / s3) * (jnp.log(s2) - jnp.log(s1) + offset), 0.0)
 
 
 def signal_and_noise(pop: Population, particles: ParticleSet, draws: Array):
@@ -296,16 +302,25 @@ def signal_and_noise(pop: Population, particles: ParticleSet, draws: Array):
     return jnp.std(log_e, 0), jnp.sqrt(jnp.mean(var, 0)), jnp.median(ess, 0)
 
 
+SAMPLER_DTYPE = jnp.float32
+"""The precision of the particle correction in the final sampler (:func:`corrected_density`)."""
+
+
 def corrected_density(pop: Population, log_hyperprior, sites: GaussianFactor, particles):
     """``u_phi -> log p0 + Σ_k [log Z^G_k + log Ê(L_k / t_k)]``: the particle-corrected
     server density (:func:`bayes_pfl.algorithms.effect_ep.server_density` plus
     :func:`log_correction`)."""
     gaussian = server_density(pop, log_hyperprior, sites)
-    fixed = constants(particles, jnp.result_type(float))  # outside the sampler's loop
+    level = jnp.sum(jnp.where(particles.use, particles.level, 0.0))
+    # the phi-dependent part in single precision (half the time per evaluation with
+    # float64 on, the sampler's main cost; formed from small numbers, see constants),
+    # its constants computed once, outside the sampler's loop
+    fixed = constants(particles, SAMPLER_DTYPE)
 
     def logp(u_phi):
-        m, root = pop.moments(u_phi)
-        return gaussian(u_phi) + jnp.sum(_correction(pop, m, root, particles, *fixed))
+        m, root = (a.astype(SAMPLER_DTYPE) for a in pop.moments(u_phi))
+        dev = jnp.sum(_deviation(pop, m, root, *fixed))
+        return gaussian(u_phi) + level + dev.astype(jnp.result_type(u_phi))
 
     return logp
 
