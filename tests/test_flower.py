@@ -121,23 +121,31 @@ def test_pooled_standardization_equals_pooled_rows():
 # -------------------------------------------------- round loop on an in-process grid
 
 
-@pytest.fixture(scope="module")
-def small(tmp_path_factory):
-    """Five clients of a hierarchical linear model, as a CSV the settings point to."""
-    fed = make_federation(family="normal", n_clients=5, n_features=1, median_size=8, seed=3)
-    path = tmp_path_factory.mktemp("small") / "small.csv"
+def csv_run_config(fed, folder, model: str, **more) -> dict:
+    """A run config reading ``fed`` (one feature ``x0``) from a CSV written to ``folder``:
+    three rounds, raw units, the server polling every 10 ms; ``more`` adds or replaces."""
+    path = folder / "federation.csv"
     fed.data.to_csv(path, index=False)
-    run_config = {
+    return {
         "data": str(path),
         "client-col": "client",
         "target": "y",
         "features": "x0",
-        "model": "linear",
+        "model": model,
         "standardize": False,
         "rounds": 3,
-        "round-timeout-s": 0.2,
         "poll-interval-s": 0.01,
+        **more,
     }
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """Five clients of a hierarchical linear model, as a CSV the settings point to."""
+    fed = make_federation(family="normal", n_clients=5, n_features=1, median_size=8, seed=3)
+    run_config = csv_run_config(
+        fed, tmp_path_factory.mktemp("small"), "linear", **{"round-timeout-s": 0.2}
+    )
     settings = FlowerSettings.from_run_config(run_config)
     data = FederatedData.from_pandas(
         fed.data, client_col="client", target="y", features=["x0"], seed=0

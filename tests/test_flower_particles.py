@@ -23,7 +23,7 @@ from bayes_pfl.models import get_model, radon_intercept  # noqa: E402
 from bayes_pfl.privacy import DPBudget  # noqa: E402
 from bayes_pfl.results import load_posterior  # noqa: E402
 from bayes_pfl.synthetic import make_federation  # noqa: E402
-from tests.test_flower import FakeGrid, node_like_steps  # noqa: E402, F401
+from tests.test_flower import FakeGrid, csv_run_config, node_like_steps  # noqa: E402, F401
 
 SIZES = np.array([3, 4, 5, 6, 8, 400])  # tiny binary clients, and one large one
 
@@ -117,23 +117,17 @@ def binary(tmp_path_factory):
     fed = make_federation(
         family="bernoulli", n_clients=6, n_features=1, varying="slopes", sizes=SIZES, seed=1
     )
-    path = tmp_path_factory.mktemp("binary") / "binary.csv"
-    fed.data.to_csv(path, index=False)
-    run_config = {
-        "data": str(path),
-        "client-col": "client",
-        "target": "y",
-        "features": "x0",
-        "model": "logistic",
-        "varying": "slopes",
-        "standardize": False,
-        "rounds": 3,
-        "num-chains": 2,
-        "num-samples": 100,
-        "round-timeout-s": 60.0,
-        "poll-interval-s": 0.01,
-    }
-    return run_config
+    return csv_run_config(
+        fed,
+        tmp_path_factory.mktemp("binary"),
+        "logistic",
+        **{
+            "varying": "slopes",
+            "num-chains": 2,
+            "num-samples": 100,
+            "round-timeout-s": 60.0,
+        },
+    )
 
 
 def _grid(run_config, **kw):

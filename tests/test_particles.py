@@ -27,8 +27,11 @@ def _schools():
     return FederatedData.from_pandas(df, client_col="school", target="y", features=["sigma"])
 
 
-def _exchange(model, data, mode, *, client_update=None, n_particles=64, **options):
-    """One Gaussian round, then the particle exchange warm-started from it."""
+def _exchange(
+    model, data, mode, *, client_update=None, n_particles=64, run_options=None, **options
+):
+    """One Gaussian round, then the particle exchange warm-started from it (``run_options``:
+    more arguments of its ``run_rounds``)."""
     effect = effect_ep.build(model, server_warmup=50, server_samples=50)
     gauss = run_rounds(effect, data.train, rounds=1, labels=data.clients, progress=False)
     alg = particles.build(model, effect, mode=mode, n_particles=n_particles, **options)
@@ -41,6 +44,7 @@ def _exchange(model, data, mode, *, client_update=None, n_particles=64, **option
         labels=data.clients,
         progress=False,
         init=(gauss.server_state, gauss.client_states),
+        **(run_options or {}),
     )
     return gauss, out
 
@@ -324,20 +328,14 @@ def test_particle_phase_resumes_from_its_checkpoint(tmp_path):
     """The exchange's checkpoint holds its own state (a ParticleServerState wrapping EP's),
     not the state it was warm-started from: a resumed run reads it back."""
     model, data = eight_schools(), _schools()
-    effect = effect_ep.build(model, server_warmup=50, server_samples=50)
-    gauss = run_rounds(effect, data.train, rounds=1, labels=data.clients, progress=False)
-    alg = particles.build(model, effect, mode="particles", n_particles=16)
     runs = [
-        run_rounds(
-            alg,
-            data.train,
-            rounds=1,
-            labels=data.clients,
-            progress=False,
-            init=(gauss.server_state, gauss.client_states),
-            checkpoint=tmp_path / "ckpt",
-            resume=resume,
-        )
+        _exchange(
+            model,
+            data,
+            "particles",
+            n_particles=16,
+            run_options={"checkpoint": tmp_path / "ckpt", "resume": resume},
+        )[1]
         for resume in (False, True)
     ]
     assert isinstance(runs[1].server_state, particles.ParticleServerState)
