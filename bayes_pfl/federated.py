@@ -302,7 +302,10 @@ def fit_ep(
         when ``info["min_personalize_acceptance"]`` is low (tiny clients, skewed
         conditionals).
     checkpoint, resume
-        Checkpoint file prefix and whether to resume from it.
+        Checkpoint file prefix and whether to resume from it. Each phase checkpoints
+        after every round: the particle exchange at ``checkpoint``, the Gaussian rounds
+        before it at ``<checkpoint>-phase0``
+        (:func:`~bayes_pfl.simulation.phase_checkpoint`).
     effect_options : dict, optional
         Further options of :func:`bayes_pfl.algorithms.effect_ep.build` (the server's
         per-round NUTS settings, the tilted importance-sampling points).

@@ -34,6 +34,7 @@ __all__ = [
     "message_nbytes",
     "round_entry",
     "row_buckets",
+    "phase_checkpoint",
     "run_phases",
     "run_rounds",
     "screen",
@@ -545,14 +546,15 @@ def run_phases(
     """Run a method's phases one after another with :func:`run_rounds`.
 
     Each phase's history entries carry its ``tag``; a ``warm_start`` phase starts from
-    the previous phase's states. The checkpoint (and resume) applies to the last phase,
-    the one whose states the readout uses. ``options`` go to every ``run_rounds`` call.
-    Returns the last phase's result with the history of all phases.
+    the previous phase's states. Every phase checkpoints after each of its rounds
+    (:func:`phase_checkpoint`: the last phase, whose states the readout uses, at
+    ``checkpoint`` itself) and, with ``resume``, continues from its own checkpoint: a
+    phase already done is read back, not run again. ``options`` go to every
+    ``run_rounds`` call. Returns the last phase's result with the history of all phases.
     """
     history: list[dict[str, Any]] = []
     out = None
     for i, phase in enumerate(phases):
-        last = i == len(phases) - 1
         out = run_rounds(
             phase.algorithm,
             data,
@@ -560,8 +562,8 @@ def run_phases(
             labels=labels,
             seed=seed,
             progress=progress,
-            checkpoint=checkpoint if last else None,
-            resume=resume and last,
+            checkpoint=None if checkpoint is None else phase_checkpoint(checkpoint, i, len(phases)),
+            resume=resume,
             init=(out.server_state, out.client_states) if phase.warm_start and out else None,
             bucket_rows=phase.bucket_rows,
             **options,
@@ -570,6 +572,15 @@ def run_phases(
     if out is None:
         raise ValueError("a method needs at least one phase")
     return out._replace(history=history)
+
+
+def phase_checkpoint(checkpoint: str | Path, index: int, n_phases: int) -> Path:
+    """The checkpoint prefix of phase ``index`` of ``n_phases``: ``checkpoint`` for the
+    last one, ``<checkpoint>-phase<index>`` for those before it."""
+    path = Path(checkpoint)
+    return (
+        path if index == n_phases - 1 else path.with_name(f"{path.stem}-phase{index}{path.suffix}")
+    )
 
 
 @functools.cache

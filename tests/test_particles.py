@@ -2,6 +2,7 @@
 population integral where it is not, malformed messages rejected and named, the
 per-client diagnostic."""
 
+import json
 import warnings
 
 import jax
@@ -343,3 +344,39 @@ def test_particle_phase_resumes_from_its_checkpoint(tmp_path):
     pairs = zip(*(jax.tree.leaves(r.server_state) for r in runs), strict=True)
     for a, b in pairs:
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_every_phase_checkpoints_and_resumes(tmp_path):
+    """EP's default is two phases (Gaussian rounds, then the particle exchange): each
+    writes its own checkpoint, and a resumed fit reads the rounds already done instead of
+    running them again (their recorded wall times come back unchanged)."""
+    from bayes_pfl.federated import ep_phases
+    from bayes_pfl.simulation import phase_checkpoint, run_phases
+
+    model, data = eight_schools(), _schools()
+    small = (("server_samples", 50), ("server_warmup", 50))
+    phases = ep_phases(model, rounds=3, effect_options=small, summary="auto", n_particles=16)
+    assert len(phases) == 2
+    ckpt = tmp_path / "fit"
+    first = phase_checkpoint(ckpt, 0, len(phases))
+    # a fit stopped after one Gaussian round: only the first phase's checkpoint exists
+    run_rounds(
+        phases[0].algorithm,
+        data.train,
+        rounds=1,
+        labels=data.clients,
+        progress=False,
+        checkpoint=first,
+    )
+    stopped = json.loads(first.with_suffix(".json").read_text())
+    done = run_phases(
+        phases, data.train, labels=data.clients, progress=False, checkpoint=ckpt, resume=True
+    )
+    assert first.with_suffix(".npz").exists() and ckpt.with_suffix(".npz").exists()
+    gauss = [h for h in done.history if "summary" not in h]
+    assert gauss[0]["wall_time_s"] == stopped[0]["wall_time_s"]  # read, not rerun
+    assert isinstance(done.server_state, particles.ParticleServerState)
+    again = run_phases(
+        phases, data.train, labels=data.clients, progress=False, checkpoint=ckpt, resume=True
+    )
+    assert [h["wall_time_s"] for h in again.history] == [h["wall_time_s"] for h in done.history]

@@ -200,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     fed.add_argument(
         "--checkpoint",
         metavar="PATH",
-        help="EP/VI: write the round states to PATH.npz/PATH.json after every round",
+        help="EP/VI: write the round states to PATH.npz/PATH.json after every round "
+        "(EP's Gaussian rounds to PATH-phase0.* when particles follow)",
     )
     fed.add_argument(
         "--resume",
