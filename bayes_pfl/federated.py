@@ -91,36 +91,44 @@ def particle_algorithm(model: HierarchicalModel, effect, **options) -> Any:
     return particles.build(model, effect, **options)
 
 
+def _why_no_particles(model: HierarchicalModel, sites: str) -> tuple[str, bool] | None:
+    """Why particles cannot run for this model and sites (the rest of a message that
+    starts ``summary=...``), and whether a fit that asks for them is an error (``True``)
+    or keeps Gaussian sites with a warning; ``None``: they can. The one list
+    :func:`particle_summary` and :func:`resolve_summary` both read."""
+    if sites != "effects":
+        return " needs sites='effects' (particles over each client's effects)", True
+    if model.population_df is not None:
+        return (
+            f" needs a Gaussian population; model {model.name!r} has a Student-t population "
+            f"(population_df={df_label(model.population_df)}): use summary='gaussian'",
+            True,
+        )
+    if model.n_covariates:
+        return (
+            ": particles do not support client covariates (metadata: each client's "
+            "population mean mu + z W); use summary='gaussian'",
+            True,
+        )
+    why = particles.applicable(gaussian_population(model))
+    if why is not None:
+        return f": model {model.name!r} keeps Gaussian sites: {why}", False
+    return None
+
+
 def particle_summary(model: HierarchicalModel, summary: str, sites: str = "effects") -> str:
     """The summary a fit will use: ``summary`` checked, ``"gaussian"`` (with a warning
     saying why) where particles do not apply (shared likelihood parameters)."""
     if summary not in SUMMARIES:
         raise ValueError(f"summary must be one of {SUMMARIES}, got {summary!r}")
-    if summary == "gaussian":
+    if summary == "gaussian" or (no := _why_no_particles(model, sites)) is None:
         return summary
-    if sites != "effects":
-        raise ValueError(
-            f"summary={summary!r} needs sites='effects' (particles over each client's effects)"
-        )
-    if model.population_df is not None:
-        raise ValueError(
-            f"summary={summary!r} needs a Gaussian population; model {model.name!r} has a "
-            f"Student-t population (population_df={df_label(model.population_df)}): use "
-            "summary='gaussian'"
-        )
-    if model.n_covariates:
-        raise ValueError(
-            f"summary={summary!r}: particles do not support client covariates (metadata: "
-            "each client's population mean mu + z W); use summary='gaussian'"
-        )
-    why = particles.applicable(gaussian_population(model))
-    if why is not None:
-        warnings.warn(
-            f"summary={summary!r}: model {model.name!r} keeps Gaussian sites: {why}",
-            stacklevel=3,
-        )
-        return "gaussian"
-    return summary
+    why, error = no
+    message = f"summary={summary!r}{why}"
+    if error:
+        raise ValueError(message)
+    warnings.warn(message, stacklevel=3)
+    return "gaussian"
 
 
 def resolve_summary(model: HierarchicalModel, summary: str | None, sites: str, dp=None) -> str:
@@ -132,11 +140,9 @@ def resolve_summary(model: HierarchicalModel, summary: str | None, sites: str, d
     (:mod:`bayes_pfl.methods`) both resolve it here."""
     if summary is not None:
         return particle_summary(model, summary, sites)
-    if sites != "effects" or dp is not None or model.population_df is not None:
+    if dp is not None or _why_no_particles(model, sites) is not None:
         return "gaussian"
-    if model.n_covariates:  # particles do not support client covariates yet
-        return "gaussian"
-    return "auto" if particles.applicable(gaussian_population(model)) is None else "gaussian"
+    return "auto"
 
 
 def ep_defaults(sites: str, tilted: str = "laplace") -> dict[str, float]:

@@ -589,8 +589,7 @@ def readout(
         # a Student-t population too: the proposal is the site times the scale mixture
         # (the generic sampler's Laplace proposal is too narrow for the t's tails: its
         # personalized sds were 0.37-1.02 of NUTS's, median 0.70, on a 150-client federation)
-        sites = state.ep.sites if isinstance(state, particles.ParticleServerState) else state.sites
-        sites = sites if personal_sites is None else personal_sites
+        sites = particles.gaussian_state(state).sites if personal_sites is None else personal_sites
         draw = functools.partial(personalize_effects, key_personal, model, sites)
     else:
         draw = functools.partial(personalize, key_personal, model)
@@ -632,7 +631,7 @@ def _state_covariates(model: HierarchicalModel, state):
     """The clients' covariates ``[K, M]`` the server state holds (``None`` without)."""
     if not model.n_covariates:
         return None
-    ep_state = state.ep if isinstance(state, particles.ParticleServerState) else state
+    ep_state = particles.gaussian_state(state)
     if not isinstance(ep_state, effect_ep.EffectServerState):
         raise ValueError(
             f"model {model.name!r} has client covariates: only EP with sites over client "

@@ -103,6 +103,7 @@ __all__ = [
     "build",
     "check_message",
     "corrected_density",
+    "gaussian_state",
     "log_correction",
     "message_bytes",
     "signal_and_noise",
@@ -166,6 +167,12 @@ class ParticleServerInfo(NamedTuple):
     bytes_up_particle_client: Array  # a client sending particles
     bytes_up_mean: Array  # the round's mean over clients
     converged: Array
+
+
+def gaussian_state(state):
+    """The Gaussian rounds' server state: ``state`` itself, or the one a particle exchange's
+    state (:class:`ParticleServerState`) wraps (its sites, cavities, draws)."""
+    return state.ep if isinstance(state, ParticleServerState) else state
 
 
 def applicable(pop: Population) -> str | None:
@@ -450,7 +457,7 @@ def build(
         return ParticleServerState(ep_state, empty, nan, nan, nan, nan)
 
     def broadcast(state) -> ParticleBroadcast:
-        ep_state = state.ep if isinstance(state, ParticleServerState) else state
+        ep_state = gaussian_state(state)
         return ParticleBroadcast(ep_state.cavity, ep_state.sites)
 
     def client_init(rng_key: Array, data) -> EffectClientState:
@@ -501,7 +508,7 @@ def build(
 
     def server_update(rng_key: Array, state, messages: ParticleMessage, accept):
         del rng_key
-        ep_state = state.ep if isinstance(state, ParticleServerState) else state
+        ep_state = gaussian_state(state)
         accept = accept & messages.ok
         use = accept & messages.use
         sites = ep_state.sites

@@ -673,11 +673,11 @@ def finish(
     draws = named_record({"u": u_flat})
     data_records = federation.data_records()
     from bayes_pfl.algorithms.effect_ep import EffectServerState
-    from bayes_pfl.algorithms.particles import ParticleServerState
+    from bayes_pfl.algorithms.particles import gaussian_state
 
     # EP over client effects: each node personalizes from its own site (a Student-t
     # population too; after a particle exchange its Gaussian site), as in process
-    ep_state = server_state.ep if isinstance(server_state, ParticleServerState) else server_state
+    ep_state = gaussian_state(server_state)
     sites = ep_state.sites if isinstance(ep_state, EffectServerState) else None
 
     def site_record(i):
