@@ -80,6 +80,8 @@ __all__ = [
     "nbytes",
     "power",
     "product",
+    "proper_shift",
+    "psd_part",
     "repair",
     "to_diagonal",
     "to_full",
@@ -573,3 +575,30 @@ def repair(
         jnp.where(repaired[..., None], new_shift, f.shift),
     )
     return out, RepairInfo(repaired, jnp.where(finite, wmin, jnp.nan))
+
+
+def psd_part(prec: Array) -> Array:
+    """The positive semi-definite part of a symmetric matrix (negative eigenvalues set to 0)."""
+    w, v = jnp.linalg.eigh(0.5 * (prec + prec.T))
+    return (v * jnp.maximum(w, 0.0)) @ v.T
+
+
+def proper_shift(prec: Array, shift: Array, cavity_cov: Array, limit: float = 1.0) -> Array:
+    r"""A site's shift without the linear factors that would move its client's marginal
+    far along directions the site has no precision for.
+
+    Where the tilted expectation of the likelihood's curvature is not positive (made 0 by
+    the projection) the site still carries Stein's gradient there, a linear factor
+    ``exp(g_v z_v)``: it puts the marginal's mean where the tilted's is under this
+    cavity, ``C_vv g_v`` away from the cavity's, and is kept where that is less than
+    ``limit`` cavity sds (a small correction where the likelihood is locally flat; the
+    errors-in-variables clients of ``benchmarks/systemic.py``). Further, the likelihood is
+    far from linear along ``v`` (a slope times a covariate the client never measured) and
+    the factor, whose pull grows with the population's variance, drove the population
+    scales up round after round: it is dropped, and the site says nothing along ``v``.
+    Without such a direction the shift is returned bit for bit."""
+    w, v = jnp.linalg.eigh(prec)
+    along = v.T @ shift
+    moved = jnp.abs(along) * jnp.sqrt(jnp.einsum("ij,ik,kj->j", v, cavity_cov, v))
+    drop = (w <= 1e-8 * jnp.max(jnp.abs(w))) & (moved > limit)
+    return shift - v @ jnp.where(drop, along, 0.0)

@@ -276,7 +276,13 @@ def _gaussian_proposals(key, pop: Population, b, r, m, root, u_s, x, y, mask, mh
         # fitted far from where this draw's population puts the client
         w0 = jax.scipy.linalg.cho_solve((chol_s, True), rhs_s)
         _, g, hess = value_grad_hessian(logp, w0)
-        chol_n = jnp.linalg.cholesky(-0.5 * (hess + hess.T))
+        # not log-concave here (a gap times a slope): -hess can be nearly singular, its
+        # proposal far wider than the conditional (a client never measuring a covariate:
+        # 4x NUTS's sd); then the population's precision plus the log-concave curvature
+        eye = jnp.eye(dim, dtype=r.dtype)
+        neg = -0.5 * (hess + hess.T)
+        log_concave = jnp.min(jnp.linalg.eigvalsh(neg - eye)) >= 0.0
+        chol_n = jnp.linalg.cholesky(jnp.where(log_concave, neg, eye + gf.psd_part(neg - eye)))
         w1 = w0 + jax.scipy.linalg.cho_solve((chol_n, True), g)
         newton_ok = jnp.all(jnp.isfinite(chol_n)) & jnp.all(jnp.isfinite(w1))
         centre = jnp.where(newton_ok, w1, w0)
@@ -355,11 +361,6 @@ def _mixture_proposals(
 
     ll = jax.vmap(loglik)(m, root, u_s, w)  # [S, n]
     return w, log_t + ll - log_q
-
-
-def _psd(prec: Array) -> Array:
-    w, v = jnp.linalg.eigh(0.5 * (prec + prec.T))
-    return (v * jnp.maximum(w, 0.0)) @ v.T
 
 
 def cap_precision(
@@ -633,7 +634,7 @@ def build(
         del rng_key
         x, y, mask = data
         cav = bcast.cavity
-        cav_mean, _ = gf.to_moments(cav)
+        cav_mean, cav_cov = gf.to_moments(cav)
         start = jnp.where(jnp.all(jnp.isfinite(state.z_mode)), state.z_mode, cav_mean)
 
         def log_tilted(z):
@@ -672,7 +673,7 @@ def build(
             wg = wg / jnp.sum(wg)
             g_mean = wg @ jnp.where(good[:, None], grads, 0.0)
             curv = jnp.einsum("s,sij->ij", wg, jnp.where(good[:, None, None], hessians, 0.0))
-            return g_mean, _psd(-curv)
+            return g_mean, gf.psd_part(-curv)
 
         if local == "ep":
             # Stein: E_t[∇ log L] sets the tilted mean exactly (m_t = m_c + Σ_c E_t[∇ log L]);
@@ -700,7 +701,7 @@ def build(
             (m_q, chol_q), _ = jax.lax.scan(vi_step, (res.mode, chol), None, length=vi_iterations)
             grad_mean, prec = expectations(m_q + base @ chol_q.T, uniform)
             mean = m_q
-        site = GaussianFactor(prec, prec @ mean + grad_mean)
+        site = GaussianFactor(prec, gf.proper_shift(prec, prec @ mean + grad_mean, cav_cov))
         finite = jnp.all(jnp.isfinite(site.precision)) & jnp.all(jnp.isfinite(site.shift))
         # Newton need not have converged where importance sampling corrects its end point
         # (enough effective points), nor where it stalled within 0.1 sd of a stationary
