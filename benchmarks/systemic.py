@@ -516,6 +516,16 @@ def report(families) -> str:
             ),
             "",
         ]
+        rerun = [f"{key} at seed {r['seed']} (first max R-hat "
+                 f"{r['diagnostics'][key]['first_max_r_hat']:.2f})"
+                 for r in runs for key in r["diagnostics"]
+                 if "first_max_r_hat" in r["diagnostics"][key]]  # fmt: skip
+        if rerun:
+            lines += [
+                "Run once more with another sampler seed after a chain stranded (the second "
+                "run is the one reported): " + "; ".join(rerun) + ".",
+                "",
+            ]
         if failed:
             lines += [
                 f"Left out of their rows, failed references (max split R-hat above {STUCK}: a "
@@ -552,21 +562,36 @@ def report(families) -> str:
             row = [key]
             valid = [r for r in runs if not stuck(r, key)]  # a stranded chain: no result
             for dev in ("old", "new"):
-                per_seed = []
-                wins = 0
+                per_seed, paired = [], []
                 for r in valid:
                     d = np.array(r["device"]) == dev
                     v = float(np.mean(np.array(r["scores"][key])[d]))
                     per_seed.append(v)
-                    wins += float(np.mean(np.array(r["scores"]["hb-aware-ep"])[d])) < v
-                per_seed = np.array(per_seed)
-                se = per_seed.std(ddof=1) / np.sqrt(len(valid)) if len(valid) > 1 else np.nan
-                row += [f"{per_seed.mean():.4f} ± {se:.4f}", f"{wins}/{len(valid)}"]
+                    paired.append(float(np.mean(np.array(r["scores"]["hb-aware-ep"])[d])) - v)
+                per_seed, paired = np.array(per_seed), np.array(paired)
+                wins = int(np.sum(paired < 0))
+                n = len(valid)
+                se = per_seed.std(ddof=1) / np.sqrt(n) if n > 1 else np.nan
+                se_d = paired.std(ddof=1) / np.sqrt(n) if n > 1 else np.nan
+                row += [f"{per_seed.mean():.4f} ± {se:.4f}", f"{wins}/{n}",
+                        f"{paired.mean():+.4f} ± {se_d:.4f}"]  # fmt: skip
             rows.append(row)
         lines += [
+            "'aware-ep minus row': hb-aware-ep's score minus the row's, paired by seed, mean "
+            "± its standard error (negative: hb-aware-ep better).",
+            "",
             _common.md_table(
-                ["method", f"old-device {metric}", "wins", f"new-device {metric}", "wins"], rows
-            ),
+                [
+                    "method",
+                    f"old-device {metric}",
+                    "wins",
+                    "aware-ep minus row",
+                    f"new-device {metric}",
+                    "wins",
+                    "aware-ep minus row",
+                ],
+                rows,
+            ),  # fmt: skip
             "",
         ]
         rows = []

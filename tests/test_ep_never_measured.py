@@ -39,6 +39,7 @@ def _federation(seed=0, k=4):
     return model, data
 
 
+@pytest.mark.slow  # the default suite is at its 15-minute budget
 def test_a_site_claims_nothing_where_it_has_no_precision():
     """The never-measuring client's first site: its precision (the tilted expectation of
     the likelihood's curvature, made positive semi-definite) has null directions; its
