@@ -278,11 +278,6 @@ def clip_rows(v: Array, clip: float | Array) -> Array:
     return v * scale[:, None]
 
 
-def _psd(mat: Array) -> Array:
-    w, vecs = jnp.linalg.eigh(0.5 * (mat + mat.T))
-    return (vecs * jnp.maximum(w, 0.0)) @ vecs.T
-
-
 def noisy_site(rng_key: Array, total: Array, mean: Array, noise_std: float | Array):
     """The site from a clipped sum ``total = (g, vech H)``: Gaussian noise of sd
     ``noise_std`` on every entry, ``H`` mirrored and projected to the PSD cone,
@@ -292,7 +287,7 @@ def noisy_site(rng_key: Array, total: Array, mean: Array, noise_std: float | Arr
     iu = np.triu_indices(J)
     upper = jnp.zeros((J, J), total.dtype).at[iu].set(noisy[J:])
     h = upper + upper.T - jnp.diag(jnp.diagonal(upper))
-    prec = _psd(h)
+    prec = gf.psd_part(h)
     return GaussianFactor(prec, prec @ mean + noisy[:J])
 
 

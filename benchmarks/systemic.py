@@ -232,6 +232,8 @@ def aware_model(family, data, metadata: bool = True):
 
 
 def fit(method, model, data, seed):
+    """``(fit, seconds, checks)``: ``checks`` is a NUTS run's :func:`diagnostics` (with
+    ``first_max_r_hat`` when a stranded run was repeated), ``None`` for EP."""
     from bayes_pfl.centralized import fit_nuts, median_start
     from bayes_pfl.federated import fit_ep
 
@@ -239,17 +241,18 @@ def fit(method, model, data, seed):
     if method == "nuts":
         # numpyro's default start can leave a chain far out in the covariates' log scales
         res = fit_nuts(model, data, seed=seed, kernel_options=median_start(), **NUTS_KW)
-        first = diagnostics(res)["max_r_hat"]
+        checks = diagnostics(res)
+        first = checks["max_r_hat"]
         if first is not None and first > STUCK:
             print(f"    stranded chain (max split R-hat {first:.2f}): once more", flush=True)
             res = fit_nuts(model, data, seed=seed + 1000, kernel_options=median_start(), **NUTS_KW)
-            res.info["first_max_r_hat"] = float(first)
-    else:
-        # naive EP: Gaussian sites, the default when seeds 0-3 ran (the particle default,
-        # for tau on small binary clients, came later); the aware model has client
-        # covariates, where the default is Gaussian sites too
-        res = fit_ep(model, data, seed=seed, progress=False, summary="gaussian")
-    return res, time.perf_counter() - t0
+            checks = {**diagnostics(res), "first_max_r_hat": float(first)}
+        return res, time.perf_counter() - t0, checks
+    # naive EP: Gaussian sites, the default when seeds 0-3 ran (the particle default,
+    # for tau on small binary clients, came later); the aware model has client
+    # covariates, where the default is Gaussian sites too
+    res = fit_ep(model, data, seed=seed, progress=False, summary="gaussian")
+    return res, time.perf_counter() - t0, None
 
 
 def slope_draws(res, model, data) -> np.ndarray:
@@ -402,13 +405,11 @@ def run_seed(family: str, seed: int) -> dict:
     ):
         for method in methods:
             key = f"{name}-{method}"
-            res, secs = fit(method, model, data, seed)
+            res, secs, checks = fit(method, model, data, seed)
             fits[key] = res
             out["time"][key] = secs
             out["slope"][key] = slope_figures(res, model, data)
-            out["diagnostics"][key] = diagnostics(res)
-            if "first_max_r_hat" in res.info:
-                out["diagnostics"][key]["first_max_r_hat"] = res.info["first_max_r_hat"]
+            out["diagnostics"][key] = checks or diagnostics(res)
             out["scores"][key] = bayes_scores(family, res, data.test).tolist()
             j = list(model.coords["b"]).index("sensor")
             out.setdefault("client_slope", {})[key] = np.asarray(res.theta["b"])[..., j].mean(
@@ -432,7 +433,7 @@ def run_seed(family: str, seed: int) -> dict:
         metadata=aware.metadata.covariates,
         **BASELINE_KW,
     )
-    plain, secs = fit("ep", aware_model(family, aware, metadata=False), aware, seed)
+    plain, secs, _ = fit("ep", aware_model(family, aware, metadata=False), aware, seed)
     out["time"]["hb-aware-ep (no metadata)"] = secs
     fill = float(np.nanmean(np.asarray(aware.train.x)[..., 0][np.asarray(aware.train.mask)]))
     out["cold"], out["cold_device"] = cold_start_scores(
@@ -449,7 +450,7 @@ def run_mechanisms(family: str, seeds) -> dict:
         for seed in seeds:
             frame, meta = simulate(seed, family, **kw)
             _, naive = federations(frame, meta, seed)
-            res, _ = fit("ep", naive_model(family), naive, seed)
+            res, _, _ = fit("ep", naive_model(family), naive, seed)
             vals.append(slope_figures(res, naive_model(family), naive)["mean"])
         out[label] = vals
         print(f"  {label}: mean slope {np.mean(vals):.3f}", flush=True)

@@ -105,3 +105,21 @@ def check_one_effect_t_log_z(pop, u, df: float, rtol: float) -> None:
         )
         want = h**2 / (2 * a) + np.log(val)
         assert abs(got - want) < rtol * max(1.0, abs(want)), (a, h)
+
+
+def first_effect_ep_step(model, data, label):
+    """Client ``label``'s first EP step (sites over client effects) from the server's
+    initial broadcast: ``(message, info)``."""
+    import jax
+    import jax.numpy as jnp
+
+    from bayes_pfl.algorithms import effect_ep
+
+    alg = effect_ep.build(model)
+    bcast = alg.broadcast(alg.server_init(jax.random.key(0), len(data.clients)))
+    k = data.clients.index(label)
+    arr = data.train
+    rows = (jnp.asarray(arr.x[k]), jnp.asarray(arr.y[k]), jnp.asarray(arr.mask[k]))
+    one = jax.tree.map(lambda a: a[k], bcast)
+    _, msg, info = jax.jit(alg.client_update)(None, one, alg.client_init(None, rows), rows)
+    return msg, info

@@ -578,10 +578,9 @@ def test_ep_client_step_where_the_tilted_is_not_log_concave():
     send a non-finite site (rejected every round, as Switzerland's in the heart data);
     the proposal's scale now comes from the absolute curvature and a stall that close is
     accepted: a finite site that the server takes."""
-    import jax
+    from _helpers import first_effect_ep_step
 
     from bayes_pfl import FederatedData
-    from bayes_pfl.algorithms import effect_ep
 
     rng = np.random.default_rng(1)
     df = federation_with_gaps(seed=0)
@@ -594,13 +593,7 @@ def test_ep_client_step_where_the_tilted_is_not_log_concave():
     model = hierarchical_glm(
         "bernoulli", feature_names=["x", "x2"], missing=["x", "x2"], missing_effects=True
     )
-    alg = effect_ep.build(model)
-    bcast = alg.broadcast(alg.server_init(jax.random.key(0), len(data.clients)))
-    k = data.clients.index("c4")
-    arr = data.train
-    rows = (jnp.asarray(arr.x[k]), jnp.asarray(arr.y[k]), jnp.asarray(arr.mask[k]))
-    one = jax.tree.map(lambda a: a[k], bcast)
-    _, msg, info = jax.jit(alg.client_update)(None, one, alg.client_init(None, rows), rows)
+    msg, info = first_effect_ep_step(model, data, "c4")
     assert bool(msg.ok) and bool(info.ok) and not bool(info.converged)
     assert np.isfinite(np.asarray(msg.site.precision)).all()
     assert np.isfinite(np.asarray(msg.site.shift)).all()

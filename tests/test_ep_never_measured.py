@@ -6,14 +6,12 @@ population scales (on 8 clients EP reported convergence at ``mu[x2]`` -13.7 agai
 NUTS's 0.43), and the personalized draws of that client were too wide (4x on 4 clients)
 or NaN."""
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
+from _helpers import first_effect_ep_step
 
 from bayes_pfl import FederatedData
-from bayes_pfl.algorithms import effect_ep
 from bayes_pfl.models import hierarchical_glm
 
 
@@ -46,13 +44,7 @@ def test_a_site_claims_nothing_where_it_has_no_precision():
     shift has no component along them (before: up to the size of the shift itself there,
     an unbounded linear factor)."""
     model, data = _federation()
-    alg = effect_ep.build(model)
-    bcast = alg.broadcast(alg.server_init(jax.random.key(0), len(data.clients)))
-    k = data.clients.index("c3")
-    arr = data.train
-    rows = (jnp.asarray(arr.x[k]), jnp.asarray(arr.y[k]), jnp.asarray(arr.mask[k]))
-    one = jax.tree.map(lambda a: a[k], bcast)
-    _, msg, _ = jax.jit(alg.client_update)(None, one, alg.client_init(None, rows), rows)
+    msg, _ = first_effect_ep_step(model, data, "c3")
     prec, shift = np.asarray(msg.site.precision), np.asarray(msg.site.shift)
     w, v = np.linalg.eigh(prec)
     null = w <= 1e-8 * np.abs(w).max()
