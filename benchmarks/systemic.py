@@ -578,6 +578,7 @@ def report(families) -> str:
         if checks:
             lines += ["Diagnostics (every parameter, client effects included): "
                       + "; ".join(checks) + ".", ""]  # fmt: skip
+        lines += client_slope_lines(runs)
         lines += [
             f"hb-aware-ep against hb-aware-nuts: |mean difference| / NUTS sd median "
             f"{np.median(z):.3f}, max {np.max(z):.3f}.",
@@ -655,38 +656,68 @@ def report(families) -> str:
     return "\n".join(lines)
 
 
+def client_slope_lines(runs) -> list[str]:
+    """The report's table of the clients' slopes: posterior mean minus the client's true
+    slope, by device type (mean over clients, then over seeds, ± standard error over
+    seeds): where an error in the population slope comes from."""
+    rows = []
+    for key in ("hb-oracle-nuts", "hb-naive-nuts", "hb-naive-ep", "hb-aware-nuts",
+                "hb-aware-ep"):  # fmt: skip
+        row = [key]
+        valid = [r for r in runs if not stuck(r, key)]
+        for dev in ("old", "new"):
+            err = []
+            for r in valid:
+                d = np.array(r["device"]) == dev
+                est = np.array(r["client_slope"][key])[d]
+                err.append(float(np.mean(est - np.array(r["true_client_slope"])[d])))
+            se = np.std(err, ddof=1) / np.sqrt(len(err)) if len(err) > 1 else float("nan")
+            row.append(f"{np.mean(err):+.3f} ± {se:.3f}")
+        rows.append(row + [len(valid)])
+    return [
+        "Clients' slopes of the sensor: posterior mean minus the client's true slope, mean "
+        "over the clients of a device type, then over seeds (± standard error over seeds).",
+        "",
+        _common.md_table(["method", "old devices", "new devices", "seeds"], rows),
+        "",
+    ]
+
+
 def finite_sample_lines(family: str, runs) -> list[str]:
     """The report's paragraph on the finite-sample check (``--rows``): the corrected slope
-    minus the oracle's, paired by seed, at the benchmark's client sizes and at ``rows``
-    times them."""
-    by_seed = {r["seed"]: r for r in runs}
+    minus the oracle's, at the benchmark's client sizes (every seed) and at ``rows`` times
+    them (other draws: more rows change every later random number)."""
     rows = []
     for path in sorted(RUNS.glob(f"{family}_rows*.json")):
         check = json.loads(path.read_text())
-        seeds = sorted(int(s) for s in check["seeds"])
-        big = [check["seeds"][str(s)]["hb-aware-ep"]["mean"]
-               - check["seeds"][str(s)]["hb-oracle-ep"]["mean"] for s in seeds]  # fmt: skip
-        small = [by_seed[s]["slope"]["hb-aware-ep"]["mean"]
-                 - by_seed[s]["slope"]["hb-oracle-nuts"]["mean"]
-                 for s in seeds if s in by_seed]  # fmt: skip
-        for label, d in (("x1 (the benchmark)", small), (f"x{check['rows']}", big)):
-            if not d:
-                continue
-            se = np.std(d, ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
-            rows.append([label, f"{np.mean(d):+.3f} ± {se:.3f}", len(d),
-                         ", ".join(str(s) for s in seeds)])  # fmt: skip
+        if not rows:
+            d = [r["slope"]["hb-aware-ep"]["mean"] - r["slope"]["hb-oracle-nuts"]["mean"]
+                 for r in runs if not stuck(r, "hb-oracle-nuts")]  # fmt: skip
+            bias = [r["slope"]["hb-aware-ep"]["mean"] - MU[1] for r in runs]
+            rows.append(["x1 (the benchmark)", *_mean_se(d), *_mean_se(bias), len(d)])
+        fits = check["seeds"].values()
+        d = [f["hb-aware-ep"]["mean"] - f["hb-oracle-ep"]["mean"] for f in fits]
+        bias = [f["hb-aware-ep"]["mean"] - MU[1] for f in fits]
+        seeds = ", ".join(sorted(check["seeds"], key=int))
+        rows.append([f"x{check['rows']} (seeds {seeds})", *_mean_se(d), *_mean_se(bias), len(d)])
     if not rows:
         return []
     return [
         "Finite-sample check (`--rows N`): hb-aware-ep's population slope minus the "
-        "oracle's (true sensor values) at the same seed, mean ± standard error over seeds, "
-        "with the clients' rows as in the benchmark (oracle: NUTS) and multiplied by N "
-        "(oracle: EP). A gap that shrinks with the clients' size is a small-sample effect "
-        "of the corrected model; one that stays would be a wrong model.",
+        "oracle's (the same data with the true sensor values; NUTS at the benchmark's "
+        "sizes, EP at N times the rows), and minus the truth, mean ± standard error over "
+        "seeds. A gap that shrinks with the clients' size is a small-sample effect of the "
+        "corrected model; one that stays would be a wrong model.",
         "",
-        _common.md_table(["client rows", "aware minus oracle", "seeds", "which"], rows),
+        _common.md_table(["client rows", "aware minus oracle", "bias", "seeds"], rows),
         "",
     ]
+
+
+def _mean_se(values) -> list[str]:
+    v = np.asarray(values, float)
+    se = v.std(ddof=1) / np.sqrt(v.size) if v.size > 1 else float("nan")
+    return [f"{v.mean():+.3f} ± {se:.3f}"]
 
 
 def plot(family: str, seed: int = 0):
