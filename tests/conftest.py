@@ -72,3 +72,27 @@ def schools_outlier():
         target="y",
         features=["sigma"],
     )
+
+
+def pytest_runtest_setup(item):
+    """Skips, with a reason in the summary, each ``slow`` test that would start after the
+    time set in ``BAYES_PFL_SLOW_DEADLINE`` (seconds since the epoch). CI sets it so that
+    its 90 minutes hold on a slow machine (stop 33's CI ran the default suite in 40 min,
+    2.4 times stop 31's, and the slow tests then ran past the limit): the slow tests that
+    fit are run, the others are reported as skipped, never dropped without a word."""
+    deadline = os.environ.get("BAYES_PFL_SLOW_DEADLINE")
+    if not deadline or item.get_closest_marker("slow") is None:
+        return
+    try:
+        deadline_s = float(deadline)
+    except ValueError as err:
+        raise pytest.UsageError(
+            f"BAYES_PFL_SLOW_DEADLINE must be seconds since the epoch, got {deadline!r}"
+        ) from err
+    import time
+
+    if time.time() > deadline_s:
+        pytest.skip(
+            "slow test not started: the time budget in BAYES_PFL_SLOW_DEADLINE is spent "
+            "(run `pytest -m slow` without it to run every slow test)"
+        )

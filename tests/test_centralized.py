@@ -63,6 +63,7 @@ def test_save_and_load_round_trip(tmp_path, schools, schools_fit):
     assert run["diagnostics"]["max_r_hat"] <= 1.01
 
 
+@pytest.mark.slow
 def test_nuts_intervals_cover_truth():
     """90% intervals of theta_k on a synthetic federation with known truth.
 
@@ -94,6 +95,7 @@ def test_model_data_mismatch_is_named(schools):
         nuts(radon_intercept(), schools, chains=1, warmup=5, samples=5)
 
 
+@pytest.mark.slow
 def test_posterior_predictive_for_held_out_rows(tmp_path):
     df = load("radon")
     data = FederatedData.from_pandas(

@@ -56,6 +56,7 @@ def test_fit_radon_nuts_writes_three_files(tmp_path):
     assert "AITKIN" in r.stdout  # the per-county table
 
 
+@pytest.mark.slow
 def test_fit_csv_and_clear_errors(tmp_path):
     df = load("eight_schools")
     csv = tmp_path / "schools.csv"
@@ -95,6 +96,7 @@ def test_datasets_and_models_listing():
     assert r.returncode == 0 and "radon_intercept" in r.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["one-shot", "ep", "vi"])
 def test_fit_federated_methods(tmp_path, method):
     out = tmp_path / method
@@ -205,6 +207,7 @@ def test_diagnostics_warn_on_the_console_and_strict_fails(tmp_path):
     assert r.returncode == 3 and "VI did not converge" in r.stderr
 
 
+@pytest.mark.slow
 def test_output_folder_is_refused_when_not_empty_and_replaced_whole(tmp_path):
     out = tmp_path / "fit"
     out.mkdir()
@@ -248,6 +251,7 @@ def test_an_interrupted_fit_leaves_nothing_behind(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_no_progress_bar_escape_codes_in_a_log_file(tmp_path):
     """stderr is a pipe here (as in a log file): no bar is drawn, without --no-progress."""
     r = run_cli("fit", "--data", "eight_schools", "--method", "one-shot", "--chains", "2",
@@ -275,6 +279,7 @@ def test_checkpoint_and_resume_from_the_command_line(tmp_path):
     assert r.returncode == 2 and "--resume needs --checkpoint" in r.stderr
 
 
+@pytest.mark.slow
 def test_a_feature_warning_is_shown_once(tmp_path):
     """The command line checks the data before refusing or writing the output folder and
     the fit checks it again: the constant-feature warning still appears once."""
@@ -288,6 +293,7 @@ def test_a_feature_warning_is_shown_once(tmp_path):
     assert r.stderr.count("['const'] are constant") == 1, r.stderr
 
 
+@pytest.mark.slow
 def test_fit_varying_slopes_names_every_term_and_the_model(tmp_path):
     """sleepstudy with --varying slopes: the model is called as asked, every coefficient is
     labelled by its term in the files and the printed table, which stays short."""

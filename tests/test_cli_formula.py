@@ -26,6 +26,7 @@ def hospitals_csv(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_fit_from_a_formula_writes_the_schema_and_names_the_model(hospitals_csv, tmp_path):
     out = tmp_path / "fit"
     r = run_cli(

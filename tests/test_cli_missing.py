@@ -37,7 +37,8 @@ def _args(tmp_path, csv="gaps.csv"):
             "--features", "x0,x1", "--model", "linear")  # fmt: skip
 
 
-@pytest.mark.parametrize("method", ["nuts", pytest.param("ep", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["nuts", "ep"])
 def test_fit_a_csv_with_gaps_and_metadata(tmp_path, method):
     _csv(tmp_path)
     out = tmp_path / method
@@ -61,6 +62,7 @@ def test_fit_a_csv_with_gaps_and_metadata(tmp_path, method):
     assert run["method"] == method
 
 
+@pytest.mark.slow
 def test_clear_errors(tmp_path):
     df = _csv(tmp_path)
     out = str(tmp_path / "out")

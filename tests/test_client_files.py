@@ -320,6 +320,7 @@ def test_deploy_local_gives_each_node_its_file(hospitals, tmp_path, monkeypatch)
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_cli_fit_reads_a_folder_of_client_files(tmp_path):
     """``bayes-pfl fit --data FOLDER``: one school per file, labelled by the file names (a
     short NUTS fit); a bad file and ``--standardize`` on eight schools exit 2 naming why."""

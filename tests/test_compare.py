@@ -316,6 +316,7 @@ def test_posterior_predictor_averages_probabilities_over_draws():
     np.testing.assert_allclose(pred.log_density[:, 0], [math.log(p_a), math.log(1 - p_b)])
 
 
+@pytest.mark.slow
 def test_bayesian_nuts_method_runs_in_the_harness():
     df = _frame(sizes=(90, 60, 30), seed=1)
     data = _make(df, 0, val_size=0.0)
@@ -373,6 +374,7 @@ def test_make_method_knows_bayesian_names():
         make_method("fedfoo")
 
 
+@pytest.mark.slow
 def test_neural_networks_run_in_the_harness():
     from bayes_pfl.datasets.digits import make_digits_federation
     from bayes_pfl.neural import fit_neural

@@ -38,6 +38,7 @@ def shifted_schools(schools_outlier):
     return fit_one_shot(eight_schools(), schools_outlier, num_samples=400, progress=False)
 
 
+@pytest.mark.slow
 def test_an_obviously_shifted_client_is_flagged_and_named(shifted_schools):
     with pytest.warns(ConflictWarning, match=r"'X' \(p "):
         table = client_conflict(shifted_schools)
@@ -47,6 +48,7 @@ def test_an_obviously_shifted_client_is_flagged_and_named(shifted_schools):
     assert (table["df"] == 1).all()
 
 
+@pytest.mark.slow
 def test_a_crafted_site_is_named_in_diagnostics(shifted_schools):
     """A client claiming a huge precision at a shifted mean: its message is finite and
     well-formed, and the conflict score names it (the global draws are the honest fit's:
@@ -78,6 +80,7 @@ def test_conflict_needs_sites_over_client_effects(schools):
     assert diagnostics(fit)["conflict"] is None
 
 
+@pytest.mark.slow
 def test_the_readout_reports_its_stages(schools, caplog):
     """The phases after the rounds (global draws, personalization) log at INFO, which the
     command line prints on a terminal (they have no progress bar)."""

@@ -51,6 +51,7 @@ def test_one_missing_value_equals_adaptive_quadrature(family, y):
     assert _row_loglik(model, [np.nan, x1], y) == pytest.approx(exact, abs=1e-10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family,y", [("bernoulli", 0.0), ("normal", -0.4)])
 def test_two_missing_values_equal_a_double_integral(family, y):
     """Two missing features of one row: the 2-d integral is the 1-d one in eta."""
@@ -199,6 +200,7 @@ def federation_with_gaps(seed=0, k=8, n=60, frac=0.3, slope=1.0):
     return pd.concat(rows, ignore_index=True)
 
 
+@pytest.mark.slow
 def test_nuts_recovers_the_slope_where_mean_imputation_attenuates_it():
     """30% of x missing at random, client means of x spread out: imputing the pooled mean
     shrinks the slope by about 1 / (1 + 0.3 * 2.25 / 1) (the imputed rows' spread), the
@@ -302,6 +304,7 @@ def test_data_the_model_cannot_take_are_named():
     )
 
 
+@pytest.mark.slow
 def test_declared_noise_corrects_the_attenuation_of_the_slope():
     """x measured with noise sd 0.7 (within-client sd of the true x 1): the naive slope is
     attenuated by the reliability 1 / (1 + 0.49) = 0.67 (seed 0: 0.687, sd 0.031); with
@@ -362,7 +365,8 @@ def test_predictive_draws_integrate_the_gaps():
     assert set(np.unique(b.sample(jax.random.PRNGKey(1), (100,)))) <= {0.0, 1.0}
 
 
-@pytest.mark.parametrize("family", [pytest.param("bernoulli", marks=pytest.mark.slow), "poisson"])
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["bernoulli", "poisson"])
 def test_nuts_runs_on_gaps_for_every_family(family):
     """A smoke test: three small clients with gaps in two features, varying slopes."""
     from bayes_pfl import FederatedData
@@ -569,6 +573,7 @@ def test_the_quadrature_finds_its_centre_where_plain_newton_oscillated(family, m
     assert lp == pytest.approx(np.log(exact), abs=1e-6)
 
 
+@pytest.mark.slow
 def test_ep_client_step_where_the_tilted_is_not_log_concave():
     """Bernoulli outcome, two features with gaps (one never measured at one client,
     missing_effects): at client c4's first step the tilted's curvature at the point Newton

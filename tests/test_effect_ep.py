@@ -124,6 +124,7 @@ def _exact_schools_grid():
     return M, LT, lp
 
 
+@pytest.mark.slow
 def test_one_exchange_gives_the_exact_eight_schools_posterior():
     """Gaussian likelihoods in the effects: one exchange, the server's density is exact
     (up to a constant) for every (mu, tau), whatever the cavity."""
@@ -143,6 +144,7 @@ def test_one_exchange_gives_the_exact_eight_schools_posterior():
     assert np.ptp(diff) < 1e-8
 
 
+@pytest.mark.slow
 def test_ep_fixed_point_on_a_conjugate_federation():
     """Normal likelihood with known noise: the sites are exact after one round and stay."""
     model = eight_schools()
@@ -158,6 +160,7 @@ def test_ep_fixed_point_on_a_conjugate_federation():
         _assert_exact_sites(_client_sites(alg, cav, data.train))
 
 
+@pytest.mark.slow
 def test_malformed_sites_are_rejected_and_the_client_named():
     model = eight_schools()
     data = _schools()
@@ -196,6 +199,7 @@ def test_vi_local_update_is_exact_for_gaussian_likelihoods():
     _assert_exact_sites(_client_sites(alg, cav, data.train))
 
 
+@pytest.mark.slow
 def test_vi_site_satisfies_the_gaussian_vi_stationarity_conditions():
     """A tiny binary client: q = c t must satisfy E_q[grad log L] = -grad log c(m_q) and
     Lambda_q = Lambda_c - E_q[hess log L] (the optimum of E_q[log L] - KL(q || c)),
@@ -245,6 +249,7 @@ def test_server_density_sums_the_shared_blocks_once_with_the_same_value():
         np.testing.assert_allclose(fast(u), slow, rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_final_global_draws_compile_once_per_model_and_setting():
     """A second fit's final chains reuse the first's compiled sampler (a new jit wrapper of
     the hyperprior per call made every fit trace and compile them again)."""

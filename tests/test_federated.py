@@ -96,6 +96,7 @@ def test_conjugate_global_posterior_is_exact(conjugate, site_fit, rounds):
     np.testing.assert_allclose(st.sites.shift[:, 0], exact["ybar"] / v, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_conjugate_personalized_and_one_shot_fits(conjugate):
     data, exact = conjugate
     model = normal_normal()
@@ -152,6 +153,7 @@ GLM = hierarchical_glm("normal", 1)
 GLM_EP = ep.build(GLM)  # one algorithm object: its compiled client step is reused across tests
 
 
+@pytest.mark.slow
 def test_permuting_clients_permutes_results():
     data, model = _glm_federation()
     alg = GLM_EP
@@ -175,6 +177,7 @@ def _with_empty_client(arr: ClientArrays) -> ClientArrays:
     )
 
 
+@pytest.mark.slow
 def test_client_without_rows_or_weight_changes_nothing():
     data, model = _glm_federation()
     alg = GLM_EP
@@ -245,6 +248,7 @@ def test_message_size_does_not_depend_on_rows():
     assert len(set(np.asarray(data.train.mask).sum(1))) > 1  # clients of different sizes
 
 
+@pytest.mark.slow
 def test_cold_start_conjugate(conjugate):
     data, exact = conjugate
     fit = fit_ep(normal_normal(), data, rounds=5, progress=False, num_samples=2000, seed=3)
@@ -273,6 +277,7 @@ def test_cold_start_conjugate(conjugate):
         cold_start(nuts(normal_normal(), data, chains=1, warmup=50, samples=50))
 
 
+@pytest.mark.slow
 def test_ep_agrees_with_centralized_nuts_on_a_small_model():
     """EP vs NUTS on a hierarchical linear model, 12 clients.
 
@@ -294,6 +299,7 @@ def test_ep_agrees_with_centralized_nuts_on_a_small_model():
             assert np.all((ratio > 0.85) & (ratio < 1.15)), (name, ratio)
 
 
+@pytest.mark.slow
 def test_federated_result_has_the_centralized_layout(conjugate):
     data, _ = conjugate
     model = normal_normal()
@@ -355,6 +361,7 @@ def test_chain_diagnostics_match_arviz():
     assert float(chain_diagnostics(jnp.asarray(drift))[0]) > 1.1  # a drifting chain is caught
 
 
+@pytest.mark.slow
 def test_nuts_tilted_ep_records_chain_diagnostics(conjugate):
     from bayes_pfl.diagnostics import diagnostics
 
@@ -430,6 +437,7 @@ def _sums_algorithm():
 SIZES = np.array([2, 3, 80, 5, 12, 4, 1, 6, 3, 19])
 
 
+@pytest.mark.slow
 def test_ragged_clients_bucketed_equal_padded():
     """The driver's client steps and personalization on clients grouped by size equal the
     padded run, each client's result in its place; so do client steps run in chunks of

@@ -211,6 +211,7 @@ def _assert_same_states(flower_state, in_process_state):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-9)
 
 
+@pytest.mark.slow
 def test_faults_left_out_like_in_process_nonparticipants(small, caplog, node_like_steps):
     """A silent node and a node sending NaN are left out every round (and logged by node id);
     the result equals the in-process run in which those two clients do not participate."""
@@ -241,6 +242,7 @@ def test_faults_left_out_like_in_process_nonparticipants(small, caplog, node_lik
     np.testing.assert_array_equal(np.asarray(res.server_state.sites.precision)[[2, 4]], 0.0)
 
 
+@pytest.mark.slow
 def test_nodes_pad_rows_like_the_in_process_row_buckets(small, tmp_path, node_like_steps):
     """With ``bucket_rows`` (EP's phases) each node pads its rows to its in-process row
     bucket: a round over a ragged federation equals ``run_rounds(bucket_rows=True)``."""
@@ -311,6 +313,7 @@ def test_baseline_runs_over_flower_like_in_process(small, tmp_path):
     assert run["clients"] == list(data.clients) and len(run["history"]) == 3
 
 
+@pytest.mark.slow
 def test_checkpoint_resume_continues_the_run(small, tmp_path, node_like_steps):
     settings, run_config, data = small
     (phase,) = build_phases(settings)
@@ -383,6 +386,7 @@ def _assert_folder_posterior(folder, ref):
     return json.loads((folder / "run.json").read_text())
 
 
+@pytest.mark.slow
 def test_one_shot_end_to_end_equals_fit_one_shot(small, tmp_path):
     """The ServerApp's whole path (describe, one round, global draws, personalization on the
     nodes, result folder) gives fit_one_shot's posteriors."""
@@ -396,6 +400,7 @@ def test_one_shot_end_to_end_equals_fit_one_shot(small, tmp_path):
     assert run["method"] == "one-shot" and run["runtime"] == "flower" and run["rounds"] == 1
 
 
+@pytest.mark.slow
 def test_one_shot_over_effects_end_to_end_equals_fit_one_shot(small, tmp_path, node_like_steps):
     """The default format (sites over client effects) through the ServerApp's whole path: each
     node personalizes from its own site; fit_one_shot's posteriors when its client step runs

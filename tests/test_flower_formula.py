@@ -53,6 +53,7 @@ def _run_config(folder, schema, tmp_path):
     }
 
 
+@pytest.mark.slow
 def test_nodes_reading_their_own_files_equal_the_in_process_formula_fit(site_files, tmp_path):
     folder, frames = site_files
     # the schema from the sites' level sets (what deploy_local.py --formula sends)

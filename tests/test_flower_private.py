@@ -40,6 +40,7 @@ def _run(run_config, node_configs):
     return run_from_settings(grid, settings), grid
 
 
+@pytest.mark.slow
 def test_private_run_equals_in_process(small, tmp_path, node_like_steps):  # noqa: F811
     """Draws stay on the nodes. With ``dp-seed = 0`` (no node secret) the Flower run is the
     in-process DP fit with the same seed: the global posterior, each node's own personalized
@@ -76,6 +77,7 @@ def test_private_run_equals_in_process(small, tmp_path, node_like_steps):  # noq
             np.testing.assert_allclose(mine, v[:, :, i], rtol=1e-6, atol=1e-9, err_msg=label)
 
 
+@pytest.mark.slow
 def test_node_secret_changes_the_noise_and_a_reused_round_key_is_refused(small, tmp_path):  # noqa: F811
     """A node with a secret (its own ``dp-seed``, or random bits when none is set) sends other
     noise than the server could compute; a round key used twice is refused."""

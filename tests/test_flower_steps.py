@@ -113,6 +113,7 @@ def test_damaged_export_is_traced_again(tmp_path, caplog):
     np.testing.assert_allclose(out[0]["['y']"], x @ w)
 
 
+@pytest.mark.slow
 def test_app_with_exported_steps_equals_in_process_and_reuses_them(small, tmp_path, monkeypatch):  # noqa: F811
     """The ready-made ClientApp with a JAX cache folder exports its steps on the first run;
     a second run (fresh processes) calls them without tracing; both give fit_one_shot's

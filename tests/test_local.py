@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from bayes_pfl.local import (
     conditional_mode,
@@ -82,6 +83,7 @@ def test_conditional_draws_exact_on_a_skewed_density():
     assert abs(draws.std() - sd) < 5 * 1.5 * sd * np.sqrt(0.5 / n)
 
 
+@pytest.mark.slow
 def test_value_grad_hessian_matches_separate_derivatives():
     """One forward-over-reverse pass gives jax's value, gradient and Hessian, also when
     differentiated again (the Laplace marginal is differentiated twice in u by EP)."""

@@ -177,6 +177,7 @@ def test_covariance_that_depends_on_the_covariates_is_refused():
         gaussian_population(model)
 
 
+@pytest.mark.slow
 def test_models_without_covariates_are_unchanged():
     """The code paths without client covariates are the ones before them: the server's
     density and gradient, the cavities, the personalization and a prior draw of a model
@@ -266,6 +267,7 @@ def test_metadata_are_encoded_once_and_bad_metadata_named():
 
 
 # ------------------------------------------------------------------ inference
+@pytest.mark.slow
 def test_ep_with_metadata_matches_centralized_nuts(meta_model, federation, ep_fit):
     """EP with the population's mean moved by the metadata against centralized NUTS of the
     same model (0 divergences, R-hat <= 1.01), and ``W`` recovers the true shift.
@@ -308,6 +310,7 @@ def _predict(cs, x: np.ndarray) -> np.ndarray:
     return np.mean(1 / (1 + np.exp(-eta)), axis=0)
 
 
+@pytest.mark.slow
 def test_cold_start_from_metadata_beats_the_population_average(federation, ep_fit):
     """New clients of the same federation, unseen in training: their metadata alone give a
     better held-out log-loss than the population average (the model without metadata,
@@ -344,6 +347,7 @@ def test_cold_start_from_metadata_beats_the_population_average(federation, ep_fi
 
 
 # ------------------------------------------------------------------ command line
+@pytest.mark.slow
 def test_cli_fits_with_a_metadata_file_and_names_bad_metadata(tmp_path):
     """``bayes-pfl fit --metadata meta.csv --metadata-cols group``: the model's population
     mean moves with the metadata (``W`` in the summary); a column the file lacks and a

@@ -50,6 +50,7 @@ def _exchange(
     return gauss, out
 
 
+@pytest.mark.slow
 def test_particles_are_exact_where_the_site_is_gaussian_likelihood():
     """Eight schools: r = L/t is constant, so the corrected density equals the Gaussian
     one up to a constant for every (mu, tau), and "auto" sends no particles."""
@@ -100,6 +101,7 @@ def _quadrature_log_z(pop, data, u_phi):
     return f.max() + np.log(np.trapezoid(np.exp(f - f.max()), e))
 
 
+@pytest.mark.slow
 def test_particle_log_z_matches_quadrature_on_a_tiny_binary_client():
     model, pop, data = _logistic_client()
     effect = effect_ep.build(model)
@@ -159,6 +161,7 @@ def test_particle_log_z_matches_quadrature_on_a_tiny_binary_client():
     assert err_gauss > 4 * err_particles, (err_gauss, err_particles)
 
 
+@pytest.mark.slow
 def test_malformed_particle_messages_are_rejected_and_the_client_named():
     model = eight_schools()
     data = _schools()
@@ -204,6 +207,7 @@ def test_malformed_particle_messages_are_rejected_and_the_client_named():
     )
 
 
+@pytest.mark.slow
 def test_the_diagnostic_switches_form_per_client():
     """Tiny binary clients send particles, a large one keeps its Gaussian site."""
     rng = np.random.default_rng(0)
@@ -245,6 +249,7 @@ def test_particles_do_not_apply_with_shared_likelihood_parameters():
     assert particle_summary(eight_schools(), "particles") == "particles"
 
 
+@pytest.mark.slow
 def test_fit_ep_with_particles_end_to_end(schools):
     """The fit's readout samples the corrected density: on eight schools (exact sites) the
     same posterior as Gaussian EP; the history and the result report the exchange."""
@@ -325,6 +330,7 @@ def test_the_samplers_correction_equals_its_log_sum_exp_definition(diagonal):
     assert np.any((trusted > 0) & (trusted < 1))  # the ramp is exercised, not only its ends
 
 
+@pytest.mark.slow
 def test_particle_phase_resumes_from_its_checkpoint(tmp_path):
     """The exchange's checkpoint holds its own state (a ParticleServerState wrapping EP's),
     not the state it was warm-started from: a resumed run reads it back."""
@@ -346,6 +352,7 @@ def test_particle_phase_resumes_from_its_checkpoint(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.slow
 def test_every_phase_checkpoints_and_resumes(tmp_path):
     """EP's default is two phases (Gaussian rounds, then the particle exchange): each
     writes its own checkpoint, and a resumed fit reads the rounds already done instead of

@@ -244,6 +244,7 @@ def test_compare_two_fits(dt, dt2, tmp_path):
     np.testing.assert_allclose(np.asarray(scatter.get_ydata(), float), res.data["mean_other"])
 
 
+@pytest.mark.slow
 def test_compare_ep_against_nuts_and_bad_input(dt, ep):
     res = plot_compare(dt, ep, "theta", labels=("NUTS", "EP"))
     assert sorted(res.data["client"]) == SCHOOLS
@@ -255,6 +256,7 @@ def test_compare_ep_against_nuts_and_bad_input(dt, ep):
         plot_compare(dt, dt, "theta", ax=Figure().subplots())
 
 
+@pytest.mark.slow
 def test_convergence_from_history_and_datatree(ep, tmp_path):
     res = plot_convergence(ep.history, tol=1e-3, path=tmp_path / "conv.png")
     _check_png(res, tmp_path / "conv.png")

@@ -136,6 +136,7 @@ def test_noisy_site_is_psd_and_noise_aware_keeps_its_mean():
 # --------------------------------------------------------------------------- the fit
 
 
+@pytest.mark.slow
 def test_dp_fit_records_the_spend(small_data, tmp_path):
     budget = DPBudget(2.0, delta=1e-5)
     res = fit_ep(_model(), small_data, rounds=2, dp=budget, tol=0.0, **FAST)
@@ -157,6 +158,7 @@ def test_dp_fit_records_the_spend(small_data, tmp_path):
     assert all(np.all(np.isfinite(v)) for v in res.theta.values())
 
 
+@pytest.mark.slow
 def test_dp_fit_stopping_early_spends_only_the_rounds_run(small_data):
     """Noise calibrated for 4 rounds; converged (huge tol) after 1: one round spent."""
     budget = DPBudget(1.0, clip=2.0)

@@ -36,6 +36,7 @@ def test_report_sections_and_embedded_figures(schools_dir):
         assert f"<th>{school}</th>" in page
 
 
+@pytest.mark.slow
 def test_report_calibration_for_binary_target(tmp_path):
     fed = make_federation(family="bernoulli", n_clients=6, n_features=2, sizes=40, seed=5)
     data = federation_data(fed, test_size=0.25, seed=0)

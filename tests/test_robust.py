@@ -108,6 +108,7 @@ def _t_conditional_moments(log_lik, loc, scale, df):
     return mean, np.sqrt(var / z)
 
 
+@pytest.mark.slow
 def test_personalization_under_a_student_t_population_is_exact():
     """A client's personalized draws given phi under a Student-t population (df 4) match
     the exact conditional by quadrature: a Gaussian likelihood with its exact site (the
@@ -206,6 +207,7 @@ def test_student_t_population_nuts_and_one_shot_agree_and_pool_the_outlier_less(
     assert np.mean(fed.phi["mu"]) < np.mean(gauss.phi["mu"])  # pulled up less by X
 
 
+@pytest.mark.slow
 def test_refit_without_the_flagged_client(schools_outlier):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -300,6 +302,7 @@ def _forging(monkeypatch, forge):
     monkeypatch.setattr(federated, "effect_algorithm", patched)
 
 
+@pytest.mark.slow
 def test_a_crafted_site_is_capped_and_named_in_diagnostics(monkeypatch, schools):
     """School A sends a site of precision 1e6 centred at 80: the cap bounds it, the
     diagnostics name A as capped and as conflicting with the rest."""
@@ -322,6 +325,7 @@ def test_a_crafted_site_is_capped_and_named_in_diagnostics(monkeypatch, schools)
     assert flagged_clients(fit) == ["A"]
 
 
+@pytest.mark.slow
 def test_a_copied_site_is_named(monkeypatch, schools):
     """School B sends school C's site (a sybil): the conflict score cannot see a copy of an
     ordinary school, the duplicate check names both."""
@@ -339,6 +343,7 @@ def test_a_copied_site_is_named(monkeypatch, schools):
     assert not diag["ok"]
 
 
+@pytest.mark.slow
 def test_honest_clients_with_identical_rows_are_named_without_an_accusation():
     """Two honest schools with the same row send the same site (as two two-child
     communities of ``guimmun`` do): the server cannot tell them from a copy, so they are
@@ -359,6 +364,7 @@ def test_honest_clients_with_identical_rows_are_named_without_an_accusation():
     assert any("rows are identical" in str(w.message) for w in rec)
 
 
+@pytest.mark.slow
 def test_no_cap_binds_and_no_copy_is_seen_on_honest_clients(schools):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -381,6 +387,7 @@ def test_precision_cap_is_checked(schools):
 
 
 # ------------------------------------------------------------------ front ends
+@pytest.mark.slow
 def test_cli_fits_a_robust_model(tmp_path):
     out = tmp_path / "robust"
     r = run_cli(
