@@ -1,6 +1,7 @@
 """Test set-up: this is an entry point, so JAX is configured here (CPU, float64, 4 host devices)."""
 
 import os
+import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["XLA_FLAGS"] = (
@@ -74,24 +75,28 @@ def schools_outlier():
     )
 
 
-def pytest_runtest_setup(item):
-    """Skips, with a reason in the summary, each ``slow`` test that would start after the
-    time set in ``BAYES_PFL_SLOW_DEADLINE`` (seconds since the epoch). CI sets it so that
-    its 90 minutes hold on a slow machine (stop 33's CI ran the default suite in 40 min,
-    2.4 times stop 31's, and the slow tests then ran past the limit): the slow tests that
-    fit are run, the others are reported as skipped, never dropped without a word."""
+def pytest_configure(config):
+    """Reads ``BAYES_PFL_SLOW_DEADLINE`` (seconds since the epoch) once, at start-up: a
+    malformed value is a usage error naming the variable, before any test runs."""
     deadline = os.environ.get("BAYES_PFL_SLOW_DEADLINE")
-    if not deadline or item.get_closest_marker("slow") is None:
-        return
     try:
-        deadline_s = float(deadline)
+        config.slow_deadline = float(deadline) if deadline else None
     except ValueError as err:
         raise pytest.UsageError(
             f"BAYES_PFL_SLOW_DEADLINE must be seconds since the epoch, got {deadline!r}"
         ) from err
-    import time
 
-    if time.time() > deadline_s:
+
+def pytest_runtest_setup(item):
+    """Skips, with a reason in the summary, each ``slow`` test that would start after the
+    time set in ``BAYES_PFL_SLOW_DEADLINE``. CI sets it so that its 90 minutes hold on a
+    slow machine (stop 33's CI ran the default suite in 40 min, 2.4 times stop 31's, and
+    the slow tests then ran past the limit): the slow tests that fit are run, the others
+    are reported as skipped, never dropped without a word."""
+    deadline = item.config.slow_deadline
+    if deadline is None or item.get_closest_marker("slow") is None:
+        return
+    if time.time() > deadline:
         pytest.skip(
             "slow test not started: the time budget in BAYES_PFL_SLOW_DEADLINE is spent "
             "(run `pytest -m slow` without it to run every slow test)"
