@@ -331,6 +331,20 @@ def test_personalize_shapes_and_batching(conjugate):
         personalize(jax.random.key(0), model, u, data.train, newton_iter=-2)
 
 
+def test_default_batch_counts_the_client_parameters():
+    """The per-draw Hessians scale with the client's parameters: 4000 draws (x 6 MH
+    proposals) of 80-row clients with two features and 6 client parameters (a missing
+    feature's effects) run one client a batch (0.78 GB of XLA temporaries each); before,
+    5 a batch (3.9 GB), which ran a CI worker out of memory. One parameter, 50 rows: 8."""
+    from bayes_pfl.posterior import default_batch
+
+    assert default_batch(8, 24000, 80, 2, 6) == 1
+    assert default_batch(8, 24000, 50, 2, 1) == 8
+    assert default_batch(8, 24000, 50, 2, 2) == 4
+    assert default_batch(3, 10, 10, 1, 1) == 3  # never more than the clients
+    assert default_batch(1, 10**6, 10**4, 50, 50) == 1  # never fewer than one
+
+
 def test_build_rejects_bad_options():
     model = normal_normal()
     with pytest.raises(ValueError, match="tilted"):
