@@ -566,12 +566,16 @@ def report(families) -> str:
                 "chain stranded): " + "; ".join(failed) + ".",
                 "",
             ]
-        z = []
+        z, sd_ratio, mc_se, standard = [], [], [], 0
         for r in runs:
             if stuck(r, "hb-aware-nuts"):
                 continue
             n, e = r["slope"]["hb-aware-nuts"], r["slope"]["hb-aware-ep"]
             z.append(abs(e["mean"] - n["mean"]) / n["sd"])
+            sd_ratio.append(e["sd"] / n["sd"])
+            d = r["diagnostics"]["hb-aware-nuts"]
+            mc_se.append(1 / np.sqrt(d["min_ess_bulk"]))  # the NUTS mean's MC error, in sd
+            standard += d["max_r_hat"] <= 1.01 and d["divergences"] == 0
         checks = []
         for key in ("hb-oracle-nuts", "hb-naive-nuts", "hb-aware-nuts", "hb-aware-ep"):
             d = [r["diagnostics"][key] for r in runs if r["diagnostics"][key].get("max_r_hat")]
@@ -585,7 +589,14 @@ def report(families) -> str:
         lines += client_slope_lines(runs)
         lines += [
             f"hb-aware-ep against hb-aware-nuts: |mean difference| / NUTS sd median "
-            f"{np.median(z):.3f}, max {np.max(z):.3f}.",
+            f"{np.median(z):.3f}, max {np.max(z):.3f}; EP sd / NUTS sd median "
+            f"{np.median(sd_ratio):.2f}, min {np.min(sd_ratio):.2f}. The NUTS means' own Monte "
+            f"Carlo error is at most {np.min(mc_se):.3f} to {np.max(mc_se):.3f} NUTS sd (1/sqrt "
+            f"of the smallest bulk ESS of any parameter). {standard} of these {len(z)} "
+            f"references {'meets' if standard == 1 else 'meet'} the reference "
+            "standard (max split R-hat <= 1.01, 0 divergences); the others are kept as long as no "
+            f"chain stranded (R-hat <= {STUCK}), so this comparison is against references "
+            "short of that standard.",
             "",
             f"Per-client test {metric}, mean over clients and seeds (± standard error over "
             "seeds), by device type; 'wins' = seeds where hb-aware-ep beats the row on that "
