@@ -50,9 +50,9 @@ Run (resumable: one file per family and seed in ``results/systemic_runs/``)::
 ``--ablation`` (hb-aware-ep only) fits the quality-aware model with and without the
 metadata on the same data at each seed. ``--mechanisms`` (one seed set, naive EP only)
 separates what attenuates the slope: the noise alone, the gaps with mean imputation alone,
-and both. ``--rows N`` (hb-aware-ep
-and the oracle by EP only) runs the same scenario with N times each federation client's
-rows: whether the corrected slope's distance to the oracle's is a small-sample effect::
+and both. ``--rows N`` (hb-aware-ep and the oracle by EP only) runs the same scenario with
+N times each federation client's rows: whether the corrected slope's distance to the
+oracle's is a small-sample effect::
 
     nice .venv/bin/python benchmarks/systemic.py --family bernoulli --rows 4 --seeds 2
 """
@@ -449,16 +449,29 @@ def run_seed(family: str, seed: int) -> dict:
     return out
 
 
+def per_seed(path, seeds, fit_seed, **fields) -> dict:
+    """``{**fields, "seeds": {seed: fit_seed(seed)}}`` kept in ``path``, written after each
+    seed and resumed from it (a seed already there is not fitted again)."""
+    out = json.loads(path.read_text()) if path.exists() else {**fields, "seeds": {}}
+    for seed in seeds:
+        if str(seed) not in out["seeds"]:
+            out["seeds"][str(seed)] = fit_seed(seed)
+            path.write_text(json.dumps(_common.jsonable(out), indent=1) + "\n")
+    return out
+
+
+def ep_figures(res, model, data, secs) -> dict:
+    """An EP fit's population slope, time and diagnostics, as the side runs store them."""
+    return {**slope_figures(res, model, data), "time": secs, **diagnostics(res)}
+
+
 def run_finite_sample(family: str, seeds, rows: int) -> dict:
     """hb-aware-ep's and the oracle's (EP) population slope at each seed with every
     federation client's rows multiplied by ``rows``: does the corrected slope's distance to
     the oracle's shrink with the clients' size (a small-sample effect of a correct model)
     or stay (a wrong model)?"""
-    path = RUNS / f"{family}_rows{rows}.json"
-    out = json.loads(path.read_text()) if path.exists() else {"rows": rows, "seeds": {}}
-    for seed in seeds:
-        if str(seed) in out["seeds"]:
-            continue
+
+    def fit_seed(seed):
         frame, meta = simulate(seed, family, rows=rows)
         aware, _ = federations(frame, meta, seed)
         oracle = truth_data(frame, meta, seed)
@@ -468,25 +481,23 @@ def run_finite_sample(family: str, seeds, rows: int) -> dict:
             ("hb-aware-ep", aware_model(family, aware), aware),
         ):
             res, secs, _ = fit("ep", model, data, seed)
-            fits[key] = {**slope_figures(res, model, data), "time": secs,
-                         **diagnostics(res)}  # fmt: skip
+            fits[key] = ep_figures(res, model, data, secs)
             print(f"  rows x{rows} seed {seed} {key}: slope {fits[key]['mean']:.3f} "
                   f"({secs:.0f} s)", flush=True)  # fmt: skip
-        out["seeds"][str(seed)] = fits
-        path.write_text(json.dumps(_common.jsonable(out), indent=1) + "\n")
-    return out
+        return fits
+
+    return per_seed(RUNS / f"{family}_rows{rows}.json", seeds, fit_seed, rows=rows)
 
 
 def run_ablation(family: str, seeds) -> dict:
     """hb-aware-ep with and without the metadata in the population, the same data at each
     seed: how much of the corrected slope's bias and of its clients' scores the metadata
     (``W``, a wide prior on every client effect while the truth shifts only intercepts)
-    account for. Resumable: one entry per seed in ``{family}_ablation.json``."""
-    path = RUNS / f"{family}_ablation.json"
-    out = json.loads(path.read_text()) if path.exists() else {"seeds": {}}
-    for seed in seeds:
-        if str(seed) in out["seeds"]:
-            continue
+    account for. Resumable: one entry per seed in ``{family}_ablation.json``. The fit with
+    the metadata is run again rather than read from the seed's run, so both sides of each
+    pair come from the same code (seed 0's slope: 1.404 here, 1.401 in its older run)."""
+
+    def fit_seed(seed):
         frame, meta = simulate(seed, family)
         aware, _ = federations(frame, meta, seed)
         device = meta.loc[list(aware.clients), "device"].to_numpy()
@@ -495,14 +506,14 @@ def run_ablation(family: str, seeds) -> dict:
             model = aware_model(family, aware, metadata=metadata)
             res, secs, _ = fit("ep", model, aware, seed)
             scores = bayes_scores(family, res, aware.test)
-            fits[key] = {**slope_figures(res, model, aware), "time": secs, **diagnostics(res),
+            fits[key] = {**ep_figures(res, model, aware, secs),
                          "old": float(scores[device == "old"].mean()),
                          "new": float(scores[device == "new"].mean())}  # fmt: skip
             print(f"  ablation seed {seed} hb-aware-ep ({key}): slope {fits[key]['mean']:.3f} "
                   f"({secs:.0f} s)", flush=True)  # fmt: skip
-        out["seeds"][str(seed)] = fits
-        path.write_text(json.dumps(_common.jsonable(out), indent=1) + "\n")
-    return out
+        return fits
+
+    return per_seed(RUNS / f"{family}_ablation.json", seeds, fit_seed)
 
 
 def ablation_lines(family: str, metric: str) -> list[str]:
@@ -514,8 +525,8 @@ def ablation_lines(family: str, metric: str) -> list[str]:
     rows = []
     for key in ("metadata", "no metadata"):
         rows.append([key, _mean_se([f[key]["mean"] - MU[1] for f in fits.values()]),
-                     _mean_se([f[key]["old"] for f in fits.values()]),
-                     _mean_se([f[key]["new"] for f in fits.values()])])  # fmt: skip
+                     _mean_se([f[key]["old"] for f in fits.values()], signed=False),
+                     _mean_se([f[key]["new"] for f in fits.values()], signed=False)])  # fmt: skip
     rows.append(["with minus without",
                  *(_mean_se([f["metadata"][k] - f["no metadata"][k] for f in fits.values()])
                    for k in ("mean", "old", "new"))])  # fmt: skip
@@ -787,11 +798,12 @@ def finite_sample_lines(family: str, runs) -> list[str]:
     ]
 
 
-def _mean_se(values) -> str:
-    """``+0.012 ± 0.003``: the mean and its standard error over seeds."""
+def _mean_se(values, signed: bool = True) -> str:
+    """``+0.012 ± 0.003``: the mean and its standard error over seeds (``signed=False``:
+    ``0.565 ± 0.016``, for a score rather than a difference)."""
     v = np.asarray(values, float)
     se = v.std(ddof=1) / np.sqrt(v.size) if v.size > 1 else float("nan")
-    return f"{v.mean():+.3f} ± {se:.3f}"
+    return f"{v.mean():{'+' if signed else ''}.3f} ± {se:.3f}"
 
 
 def plot(family: str, seed: int = 0):
