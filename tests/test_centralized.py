@@ -144,3 +144,42 @@ def test_kernel_options_reach_the_nuts_kernel(schools):
                    progress_bar=False, kernel_options=start)  # fmt: skip
     assert float(np.asarray(fit.phi["mu"]).ravel()[0]) == pytest.approx(7.5, abs=1e-6)
     assert set(median_start()) == {"init_strategy", "find_heuristic_step_size"}
+
+
+def test_parallel_chains_run_in_calls_of_a_few_iterations(schools, monkeypatch):
+    """Parallel chains run ``CHUNK`` iterations per call (memory held during a call grows
+    with its iterations; see ``centralized.CHUNK``): with calls of 7 iterations that end
+    off the warmup's and the run's boundaries (20 warmup, 16 draws), the draws and sampler
+    statistics are numpyro's ``MCMC`` with the same keys, to round-off (1e-11 measured)."""
+    import jax
+    import jax.numpy as jnp
+    from numpyro.infer import MCMC, NUTS
+
+    from bayes_pfl import centralized
+
+    monkeypatch.setattr(centralized, "CHUNK", 7)
+    model = eight_schools()
+    fit = centralized.fit_nuts(model, schools, num_warmup=20, num_samples=16, seed=3,
+                               progress_bar=False, chain_method="parallel")  # fmt: skip
+    assert fit.info["settings"]["chain_method"] == "parallel"
+    arr = schools.train
+    mcmc = MCMC(NUTS(model.centralized_model, target_accept_prob=0.9), num_warmup=20,
+                num_samples=16, num_chains=4, chain_method="parallel", progress_bar=False)  # fmt: skip
+    mcmc.run(jax.random.key(3), jnp.asarray(arr.x), jnp.asarray(arr.y), jnp.asarray(arr.mask),
+             None, extra_fields=("num_steps", "diverging"))  # fmt: skip
+    ref = mcmc.get_samples(group_by_chain=True)
+    for name in ("mu", "tau"):
+        assert fit.phi[name].shape == (4, 16)
+        np.testing.assert_allclose(fit.phi[name], np.asarray(ref[name]), rtol=1e-8, atol=1e-8)
+    np.testing.assert_allclose(fit.theta["theta"], np.asarray(ref["theta"]), rtol=1e-8, atol=1e-8)
+    extra = mcmc.get_extra_fields(group_by_chain=True)
+    np.testing.assert_array_equal(fit.sample_stats["n_steps"], np.asarray(extra["num_steps"]))
+    np.testing.assert_array_equal(fit.sample_stats["diverging"], np.asarray(extra["diverging"]))
+
+
+@pytest.mark.parametrize("option", [{"num_samples": 0}, {"num_warmup": -1}, {"num_chains": 0}])
+def test_sampler_sizes_are_checked(schools, option):
+    from bayes_pfl.centralized import fit_nuts
+
+    with pytest.raises(ValueError, match=next(iter(option))):
+        fit_nuts(eight_schools(), schools, progress_bar=False, **option)
