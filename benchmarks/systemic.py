@@ -223,9 +223,12 @@ def naive_model(family):
     return hierarchical_glm(family, feature_names=["sensor", "age"], varying="slopes")
 
 
-def aware_model(family, data, metadata: bool = True):
+def aware_model(family, data, metadata: bool | str = True):
+    """The quality-aware model; ``metadata``: in the population (``True``: on every
+    client effect), not (``False``), or ``"intercept"``: on the intercept only."""
     from bayes_pfl.models import hierarchical_glm
 
+    terms = {"covariate_terms": ["Intercept"]} if metadata == "intercept" else {}
     return hierarchical_glm(
         family,
         feature_names=["sensor", "age", "sensor_sd"],
@@ -235,6 +238,7 @@ def aware_model(family, data, metadata: bool = True):
         client_covariates=data.metadata.names if metadata else None,
         quadrature_nodes=16,
         covariate_regression=True,
+        **terms,
     )
 
 
@@ -489,6 +493,11 @@ def run_finite_sample(family: str, seeds, rows: int) -> dict:
     return per_seed(RUNS / f"{family}_rows{rows}.json", seeds, fit_seed, rows=rows)
 
 
+ABLATION = (("metadata", True), ("no metadata", False), ("metadata on intercepts", "intercept"))
+"""``--ablation``'s variants of hb-aware-ep: the metadata on every client effect (the
+benchmark's model), none, on the intercepts only (where the scenario's metadata act)."""
+
+
 def run_ablation(family: str, seeds) -> dict:
     """hb-aware-ep with and without the metadata in the population, the same data at each
     seed: how much of the corrected slope's bias and of its clients' scores the metadata
@@ -497,12 +506,14 @@ def run_ablation(family: str, seeds) -> dict:
     the metadata is run again rather than read from the seed's run, so both sides of each
     pair come from the same code (seed 0's slope: 1.404 here, 1.401 in its older run)."""
 
-    def fit_seed(seed):
+    def fit_seed(seed, fits=None):
         frame, meta = simulate(seed, family)
         aware, _ = federations(frame, meta, seed)
         device = meta.loc[list(aware.clients), "device"].to_numpy()
-        fits = {}
-        for key, metadata in (("metadata", True), ("no metadata", False)):
+        fits = dict(fits or {})
+        for key, metadata in ABLATION:
+            if key in fits:
+                continue
             model = aware_model(family, aware, metadata=metadata)
             res, secs, _ = fit("ep", model, aware, seed)
             scores = bayes_scores(family, res, aware.test)
@@ -513,7 +524,15 @@ def run_ablation(family: str, seeds) -> dict:
                   f"({secs:.0f} s)", flush=True)  # fmt: skip
         return fits
 
-    return per_seed(RUNS / f"{family}_ablation.json", seeds, fit_seed)
+    path = RUNS / f"{family}_ablation.json"
+    if path.exists():  # a variant added since a seed was run: fitted for that seed too
+        out = json.loads(path.read_text())
+        for seed in seeds:
+            have = out["seeds"].get(str(seed))
+            if have is not None and any(key not in have for key, _ in ABLATION):
+                out["seeds"][str(seed)] = fit_seed(seed, have)
+                path.write_text(json.dumps(_common.jsonable(out), indent=1) + "\n")
+    return per_seed(path, seeds, fit_seed)
 
 
 def ablation_lines(family: str, metric: str) -> list[str]:
@@ -522,20 +541,24 @@ def ablation_lines(family: str, metric: str) -> list[str]:
     if not path.exists():
         return []
     fits = json.loads(path.read_text())["seeds"]
+    keys = [key for key, _ in ABLATION if all(key in f for f in fits.values())]
     rows = []
-    for key in ("metadata", "no metadata"):
+    for key in keys:
         rows.append([key, _mean_se([f[key]["mean"] - MU[1] for f in fits.values()]),
                      _mean_se([f[key]["old"] for f in fits.values()], signed=False),
                      _mean_se([f[key]["new"] for f in fits.values()], signed=False)])  # fmt: skip
-    rows.append(["with minus without",
-                 *(_mean_se([f["metadata"][k] - f["no metadata"][k] for f in fits.values()])
-                   for k in ("mean", "old", "new"))])  # fmt: skip
+    for key in keys:
+        if key != "no metadata":
+            rows.append([f"{key} minus no metadata",
+                         *(_mean_se([f[key][k] - f["no metadata"][k] for f in fits.values()])
+                           for k in ("mean", "old", "new"))])  # fmt: skip
     seeds = ", ".join(sorted(fits, key=int))
     return [
-        f"Metadata ablation (`--ablation`, seeds {seeds}): hb-aware-ep with and without the "
-        "metadata in the population, on the same data; the population slope's bias and the "
-        f"mean per-client test {metric} by device type, mean ± standard error over seeds (the "
-        "last row paired by seed).",
+        f"Metadata ablation (`--ablation`, seeds {seeds}): hb-aware-ep with the metadata in "
+        "the population on every client effect, without them, and on the intercepts only "
+        "(`covariate_terms`), on the same data; the population slope's bias and the mean "
+        f"per-client test {metric} by device type, mean ± standard error over seeds (the "
+        "rows 'minus' paired by seed).",
         "",
         _common.md_table(
             ["hb-aware-ep", "slope bias", f"old-device {metric}", f"new-device {metric}"], rows

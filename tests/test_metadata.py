@@ -100,6 +100,41 @@ def test_glm_population_mean_moves_with_the_client_covariates():
         HierarchicalModel(*normal_normal_parts(0, 1, 1, 1), name="n", client_covariates=["a"])
 
 
+def test_covariates_may_shift_chosen_terms_only():
+    """``covariate_terms=["Intercept"]``: ``W [M, 1]`` moves the intercept's mean only
+    (the slope's is ``mu`` for every client), in the prior's density and the population's
+    client means; naming every term is the default model; bad terms are named."""
+    from scipy.stats import norm
+
+    model = hierarchical_glm("normal", 1, varying="slopes", centered=True, client_covariates=3,
+                             covariate_terms=["Intercept"])  # fmt: skip
+    rng = np.random.default_rng(2)
+    u_phi = jnp.asarray(rng.normal(size=model.phi_dim))
+    u_theta, z = jnp.asarray(rng.normal(size=2)), jnp.asarray(rng.normal(size=3))
+    phi = model.phi_values(u_phi)
+    assert phi["W"].shape == (3, 1)
+    mean = np.asarray(phi["mu"]) + np.array([float(z @ phi["W"][:, 0]), 0.0])
+    want = norm.logpdf(np.asarray(u_theta), mean, np.asarray(phi["tau"])).sum()
+    np.testing.assert_allclose(float(model.log_client_prior(u_theta, u_phi, z)), want, rtol=1e-12)
+    pop = gaussian_population(model)
+    np.testing.assert_allclose(pop.client_means(u_phi, z[None])[0], mean, rtol=1e-12)
+    assert "(on Intercept)" in model.description
+    every = hierarchical_glm("normal", 1, varying="slopes", centered=True, client_covariates=3,
+                             covariate_terms=["Intercept", "x0"])  # fmt: skip
+    plain = hierarchical_glm("normal", 1, varying="slopes", centered=True, client_covariates=3)
+    u = jnp.asarray(rng.normal(size=plain.phi_dim))
+    assert float(every.log_client_prior(u_theta, u, z)) == float(
+        plain.log_client_prior(u_theta, u, z)
+    )
+    for bad, match in ((["x9"], r"\['x9'\] not varying"), (["x0", "x0"], "distinct"),
+                       ([], "distinct")):  # fmt: skip
+        with pytest.raises(ModelSpecError, match=match):
+            hierarchical_glm("normal", 1, varying="slopes", client_covariates=3,
+                             covariate_terms=bad)  # fmt: skip
+    with pytest.raises(ModelSpecError, match="needs client_covariates"):
+        hierarchical_glm("normal", 1, varying="slopes", covariate_terms=["Intercept"])
+
+
 def _normal_parts():
     """``theta_k ~ N(mu + z_k w, tau)``, ``y ~ N(theta_k, sigma_k)``: sigma the feature."""
 
@@ -371,3 +406,27 @@ def test_cli_fits_with_a_metadata_file_and_names_bad_metadata(tmp_path):
     assert r.returncode == 2 and "metadata column(s) 'region' not in the metadata table" in r.stderr
     r = run_cli(*common, "--model", "eight_schools", "--out", str(tmp_path / "o2"))
     assert r.returncode == 2 and "takes no client covariates" in r.stderr
+
+
+@pytest.mark.slow
+def test_cli_metadata_on_chosen_terms(tmp_path):
+    """``--varying slopes --metadata-terms Intercept``: one column of ``W`` (the intercept's);
+    an unknown term, and the flag without ``--metadata``, are clear errors."""
+    from _helpers import run_cli
+
+    rows, meta = _federation(0, n_clients=8, n_rows=20)
+    rows.to_csv(tmp_path / "rows.csv", index=False)
+    meta.to_csv(tmp_path / "meta.csv", index=False)
+    common = ["fit", "--data", str(tmp_path / "rows.csv"), "--client-col", "client", "--target",
+              "y", "--features", "x", "--model", "logistic", "--varying", "slopes"]  # fmt: skip
+    with_meta = [*common, "--metadata", str(tmp_path / "meta.csv")]
+    sampling = ["--chains", "1", "--warmup", "200", "--samples", "100", "--no-progress"]
+    out = tmp_path / "out"
+    r = run_cli(*with_meta, "--metadata-terms", "Intercept", *sampling, "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    summary = pd.read_csv(out / "summary.csv", index_col=0)
+    assert "W[0, 0]" in summary.index and "W[0, 1]" not in summary.index
+    r = run_cli(*with_meta, "--metadata-terms", "age", "--out", str(tmp_path / "o2"))
+    assert r.returncode == 2 and "['age'] not varying" in r.stderr, r.stderr
+    r = run_cli(*common, "--metadata-terms", "Intercept", "--out", str(tmp_path / "o3"))
+    assert r.returncode == 2 and "--metadata-terms needs --metadata" in r.stderr, r.stderr

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from bayes_pfl.cli.common import add_dp_args, dp_budget
 from bayes_pfl.cli.figures import demo_figures
-from bayes_pfl.cli.metadata import add_metadata_args, attach_metadata
+from bayes_pfl.cli.metadata import add_metadata_args, attach_metadata, metadata_terms
 from bayes_pfl.cli.missing import add_missing_args, data_missing, latent_options
 from bayes_pfl.cli.robust import (
     add_population_args,
@@ -396,6 +396,7 @@ def load_model(args, data, default_model):
         feature_names=data.features,  # the coefficients' labels (ignored by posteriordb's)
         client_covariates=None if data.metadata is None else data.metadata.names,
         **latent_options(args, data, name),
+        **metadata_terms(args),
     )
 
 

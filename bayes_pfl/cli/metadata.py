@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-__all__ = ["add_metadata_args", "attach_metadata"]
+__all__ = ["add_metadata_args", "attach_metadata", "metadata_terms"]
 
 
 def add_metadata_args(group: argparse._ArgumentGroup) -> None:
@@ -25,6 +25,25 @@ def add_metadata_args(group: argparse._ArgumentGroup) -> None:
         help="--metadata: comma-separated columns to use (default: every column but the "
         "client column)",
     )
+    group.add_argument(
+        "--metadata-terms",
+        metavar="TERMS",
+        help="--metadata: comma-separated varying terms whose population mean the metadata "
+        "move, e.g. Intercept when they say where a client's baseline sits but not how its "
+        "features act (default: every varying term)",
+    )
+
+
+def metadata_terms(args) -> dict:
+    """``hierarchical_glm``'s ``covariate_terms`` of ``--metadata-terms`` (``{}`` without)."""
+    from bayes_pfl.data import DataError
+
+    terms = getattr(args, "metadata_terms", None)
+    if terms is None:
+        return {}
+    if getattr(args, "metadata", None) is None:
+        raise DataError("--metadata-terms needs --metadata")
+    return {"covariate_terms": tuple(t.strip() for t in terms.split(",") if t.strip())}
 
 
 def attach_metadata(args, data):
