@@ -314,12 +314,12 @@ def fit_nuts(
     z = data_covariates(model, data)
     z = None if z is None else jnp.asarray(z, dtype=x.dtype)
     args = (x, y, mask, z)
-    if chain_method == "parallel" and num_chains > 1:
+    if chain_method == "parallel" and 1 < num_chains <= jax.local_device_count():
         samples, extra = _parallel_chains(
             kernel, jax.random.key(seed), num_chains, num_warmup, num_samples, args,
             progress_bar=progress_bar,
         )  # fmt: skip
-    else:
+    else:  # numpyro's MCMC (parallel with too few devices: it warns, and runs sequentially)
         mcmc = MCMC(
             kernel,
             num_warmup=num_warmup,

@@ -183,3 +183,13 @@ def test_sampler_sizes_are_checked(schools, option):
 
     with pytest.raises(ValueError, match=next(iter(option))):
         fit_nuts(eight_schools(), schools, progress_bar=False, **option)
+
+
+def test_parallel_chains_beyond_the_devices_run_one_after_another(schools):
+    """5 parallel chains on 4 devices: numpyro's warning, and the chains run sequentially."""
+    from bayes_pfl.centralized import fit_nuts
+
+    with pytest.warns(UserWarning, match="not enough devices"):
+        fit = fit_nuts(eight_schools(), schools, num_chains=5, num_warmup=20, num_samples=10,
+                       progress_bar=False, chain_method="parallel")  # fmt: skip
+    assert fit.phi["mu"].shape == (5, 10)
