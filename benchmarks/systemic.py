@@ -272,9 +272,11 @@ def slope_draws(res, model, data) -> np.ndarray:
     of the reference levels, new devices in the east)."""
     j = list(model.coords["mu"]).index("sensor")
     draws = np.asarray(res.phi["mu"])[..., j]
-    if model.client_covariates is not None:
+    w = None if model.client_covariates is None else np.asarray(res.phi["W"])
+    if w is not None and w.shape[-1] == len(model.coords["b"]):  # W on every client effect
         zbar = np.asarray(data.metadata.covariates).mean(axis=0)
-        draws = draws + np.asarray(res.phi["W"])[..., j] @ zbar
+        draws = draws + w[..., j] @ zbar
+    # else W on the intercepts only (ABLATION): the slopes' population mean is mu for all
     return draws
 
 
