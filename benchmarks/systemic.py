@@ -455,14 +455,21 @@ def run_seed(family: str, seed: int) -> dict:
     return out
 
 
-def per_seed(path, seeds, fit_seed, **fields) -> dict:
+def per_seed(path, seeds, fit_seed, complete=None, **fields) -> dict:
     """``{**fields, "seeds": {seed: fit_seed(seed)}}`` kept in ``path``, written after each
-    seed and resumed from it (a seed already there is not fitted again)."""
+    seed and resumed from it: a seed already there is not fitted again, unless
+    ``complete(entry)`` is false (a variant added since), when ``fit_seed(seed, entry)``
+    completes it."""
     out = json.loads(path.read_text()) if path.exists() else {**fields, "seeds": {}}
     for seed in seeds:
-        if str(seed) not in out["seeds"]:
+        have = out["seeds"].get(str(seed))
+        if have is None:
             out["seeds"][str(seed)] = fit_seed(seed)
-            path.write_text(json.dumps(_common.jsonable(out), indent=1) + "\n")
+        elif complete is not None and not complete(have):
+            out["seeds"][str(seed)] = fit_seed(seed, have)
+        else:
+            continue
+        path.write_text(json.dumps(_common.jsonable(out), indent=1) + "\n")
     return out
 
 
@@ -526,15 +533,8 @@ def run_ablation(family: str, seeds) -> dict:
                   f"({secs:.0f} s)", flush=True)  # fmt: skip
         return fits
 
-    path = RUNS / f"{family}_ablation.json"
-    if path.exists():  # a variant added since a seed was run: fitted for that seed too
-        out = json.loads(path.read_text())
-        for seed in seeds:
-            have = out["seeds"].get(str(seed))
-            if have is not None and any(key not in have for key, _ in ABLATION):
-                out["seeds"][str(seed)] = fit_seed(seed, have)
-                path.write_text(json.dumps(_common.jsonable(out), indent=1) + "\n")
-    return per_seed(path, seeds, fit_seed)
+    return per_seed(RUNS / f"{family}_ablation.json", seeds, fit_seed,
+                    complete=lambda have: all(key in have for key, _ in ABLATION))  # fmt: skip
 
 
 def ablation_lines(family: str, metric: str) -> list[str]:
