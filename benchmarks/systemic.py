@@ -368,27 +368,47 @@ def predictive_mean(model, theta, phi, x) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- cold start
+def held_out_rows(frame, meta):
+    """Each held-out client's ``(label, info, x5, y5, xs, ys)``: its metadata, its first 5
+    rows and the rest (scored)."""
+    for label in meta.index[meta["held_out"]]:
+        rows = frame[frame["client"] == label]
+        x = rows[["sensor", "age", "sensor_sd"]].to_numpy(float)
+        y = rows["y"].to_numpy(float)
+        info = meta.loc[label, ["device", "region"]]
+        yield label, info, x[:N_ROWS_COLD], y[:N_ROWS_COLD], x[N_ROWS_COLD:], y[N_ROWS_COLD:]
+
+
+def metadata_cold_scores(family, frame, meta, ep_meta, suffix=""):
+    """Held-out clients' scores of an EP fit's cold start from the metadata alone
+    (``"metadata" + suffix``) and with the first 5 rows (``"metadata+5" + suffix``)."""
+    from bayes_pfl.posterior import cold_start
+
+    out = {f"metadata{suffix}": [], f"metadata+5{suffix}": []}
+    for k, (_, info, x5, y5, xs, ys) in enumerate(held_out_rows(frame, meta)):
+        cs = cold_start(ep_meta, seed=k, metadata=info)
+        out[f"metadata{suffix}"].append(
+            draws_scores(family, ep_meta.model, cs.theta, cs.phi, xs, ys)
+        )
+        cs5 = cold_start(ep_meta, x5, y5, seed=k, metadata=info)
+        out[f"metadata+5{suffix}"].append(
+            draws_scores(family, ep_meta.model, cs5.theta, cs5.phi, xs, ys)
+        )
+    return {k: [float(v) for v in vals] for k, vals in out.items()}
+
+
 def cold_start_scores(family, frame, meta, aware, ep_meta, ep_plain, hypernet, fill_mean):
     """Held-out clients: score on each one's rows after its first 5, for the population
     average, metadata only, metadata and 5 rows (hb-aware-ep) and hypernet (metadata)."""
     from bayes_pfl.posterior import cold_start
 
-    out = {"population": [], "metadata": [], "metadata+5": [], "hypernet": []}
+    out = {"population": [], "hypernet": []}
     devices = []
     enc = aware.metadata.encoding
-    for k, label in enumerate(meta.index[meta["held_out"]]):
-        rows = frame[frame["client"] == label]
-        x = rows[["sensor", "age", "sensor_sd"]].to_numpy(float)
-        y = rows["y"].to_numpy(float)
-        x5, y5, xs, ys = x[:N_ROWS_COLD], y[:N_ROWS_COLD], x[N_ROWS_COLD:], y[N_ROWS_COLD:]
-        info = meta.loc[label, ["device", "region"]]
+    for k, (label, info, _, _, xs, ys) in enumerate(held_out_rows(frame, meta)):
         devices.append(meta.loc[label, "device"])
         pop = cold_start(ep_plain, seed=k)
         out["population"].append(draws_scores(family, ep_plain.model, pop.theta, pop.phi, xs, ys))
-        cs = cold_start(ep_meta, seed=k, metadata=info)
-        out["metadata"].append(draws_scores(family, ep_meta.model, cs.theta, cs.phi, xs, ys))
-        cs5 = cold_start(ep_meta, x5, y5, seed=k, metadata=info)
-        out["metadata+5"].append(draws_scores(family, ep_meta.model, cs5.theta, cs5.phi, xs, ys))
         xh = xs[:, :2].copy()
         xh[:, 0] = np.where(np.isnan(xh[:, 0]), fill_mean, xh[:, 0])
         z = enc.encode_row(info)
@@ -396,28 +416,56 @@ def cold_start_scores(family, frame, meta, aware, ep_meta, ep_plain, hypernet, f
         mean = hypernet.predict_new(xh[None], ones, metadata=z[None])[0]
         density = row_density(family, mean, ys)[None]
         out["hypernet"].append(float(client_scores(family, density, mean[None], ys[None], ones)[0]))
-    return {k: [float(v) for v in vals] for k, vals in out.items()}, devices
+    out = {k: [float(v) for v in vals] for k, vals in out.items()}
+    return {**out, **metadata_cold_scores(family, frame, meta, ep_meta)}, devices
 
 
 # ---------------------------------------------------------------------------- one seed
-def run_seed(family: str, seed: int) -> dict:
+VARIANTS = (
+    ("hb-oracle", ("nuts",)),
+    ("hb-naive", ("nuts", "ep")),
+    ("hb-aware", ("nuts", "ep")),
+    ("hb-aware-int", ("nuts", "ep")),
+)
+"""Each seed's hierarchical fits: the model (:func:`variant_model`) and its methods."""
+COLD_INT = " (intercepts)"  # cold-start keys of hb-aware-int-ep
+
+
+def variant_model(name, family, aware):
+    """``(model, data)`` of a :data:`VARIANTS` entry at one seed (``aware`` its
+    federation): ``hb-aware-int`` is the quality-aware model with the metadata on the
+    intercepts only (``covariate_terms``), where the scenario's metadata act."""
+    if name == "hb-aware":
+        return aware_model(family, aware), aware
+    if name == "hb-aware-int":
+        return aware_model(family, aware, metadata="intercept"), aware
+    raise ValueError(name)
+
+
+def run_seed(family: str, seed: int, have: dict | None = None) -> dict:
+    """One seed's run; ``have``, a saved run of the seed, is completed: only the fits and
+    scores it lacks (a variant added since) are run."""
     from bayes_pfl.baselines import fit_baseline
 
     frame, meta = simulate(seed, family)
     aware, naive = federations(frame, meta, seed)
     device = meta.loc[list(aware.clients), "device"].to_numpy()
-    out = {"family": family, "seed": seed, "device": device.tolist(), "slope": {}, "scores": {}}
+    out = have or {"family": family, "seed": seed, "device": device.tolist(), "slope": {},
+                   "scores": {}, "time": {}, "diagnostics": {}}  # fmt: skip
     out["true_client_slope"] = meta.loc[list(aware.clients), "b_sensor"].to_numpy()
-    out["time"], out["diagnostics"] = {}, {}
     fits = {}
     oracle = truth_data(frame, meta, seed)
-    for name, model, data, methods in (
-        ("hb-oracle", naive_model(family), oracle, ("nuts",)),
-        ("hb-naive", naive_model(family), naive, ("nuts", "ep")),
-        ("hb-aware", aware_model(family, aware), aware, ("nuts", "ep")),
-    ):
+    for name, methods in VARIANTS:
+        if name == "hb-oracle":
+            model, data = naive_model(family), oracle
+        elif name == "hb-naive":
+            model, data = naive_model(family), naive
+        else:
+            model, data = variant_model(name, family, aware)
         for method in methods:
             key = f"{name}-{method}"
+            if key in out["slope"]:
+                continue
             res, secs, checks = fit(method, model, data, seed)
             fits[key] = res
             out["time"][key] = secs
@@ -433,26 +481,38 @@ def run_seed(family: str, seed: int) -> dict:
                 out.setdefault("slope_draws", {})[key] = draws
             print(f"  {key}: slope {out['slope'][key]['mean']:.3f} ({secs:.0f} s)", flush=True)
     for name in ("fedavg", "ditto", "local"):
+        if name in out["scores"]:
+            continue
         t0 = time.perf_counter()
         scores, _ = baseline_scores(family, name, naive, seed)
         out["scores"][name] = scores.tolist()
         out["time"][name] = time.perf_counter() - t0
-    # cold start: hypernet on the metadata, the aware model without metadata (population)
-    hyper = fit_baseline(
-        "hypernet",
-        naive,
-        family=family,
-        seed=seed,
-        metadata=aware.metadata.covariates,
-        **BASELINE_KW,
-    )
-    plain, secs, _ = fit("ep", aware_model(family, aware, metadata=False), aware, seed)
-    out["time"]["hb-aware-ep (no metadata)"] = secs
-    fill = float(np.nanmean(np.asarray(aware.train.x)[..., 0][np.asarray(aware.train.mask)]))
-    out["cold"], out["cold_device"] = cold_start_scores(
-        family, frame, meta, aware, fits["hb-aware-ep"], plain, hyper, fill
-    )
+    if "cold" not in out:
+        # cold start: hypernet on the metadata, the aware model without metadata (population)
+        hyper = fit_baseline(
+            "hypernet",
+            naive,
+            family=family,
+            seed=seed,
+            metadata=aware.metadata.covariates,
+            **BASELINE_KW,
+        )
+        plain, secs, _ = fit("ep", aware_model(family, aware, metadata=False), aware, seed)
+        out["time"]["hb-aware-ep (no metadata)"] = secs
+        fill = float(np.nanmean(np.asarray(aware.train.x)[..., 0][np.asarray(aware.train.mask)]))
+        out["cold"], out["cold_device"] = cold_start_scores(
+            family, frame, meta, aware, fits["hb-aware-ep"], plain, hyper, fill
+        )
+    if f"metadata{COLD_INT}" not in out["cold"]:
+        out["cold"].update(metadata_cold_scores(family, frame, meta, fits["hb-aware-int-ep"],
+                                                suffix=COLD_INT))  # fmt: skip
     return out
+
+
+def complete(run: dict) -> bool:
+    """Whether a saved run has every :data:`VARIANTS` fit and cold start."""
+    keys = [f"{name}-{m}" for name, methods in VARIANTS for m in methods]
+    return all(k in run["slope"] for k in keys) and f"metadata{COLD_INT}" in run["cold"]
 
 
 def per_seed(path, seeds, fit_seed, complete=None, **fields) -> dict:
@@ -910,7 +970,8 @@ def main(argv=None) -> int:
     elif not args.report:
         for seed in seeds:
             path = RUNS / f"{args.family}_seed{seed:03d}.json"
-            if path.exists():
+            have = json.loads(path.read_text()) if path.exists() else None
+            if have is not None and complete(have):
                 continue
             if not args.one_seed:  # a fresh process per seed: compiled code piles up
                 cmd = [sys.executable, __file__, "--family", args.family, "--first-seed",
@@ -919,8 +980,11 @@ def main(argv=None) -> int:
                 continue
             print(f"{args.family} seed {seed}", flush=True)
             t0 = time.perf_counter()
-            out = run_seed(args.family, seed)
-            out["run"] = _common.machine()
+            out = run_seed(args.family, seed, have)
+            if have is None:
+                out["run"] = _common.machine()
+            else:  # the machine of the fits added
+                out.setdefault("completed_by", []).append(_common.machine())
             path.write_text(json.dumps(_common.jsonable(out), indent=1) + "\n")
             print(f"  seed {seed} done in {time.perf_counter() - t0:.0f} s", flush=True)
         if args.one_seed:
