@@ -28,20 +28,26 @@ Methods (per seed, one family):
     declared per client (``noise_sd={"sensor": "sensor_sd"}``), the sensor's client
     distribution conditioned on age (``covariate_regression``), the metadata in the
     population (``client_covariates``);
+``hb-aware-int-nuts``, ``hb-aware-int-ep``
+    the same with the metadata on the intercepts only (``covariate_terms=["Intercept"]``,
+    where the scenario's metadata act): ``W`` has 3 entries instead of 9, and the sensor's
+    population slope is ``mu[sensor]`` for every client;
 ``hb-oracle-nuts``
     the hierarchical GLM on the true sensor values (no gap, no noise): what the data say
     about the slope at that seed (the finite-sample reference);
 ``hypernet``
     pFedHN with the metadata (cold start only: a held-out client's model from its
-    metadata); ``hb-aware-ep`` cold start from the metadata alone and with 5 rows, and the
-    population average (the quality-aware model without metadata, EP, no rows).
+    metadata); ``hb-aware-ep`` and ``hb-aware-int-ep`` cold start from the metadata alone
+    and with 5 rows, and the population average (the quality-aware model without metadata,
+    EP, no rows).
 
 Reported over seeds: the population slope of the sensor (``mu[sensor]``) - mean relative
 bias and 90% interval coverage; per-client test log-loss (Bernoulli) or RMSE (Normal),
 split by device type; cold-start log-loss / RMSE on the held-out clients' rows after their
 first 5.
 
-Run (resumable: one file per family and seed in ``results/systemic_runs/``)::
+Run (resumable: one file per family and seed in ``results/systemic_runs/``; a seed's file
+that lacks a fit added since is completed with it)::
 
     nice .venv/bin/python benchmarks/systemic.py --family bernoulli --seeds 20
     nice .venv/bin/python benchmarks/systemic.py --family normal --seeds 20
@@ -645,8 +651,12 @@ def run_mechanisms(family: str, seeds) -> dict:
 
 
 # ---------------------------------------------------------------------------- report
-SCORED = ("fedavg", "ditto", "local", "hb-naive-nuts", "hb-naive-ep", "hb-aware-nuts",
-          "hb-aware-ep")  # fmt: skip
+FITS = ("hb-oracle-nuts", "hb-naive-nuts", "hb-naive-ep", "hb-aware-nuts", "hb-aware-ep",
+        "hb-aware-int-nuts", "hb-aware-int-ep")  # fmt: skip
+SCORED = ("fedavg", "ditto", "local", *FITS[1:])
+AWARE = (("hb-aware-nuts", "hb-aware-ep"), ("hb-aware-int-nuts", "hb-aware-int-ep"))
+"""The quality-aware model's (NUTS, default federated method) pairs: the metadata on every
+client effect, and on the intercepts only."""
 
 
 def load_runs(family: str) -> list[dict]:
@@ -654,6 +664,11 @@ def load_runs(family: str) -> list[dict]:
 
 
 STUCK = 1.05  # a NUTS run above this max split R-hat is no reference (a chain stranded)
+
+
+def having(runs, *keys) -> list[dict]:
+    """The runs with fits ``keys`` (a variant added later may have fewer seeds so far)."""
+    return [r for r in runs if all(k in r["slope"] or k in r["scores"] for k in keys)]
 
 
 def stuck(run: dict, key: str) -> bool:
@@ -679,19 +694,21 @@ def report(families) -> str:
         metric = "log-loss" if family == "bernoulli" else "RMSE"
         lines += [f"## {family.capitalize()} outcome ({len(runs)} seeds)", ""]
         rows, failed = [], []
-        for key in ("hb-oracle-nuts", "hb-naive-nuts", "hb-naive-ep", "hb-aware-nuts",
-                    "hb-aware-ep"):  # fmt: skip
-            good = [r for r in runs if not stuck(r, key)]
+        for key in FITS:
+            mine = having(runs, key)
+            if not mine:
+                continue
+            good = [r for r in mine if not stuck(r, key)]
             failed += [f"{key} at seed {r['seed']} (max R-hat "
                        f"{r['diagnostics'][key]['max_r_hat']:.2f})"
-                       for r in runs if stuck(r, key)]  # fmt: skip
+                       for r in mine if stuck(r, key)]  # fmt: skip
             s = [r["slope"][key] for r in good]
             mean = np.array([v["mean"] for v in s])
             cover = np.mean([v["q05"] <= MU[1] <= v["q95"] for v in s])
             se = mean.std(ddof=1) / np.sqrt(len(mean)) if len(mean) > 1 else float("nan")
             rows.append([key, f"{mean.mean():.3f}", f"{100 * (mean.mean() - 1):+.1f}% "
                          f"(± {100 * se:.1f})", f"{np.mean([v['sd'] for v in s]):.3f}",
-                         f"{cover:.2f}", f"{np.median([r['time'][key] for r in runs]):.0f}",
+                         f"{cover:.2f}", f"{np.median([r['time'][key] for r in mine]):.0f}",
                          len(s)])  # fmt: skip
         lines += [
             "Population slope of the sensor (`mu[sensor]`, posterior mean), mean over seeds; "
@@ -720,19 +737,10 @@ def report(families) -> str:
                 "chain stranded): " + "; ".join(failed) + ".",
                 "",
             ]
-        z, sd_ratio, mc_se, standard = [], [], [], 0
-        for r in runs:
-            if stuck(r, "hb-aware-nuts"):
-                continue
-            n, e = r["slope"]["hb-aware-nuts"], r["slope"]["hb-aware-ep"]
-            z.append(abs(e["mean"] - n["mean"]) / n["sd"])
-            sd_ratio.append(e["sd"] / n["sd"])
-            d = r["diagnostics"]["hb-aware-nuts"]
-            mc_se.append(1 / np.sqrt(d["min_ess_bulk"]))  # the NUTS mean's MC error, in sd
-            standard += d["max_r_hat"] <= 1.01 and d["divergences"] == 0
         checks = []
-        for key in ("hb-oracle-nuts", "hb-naive-nuts", "hb-aware-nuts", "hb-aware-ep"):
-            d = [r["diagnostics"][key] for r in runs if r["diagnostics"][key].get("max_r_hat")]
+        for key in FITS:
+            d = [r["diagnostics"][key] for r in having(runs, key)
+                 if r["diagnostics"][key].get("max_r_hat")]  # fmt: skip
             if d:
                 div = sum(x.get("divergences") or 0 for x in d)
                 checks.append(f"{key} max split R-hat {max(x['max_r_hat'] for x in d):.3f}, "
@@ -741,75 +749,17 @@ def report(families) -> str:
             lines += ["Diagnostics (every parameter, client effects included): "
                       + "; ".join(checks) + ".", ""]  # fmt: skip
         lines += client_slope_lines(runs)
+        for nuts, ep in AWARE:
+            lines += ep_against_nuts_lines(having(runs, nuts, ep), nuts, ep)
         lines += [
-            f"hb-aware-ep against hb-aware-nuts: |mean difference| / NUTS sd median "
-            f"{np.median(z):.3f}, max {np.max(z):.3f}; EP sd / NUTS sd median "
-            f"{np.median(sd_ratio):.2f}, min {np.min(sd_ratio):.2f}. The NUTS means' own Monte "
-            f"Carlo error is at most {np.min(mc_se):.3f} to {np.max(mc_se):.3f} NUTS sd (1/sqrt "
-            f"of the smallest bulk ESS of any parameter). {standard} of these {len(z)} "
-            f"references {'meets' if standard == 1 else 'meet'} the reference "
-            "standard (max split R-hat <= 1.01, 0 divergences); the others are kept as long as no "
-            f"chain stranded (R-hat <= {STUCK}), so this comparison is against references "
-            "short of that standard.",
-            "",
             f"Per-client test {metric}, mean over clients and seeds (± standard error over "
-            "seeds), by device type; 'wins' = seeds where hb-aware-ep beats the row on that "
-            "device group (a row's failed references left out, as above).",
+            "seeds), by device type; 'wins' = seeds where the quality-aware model (EP) beats "
+            "the row on that device group (a row's failed references left out, as above).",
             "",
         ]
-        rows = []
-        for key in SCORED:
-            row = [key]
-            valid = [r for r in runs if not stuck(r, key)]  # a stranded chain: no result
-            for dev in ("old", "new"):
-                per_seed, paired = [], []
-                for r in valid:
-                    d = np.array(r["device"]) == dev
-                    v = float(np.mean(np.array(r["scores"][key])[d]))
-                    per_seed.append(v)
-                    paired.append(float(np.mean(np.array(r["scores"]["hb-aware-ep"])[d])) - v)
-                per_seed, paired = np.array(per_seed), np.array(paired)
-                wins = int(np.sum(paired < 0))
-                n = len(valid)
-                se = per_seed.std(ddof=1) / np.sqrt(n) if n > 1 else np.nan
-                se_d = paired.std(ddof=1) / np.sqrt(n) if n > 1 else np.nan
-                row += [f"{per_seed.mean():.4f} ± {se:.4f}", f"{wins}/{n}",
-                        f"{paired.mean():+.4f} ± {se_d:.4f}"]  # fmt: skip
-            rows.append(row)
-        lines += [
-            "'aware-ep minus row': hb-aware-ep's score minus the row's, paired by seed, mean "
-            "± its standard error (negative: hb-aware-ep better).",
-            "",
-            _common.md_table(
-                [
-                    "method",
-                    f"old-device {metric}",
-                    "wins",
-                    "aware-ep minus row",
-                    f"new-device {metric}",
-                    "wins",
-                    "aware-ep minus row",
-                ],
-                rows,
-            ),  # fmt: skip
-            "",
-        ]
-        rows = []
-        for key in ("population", "hypernet", "metadata", "metadata+5"):
-            per_seed = np.array([np.mean(r["cold"][key]) for r in runs])
-            wins = sum(np.mean(r["cold"]["metadata"]) < np.mean(r["cold"][key]) for r in runs)
-            se = per_seed.std(ddof=1) / np.sqrt(len(runs)) if len(runs) > 1 else np.nan
-            rows.append([key, f"{per_seed.mean():.4f} ± {se:.4f}", f"{wins}/{len(runs)}"])
-        lines += [
-            f"Cold start on the {N_NEW} held-out clients per seed (their rows after the first "
-            f"{N_ROWS_COLD}), mean {metric} (± standard error over seeds); 'wins' = seeds "
-            "where metadata-only beats the row. population: the quality-aware model without "
-            "metadata, no rows; metadata: hb-aware-ep's cold start from the metadata alone; "
-            "metadata+5: and the first 5 rows; hypernet: pFedHN's model from the metadata.",
-            "",
-            _common.md_table(["cold start", metric, "metadata-only wins"], rows),
-            "",
-        ]
+        for _, ref in AWARE:
+            lines += score_lines(having(runs, ref), ref, metric)
+        lines += cold_start_lines(runs, metric)
         lines += finite_sample_lines(family, runs)
         lines += ablation_lines(family, metric)
         mech = RUNS / f"{family}_mechanisms.json"
@@ -826,15 +776,117 @@ def report(families) -> str:
     return "\n".join(lines)
 
 
+def ep_against_nuts_lines(runs, nuts: str, ep: str) -> list[str]:
+    """The report's paragraph on a federated fit against its NUTS reference: the
+    population slope's mean difference in NUTS sd, the sd ratio, and how many references
+    meet the standard."""
+    z, sd_ratio, mc_se, standard = [], [], [], 0
+    for r in runs:
+        if stuck(r, nuts):
+            continue
+        n, e = r["slope"][nuts], r["slope"][ep]
+        z.append(abs(e["mean"] - n["mean"]) / n["sd"])
+        sd_ratio.append(e["sd"] / n["sd"])
+        d = r["diagnostics"][nuts]
+        mc_se.append(1 / np.sqrt(d["min_ess_bulk"]))  # the NUTS mean's MC error, in sd
+        standard += d["max_r_hat"] <= 1.01 and d["divergences"] == 0
+    if not z:
+        return []
+    return [
+        f"{ep} against {nuts}: |mean difference| / NUTS sd median "
+        f"{np.median(z):.3f}, max {np.max(z):.3f}; EP sd / NUTS sd median "
+        f"{np.median(sd_ratio):.2f}, min {np.min(sd_ratio):.2f}. The NUTS means' own Monte "
+        f"Carlo error is at most {np.min(mc_se):.3f} to {np.max(mc_se):.3f} NUTS sd (1/sqrt "
+        f"of the smallest bulk ESS of any parameter). {standard} of these {len(z)} "
+        f"references {'meets' if standard == 1 else 'meet'} the reference "
+        "standard (max split R-hat <= 1.01, 0 divergences); the others are kept as long as no "
+        f"chain stranded (R-hat <= {STUCK}), so this comparison is against references "
+        "short of that standard.",
+        "",
+    ]
+
+
+def score_lines(runs, ref: str, metric: str) -> list[str]:
+    """The report's table of per-client test scores by device type, each row against
+    ``ref`` paired by seed."""
+    if not runs:
+        return []
+    rows = []
+    for key in SCORED:
+        row = [key]
+        valid = [r for r in having(runs, key) if not stuck(r, key)]  # stranded: no result
+        if not valid:
+            continue
+        for dev in ("old", "new"):
+            per_seed, paired = [], []
+            for r in valid:
+                d = np.array(r["device"]) == dev
+                v = float(np.mean(np.array(r["scores"][key])[d]))
+                per_seed.append(v)
+                paired.append(float(np.mean(np.array(r["scores"][ref])[d])) - v)
+            per_seed, paired = np.array(per_seed), np.array(paired)
+            wins = int(np.sum(paired < 0))
+            n = len(valid)
+            se = per_seed.std(ddof=1) / np.sqrt(n) if n > 1 else np.nan
+            se_d = paired.std(ddof=1) / np.sqrt(n) if n > 1 else np.nan
+            row += [f"{per_seed.mean():.4f} ± {se:.4f}", f"{wins}/{n}",
+                    f"{paired.mean():+.4f} ± {se_d:.4f}"]  # fmt: skip
+        rows.append(row)
+    short = ref.removeprefix("hb-")
+    return [
+        f"'{short} minus row': {ref}'s score minus the row's, paired by seed, mean ± its "
+        f"standard error (negative: {ref} better); seeds with {ref}: {len(runs)}.",
+        "",
+        _common.md_table(["method", f"old-device {metric}", "wins", f"{short} minus row",
+                          f"new-device {metric}", "wins", f"{short} minus row"], rows),
+        "",
+    ]  # fmt: skip
+
+
+def cold_start_lines(runs, metric: str) -> list[str]:
+    """The report's cold-start table: each way of starting a held-out client, and the
+    seeds where metadata-only (each model's) beats it."""
+    keys = ["population", "hypernet", "metadata", "metadata+5"]
+    refs = ["metadata"]
+    if having_cold := [r for r in runs if f"metadata{COLD_INT}" in r["cold"]]:
+        keys += [f"metadata{COLD_INT}", f"metadata+5{COLD_INT}"]
+        refs.append(f"metadata{COLD_INT}")
+    rows = []
+    for key in keys:
+        mine = [r for r in runs if key in r["cold"]]
+        per_seed = np.array([np.mean(r["cold"][key]) for r in mine])
+        se = per_seed.std(ddof=1) / np.sqrt(len(mine)) if len(mine) > 1 else np.nan
+        row = [key, f"{per_seed.mean():.4f} ± {se:.4f}", len(mine)]
+        for ref in refs:
+            both = [r for r in mine if ref in r["cold"]]
+            wins = sum(np.mean(r["cold"][ref]) < np.mean(r["cold"][key]) for r in both)
+            row.append(f"{wins}/{len(both)}")
+        rows.append(row)
+    return [
+        f"Cold start on the {N_NEW} held-out clients per seed (their rows after the first "
+        f"{N_ROWS_COLD}), mean {metric} (± standard error over seeds); 'wins' = seeds "
+        "where metadata-only beats the row. population: the quality-aware model without "
+        "metadata, no rows; metadata: hb-aware-ep's cold start from the metadata alone; "
+        f"metadata+5: and the first 5 rows; '{COLD_INT.strip()}': the same from "
+        "hb-aware-int-ep (the metadata on the intercepts only"
+        f"{'' if having_cold else ', not run yet'}); hypernet: pFedHN's model from the "
+        "metadata.",
+        "",
+        _common.md_table(["cold start", metric, "seeds", *(f"{r} wins" for r in refs)], rows),
+        "",
+    ]
+
+
 def client_slope_lines(runs) -> list[str]:
     """The report's table of the clients' slopes: posterior mean minus the client's true
     slope, by device type (mean over clients, then over seeds, ± standard error over
     seeds): where an error in the population slope comes from."""
     rows = []
-    for key in ("hb-oracle-nuts", "hb-naive-nuts", "hb-naive-ep", "hb-aware-nuts",
-                "hb-aware-ep"):  # fmt: skip
+    for key in FITS:
         row = [key]
-        valid = [r for r in runs if not stuck(r, key)]
+        valid = [r for r in having(runs, key) if not stuck(r, key)]
+        if not valid:
+            continue
         for dev in ("old", "new"):
             err = []
             for r in valid:
