@@ -417,16 +417,24 @@ def _personalize_kernel(model: HierarchicalModel, mh_steps: int, newton_iter: in
 def _constrain(model: HierarchicalModel, u: Array, theta: Array | None, covariates=None):
     """Constrained phi (and theta) dicts from flat draws: u [N, P], theta [K, N, D]
     (and the clients' covariates [K, M], with client covariates)."""
-    phi = jax.jit(jax.vmap(model.phi_values))(u)
+    phi_values, theta_values = _constrain_kernels(model)
+    phi = phi_values(u)
     if theta is None:
         return phi, None
     z = _client_covariates(model, covariates, theta.shape[0])
+    return phi, theta_values(theta, phi, z)
 
-    def per_client(th, zk):
+
+@functools.lru_cache(maxsize=16)
+def _constrain_kernels(model: HierarchicalModel):
+    """The jitted ``(phi_values, theta_values)`` of :func:`_constrain`, made once per
+    model (a new wrapper per call compiled again at every cold start)."""
+
+    def per_client(th, phi, zk):
         return jax.vmap(model.theta_values, in_axes=(0, 0, None))(th, phi, zk)
 
-    theta_vals = jax.jit(jax.vmap(per_client))(theta, z)
-    return phi, theta_vals
+    phi_values = jax.jit(jax.vmap(model.phi_values))
+    return phi_values, jax.jit(jax.vmap(per_client, in_axes=(0, None, 0)))
 
 
 def to_result(
@@ -693,30 +701,16 @@ def cold_start(
     key = jax.random.key(seed)
     n = u.shape[0]
     if x is None:
-
-        def one(k, uu):
-            phi = model.phi_values(uu)
-            return model.sample_theta(k, phi, z)
-
-        theta = jax.jit(jax.vmap(one))(jax.random.split(key, n), u)
+        theta = _cold_prior_kernel(model)(jax.random.split(key, n), u, z)
         ess = float(n)
     else:
         x = jnp.asarray(x, dtype=u.dtype)
         y = jnp.asarray(y, dtype=u.dtype)
         if x.ndim != 2 or y.shape != (x.shape[0],):
             raise ValueError(f"x must be [n, features] and y [n], got {x.shape} and {y.shape}")
-        mask = jnp.ones(y.shape[0], bool)
-        logp = _client_logp(model, z)
-        d = model.theta_dim
-
-        def one(k, uu):
-            res = sample_conditional(
-                k, lambda th: logp(th, uu, x, y, mask), jnp.zeros(d), mh_steps=mh_steps
-            )
-            return res.theta, res.log_evidence
-
         k1, k2 = jax.random.split(key)
-        theta_all, log_w = jax.jit(jax.vmap(one))(jax.random.split(k1, n), u)
+        run = _cold_rows_kernel(model, check_steps("mh_steps", mh_steps))
+        theta_all, log_w = run(jax.random.split(k1, n), u, z, x, y)
         w = jax.nn.softmax(log_w)
         ess = float(1.0 / jnp.sum(w**2))
         idx = jax.random.choice(k2, n, (n,), p=w)
@@ -727,6 +721,36 @@ def cold_start(
         phi={k: np.asarray(v) for k, v in phi.items()},
         ess=ess,
     )
+
+
+@functools.lru_cache(maxsize=16)
+def _cold_prior_kernel(model: HierarchicalModel):
+    """The jitted draws of :func:`cold_start` without rows, ``(keys [N], u [N, P], z)``:
+    made once per model (a closure per call compiled again at every new client)."""
+
+    def one(k, uu, z):
+        return model.sample_theta(k, model.phi_values(uu), z)
+
+    return jax.jit(jax.vmap(one, in_axes=(0, 0, None)))
+
+
+@functools.lru_cache(maxsize=16)
+def _cold_rows_kernel(model: HierarchicalModel, mh_steps: int):
+    """The jitted conditional draws and evidences of :func:`cold_start` with rows,
+    ``(keys [N], u [N, P], z, x [n, P], y [n])``: made once per model and setting."""
+    d = model.theta_dim
+
+    def one(k, uu, z, x, y):
+        mask = jnp.ones(y.shape[0], bool)
+        res = sample_conditional(
+            k,
+            lambda th: model.client_log_joint(th, uu, x, y, mask, z),
+            jnp.zeros(d),
+            mh_steps=mh_steps,
+        )
+        return res.theta, res.log_evidence
+
+    return jax.jit(jax.vmap(one, in_axes=(0, 0, None, None, None)))
 
 
 def _new_client_covariates(model: HierarchicalModel, state: dict, metadata) -> Array | None:

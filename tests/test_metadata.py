@@ -2,6 +2,8 @@
 ``theta_k ~ N(mu + z_k W, T)``, from the model declaration to EP, the data and the cold
 start."""
 
+import logging
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -379,6 +381,27 @@ def test_cold_start_from_metadata_beats_the_population_average(federation, ep_fi
         cold_start(ep_fit, metadata={"group": "c"})
     with pytest.raises(ValueError, match="give the new client's metadata"):
         cold_start(ep_fit)
+
+
+@pytest.mark.slow
+def test_cold_start_of_another_client_compiles_nothing(ep_fit, caplog):
+    """The cold start's kernels are made once per model: a second new client of the same
+    row count (other rows, other metadata, another seed) reuses them (a closure per call
+    compiled every time: 7 s a client, against 0.06 s once compiled)."""
+    rows, meta = _federation(7, n_clients=2, n_rows=5, prefix="new")
+    x, y = rows["x"].to_numpy()[:, None], rows["y"].to_numpy()
+    for first in (True, False):
+        k = 0 if first else 1
+        xk, yk = x[5 * k : 5 * (k + 1)], y[5 * k : 5 * (k + 1)]
+        caplog.clear()
+        with caplog.at_level(logging.WARNING), jax.log_compiles(True):
+            cold_start(ep_fit, metadata={"group": meta["group"][k]}, seed=k)
+            cold_start(ep_fit, xk, yk, metadata={"group": meta["group"][k]}, seed=k)
+        compiled = [r.getMessage() for r in caplog.records if "Compiling" in r.getMessage()]
+        if first:
+            assert compiled  # the log does show compilations
+        else:
+            assert not compiled, compiled
 
 
 # ------------------------------------------------------------------ command line
