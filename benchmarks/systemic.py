@@ -448,9 +448,10 @@ def variant_model(name, family, aware):
     raise ValueError(name)
 
 
-def run_seed(family: str, seed: int, have: dict | None = None) -> dict:
+def run_seed(family: str, seed: int, have: dict | None = None, only=("nuts", "ep")) -> dict:
     """One seed's run; ``have``, a saved run of the seed, is completed: only the fits and
-    scores it lacks (a variant added since) are run."""
+    scores it lacks (a variant added since) are run, and of those only the methods
+    ``only``."""
     from bayes_pfl.baselines import fit_baseline
 
     frame, meta = simulate(seed, family)
@@ -470,7 +471,7 @@ def run_seed(family: str, seed: int, have: dict | None = None) -> dict:
             model, data = variant_model(name, family, aware)
         for method in methods:
             key = f"{name}-{method}"
-            if key in out["slope"]:
+            if key in out["slope"] or (have is not None and method not in only):
                 continue
             res, secs, checks = fit(method, model, data, seed)
             fits[key] = res
@@ -515,9 +516,10 @@ def run_seed(family: str, seed: int, have: dict | None = None) -> dict:
     return out
 
 
-def complete(run: dict) -> bool:
-    """Whether a saved run has every :data:`VARIANTS` fit and cold start."""
-    keys = [f"{name}-{m}" for name, methods in VARIANTS for m in methods]
+def complete(run: dict, only=("nuts", "ep")) -> bool:
+    """Whether a saved run has every :data:`VARIANTS` fit (of the methods ``only``) and
+    cold start."""
+    keys = [f"{name}-{m}" for name, methods in VARIANTS for m in methods if m in only]
     return all(k in run["slope"] for k in keys) and f"metadata{COLD_INT}" in run["cold"]
 
 
@@ -1004,6 +1006,9 @@ def main(argv=None) -> int:
                     "clients with ROWS times their rows")  # fmt: skip
     ap.add_argument("--ablation", action="store_true",
                     help="hb-aware-ep with and without the metadata, paired by seed")  # fmt: skip
+    ap.add_argument("--methods", nargs="+", choices=("nuts", "ep"), default=["nuts", "ep"],
+                    help="completing saved seeds: fit only these methods' missing fits "
+                    "(e.g. every seed's EP first, NUTS in a later run)")  # fmt: skip
     ap.add_argument("--report", action="store_true", help="only the tables of saved runs")
     ap.add_argument("--one-seed", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -1023,16 +1028,17 @@ def main(argv=None) -> int:
         for seed in seeds:
             path = RUNS / f"{args.family}_seed{seed:03d}.json"
             have = json.loads(path.read_text()) if path.exists() else None
-            if have is not None and complete(have):
+            if have is not None and complete(have, args.methods):
                 continue
             if not args.one_seed:  # a fresh process per seed: compiled code piles up
                 cmd = [sys.executable, __file__, "--family", args.family, "--first-seed",
-                       str(seed), "--seeds", "1", "--one-seed"]  # fmt: skip
+                       str(seed), "--seeds", "1", "--one-seed", "--methods",
+                       *args.methods]  # fmt: skip
                 subprocess.run(cmd, check=True)
                 continue
             print(f"{args.family} seed {seed}", flush=True)
             t0 = time.perf_counter()
-            out = run_seed(args.family, seed, have)
+            out = run_seed(args.family, seed, have, tuple(args.methods))
             if have is None:
                 out["run"] = _common.machine()
             else:  # the machine of the fits added
