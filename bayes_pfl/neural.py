@@ -579,6 +579,7 @@ class NeuralFit:
         self.clients = tuple(clients)
         self._net = net
         self._n_features = n_features
+        self._kernels = {}  # jitted predictives by (draws, new clients): compiled once a fit
         params, stats, mean, sd = net.personal_fn(result.server_state, result.client_states)
         self._personal = (params, stats)
         self.head_mean = np.asarray(mean)
@@ -597,6 +598,16 @@ class NeuralFit:
             f"rounds={len(self.history)}, tau={self.tau:.3g})"
         )
 
+    def _kernel(self, n_draws: int, new: bool):
+        """The jitted predictive of :meth:`predict` (``new=False``) or :meth:`predict_new`,
+        made once per fit and number of draws (a wrapper per call compiled every time)."""
+        key = (int(n_draws), new)
+        if key not in self._kernels:
+            one = _predictive_fn(self._net, int(n_draws))
+            axes = (0, None, None, None, None, 0, 0) if new else 0
+            self._kernels[key] = jax.jit(jax.vmap(one, in_axes=axes))
+        return self._kernels[key]
+
     def _check_x(self, x, mask, n_clients):
         x, mask = checked_rows(x, mask, self._n_features, n_clients)
         return jnp.asarray(x), jnp.asarray(mask)
@@ -607,7 +618,7 @@ class NeuralFit:
         The softmax averaged over ``n_draws`` draws of :math:`w_k \\sim q(w_k)`.
         """
         x, mask = self._check_x(x, mask, len(self.clients))
-        fn = jax.jit(jax.vmap(_predictive_fn(self._net, int(n_draws))))
+        fn = self._kernel(n_draws, new=False)
         keys = jax.random.split(jax.random.key(seed), len(self.clients))
         params, stats = self._personal
         out = fn(
@@ -618,7 +629,7 @@ class NeuralFit:
     def predict_point(self, x, mask) -> np.ndarray:
         """Class probabilities at the posterior mean head (no averaging over draws)."""
         x, mask = self._check_x(x, mask, len(self.clients))
-        fn = jax.jit(jax.vmap(_predictive_fn(self._net, 1)))
+        fn = self._kernel(1, new=False)
         keys = jax.random.split(jax.random.key(0), len(self.clients))
         params, stats = self._personal
         zero = jnp.zeros_like(jnp.asarray(self.head_sd))
@@ -632,11 +643,7 @@ class NeuralFit:
         kept local are the row-weighted mean of the clients'.
         """
         x, mask = self._check_x(x, mask, None)
-        fn = jax.jit(
-            jax.vmap(
-                _predictive_fn(self._net, int(n_draws)), in_axes=(0, None, None, None, None, 0, 0)
-            )
-        )
+        fn = self._kernel(n_draws, new=True)
         keys = jax.random.split(jax.random.key(seed), x.shape[0])
         params, stats = self._population
         sd = jnp.sqrt(jnp.asarray(self.population_var))

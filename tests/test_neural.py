@@ -1,5 +1,7 @@
 """Hierarchical Bayesian networks trained by federated VI (:mod:`bayes_pfl.neural`)."""
 
+import logging
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -145,6 +147,25 @@ def test_fit_neural_predictive_and_cold_start(variant):
     assert np.all(fit.population_var >= fit.tau**2)
     assert fit.head_mean.shape == fit.head_sd.shape == (4, 8 * 10 + 10)
     assert len(fit.history) == 2
+
+
+def test_neural_predictions_compile_once_per_fit(caplog):
+    """A second prediction of the same fit (other rows, same shapes) reuses the compiled
+    predictive: a wrapper made per call compiled again every time."""
+    from bayes_pfl.datasets.digits import make_digits_federation
+
+    data = make_digits_federation(n_clients=3, seed=1)
+    fit = fit_neural(data, rounds=1, local_steps=2, hidden=(4,))
+    test = data.arrays("test")
+    for first in (True, False):
+        x = test.x if first else test.x[:, ::-1]  # other rows, same shape
+        caplog.clear()
+        with caplog.at_level(logging.WARNING), jax.log_compiles(True):
+            p = fit.predict(x, test.mask, n_draws=3)
+            fit.predict_new(x[:2], test.mask[:2], n_draws=3)
+        compiled = [r.getMessage() for r in caplog.records if "Compiling" in r.getMessage()]
+        assert bool(compiled) == first, compiled
+    np.testing.assert_allclose(p.sum(-1), 1.0, rtol=1e-6)
 
 
 def test_unknown_variant():
