@@ -910,14 +910,17 @@ def finite_sample_lines(family: str, runs) -> list[str]:
     """The report's paragraph on the finite-sample check (``--rows``): the corrected slope
     minus the oracle's, at the benchmark's client sizes (every seed) and at ``rows`` times
     them (other draws: more rows change every later random number)."""
+    checks = [json.loads(p.read_text()) for p in sorted(RUNS.glob(f"{family}_rows*.json"))]
+    if not checks:
+        return []
     rows = []
-    for path in sorted(RUNS.glob(f"{family}_rows*.json")):
-        check = json.loads(path.read_text())
-        if not rows:
-            d = [r["slope"]["hb-aware-ep"]["mean"] - r["slope"]["hb-oracle-nuts"]["mean"]
-                 for r in runs if not stuck(r, "hb-oracle-nuts")]  # fmt: skip
-            bias = [r["slope"]["hb-aware-ep"]["mean"] - MU[1] for r in runs]
-            rows.append(["x1 (the benchmark)", _mean_se(d), _mean_se(bias), len(d)])
+    for key, label in (("hb-aware-ep", ""), ("hb-aware-int-ep", ", metadata on intercepts")):
+        mine = [r for r in having(runs, key) if not stuck(r, "hb-oracle-nuts")]
+        if mine:
+            d = [r["slope"][key]["mean"] - r["slope"]["hb-oracle-nuts"]["mean"] for r in mine]
+            bias = [r["slope"][key]["mean"] - MU[1] for r in mine]
+            rows.append([f"x1 (the benchmark){label}", _mean_se(d), _mean_se(bias), len(d)])
+    for check in checks:
         fits = check["seeds"].values()
         d = [f["hb-aware-ep"]["mean"] - f["hb-oracle-ep"]["mean"] for f in fits]
         bias = [f["hb-aware-ep"]["mean"] - MU[1] for f in fits]
@@ -926,8 +929,8 @@ def finite_sample_lines(family: str, runs) -> list[str]:
     if not rows:
         return []
     return [
-        "Finite-sample check (`--rows N`): hb-aware-ep's population slope minus the "
-        "oracle's (the same data with the true sensor values; NUTS at the benchmark's "
+        "Finite-sample check (`--rows N`): hb-aware-ep's population slope (and, at the "
+        "benchmark's sizes, hb-aware-int-ep's) minus the oracle's (the same data with the true sensor values; NUTS at the benchmark's "
         "sizes, EP at N times the rows), and minus the truth, mean ± standard error over "
         "seeds. A gap that shrinks with the clients' size is a small-sample effect of the "
         "corrected model; one that stays would be a wrong model.",
