@@ -402,6 +402,8 @@ def test_cold_start_of_another_client_compiles_nothing(ep_fit, caplog):
             assert compiled  # the log does show compilations
         else:
             assert not compiled, compiled
+    with pytest.raises(ValueError, match="mh_steps must be a non-negative integer"):
+        cold_start(ep_fit, xk, yk, metadata={"group": "a"}, mh_steps=-1)
 
 
 # ------------------------------------------------------------------ command line
