@@ -742,11 +742,9 @@ def _cold_rows_kernel(model: HierarchicalModel, mh_steps: int):
 
     def one(k, uu, z, x, y):
         mask = jnp.ones(y.shape[0], bool)
+        logp = _client_logp(model, z)
         res = sample_conditional(
-            k,
-            lambda th: model.client_log_joint(th, uu, x, y, mask, z),
-            jnp.zeros(d),
-            mh_steps=mh_steps,
+            k, lambda th: logp(th, uu, x, y, mask), jnp.zeros(d), mh_steps=mh_steps
         )
         return res.theta, res.log_evidence
 

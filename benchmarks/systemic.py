@@ -434,13 +434,18 @@ VARIANTS = (
     ("hb-aware-int", ("nuts", "ep")),
 )
 """Each seed's hierarchical fits: the model (:func:`variant_model`) and its methods."""
+FITS = tuple(f"{name}-{method}" for name, methods in VARIANTS for method in methods)
 COLD_INT = " (intercepts)"  # cold-start keys of hb-aware-int-ep
 
 
-def variant_model(name, family, aware):
-    """``(model, data)`` of a :data:`VARIANTS` entry at one seed (``aware`` its
-    federation): ``hb-aware-int`` is the quality-aware model with the metadata on the
-    intercepts only (``covariate_terms``), where the scenario's metadata act."""
+def variant_model(name, family, aware, naive, oracle):
+    """``(model, data)`` of a :data:`VARIANTS` entry at one seed (its federations):
+    ``hb-aware-int`` is the quality-aware model with the metadata on the intercepts only
+    (``covariate_terms``), where the scenario's metadata act."""
+    if name == "hb-oracle":
+        return naive_model(family), oracle
+    if name == "hb-naive":
+        return naive_model(family), naive
     if name == "hb-aware":
         return aware_model(family, aware), aware
     if name == "hb-aware-int":
@@ -463,12 +468,7 @@ def run_seed(family: str, seed: int, have: dict | None = None, only=("nuts", "ep
     fits = {}
     oracle = truth_data(frame, meta, seed)
     for name, methods in VARIANTS:
-        if name == "hb-oracle":
-            model, data = naive_model(family), oracle
-        elif name == "hb-naive":
-            model, data = naive_model(family), naive
-        else:
-            model, data = variant_model(name, family, aware)
+        model, data = variant_model(name, family, aware, naive, oracle)
         for method in methods:
             key = f"{name}-{method}"
             if key in out["slope"] or (have is not None and method not in only):
@@ -519,7 +519,7 @@ def run_seed(family: str, seed: int, have: dict | None = None, only=("nuts", "ep
 def complete(run: dict, only=("nuts", "ep")) -> bool:
     """Whether a saved run has every :data:`VARIANTS` fit (of the methods ``only``) and
     cold start."""
-    keys = [f"{name}-{m}" for name, methods in VARIANTS for m in methods if m in only]
+    keys = [k for k in FITS if k.rsplit("-", 1)[1] in only]
     return all(k in run["slope"] for k in keys) and f"metadata{COLD_INT}" in run["cold"]
 
 
@@ -653,8 +653,6 @@ def run_mechanisms(family: str, seeds) -> dict:
 
 
 # ---------------------------------------------------------------------------- report
-FITS = ("hb-oracle-nuts", "hb-naive-nuts", "hb-naive-ep", "hb-aware-nuts", "hb-aware-ep",
-        "hb-aware-int-nuts", "hb-aware-int-ep")  # fmt: skip
 SCORED = ("fedavg", "ditto", "local", *FITS[1:])
 AWARE = (("hb-aware-nuts", "hb-aware-ep"), ("hb-aware-int-nuts", "hb-aware-int-ep"))
 """The quality-aware model's (NUTS, default federated method) pairs: the metadata on every
@@ -930,8 +928,8 @@ def finite_sample_lines(family: str, runs) -> list[str]:
         return []
     return [
         "Finite-sample check (`--rows N`): hb-aware-ep's population slope (and, at the "
-        "benchmark's sizes, hb-aware-int-ep's) minus the oracle's (the same data with the true sensor values; NUTS at the benchmark's "
-        "sizes, EP at N times the rows), and minus the truth, mean ± standard error over "
+        "benchmark's sizes, hb-aware-int-ep's) minus the oracle's (the same data with the "
+        "true sensor values; NUTS at the benchmark's sizes, EP at N times the rows), and minus the truth, mean ± standard error over "
         "seeds. A gap that shrinks with the clients' size is a small-sample effect of the "
         "corrected model; one that stays would be a wrong model.",
         "",
