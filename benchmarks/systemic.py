@@ -637,26 +637,45 @@ def ablation_lines(family: str, metric: str) -> list[str]:
     ]
 
 
-def run_mechanisms(family: str, seeds) -> dict:
-    """Naive EP's slope with the noise alone, the gaps (mean-imputed) alone, and both
-    (the last read from the seed's saved run where it has hb-naive-ep: the same fit)."""
-    out = {}
-    for label, kw in (("noise", {"gaps": False}), ("gaps", {"noise": False}), ("both", {})):
-        vals = []
-        for seed in seeds:
-            saved = RUNS / f"{family}_seed{seed:03d}.json"
-            if label == "both" and saved.exists():
-                slope = json.loads(saved.read_text())["slope"]
-                if "hb-naive-ep" in slope:
-                    vals.append(slope["hb-naive-ep"]["mean"])
-                    continue
-            frame, meta = simulate(seed, family, **kw)
-            _, naive = federations(frame, meta, seed)
-            res, _, _ = fit("ep", naive_model(family), naive, seed)
-            vals.append(slope_figures(res, naive_model(family), naive)["mean"])
-        out[label] = vals
-        print(f"  {label}: mean slope {np.mean(vals):.3f}", flush=True)
-    return out
+MECHANISMS = {"noise": {"gaps": False}, "gaps": {"noise": False}, "both": {}}
+"""The attenuation's sources: ``simulate`` keywords for the noise alone, the gaps
+(mean-imputed) alone, and both."""
+
+
+def run_mechanisms(family: str, seeds, label: str | None = None) -> dict:
+    """Naive EP's slope under each of :data:`MECHANISMS`, saved after each one (a rerun
+    resumes). Each mechanism runs in a fresh process (``label``): compiled code piles up
+    over some 40 fits and LLVM runs out of memory. 'both' is read from the seed's saved
+    run where it has hb-naive-ep (the same fit)."""
+    path = RUNS / f"{family}_mechanisms.json"
+    have = json.loads(path.read_text()) if path.exists() else {}
+    if have.get("seeds") != seeds:
+        have = {"seeds": seeds, "slopes": {}}
+    if label is None:
+        for name in MECHANISMS:
+            if name not in have["slopes"]:
+                cmd = [sys.executable, __file__, "--family", family, "--first-seed",
+                       str(seeds[0]), "--seeds", str(len(seeds)), "--mechanisms",
+                       "--one-mechanism", name]  # fmt: skip
+                subprocess.run(cmd, check=True)
+        return json.loads(path.read_text())
+    vals = []
+    for seed in seeds:
+        saved = RUNS / f"{family}_seed{seed:03d}.json"
+        if label == "both" and saved.exists():
+            slope = json.loads(saved.read_text())["slope"]
+            if "hb-naive-ep" in slope:
+                vals.append(slope["hb-naive-ep"]["mean"])
+                continue
+        frame, meta = simulate(seed, family, **MECHANISMS[label])
+        _, naive = federations(frame, meta, seed)
+        res, _, _ = fit("ep", naive_model(family), naive, seed)
+        vals.append(slope_figures(res, naive_model(family), naive)["mean"])
+        jax.clear_caches()
+    have["slopes"][label] = vals
+    path.write_text(json.dumps(have, indent=1) + "\n")
+    print(f"  {label}: mean slope {np.mean(vals):.3f}", flush=True)
+    return have
 
 
 # ---------------------------------------------------------------------------- report
@@ -1023,6 +1042,7 @@ def main(argv=None) -> int:
                     "(e.g. every seed's EP first, NUTS in a later run)")  # fmt: skip
     ap.add_argument("--report", action="store_true", help="only the tables of saved runs")
     ap.add_argument("--one-seed", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--one-mechanism", choices=tuple(MECHANISMS), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     RUNS.mkdir(parents=True, exist_ok=True)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
@@ -1033,9 +1053,7 @@ def main(argv=None) -> int:
     elif args.ablation and not args.report:
         run_ablation(args.family, seeds)
     elif args.mechanisms:
-        slopes = run_mechanisms(args.family, seeds)
-        path = RUNS / f"{args.family}_mechanisms.json"
-        path.write_text(json.dumps({"seeds": seeds, "slopes": slopes}, indent=1) + "\n")
+        run_mechanisms(args.family, seeds, args.one_mechanism)
     elif not args.report:
         for seed in seeds:
             path = RUNS / f"{args.family}_seed{seed:03d}.json"
