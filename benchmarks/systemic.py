@@ -454,9 +454,9 @@ def variant_model(name, family, aware, naive, oracle):
 
 
 def run_seed(family: str, seed: int, have: dict | None = None, only=("nuts", "ep")) -> dict:
-    """One seed's run; ``have``, a saved run of the seed, is completed: only the fits and
-    scores it lacks (a variant added since) are run, and of those only the methods
-    ``only``."""
+    """One seed's run, of the methods ``only`` (e.g. every seed's EP first, NUTS in a
+    later run); ``have``, a saved run of the seed, is completed: only the fits and scores
+    it lacks are run."""
     from bayes_pfl.baselines import fit_baseline
 
     frame, meta = simulate(seed, family)
@@ -471,7 +471,7 @@ def run_seed(family: str, seed: int, have: dict | None = None, only=("nuts", "ep
         model, data = variant_model(name, family, aware, naive, oracle)
         for method in methods:
             key = f"{name}-{method}"
-            if key in out["slope"] or (have is not None and method not in only):
+            if key in out["slope"] or method not in only:
                 continue
             res, secs, checks = fit(method, model, data, seed)
             fits[key] = res
@@ -494,7 +494,7 @@ def run_seed(family: str, seed: int, have: dict | None = None, only=("nuts", "ep
         scores, _ = baseline_scores(family, name, naive, seed)
         out["scores"][name] = scores.tolist()
         out["time"][name] = time.perf_counter() - t0
-    if "cold" not in out:
+    if "cold" not in out and "hb-aware-ep" in fits:
         # cold start: hypernet on the metadata, the aware model without metadata (population)
         hyper = fit_baseline(
             "hypernet",
@@ -510,17 +510,18 @@ def run_seed(family: str, seed: int, have: dict | None = None, only=("nuts", "ep
         out["cold"], out["cold_device"] = cold_start_scores(
             family, frame, meta, aware, fits["hb-aware-ep"], plain, hyper, fill
         )
-    if f"metadata{COLD_INT}" not in out["cold"]:
+    if "cold" in out and f"metadata{COLD_INT}" not in out["cold"] and "hb-aware-int-ep" in fits:
         out["cold"].update(metadata_cold_scores(family, frame, meta, fits["hb-aware-int-ep"],
                                                 suffix=COLD_INT))  # fmt: skip
     return out
 
 
 def complete(run: dict, only=("nuts", "ep")) -> bool:
-    """Whether a saved run has every :data:`VARIANTS` fit (of the methods ``only``) and
-    cold start."""
+    """Whether a saved run has every :data:`VARIANTS` fit of the methods ``only`` (and,
+    with EP, the cold start from the EP fits)."""
     keys = [k for k in FITS if k.rsplit("-", 1)[1] in only]
-    return all(k in run["slope"] for k in keys) and f"metadata{COLD_INT}" in run["cold"]
+    cold = "ep" not in only or f"metadata{COLD_INT}" in run.get("cold", {})
+    return all(k in run["slope"] for k in keys) and cold
 
 
 def per_seed(path, seeds, fit_seed, complete=None, **fields) -> dict:
@@ -874,12 +875,12 @@ def cold_start_lines(runs, metric: str) -> list[str]:
     seeds where metadata-only (each model's) beats it."""
     keys = ["population", "hypernet", "metadata", "metadata+5"]
     refs = ["metadata"]
-    if having_cold := [r for r in runs if f"metadata{COLD_INT}" in r["cold"]]:
+    if having_cold := [r for r in runs if f"metadata{COLD_INT}" in r.get("cold", {})]:
         keys += [f"metadata{COLD_INT}", f"metadata+5{COLD_INT}"]
         refs.append(f"metadata{COLD_INT}")
     rows = []
     for key in keys:
-        mine = [r for r in runs if key in r["cold"]]
+        mine = [r for r in runs if key in r.get("cold", {})]
         per_seed = np.array([np.mean(r["cold"][key]) for r in mine])
         se = per_seed.std(ddof=1) / np.sqrt(len(mine)) if len(mine) > 1 else np.nan
         row = [key, f"{per_seed.mean():.4f} ± {se:.4f}", len(mine)]
@@ -1038,8 +1039,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ablation", action="store_true",
                     help="hb-aware-ep with and without the metadata, paired by seed")  # fmt: skip
     ap.add_argument("--methods", nargs="+", choices=("nuts", "ep"), default=["nuts", "ep"],
-                    help="completing saved seeds: fit only these methods' missing fits "
-                    "(e.g. every seed's EP first, NUTS in a later run)")  # fmt: skip
+                    help="fit only these methods (the cold start comes with EP, the baselines "
+                    "with any): e.g. every seed's EP first, NUTS in a later run")  # fmt: skip
     ap.add_argument("--report", action="store_true", help="only the tables of saved runs")
     ap.add_argument("--one-seed", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--one-mechanism", choices=tuple(MECHANISMS), help=argparse.SUPPRESS)
