@@ -1055,6 +1055,8 @@ def main(argv=None) -> int:
         run_ablation(args.family, seeds)
     elif args.mechanisms:
         run_mechanisms(args.family, seeds, args.one_mechanism)
+        if args.one_mechanism:
+            return 0
     elif not args.report:
         for seed in seeds:
             path = RUNS / f"{args.family}_seed{seed:03d}.json"
