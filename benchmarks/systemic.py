@@ -106,7 +106,15 @@ NUTS_KW = {
 # Tree depth 8 (from seed 4): a chain stranded at seed 3 spent 1,023 leapfrog steps per
 # draw for 27 minutes; a run whose max split R-hat exceeds STUCK is run once more with
 # another sampler seed, and both R-hats are recorded.)
-BASELINE_KW = {"rounds": 100, "local_steps": 5, "lr": 0.5}
+BASELINE_KW = {"rounds": 100, "local_steps": 5}
+BASELINE_LR = {"bernoulli": 0.5, "normal": 0.1}
+"""The baselines' SGD learning rate by family. The squared error's curvature is up to four
+times the logistic loss's (at most 1/4), and 0.5 on the Normal outcome diverged (ditto's
+and local's test RMSE reached 1e95 at some seeds); 0.1 is the Bernoulli step scaled by
+that, rounded down. ``hypernet`` (cold start only) keeps 0.5 on both: the Normal runs'
+cold starts were made with it, and its training loss fell (:func:`checked` raises
+otherwise)."""
+HYPERNET_LR = 0.5
 
 
 # ---------------------------------------------------------------------------- scenario
@@ -328,11 +336,24 @@ def bayes_scores(family, res, arrays):
 def baseline_scores(family, name, data, seed):
     from bayes_pfl.baselines import fit_baseline
 
-    b = fit_baseline(name, data, family=family, seed=seed, **BASELINE_KW)
+    b = checked(fit_baseline(name, data, family=family, seed=seed, lr=BASELINE_LR[family],
+                             **BASELINE_KW))  # fmt: skip
     test = data.test
     mean = b.predict(np.asarray(test.x), np.asarray(test.mask))
     density = row_density(family, mean, test.y)
     return client_scores(family, density, mean, test.y, test.mask), b
+
+
+def checked(b):
+    """A baseline fit whose training loss fell, or a RuntimeError: a diverged fit is not
+    scored."""
+    loss = np.array([h["loss"] for h in b.history], float)
+    if not np.isfinite(loss[-1]) or loss[-1] > loss[0]:
+        raise RuntimeError(
+            f"{b.method} diverged (training loss {loss[0]:.3g} in round 1, {loss[-1]:.3g} "
+            f"in round {len(loss)}, lr {b.hparams['lr']}): lower its learning rate"
+        )
+    return b
 
 
 def row_density(family, mean, y):
@@ -494,16 +515,12 @@ def run_seed(family: str, seed: int, have: dict | None = None, only=("nuts", "ep
         scores, _ = baseline_scores(family, name, naive, seed)
         out["scores"][name] = scores.tolist()
         out["time"][name] = time.perf_counter() - t0
+        out.setdefault("baseline_lr", {})[name] = BASELINE_LR[family]
     if "cold" not in out and "hb-aware-ep" in fits:
         # cold start: hypernet on the metadata, the aware model without metadata (population)
-        hyper = fit_baseline(
-            "hypernet",
-            naive,
-            family=family,
-            seed=seed,
-            metadata=aware.metadata.covariates,
-            **BASELINE_KW,
-        )
+        hyper = checked(fit_baseline("hypernet", naive, family=family, seed=seed,
+                                     metadata=aware.metadata.covariates, lr=HYPERNET_LR,
+                                     **BASELINE_KW))  # fmt: skip
         plain, secs, _ = fit("ep", aware_model(family, aware, metadata=False), aware, seed)
         out["time"]["hb-aware-ep (no metadata)"] = secs
         fill = float(np.nanmean(np.asarray(aware.train.x)[..., 0][np.asarray(aware.train.mask)]))
@@ -517,11 +534,12 @@ def run_seed(family: str, seed: int, have: dict | None = None, only=("nuts", "ep
 
 
 def complete(run: dict, only=("nuts", "ep")) -> bool:
-    """Whether a saved run has every :data:`VARIANTS` fit of the methods ``only`` (and,
-    with EP, the cold start from the EP fits)."""
+    """Whether a saved run has every :data:`VARIANTS` fit of the methods ``only``, the
+    baselines' scores and (with EP) the cold start from the EP fits."""
     keys = [k for k in FITS if k.rsplit("-", 1)[1] in only]
     cold = "ep" not in only or f"metadata{COLD_INT}" in run.get("cold", {})
-    return all(k in run["slope"] for k in keys) and cold
+    baselines = all(b in run["scores"] for b in ("fedavg", "ditto", "local"))
+    return all(k in run["slope"] for k in keys) and cold and baselines
 
 
 def per_seed(path, seeds, fit_seed, complete=None, **fields) -> dict:
