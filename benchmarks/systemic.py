@@ -19,7 +19,8 @@ Methods (per seed, one family):
 
 ``fedavg``, ``ditto``, ``local``
     optimization baselines on ``[sensor, age]`` with each client's training mean imputed
-    for its missing sensor values (linear models, 100 rounds x 5 local steps, SGD at lr 0.5, 0.1 on a Normal outcome: BASELINE_LR);
+    for its missing sensor values (linear models, 100 rounds x 5 local steps, SGD at
+    learning rate 0.5, 0.1 on a Normal outcome: ``BASELINE_LR``);
 ``hb-naive-nuts``, ``hb-naive-ep``
     the hierarchical GLM (intercept and slopes varying) on the same mean-imputed features,
     the noise ignored, no metadata: NUTS and federated EP (the default federated method);
