@@ -1001,14 +1001,14 @@ def plot(family: str, seed: int = 0):
     by device type. Returns the PNG's path, or ``None`` without that run's NUTS fits
     (EP first: ``--methods ep``)."""
     path = RUNS / f"{family}_seed{seed:03d}.json"
-    if not path.exists() or "slope_draws" not in json.loads(path.read_text()):
+    run = json.loads(path.read_text()) if path.exists() else {}
+    if "slope_draws" not in run:
         return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    run = json.loads(path.read_text())
     fig, (ax1, ax2, ax3, ax4) = plt.subplots(1, 4, figsize=(17, 3.8))
     labels = {"hb-oracle-nuts": "true values (oracle)", "hb-naive-nuts": "mean-imputed, "
               "noise ignored", "hb-aware-nuts": "gaps and noise modelled",
