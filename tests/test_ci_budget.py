@@ -31,3 +31,23 @@ def test_a_malformed_budget_is_an_error_naming_it():
     out = res.stdout + res.stderr
     assert res.returncode != 0
     assert "BAYES_PFL_SLOW_DEADLINE must be seconds since the epoch" in out, out
+
+
+def test_the_budget_rotates_the_slow_files_by_its_day():
+    """With the variable set, the slow tests start at the file of index ``day % files``:
+    on day 1 of three files the second comes first, then the third, then the first, each
+    file's tests in their own order (so the files past the deadline change daily)."""
+    files = ["test_local.py", "test_report.py", "test_sbc.py"]
+    env = {**os.environ, "BAYES_PFL_SLOW_DEADLINE": str(86400 + 10)}  # day 1, long past
+    res = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "--collect-only", "-p", "no:cacheprovider",
+         "-m", "slow", *(str(TESTS / f) for f in files)],
+        capture_output=True, text=True, env=env, cwd=TESTS.parent, timeout=600,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+    ids = [line for line in res.stdout.splitlines() if "::" in line]
+    order = list(dict.fromkeys(i.split("::")[0].rsplit("/", 1)[-1] for i in ids))
+    assert order == [files[1], files[2], files[0]], ids
+    # each file's tests stay together: the file changes only between the three groups
+    where = [i.split("::")[0] for i in ids]
+    assert sum(a != b for a, b in zip(where[:-1], where[1:], strict=True)) == len(files) - 1, ids
