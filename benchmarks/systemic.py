@@ -133,7 +133,7 @@ def simulate(seed: int, family: str, *, noise: bool = True, gaps: bool = True, r
     held_out[rng.choice(k_all, N_NEW, replace=False)] = True
     sizes = np.clip(np.round(rng.lognormal(np.log(50), 0.5, k_all)), 20, 100).astype(int)
     sizes[np.flatnonzero(~held_out)[0]] = 100  # the same padded shape at every seed
-    frames, truth = [], []
+    frames, truth, centers = [], [], []
     for k in range(k_all):
         label = f"c{k:02d}"
         shift = SHIFT["device"][device[k]] + SHIFT["region"][region[k]]
@@ -142,6 +142,7 @@ def simulate(seed: int, family: str, *, noise: bool = True, gaps: bool = True, r
         truth.append(b)
         n = 40 if held_out[k] else sizes[k] * rows
         m_k = 0.5 * rng.normal()
+        centers.append(m_k)
         x = m_k + rng.normal(size=n)
         age = 0.4 * (x - m_k) + np.sqrt(1 - 0.16) * rng.normal(size=n)
         eta = b[0] + b[1] * x + b[2] * age
@@ -168,7 +169,15 @@ def simulate(seed: int, family: str, *, noise: bool = True, gaps: bool = True, r
         )
     truth = np.array(truth)
     meta = pd.DataFrame(
-        {"device": device, "region": region, "held_out": held_out, "b_sensor": truth[:, 1]},
+        {
+            "device": device,
+            "region": region,
+            "held_out": held_out,
+            "b_intercept": truth[:, 0],
+            "b_sensor": truth[:, 1],
+            "b_age": truth[:, 2],
+            "m_sensor": centers,
+        },
         index=pd.Index([f"c{k:02d}" for k in range(k_all)], name="client"),
     )
     return pd.concat(frames, ignore_index=True), meta
@@ -325,6 +334,38 @@ def client_scores(family, log_density, mean, y, mask) -> np.ndarray:
         return -np.where(mask, log_density, 0.0).sum(axis=1) / n
     err = np.where(mask, (np.asarray(mean) - np.asarray(y)) ** 2, 0.0)
     return np.sqrt(err.sum(axis=1) / n)
+
+
+def truth_scores(family: str, seed: int) -> np.ndarray:
+    """Per federation client, the test score of the predictor that knows the truth: the
+    client's coefficients, its sensor distribution (``x | age ~ N(m_k + 0.4 age, 0.84)``)
+    and its device's noise, so that a row's true sensor value given what was recorded is
+    Gaussian and ``P(y | recorded row)`` is exact (Gauss-Hermite, 40 nodes). No method
+    fitted to the data predicts better in expectation: a row's score against it is the
+    room that row had left."""
+    frame, meta = simulate(seed, family)
+    aware, _ = federations(frame, meta, seed)
+    test = aware.test
+    truth = meta.loc[list(aware.clients)]
+    x = np.asarray(test.x, float)
+    recorded, age, sd = x[..., 0], x[..., 1], x[..., 2]
+    prior_mean = truth["m_sensor"].to_numpy()[:, None] + 0.4 * age
+    prior_var = 1 - 0.4**2
+    seen = ~np.isnan(recorded) & np.asarray(test.mask, bool)  # padding: no row
+    noise_prec = np.where(seen, 1 / np.where(seen, sd, 1.0) ** 2, 0.0)
+    prec = 1 / prior_var + noise_prec
+    mean = (prior_mean / prior_var + noise_prec * np.where(seen, recorded, 0.0)) / prec
+    b = truth[["b_intercept", "b_sensor", "b_age"]].to_numpy()
+    eta = b[:, :1] + b[:, 1:2] * mean + b[:, 2:] * age
+    if family == "bernoulli":
+        nodes, weights = np.polynomial.hermite_e.hermegauss(40)
+        z = eta[..., None] + b[:, 1:2, None] * np.sqrt(1 / prec)[..., None] * nodes
+        p = np.clip((1 / (1 + np.exp(-z))) @ (weights / weights.sum()), 1e-12, 1 - 1e-12)
+        y = np.asarray(test.y, float)
+        density = y * np.log(p) + (1 - y) * np.log1p(-p)
+    else:
+        density = np.zeros(eta.shape)
+    return client_scores(family, density, eta, test.y, test.mask)
 
 
 def bayes_scores(family, res, arrays):
@@ -815,6 +856,7 @@ def report(families) -> str:
         ]
         for _, ref in AWARE:
             lines += score_lines(having(runs, ref), ref, metric)
+        lines += room_lines(family, runs, metric)
         lines += cold_start_lines(runs, metric)
         lines += finite_sample_lines(family, runs)
         lines += ablation_lines(family, metric)
@@ -900,6 +942,40 @@ def score_lines(runs, ref: str, metric: str) -> list[str]:
                           f"new-device {metric}", "wins", f"{short} minus row"], rows),
         "",
     ]  # fmt: skip
+
+
+def room_lines(family: str, runs, metric: str) -> list[str]:
+    """The report's table of each method's per-client test score minus the known-truth
+    predictor's (:func:`truth_scores`) on the same rows, by device type: what the method
+    left to gain; no method can gain more in expectation."""
+    if not runs:
+        return []
+    truth = {r["seed"]: truth_scores(family, r["seed"]) for r in runs}
+    rows = []
+    for key in ("truth", *SCORED):
+        valid = runs if key == "truth" else [r for r in having(runs, key) if not stuck(r, key)]
+        if not valid:
+            continue
+        row = [key if key != "truth" else "known truth (its own score)"]
+        for dev in ("old", "new"):
+            v = []
+            for r in valid:
+                d = np.array(r["device"]) == dev
+                t = float(np.mean(truth[r["seed"]][d]))
+                v.append(t if key == "truth" else float(np.mean(np.array(r["scores"][key])[d])) - t)
+            row.append(_mean_se(v, signed=key != "truth", digits=4))
+        rows.append(row + [len(valid)])
+    return [
+        f"Room left: each method's per-client test {metric} minus that of the predictor that "
+        "knows the truth (each client's coefficients, its sensor distribution and its "
+        "device's noise, so that it predicts from the recorded row exactly: "
+        "`truth_scores`), on the same test rows, mean over the clients of a device type, "
+        "then over seeds (± standard error over seeds). No method gains more than its "
+        "room in expectation; a row below zero is the test rows' noise.",
+        "",
+        _common.md_table(["method", "old devices", "new devices", "seeds"], rows),
+        "",
+    ]
 
 
 def cold_start_lines(runs, metric: str) -> list[str]:
@@ -997,12 +1073,12 @@ def finite_sample_lines(family: str, runs) -> list[str]:
     ]
 
 
-def _mean_se(values, signed: bool = True) -> str:
+def _mean_se(values, signed: bool = True, digits: int = 3) -> str:
     """``+0.012 ± 0.003``: the mean and its standard error over seeds (``signed=False``:
     ``0.565 ± 0.016``, for a score rather than a difference)."""
     v = np.asarray(values, float)
     se = v.std(ddof=1) / np.sqrt(v.size) if v.size > 1 else float("nan")
-    return f"{v.mean():{'+' if signed else ''}.3f} ± {se:.3f}"
+    return f"{v.mean():{'+' if signed else ''}.{digits}f} ± {se:.{digits}f}"
 
 
 def plot(family: str, seed: int = 0):
