@@ -44,8 +44,9 @@ Methods (per seed, one family):
 
 Reported over seeds: the population slope of the sensor (``mu[sensor]``) - mean relative
 bias and 90% interval coverage; per-client test log-loss (Bernoulli) or RMSE (Normal),
-split by device type; cold-start log-loss / RMSE on the held-out clients' rows after their
-first 5.
+split by device type, and minus the score of the predictor that knows the truth (the room
+each method had left: ``truth_scores``); cold-start log-loss / RMSE on the held-out
+clients' rows after their first 5.
 
 Run (resumable: one file per family and seed in ``results/systemic_runs/``; a seed's file
 that lacks a fit added since is completed with it)::
