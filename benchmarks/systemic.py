@@ -341,9 +341,12 @@ def truth_scores(family: str, seed: int) -> np.ndarray:
     """Per federation client, the test score of the predictor that knows the truth: the
     client's coefficients, its sensor distribution (``x | age ~ N(m_k + 0.4 age, 0.84)``)
     and its device's noise, so that a row's true sensor value given what was recorded is
-    Gaussian and ``P(y | recorded row)`` is exact (Gauss-Hermite, 40 nodes). No method
-    fitted to the data predicts better in expectation: a row's score against it is the
-    room that row had left."""
+    Gaussian (:func:`~bayes_pfl.models.covariates.conditional`) and ``P(y | recorded
+    row)`` is the models' own integral (:class:`~bayes_pfl.models.covariates.
+    IntegratedOutcome`). No method fitted to the data predicts better in expectation: a
+    row's score against it is the room that row had left."""
+    from bayes_pfl.models.covariates import IntegratedOutcome, conditional
+
     frame, meta = simulate(seed, family)
     aware, _ = federations(frame, meta, seed)
     test = aware.test
@@ -351,21 +354,15 @@ def truth_scores(family: str, seed: int) -> np.ndarray:
     x = np.asarray(test.x, float)
     recorded, age, sd = x[..., 0], x[..., 1], x[..., 2]
     prior_mean = truth["m_sensor"].to_numpy()[:, None] + 0.4 * age
-    prior_var = 1 - 0.4**2
-    seen = ~np.isnan(recorded) & np.asarray(test.mask, bool)  # padding: no row
-    noise_prec = np.where(seen, 1 / np.where(seen, sd, 1.0) ** 2, 0.0)
-    prec = 1 / prior_var + noise_prec
-    mean = (prior_mean / prior_var + noise_prec * np.where(seen, recorded, 0.0)) / prec
+    missing = np.isnan(recorded)
+    mean, var = conditional(np.where(missing, 0.0, recorded), missing, prior_mean,
+                            np.sqrt(1 - 0.4**2), np.where(missing, 0.0, sd))  # fmt: skip
     b = truth[["b_intercept", "b_sensor", "b_age"]].to_numpy()
-    eta = b[:, :1] + b[:, 1:2] * mean + b[:, 2:] * age
+    eta = np.asarray(b[:, :1] + b[:, 1:2] * mean + b[:, 2:] * age)
+    density = np.zeros(eta.shape)  # Normal: RMSE of the mean only
     if family == "bernoulli":
-        nodes, weights = np.polynomial.hermite_e.hermegauss(40)
-        z = eta[..., None] + b[:, 1:2, None] * np.sqrt(1 / prec)[..., None] * nodes
-        p = np.clip((1 / (1 + np.exp(-z))) @ (weights / weights.sum()), 1e-12, 1 - 1e-12)
-        y = np.asarray(test.y, float)
-        density = y * np.log(p) + (1 - y) * np.log1p(-p)
-    else:
-        density = np.zeros(eta.shape)
+        outcome = IntegratedOutcome("bernoulli", eta, b[:, 1:2] ** 2 * np.asarray(var))
+        density = np.asarray(outcome.log_prob(np.asarray(test.y, float)))
     return client_scores(family, density, eta, test.y, test.mask)
 
 
@@ -782,7 +779,7 @@ def report(families) -> str:
         metric = "log-loss" if family == "bernoulli" else "RMSE"
         lines += [f"## {family.capitalize()} outcome ({len(runs)} seeds)", ""]
         rows, failed = [], []
-        drawn_means = np.array([np.mean(r["true_client_slope"]) for r in runs])
+        drawn_mean = {r["seed"]: float(np.mean(r["true_client_slope"])) for r in runs}
         for key in FITS:
             mine = having(runs, key)
             if not mine:
@@ -795,7 +792,7 @@ def report(families) -> str:
             mean = np.array([v["mean"] for v in s])
             cover = np.mean([v["q05"] <= MU[1] <= v["q95"] for v in s])
             se = mean.std(ddof=1) / np.sqrt(len(mean)) if len(mean) > 1 else float("nan")
-            drawn = mean - np.array([np.mean(r["true_client_slope"]) for r in good])
+            drawn = mean - np.array([drawn_mean[r["seed"]] for r in good])
             rows.append([key, f"{mean.mean():.3f}", f"{100 * (mean.mean() - 1):+.1f}% "
                          f"(± {100 * se:.1f})", _mean_se(drawn),
                          f"{np.mean([v['sd'] for v in s]):.3f}",
@@ -815,7 +812,7 @@ def report(families) -> str:
                 rows,
             ),
             "",
-            f"The federation clients' true slopes average {_mean_se(drawn_means, False)} over "
+            f"The federation clients' true slopes average {_mean_se(list(drawn_mean.values()), False)} over "
             f"these {len(runs)} seeds (the population's 1.0 plus the draw of the clients).",
             "",
         ]
