@@ -98,12 +98,12 @@ def pytest_collection_modifyitems(config, items):
     if config.slow_deadline is None:
         return
     at = [i for i, item in enumerate(items) if item.get_closest_marker("slow") is not None]
-    files = list(dict.fromkeys(items[i].nodeid.split("::")[0] for i in at))
+    files = list(dict.fromkeys(items[i].path for i in at))
     if len(files) < 2:
         return
     start = int(config.slow_deadline // 86400) % len(files)
     rank = {f: (k - start) % len(files) for k, f in enumerate(files)}
-    slow = sorted((items[i] for i in at), key=lambda item: rank[item.nodeid.split("::")[0]])
+    slow = sorted((items[i] for i in at), key=lambda item: rank[item.path])
     for i, item in zip(at, slow, strict=True):
         items[i] = item
 
